@@ -1,0 +1,7 @@
+"""``python -m layerfs``: the same as the ``layerfs`` command."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())
