@@ -1,0 +1,198 @@
+"""Image commands: ``load``, ``images``, ``inspect``, ``tag``, ``rm`` (docker's words and columns)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ._errors import ImageNotFound, LayerfsError
+from ._load import load
+from ._reference import parse as parse_reference
+from ._store import Image, Store
+from ._units import human_size, since
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("load", formatter_class=fmt, help="load an image from an OCI layout or an archive",
+                       description="""\
+Load images from a directory or archive into the store, verifying every digest, and print
+their IDs.  Each layer is unpacked once, in overlay form, into a directory named after its diff
+ID; layers already in the store are not unpacked again.
+
+SOURCE is one of (skopeo's transport names):
+  oci:DIR[:TAG]           an OCI image layout; TAG picks the manifest whose
+                          org.opencontainers.image.ref.name is TAG (default: all of them)
+  oci-archive:FILE[:TAG]  the same, as a tar file
+  docker-archive:FILE     what `docker save` writes; its RepoTags name the images
+  PATH                    detected: a layout directory, or either kind of archive
+
+An entry tagged with a bare TAG is named after the layout: oci:./busybox:1.36 loads as
+busybox:1.36.  If anything fails, the store is left as it was.
+
+examples:
+  layerfs load oci:./busybox-layout:latest
+  layerfs load --tag myapp:dev app.tar""")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("-t", "--tag", action="append", default=[], metavar="REF",
+                   help="also tag the loaded image REF (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
+    p.set_defaults(handler=cmd_load)
+
+    p = sub.add_parser("images", aliases=["ls"], formatter_class=fmt, help="list images, like `docker image ls`",
+                       description="""\
+List the images in the store: a row per tag (REPOSITORY TAG IMAGE ID CREATED SIZE), an untagged
+image as <none> <none>.  SIZE is what the image's layers take unpacked; layers shared between
+images are counted in each.
+
+examples:
+  layerfs images
+  layerfs images --digests busybox
+  layerfs images -q | xargs layerfs rm""")
+    p.add_argument("repository", nargs="?", help="only images of this repository (and tag, if given)")
+    p.add_argument("--digests", action="store_true", help="show the repo digests")
+    p.add_argument("-q", "--quiet", action="store_true", help="only the image IDs")
+    p.add_argument("--no-trunc", action="store_true", help="full image IDs")
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="json: one JSON object per row, with docker's field names")
+    p.set_defaults(handler=cmd_images)
+
+    p = sub.add_parser("inspect", formatter_class=fmt, help="show images as JSON, like `docker image inspect`",
+                       description="""\
+Print a JSON array with one object per image: docker's fields (Id, RepoTags, RepoDigests, Created,
+Architecture, Os, Config, RootFS, Size, ...) plus "Layers", which says where each unpacked layer
+lives (Path) with its diff ID, ChainID and size.  IMAGE is a name[:tag], name@digest, image ID or
+a unique prefix of one.
+
+examples:
+  layerfs inspect busybox:latest
+  layerfs inspect 3f57 | jq '.[0].Layers[].Path'""")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.set_defaults(handler=cmd_inspect)
+
+    p = sub.add_parser("tag", help="give an image another name: tag SOURCE TARGET",
+                       description="Point the reference TARGET (name[:tag]) at the image SOURCE.")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("target", metavar="TARGET")
+    p.set_defaults(handler=cmd_tag)
+
+    p = sub.add_parser("rm", aliases=["rmi"], formatter_class=fmt, help="remove images, like `docker image rm`",
+                       description="""\
+Remove images.  Removing name:tag of an image with other tags only untags it; the image goes
+with its last reference, and with it every layer no other image uses.  An image in use by a
+mount (see `layerfs mounts`) is never removed.
+
+examples:
+  layerfs rm busybox:latest
+  layerfs rm -f 3f57a1b2c3d4""")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="remove an image tagged in several repositories (never one in use)")
+    p.set_defaults(handler=cmd_rm)
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    store = Store(args.root)
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    images = load(store, args.source, tags=args.tag, progress=progress)
+    for image in images:
+        if not args.quiet:
+            for tag in image.repo_tags:
+                print(f"Loaded image: {tag}")
+            print(f"Loaded image ID: {image.id}")
+        else:
+            print(image.id)
+    return 0
+
+
+def _rows(image: Image) -> list[tuple[str, str, str]]:
+    """(repository, tag, digest) rows of an image, as docker lists them."""
+    digests = {d.rpartition("@")[0]: d.rpartition("@")[2] for d in image.repo_digests}
+    rows = []
+    for ref in image.repo_tags:
+        repo, _, tag = ref.rpartition(":")
+        rows.append((repo, tag, digests.get(repo, "<none>")))
+    for repo, digest in digests.items():
+        if not any(r == repo for r, _, _ in rows):
+            rows.append((repo, "<none>", digest))
+    return rows or [("<none>", "<none>", "<none>")]
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    store = Store(args.root)
+    wanted = None
+    if args.repository:
+        ref = parse_reference(args.repository, default_tag=False)
+        wanted = (ref.familiar_repository, ref.tag)
+    table = []
+    for image in store.images():
+        for repo, tag, digest in _rows(image):
+            if wanted and (repo != wanted[0] or (wanted[1] and tag != wanted[1])):
+                continue
+            table.append((image, repo, tag, digest))
+    if args.quiet:
+        seen = []
+        for image, *_ in table:
+            ident = image.id if args.no_trunc else image.short_id
+            if ident not in seen:
+                seen.append(ident)
+        print("\n".join(seen)) if seen else None
+        return 0
+    if args.format == "json":
+        for image, repo, tag, digest in table:
+            print(json.dumps({"Containers": "N/A", "CreatedAt": image.created, "CreatedSince": since(image.created),
+                              "Digest": digest, "ID": image.id if args.no_trunc else image.short_id,
+                              "Repository": repo, "Tag": tag, "Size": human_size(image.size),
+                              "VirtualSize": human_size(image.size)}))
+        return 0
+    header = ["REPOSITORY", "TAG", *(["DIGEST"] if args.digests else []), "IMAGE ID", "CREATED", "SIZE"]
+    lines = [header]
+    for image, repo, tag, digest in table:
+        lines.append([repo, tag, *([digest] if args.digests else []),
+                      image.id if args.no_trunc else image.short_id, since(image.created), human_size(image.size)])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    for row in lines:
+        print("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    store = Store(args.root)
+    out, missing = [], []
+    for name in args.images:
+        try:
+            out.append(store.inspect(store.get(name)))
+        except ImageNotFound as err:
+            missing.append(str(err))
+    print(json.dumps(out, indent=4))
+    if missing:
+        for line in missing:
+            print(f"Error: {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    store = Store(args.root)
+    ref = parse_reference(args.target)
+    with store.writer() as w:
+        w.tag(store.get(args.source), ref)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    store = Store(args.root)
+    status = 0
+    for name in args.images:
+        try:
+            with store.writer() as w:
+                lines = w.remove(name, force=args.force)
+        except LayerfsError as err:
+            print(f"Error: {err}", file=sys.stderr)
+            status = 1
+            continue
+        for line in lines:
+            print(line)
+    return status

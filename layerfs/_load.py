@@ -1,0 +1,446 @@
+"""``layerfs load``: images from an OCI image layout or an archive on disk into the store.
+
+Sources, as skopeo names them:
+
+- ``oci:DIR[:TAG]``: an OCI image layout directory (``oci-layout``, ``index.json``, ``blobs/``);
+- ``oci-archive:FILE[:TAG]``: the same layout in a tar file;
+- ``docker-archive:FILE``: what ``docker save`` writes (``manifest.json`` with RepoTags);
+- a bare path: a directory holding ``oci-layout`` is ``oci:``; a tar file holding ``manifest.json``
+  is ``docker-archive:``, one holding ``oci-layout`` is ``oci-archive:``.
+
+Every digest is verified on the way (manifest against the index, config and layers against the
+manifest, each layer's diff ID against the config), and nothing is written to the store unless the
+whole image is good.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from . import _digest
+from ._errors import BadImage, LayerfsError
+from ._reference import Reference
+from ._reference import parse as parse_reference
+from ._store import Image, Store, Writer
+from ._units import human_size
+
+#: Media types of a manifest, an index, and the layers we unpack (oci.md §8).
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+LAYER_MEDIA_TYPES = frozenset({
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+})
+CONFIG_MEDIA_TYPES = frozenset({"application/vnd.oci.image.config.v1+json",
+                                "application/vnd.docker.container.image.v1+json"})
+
+#: How many layers are unpacked at once (decompression releases the GIL; 2 cores are common).
+PARALLEL_LAYERS = 2
+
+Progress = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A parsed SOURCE argument."""
+
+    transport: str  # "oci", "oci-archive" or "docker-archive"
+    path: Path
+    tag: str | None
+
+
+def parse_source(text: str) -> Source:
+    """Parse ``transport:path[:tag]`` or detect the transport of a bare path.
+
+    Raises:
+        BadImage: an unknown transport, or a path that is no layout or archive.
+    """
+    transport, sep, rest = text.partition(":")
+    if sep and transport in ("oci", "oci-archive", "docker-archive"):
+        path, tag = rest, None
+        if not os.path.exists(path) and ":" in rest:
+            head, _, tail = rest.rpartition(":")
+            if "/" not in tail:
+                path, tag = head, tail
+        if transport == "docker-archive" and tag is not None:
+            raise BadImage(f"{text}: docker-archive takes no :TAG (its manifest.json names the images)")
+        return Source(transport, Path(path), tag or None)
+    if sep and re.fullmatch(r"[a-z-]+", transport) and not os.path.exists(text):
+        raise BadImage(f"{text}: unknown transport {transport!r} (use oci:, oci-archive: or docker-archive:)")
+    path = Path(text)
+    if path.is_dir():
+        if (path / "oci-layout").is_file():
+            return Source("oci", path, None)
+        raise BadImage(f"{text}: a directory without oci-layout is not an OCI image layout")
+    if path.is_file():
+        names = _archive_names(path)
+        if "manifest.json" in names:
+            return Source("docker-archive", path, None)
+        if "oci-layout" in names:
+            return Source("oci-archive", path, None)
+        raise BadImage(f"{text}: neither a docker archive (manifest.json) nor an OCI archive (oci-layout)")
+    raise BadImage(f"{text}: no such file or directory")
+
+
+def _archive_names(path: Path) -> set[str]:
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            return {_clean(m.name) for m in tar.getmembers()}
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise BadImage(f"{path}: not a readable tar archive: {err}") from None
+
+
+def _clean(name: str) -> str:
+    return os.path.normpath(name.lstrip("/")).removeprefix("./")
+
+
+class _Files:
+    """Read-only access to the files of a layout directory or an archive, by relative path."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self._members: dict[str, tarfile.TarInfo] = {}
+        self._tar: tarfile.TarFile | None = None
+        if source.transport != "oci":
+            try:
+                self._tar = tarfile.open(source.path, "r:*")
+                for m in self._tar.getmembers():
+                    if m.isfile():
+                        self._members[_clean(m.name)] = m
+            except (tarfile.TarError, OSError, EOFError) as err:
+                raise BadImage(f"{source.path}: not a readable tar archive: {err}") from None
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+
+    def exists(self, name: str) -> bool:
+        if self._tar is None:
+            return (self.source.path / name).is_file()
+        return _clean(name) in self._members
+
+    def read(self, name: str, limit: int = 4 << 20) -> bytes:
+        with self.open(name) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise BadImage(f"{name}: larger than {limit} bytes")
+        return data
+
+    def open(self, name: str) -> BinaryIO:
+        """A file object reading ``name``; archive members are read in place, never extracted."""
+        if ".." in Path(name).parts or name.startswith("/"):
+            raise BadImage(f"{self.source.path}: refusing path {name!r} outside the layout")
+        if self._tar is None:
+            try:
+                return open(self.source.path / name, "rb")
+            except FileNotFoundError:
+                raise BadImage(f"{self.source.path}: missing {name}") from None
+        member = self._members.get(_clean(name))
+        if member is None:
+            raise BadImage(f"{self.source.path}: missing {name}")
+        if self._tar.fileobj is not None and not _is_compressed(self.source.path):
+            f = open(self.source.path, "rb")
+            f.seek(member.offset_data)
+            return _Slice(f, member.size)  # type: ignore[return-value]
+        extracted = self._tar.extractfile(member)
+        assert extracted is not None
+        return extracted  # type: ignore[return-value]
+
+
+def _is_compressed(path: Path) -> bool:
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    return magic[:2] == b"\x1f\x8b" or magic == b"\x28\xb5\x2f\xfd" or magic[:3] in (b"BZh", b"\xfd7z")
+
+
+class _Slice(io.RawIOBase):
+    """``size`` bytes of an open file from its current offset; closes the file when closed."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self._f = f
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
+        if self._left <= 0:
+            return 0
+        view = memoryview(buf)[: min(len(buf), self._left)]
+        n = self._f.readinto(view)  # type: ignore[attr-defined]
+        if not n:
+            raise BadImage("archive member is truncated")
+        self._left -= n
+        return int(n)
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Candidate:
+    """One image to load: its manifest (if any), config and layer descriptors."""
+
+    config_path: str
+    config_digest: str | None
+    layers: tuple[tuple[str, str | None, int | None, str | None], ...]  # (path, digest, size, media type)
+    manifest_digest: str | None
+    index_digest: str | None
+    names: tuple[Reference, ...]
+
+
+def load(store: Store, source: str, *, tags: Sequence[str] = (), progress: Progress | None = None) -> list[Image]:
+    """Load every image of ``source`` (or the one its ``:TAG`` names) into ``store``.
+
+    Args:
+        source: ``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``, ``docker-archive:FILE`` or a bare path.
+        tags: extra references (``repo:tag``) to give the loaded image.
+        progress: called with one line of text per step (``Loading layer …``).
+    Returns:
+        The images loaded.
+    Raises:
+        BadImage, DigestMismatch, BadArchive, InvalidReference: the store is left as it was.
+    """
+    extra = [parse_reference(t) for t in tags]
+    for ref in extra:
+        if ref.digest:
+            raise BadImage(f"--tag {ref.familiar()}: a tag cannot carry a digest")
+    src = parse_source(source)
+    say = progress or (lambda line: None)
+    files = _Files(src)
+    try:
+        candidates = (_docker_archive_candidates(files) if src.transport == "docker-archive"
+                      else _oci_candidates(files, src))
+        if extra and len(candidates) != 1:
+            raise BadImage(f"{source}: --tag needs exactly one image, the source holds {len(candidates)}")
+        images = []
+        with store.writer() as w:
+            for cand in candidates:
+                images.append(_load_one(w, files, cand, extra, say))
+        return images
+    except LayerfsError as err:
+        raise err.with_context(f"load {source}") from err
+    finally:
+        files.close()
+
+
+def _load_one(w: Writer, files: _Files, cand: _Candidate, extra: Sequence[Reference], say: Progress) -> Image:
+    config_bytes = files.read(cand.config_path)
+    config_digest = w.put_blob(config_bytes, cand.config_digest)
+    try:
+        config = json.loads(config_bytes)
+    except ValueError as err:
+        raise BadImage(f"config {config_digest}: not JSON: {err}") from None
+    rootfs = config.get("rootfs") if isinstance(config, dict) else None
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or len(diff_ids) != len(cand.layers):
+        raise BadImage(f"config {config_digest}: {len(diff_ids) if isinstance(diff_ids, list) else 'no'} diff_ids "
+                       f"for {len(cand.layers)} layers")
+
+    def one(i: int) -> str:
+        path, digest, size, media_type = cand.layers[i]
+        diff_id = str(diff_ids[i])
+        if w.store.has_layer(diff_id):
+            say(f"{_digest.split(diff_id)[1][:12]}: Already exists")
+            return diff_id
+        say(f"{_digest.split(diff_id)[1][:12]}: Loading layer{f' ({human_size(size)})' if size else ''}")
+        with files.open(path) as stream:
+            rec = w.add_layer(stream, diff_id=diff_id, digest=digest, size=size, media_type=media_type)
+        say(f"{_digest.split(diff_id)[1][:12]}: {'Already exists' if rec.existed else 'Loaded'}")
+        return diff_id
+
+    with concurrent.futures.ThreadPoolExecutor(PARALLEL_LAYERS) as pool:
+        for fut in [pool.submit(one, i) for i in range(len(cand.layers))]:
+            fut.result()
+    if cand.manifest_digest:
+        say(f"Manifest {cand.manifest_digest}")
+    return w.add_image(config_digest, manifest_digest=cand.manifest_digest, index_digest=cand.index_digest,
+                       tags=[*cand.names, *extra], record_digests=False)
+
+
+# -- OCI layouts -------------------------------------------------------------------------------
+
+
+def _json(files: _Files, name: str) -> dict[str, object]:
+    try:
+        value = json.loads(files.read(name))
+    except ValueError as err:
+        raise BadImage(f"{name}: not JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise BadImage(f"{name}: not a JSON object")
+    return value
+
+
+def _blob_path(digest: str) -> str:
+    algo, hexpart = _digest.split(digest)
+    return f"blobs/{algo}/{hexpart}"
+
+
+def _descriptor(value: object, what: str) -> tuple[str, str, int]:
+    if not isinstance(value, dict):
+        raise BadImage(f"{what}: not a descriptor")
+    digest, media_type, size = value.get("digest"), value.get("mediaType"), value.get("size")
+    if not isinstance(digest, str) or not _digest.is_digest(digest):
+        raise BadImage(f"{what}: bad digest {digest!r}")
+    if not isinstance(size, int) or size < 0:
+        raise BadImage(f"{what}: bad size {size!r}")
+    return digest, str(media_type or ""), size
+
+
+def _read_verified(files: _Files, digest: str, size: int) -> bytes:
+    data = files.read(_blob_path(digest))
+    if len(data) != size or _digest.of_bytes(data, digest.partition(":")[0]) != digest:
+        raise _digest.DigestMismatch(f"blob {_blob_path(digest)}", digest, _digest.of_bytes(data))
+    return data
+
+
+def _oci_candidates(files: _Files, src: Source) -> list[_Candidate]:
+    layout = _json(files, "oci-layout")
+    if layout.get("imageLayoutVersion") != "1.0.0":
+        raise BadImage(f"{src.path}: unsupported imageLayoutVersion {layout.get('imageLayoutVersion')!r}")
+    index = _json(files, "index.json")
+    entries = index.get("manifests")
+    if not isinstance(entries, list) or not entries:
+        raise BadImage(f"{src.path}: index.json lists no manifests")
+    chosen = []
+    available = []
+    for entry in entries:
+        annotations = entry.get("annotations", {}) if isinstance(entry, dict) else {}
+        ref_name = str(annotations.get("org.opencontainers.image.ref.name", "")) if isinstance(annotations, dict) else ""
+        available.append(ref_name or "(untagged)")
+        if src.tag is None or ref_name == src.tag or ref_name.endswith(f":{src.tag}") and _is_full(ref_name):
+            chosen.append((entry, annotations if isinstance(annotations, dict) else {}))
+    if not chosen:
+        raise BadImage(f"{src.path}: no image tagged {src.tag!r} (the layout has: {', '.join(available)})")
+    out = []
+    for entry, annotations in chosen:
+        digest, media_type, size = _descriptor(entry, "index.json entry")
+        data = _read_verified(files, digest, size)
+        names = _names(annotations, src)
+        index_digest = None
+        manifest = json.loads(data)
+        media_type = _media_type(manifest, media_type, digest)
+        if media_type in (OCI_INDEX, DOCKER_LIST):
+            index_digest = digest
+            digest, media_type, size = _pick_platform(manifest, digest)
+            data = _read_verified(files, digest, size)
+            manifest = json.loads(data)
+            media_type = _media_type(manifest, media_type, digest)
+        out.append(_manifest_candidate(manifest, media_type, digest, index_digest, names))
+    return out
+
+
+def _is_full(name: str) -> bool:
+    return "/" in name or ":" in name
+
+
+def _media_type(doc: object, declared: str, digest: str) -> str:
+    """The media type of a manifest or index: its ``mediaType`` field must agree with the
+    descriptor that pointed at it (CVE-2021-41190); umoci omits the field (oci.md §3)."""
+    if not isinstance(doc, dict):
+        raise BadImage(f"manifest {digest}: not a JSON object")
+    field = doc.get("mediaType")
+    if field and declared and field != declared:
+        raise BadImage(f"manifest {digest}: mediaType {field!r} but its descriptor says {declared!r}")
+    media_type = str(field or declared)
+    if not media_type:
+        media_type = OCI_INDEX if "manifests" in doc else OCI_MANIFEST
+    if media_type not in (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST):
+        raise BadImage(f"manifest {digest}: unsupported media type {media_type!r}")
+    return media_type
+
+
+def _pick_platform(index: dict[str, object], digest: str) -> tuple[str, str, int]:
+    """The host's entry of an image index, by containerd's rules (shared with pull)."""
+    from . import _platform
+
+    manifests = index.get("manifests")
+    if not isinstance(manifests, list):
+        raise BadImage(f"index {digest}: no manifests")
+    entries = [(_platform.from_json(m.get("platform")) if isinstance(m, dict) else None, m) for m in manifests]
+    best = _platform.choose(entries, _platform.host(), where=f"index {digest}")[0]
+    return _descriptor(best, f"index {digest} entry")
+
+
+def _names(annotations: dict[str, object], src: Source) -> tuple[Reference, ...]:
+    """References for a layout entry: ``io.containerd.image.name`` or a full
+    ``org.opencontainers.image.ref.name``; a bare tag goes with the layout's file name as the
+    repository (``oci:./busybox:1`` -> ``busybox:1``), as skopeo's ``oci:NAME:TAG`` suggests."""
+    full = annotations.get("io.containerd.image.name")
+    ref_name = annotations.get("org.opencontainers.image.ref.name")
+    for value in (full, ref_name):
+        if isinstance(value, str) and value and _is_full(value):
+            try:
+                return (parse_reference(value),)
+            except LayerfsError:
+                pass
+    if isinstance(ref_name, str) and ref_name:
+        repo = re.sub(r"[^a-z0-9._-]+", "-", src.path.name.lower().removesuffix(".tar")).strip("._-") or "image"
+        try:
+            return (parse_reference(f"{repo}:{ref_name}"),)
+        except LayerfsError:
+            return ()
+    return ()
+
+
+def _manifest_candidate(manifest: dict[str, object], media_type: str, digest: str, index_digest: str | None,
+                        names: tuple[Reference, ...]) -> _Candidate:
+    if media_type not in (OCI_MANIFEST, DOCKER_MANIFEST):
+        raise BadImage(f"manifest {digest}: nested index is not supported")
+    config_digest, config_type, _ = _descriptor(manifest.get("config"), f"manifest {digest} config")
+    if config_type and config_type not in CONFIG_MEDIA_TYPES:
+        raise BadImage(f"manifest {digest}: {config_type} is not an image (an artifact?): refusing to unpack it")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list):
+        raise BadImage(f"manifest {digest}: no layers")
+    out = []
+    for i, layer in enumerate(layers):
+        ldigest, ltype, lsize = _descriptor(layer, f"manifest {digest} layer {i}")
+        if ltype not in LAYER_MEDIA_TYPES:
+            raise BadImage(f"manifest {digest} layer {i}: unsupported media type {ltype!r}")
+        out.append((_blob_path(ldigest), ldigest, lsize, ltype))
+    return _Candidate(_blob_path(config_digest), config_digest, tuple(out), digest, index_digest, names)
+
+
+# -- docker archives ---------------------------------------------------------------------------
+
+
+def _docker_archive_candidates(files: _Files) -> list[_Candidate]:
+    try:
+        manifest = json.loads(files.read("manifest.json"))
+    except ValueError as err:
+        raise BadImage(f"manifest.json: not JSON: {err}") from None
+    if not isinstance(manifest, list) or not manifest:
+        raise BadImage("manifest.json: want a non-empty list of images")
+    out = []
+    for i, item in enumerate(manifest):
+        if not isinstance(item, dict) or not isinstance(item.get("Config"), str) or not isinstance(
+                item.get("Layers"), list):
+            raise BadImage(f"manifest.json entry {i}: want Config and Layers")
+        names = tuple(parse_reference(t) for t in item.get("RepoTags") or [])
+        layers = tuple((str(p), None, None, None) for p in item["Layers"])
+        config_path = item["Config"]
+        expected = None
+        m = re.fullmatch(r"(?:blobs/sha256/)?([a-f0-9]{64})(?:\.json)?", config_path)
+        if m:
+            expected = f"sha256:{m.group(1)}"
+        out.append(_Candidate(config_path, expected, layers, None, None, names))
+    return out

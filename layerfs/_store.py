@@ -1,0 +1,753 @@
+"""The content-addressed store: blobs, unpacked layers, images, references and mounts.
+
+Layout of a store root (``--root``)::
+
+    lock                     flock(2): held exclusively by every command that writes
+    tmp/                     temporary names; whatever a crashed command left here is removed
+    blobs/sha256/<hex>       exact bytes of manifests, indexes and configs
+    layers/<hex>/            one per diff ID, shared by every image that uses it:
+        diff/                  the unpacked tree, in overlay form (see _unpack, _whiteout)
+        layer.json             diff_id, size, entries, compressed digests seen
+    chains/<hex>.json        one per ChainID: its diff_id and parent ChainID
+    images/<hex>.json        one per image ID (= config digest): manifest and index digests
+    repositories.json        {"Repositories": {repo: {"repo:tag" | "repo@digest": image ID}}}
+    mounts/<key>.json        a mount that uses an image (image ID, mount point, pid, since)
+    state/<name>/            derived data kept beside the layers (e.g. the merged index)
+
+Rules that keep it consistent after a crash at any point:
+
+- every file is written under ``tmp/`` and renamed into place; every layer is unpacked under
+  ``tmp/`` and its directory renamed into place once its digests are verified;
+- an image record is written only after its config and all its layers are in place, and removed
+  before any of them; references are rewritten atomically;
+- readers take no lock: they see either the old or the new file.  Writers hold ``lock``; on entry
+  they remove leftovers of crashed writers (``tmp/``, and layers, chains and blobs no image uses),
+  and a writer that fails removes what it added.
+
+Reference counts are derived, never stored: a layer is in use while an image record lists its
+diff ID, and an image is in use while a live mount record names it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from . import _digest
+from ._errors import BadImage, Conflict, ImageNotFound, InvalidReference, LayerfsError
+from ._reference import Reference
+from ._reference import parse as parse_reference
+
+log = logging.getLogger(__name__)
+
+_JsonDict = dict[str, object]
+
+#: Only small JSON documents are kept as blobs (oci.md §2: manifests and configs are capped at 4 MiB).
+MAX_BLOB_SIZE = 4 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    """An image in the store, as ``layerfs images`` and ``inspect`` show it."""
+
+    id: str
+    config: Mapping[str, object]
+    diff_ids: tuple[str, ...]
+    chain_ids: tuple[str, ...]
+    repo_tags: tuple[str, ...]
+    repo_digests: tuple[str, ...]
+    created: str
+    size: int
+    manifest_digest: str | None
+    index_digest: str | None
+    added: str
+
+    @property
+    def short_id(self) -> str:
+        """The 12 hex digits docker shows in IMAGE ID."""
+        return self.id.partition(":")[2][:12]
+
+    @property
+    def top_chain_id(self) -> str | None:
+        return self.chain_ids[-1] if self.chain_ids else None
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRecord:
+    """A layer in the store.  ``existed`` is true when add_layer found it already there."""
+
+    diff_id: str
+    path: Path
+    size: int
+    entries: int
+    existed: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class MountRecord:
+    """A mount of an image, recorded so that the image counts as in use."""
+
+    image_id: str
+    mountpoint: str
+    pid: int
+    since: str
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _hex(digest: str) -> str:
+    return _digest.split(digest)[1]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load_json(path: Path) -> _JsonDict:
+    with open(path, "rb") as f:
+        value = json.load(f)
+    if not isinstance(value, dict):
+        raise BadImage(f"{path}: not a JSON object")
+    return value
+
+
+def _mounted_paths() -> set[str]:
+    """Mount points of this mount namespace (field 5 of /proc/self/mountinfo, unescaped)."""
+    out: set[str] = set()
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            field = line.split(b" ")[4]
+            out.add(field.decode("unicode_escape" if b"\\" in field else "utf-8", "surrogateescape"))
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """A layerfs store at ``root``; see the module docstring for its layout and rules.
+
+    Reading methods take no lock.  Writing goes through :meth:`writer`.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        algo, hexpart = _digest.split(digest)
+        return self.root / "blobs" / algo / hexpart
+
+    def layer_path(self, diff_id: str) -> Path:
+        """The directory of a layer (holding ``diff/`` and ``layer.json``)."""
+        return self.root / "layers" / _hex(diff_id)
+
+    def layer_dir(self, diff_id: str) -> Path:
+        """The unpacked tree of a layer, in overlay form.  Never write into it."""
+        return self.layer_path(diff_id) / "diff"
+
+    def state_dir(self, name: str) -> Path:
+        """A directory for derived data kept beside the layers (created on demand).
+
+        Files in it should be named after the ChainID (hex) they derive from: removing the last
+        image of a chain removes them too.
+        """
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"bad state dir name {name!r}")
+        path = self.root / "state" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def read_blob(self, digest: str) -> bytes:
+        try:
+            return self.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            raise ImageNotFound(f"blob {digest} is not in the store") from None
+
+    def has_layer(self, diff_id: str) -> bool:
+        return (self.layer_path(diff_id) / "layer.json").is_file()
+
+    def layer_dirs(self, image: Image) -> list[Path]:
+        """The unpacked trees of an image's layers, base layer first."""
+        return [self.layer_dir(d) for d in image.diff_ids]
+
+    def layer_info(self, diff_id: str) -> _JsonDict:
+        return _load_json(self.layer_path(diff_id) / "layer.json")
+
+    def _repositories(self) -> dict[str, dict[str, str]]:
+        path = self.root / "repositories.json"
+        try:
+            data = _load_json(path)
+        except FileNotFoundError:
+            return {}
+        repos = data.get("Repositories", {})
+        if not isinstance(repos, dict):
+            raise BadImage(f"{path}: malformed")
+        return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in repos.items()}
+
+    def _references_by_image(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for refs in self._repositories().values():
+            for ref, image_id in refs.items():
+                out.setdefault(image_id, []).append(ref)
+        return out
+
+    def _image_ids(self) -> list[str]:
+        try:
+            names = os.listdir(self.root / "images")
+        except FileNotFoundError:
+            return []
+        return [f"sha256:{n[:-5]}" for n in names if n.endswith(".json") and _digest.is_digest(f"sha256:{n[:-5]}")]
+
+    def _load_image(self, image_id: str, refs: Sequence[str]) -> Image:
+        record = _load_json(self.root / "images" / f"{_hex(image_id)}.json")
+        config = json.loads(self.read_blob(image_id))
+        diff_ids = _config_diff_ids(config, image_id)
+        size = 0
+        for diff_id in diff_ids:
+            with contextlib.suppress(FileNotFoundError, BadImage):
+                size += int(self.layer_info(diff_id).get("size", 0))  # type: ignore[call-overload]
+        tags = sorted(_familiar(r) for r in refs if "@" not in r)
+        digests = sorted(_familiar(r) for r in refs if "@" in r)
+        return Image(
+            id=image_id, config=config, diff_ids=tuple(diff_ids), chain_ids=tuple(_digest.chain_ids(diff_ids)),
+            repo_tags=tuple(tags), repo_digests=tuple(digests), created=str(config.get("created", "")),
+            size=size, manifest_digest=_opt_str(record.get("manifest")), index_digest=_opt_str(record.get("index")),
+            added=str(record.get("added", "")))
+
+    def images(self) -> list[Image]:
+        """Every image, newest first (by config ``created``)."""
+        refs = self._references_by_image()
+        out = []
+        for image_id in self._image_ids():
+            try:
+                out.append(self._load_image(image_id, refs.get(image_id, [])))
+            except (FileNotFoundError, ImageNotFound):
+                continue  # removed while we were reading
+        out.sort(key=lambda i: (i.created, i.id), reverse=True)
+        return out
+
+    def get(self, name: str) -> Image:
+        """Find an image by reference (``repo:tag``, ``repo@digest``), full ID or unique ID prefix.
+
+        Raises:
+            ImageNotFound: nothing answers to ``name`` (docker's words: "No such image").
+        """
+        image_id = self._resolve(name)
+        return self._load_image(image_id, self._references_by_image().get(image_id, []))
+
+    def _resolve(self, name: str) -> str:
+        ids = self._image_ids()
+        if name.startswith("sha256:") and name in ids:
+            return name
+        try:
+            ref = parse_reference(name)
+        except InvalidReference:
+            ref = None
+        if ref is not None:
+            key = _ref_key(ref)
+            repos = self._repositories()
+            image_id = repos.get(ref.repository, {}).get(key)
+            if image_id is not None and image_id in ids:
+                return image_id
+        prefix = name.removeprefix("sha256:")
+        if 3 <= len(prefix) <= 64 and all(c in "0123456789abcdef" for c in prefix):
+            matches = [i for i in ids if i[7:].startswith(prefix)]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise ImageNotFound(f"{name}: ambiguous image ID prefix ({len(matches)} images match)")
+        raise ImageNotFound(f"No such image: {name}")
+
+    def inspect(self, image: Image) -> _JsonDict:
+        """The image as ``docker image inspect`` shows it, plus where each layer lives."""
+        config = image.config
+        dirs = self.layer_dirs(image)
+        layers = []
+        for diff_id, chain_id, path in zip(image.diff_ids, image.chain_ids, dirs):
+            info = self.layer_info(diff_id)
+            layers.append({"DiffID": diff_id, "ChainID": chain_id, "Path": str(path),
+                           "Size": info.get("size", 0), "Digests": info.get("digests", [])})
+        return {
+            "Id": image.id,
+            "RepoTags": list(image.repo_tags),
+            "RepoDigests": list(image.repo_digests),
+            "Parent": "",
+            "Comment": _history_comment(config),
+            "Created": image.created,
+            "Author": config.get("author", ""),
+            "Config": config.get("config", {}),
+            "Architecture": config.get("architecture", ""),
+            **({"Variant": config["variant"]} if config.get("variant") else {}),
+            "Os": config.get("os", ""),
+            **({"OsVersion": config["os.version"]} if config.get("os.version") else {}),
+            "Size": image.size,
+            "GraphDriver": {"Name": "layerfs", "Data": {"LowerDir": ":".join(str(d) for d in reversed(dirs))}},
+            "RootFS": {"Type": "layers", "Layers": list(image.diff_ids)},
+            "Metadata": {"LastTagTime": image.added},
+            "Descriptor": {"ManifestDigest": image.manifest_digest, "IndexDigest": image.index_digest},
+            "Layers": layers,
+        }
+
+    # -- mounts ------------------------------------------------------------------------------
+
+    def _mount_record_path(self, mountpoint: str) -> Path:
+        key = hashlib.sha256(os.path.abspath(mountpoint).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return self.root / "mounts" / f"{key}.json"
+
+    def mounts(self) -> list[MountRecord]:
+        """Live mounts; a record whose daemon died or whose mount point is gone is not listed."""
+        try:
+            names = sorted(os.listdir(self.root / "mounts"))
+        except FileNotFoundError:
+            return []
+        mounted = _mounted_paths()
+        out = []
+        for name in names:
+            with contextlib.suppress(OSError, ValueError, KeyError, BadImage):
+                data = _load_json(self.root / "mounts" / name)
+                rec = MountRecord(str(data["image_id"]), str(data["mountpoint"]), int(data["pid"]),  # type: ignore[call-overload]
+                                  str(data["since"]))
+                if _pid_alive(rec.pid) and rec.mountpoint in mounted:
+                    out.append(rec)
+        return out
+
+    def register_mount(self, image_id: str, mountpoint: str, pid: int) -> MountRecord:
+        """Record that ``pid`` serves a mount of ``image_id`` at ``mountpoint``.
+
+        Takes the store lock briefly, so that it cannot race with ``remove``.
+
+        Raises:
+            ImageNotFound: the image is no longer in the store.
+        """
+        with self.writer() as w:
+            if image_id not in self._image_ids():
+                raise ImageNotFound(f"No such image: {image_id}")
+            rec = MountRecord(image_id, os.path.abspath(mountpoint), pid, _now())
+            w.write_file(self._mount_record_path(mountpoint), _json_bytes(dataclasses.asdict(rec)))
+            return rec
+
+    def unregister_mount(self, mountpoint: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._mount_record_path(mountpoint))
+
+    # -- writing -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[Writer]:
+        """Hold the store's write lock; on an exception, remove what this writer added.
+
+        Entering cleans what crashed writers left behind.  The lock is an flock(2) on
+        ``ROOT/lock``: another layerfs command that writes waits for it.
+        """
+        for sub in ("tmp", "blobs/sha256", "layers", "chains", "images", "mounts", "state"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            writer = Writer(self)
+            writer.collect_garbage()
+            try:
+                yield writer
+            except BaseException:
+                writer.roll_back()
+                raise
+        finally:
+            os.close(fd)
+
+
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _json_bytes(value: object) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True).encode() + b"\n"
+
+
+def _ref_key(ref: Reference) -> str:
+    return f"{ref.repository}@{ref.digest}" if ref.digest else f"{ref.repository}:{ref.tag}"
+
+
+def _familiar(key: str) -> str:
+    try:
+        return parse_reference(key).familiar()
+    except InvalidReference:
+        return key
+
+
+def _history_comment(config: Mapping[str, object]) -> str:
+    history = config.get("history")
+    if isinstance(history, list) and history and isinstance(history[-1], dict):
+        return str(history[-1].get("comment", ""))
+    return ""
+
+
+def _config_diff_ids(config: object, what: str) -> list[str]:
+    """The diff IDs of an image config, checked (rootfs.type must be "layers")."""
+    if not isinstance(config, dict):
+        raise BadImage(f"config {what}: not a JSON object")
+    rootfs = config.get("rootfs")
+    if not isinstance(rootfs, dict) or rootfs.get("type") != "layers" or not isinstance(rootfs.get("diff_ids"), list):
+        raise BadImage(f"config {what}: rootfs must be {{\"type\": \"layers\", \"diff_ids\": [...]}}")
+    diff_ids = [str(d) for d in rootfs["diff_ids"]]
+    for d in diff_ids:
+        if not _digest.is_digest(d):
+            raise BadImage(f"config {what}: bad diff_id {d!r}")
+    return diff_ids
+
+
+class Writer:
+    """What a holder of the store lock may do.  Made by :meth:`Store.writer` only.
+
+    ``add_layer`` may be called from several threads at once; everything else from one.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._added_blobs: list[str] = []
+        self._added_layers: list[str] = []
+        self._added_images: list[str] = []
+        self._mutex = threading.Lock()
+        self._layer_locks: dict[str, threading.Lock] = {}
+
+    # -- primitives --------------------------------------------------------------------------
+
+    def temp_path(self, hint: str) -> Path:
+        """A fresh name under ``tmp/``; nothing is created."""
+        return self.store.tmp_dir / f"{hint}-{secrets.token_hex(8)}"
+
+    def write_file(self, path: Path, data: bytes) -> None:
+        """Write ``data`` to ``path`` atomically: temp name, fsync, rename, fsync of the directory."""
+        tmp = self.temp_path(path.name)
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def put_blob(self, data: bytes, expected_digest: str | None = None) -> str:
+        """Store a manifest, index or config; returns its digest.
+
+        Raises:
+            DigestMismatch: ``data`` does not hash to ``expected_digest``.
+        """
+        if len(data) > MAX_BLOB_SIZE:
+            raise BadImage(f"blob {expected_digest or ''} is {len(data)} bytes, over the {MAX_BLOB_SIZE} limit")
+        algorithm = expected_digest.partition(":")[0] if expected_digest else _digest.ALGORITHM
+        digest = _digest.of_bytes(data, algorithm)
+        if expected_digest is not None and digest != expected_digest:
+            raise _digest.DigestMismatch("blob", expected_digest, digest)
+        path = self.store.blob_path(digest)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.write_file(path, data)
+            with self._mutex:
+                self._added_blobs.append(digest)
+        return digest
+
+    # -- layers ------------------------------------------------------------------------------
+
+    def add_layer(self, stream: BinaryIO, *, diff_id: str, digest: str | None = None, size: int | None = None,
+                  media_type: str | None = None) -> LayerRecord:
+        """Unpack a layer blob into the store, verified; safe to call from several threads.
+
+        Args:
+            stream: the blob as stored or transferred (gzip, zstd or plain tar), read to EOF.
+            diff_id: the expected digest of the uncompressed tar (from the image config).
+            digest, size: the expected digest and size of ``stream`` (from the manifest), if known.
+            media_type: the descriptor's media type; the compression is sniffed anyway.
+        Returns:
+            The record; ``existed`` is true if the layer was already there (``stream`` is not read).
+        Raises:
+            DigestMismatch, BadArchive, OSError: nothing of the layer is left in the store.
+        """
+        from ._unpack import unpack_layer  # the unpacker needs the store only through this call
+
+        _digest.check_digest(diff_id)
+        with self._mutex:
+            lock = self._layer_locks.setdefault(diff_id, threading.Lock())
+        with lock:
+            final = self.store.layer_path(diff_id)
+            if self.store.has_layer(diff_id):
+                info = self.store.layer_info(diff_id)
+                return LayerRecord(diff_id, final / "diff", int(info.get("size", 0)),  # type: ignore[call-overload]
+                                   int(info.get("entries", 0)), existed=True)  # type: ignore[call-overload]
+            work = self.temp_path(f"layer-{_hex(diff_id)[:12]}")
+            work.mkdir(mode=0o700)
+            try:
+                (work / "diff").mkdir(mode=0o700)
+                stats = unpack_layer(stream, work / "diff", diff_id=diff_id, digest=digest, size=size,
+                                     media_type=media_type)
+                meta = {"diff_id": diff_id, "size": stats.size, "entries": stats.entries,
+                        "digests": sorted({d for d in (digest, stats.digest) if d}),
+                        "media_type": media_type, "added": _now()}
+                with open(work / "layer.json", "xb") as f:
+                    f.write(_json_bytes(meta))
+                    os.fsync(f.fileno())
+                if final.exists():  # a layer dir without layer.json: a leftover, replace it
+                    _remove_tree(final, self)
+                os.rename(work, final)
+                _fsync_dir(final.parent)
+            except BaseException as err:
+                _remove_tree(work, self)
+                if isinstance(err, LayerfsError):
+                    raise err.with_context(f"layer {diff_id}") from err
+                raise
+            with self._mutex:
+                self._added_layers.append(diff_id)
+            return LayerRecord(diff_id, final / "diff", stats.size, stats.entries)
+
+    # -- images and references ---------------------------------------------------------------
+
+    def add_image(self, config_digest: str, *, manifest_digest: str | None = None, index_digest: str | None = None,
+                  tags: Sequence[Reference] = (), record_digests: bool = True) -> Image:
+        """Record an image whose config blob and layers are all in the store, and reference it.
+
+        Args:
+            config_digest: the image ID.
+            manifest_digest, index_digest: the manifest (and index) it came from, if any.
+            tags: references to point at the image.  A reference with a tag tags it; with
+                ``record_digests`` and a ``manifest_digest``, each reference's repository also
+                gets the repo digest ``repo@<manifest digest>`` (what docker records on pull).
+        Raises:
+            BadImage: the config is missing or malformed, or a layer is missing.
+        """
+        if not self.store.has_blob(config_digest):
+            raise BadImage(f"config {config_digest} is not in the store")
+        config = json.loads(self.store.read_blob(config_digest))
+        diff_ids = _config_diff_ids(config, config_digest)
+        for diff_id in diff_ids:
+            if not self.store.has_layer(diff_id):
+                raise BadImage(f"image {config_digest}: layer {diff_id} is not in the store")
+        for chain_id, parent, diff_id in zip(_digest.chain_ids(diff_ids), [None, *_digest.chain_ids(diff_ids)],
+                                             diff_ids):
+            path = self.store.root / "chains" / f"{_hex(chain_id)}.json"
+            if not path.exists():
+                self.write_file(path, _json_bytes({"chain_id": chain_id, "diff_id": diff_id, "parent": parent}))
+        record_path = self.store.root / "images" / f"{_hex(config_digest)}.json"
+        new = not record_path.exists()
+        old = {} if new else _load_json(record_path)
+        record = {"id": config_digest, "manifest": manifest_digest or old.get("manifest"),
+                  "index": index_digest or old.get("index"), "added": old.get("added") or _now()}
+        if new or record != old:
+            self.write_file(record_path, _json_bytes(record))
+        if new:
+            self._added_images.append(config_digest)
+        refs = list(tags)
+        if record_digests and manifest_digest:
+            refs += [r.with_digest(manifest_digest) for r in tags]
+        for ref in refs:
+            self._set_reference(ref, config_digest)
+        return self.store.get(config_digest)
+
+    def tag(self, image: Image, ref: Reference) -> None:
+        """Point ``ref`` (a tag) at ``image``, moving it from any other image."""
+        if ref.digest:
+            raise InvalidReference(f"refusing to create a tag with a digest reference: {ref.familiar()}")
+        self._set_reference(ref, image.id)
+
+    def _set_reference(self, ref: Reference, image_id: str) -> None:
+        repos = self.store._repositories()
+        repos.setdefault(ref.repository, {})[_ref_key(ref)] = image_id
+        self._write_repositories(repos)
+
+    def _write_repositories(self, repos: Mapping[str, Mapping[str, str]]) -> None:
+        clean = {k: dict(sorted(v.items())) for k, v in sorted(repos.items()) if v}
+        self.write_file(self.store.root / "repositories.json", _json_bytes({"Repositories": clean}))
+
+    def remove(self, name: str, *, force: bool = False) -> list[str]:
+        """``docker image rm``: untag, and delete the image when its last reference goes.
+
+        Removing ``repo:tag`` of an image that has other tags only untags.  Removing by ID
+        untags everything and deletes; if the image is tagged in several repositories that
+        needs ``force``.  An image used by a live mount is never removed.  Layers that no other
+        image uses are deleted with it.
+
+        Returns:
+            The lines docker prints: ``Untagged: …`` and ``Deleted: …``.
+        Raises:
+            ImageNotFound, Conflict (docker's words: "conflict: unable to delete …").
+        """
+        store = self.store
+        image_id = store._resolve(name)
+        image = store.get(image_id)
+        repos = store._repositories()
+        refs = [(repo, key) for repo, m in repos.items() for key, i in m.items() if i == image_id]
+        by_ref = False
+        try:
+            ref = parse_reference(name)
+            by_ref = any(key == _ref_key(ref) for _, key in refs)
+        except InvalidReference:
+            ref = None
+        lines: list[str] = []
+        if by_ref and ref is not None:
+            # moby image_delete.go: untag; when no tag of that repository is left, its digest
+            # references go too; the image is deleted only when no reference at all is left.
+            repo = repos[ref.repository]
+            repo.pop(_ref_key(ref))
+            lines.append(f"Untagged: {ref.familiar()}")
+            if not ref.digest and not any("@" not in k and i == image_id for k, i in repo.items()):
+                for key in [k for k, i in repo.items() if "@" in k and i == image_id]:
+                    repo.pop(key)
+                    lines.append(f"Untagged: {_familiar(key)}")
+            refs = [(r, k) for r, m in repos.items() for k, i in m.items() if i == image_id]
+            if refs:
+                self._write_repositories(repos)
+                return lines
+        else:
+            repositories = {r for r, _ in refs}
+            if len(repositories) > 1 and not force:
+                raise Conflict(f"conflict: unable to delete {image.short_id} (must be forced) - image is "
+                               f"referenced in multiple repositories")
+        for mount in store.mounts():
+            if mount.image_id == image_id:
+                raise Conflict(f"conflict: unable to delete {image.short_id} (cannot be forced) - image is "
+                               f"being used by the mount at {mount.mountpoint} (pid {mount.pid})")
+        for repo, key in refs:
+            repos[repo].pop(key, None)
+            lines.append(f"Untagged: {_familiar(key)}")
+        self._write_repositories(repos)
+        os.unlink(store.root / "images" / f"{_hex(image_id)}.json")
+        _fsync_dir(store.root / "images")
+        lines.append(f"Deleted: {image_id}")
+        lines += [f"Deleted: {d}" for d in self.collect_garbage()]
+        return lines
+
+    # -- consistency -------------------------------------------------------------------------
+
+    def collect_garbage(self) -> list[str]:
+        """Remove leftovers: ``tmp/``, stale mount records, and layers, chains, blobs and state
+        files that no image uses.  Returns the diff IDs of the layers removed."""
+        store = self.store
+        for entry in os.listdir(store.tmp_dir):
+            _remove_tree(store.tmp_dir / entry, self, rename_first=False)
+        live_mounts = {store._mount_record_path(m.mountpoint).name for m in store.mounts()}
+        for entry in os.listdir(store.root / "mounts"):
+            if entry not in live_mounts:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(store.root / "mounts" / entry)
+        used_layers: set[str] = set()
+        used_chains: set[str] = set()
+        used_blobs: set[str] = set()
+        for image_id in store._image_ids():
+            try:
+                record = _load_json(store.root / "images" / f"{_hex(image_id)}.json")
+                diff_ids = _config_diff_ids(json.loads(store.read_blob(image_id)), image_id)
+            except (OSError, ValueError, LayerfsError):
+                log.warning("store: image record %s is unreadable; removing it", image_id)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(store.root / "images" / f"{_hex(image_id)}.json")
+                continue
+            used_layers.update(_hex(d) for d in diff_ids)
+            used_chains.update(_hex(c) for c in _digest.chain_ids(diff_ids))
+            used_blobs.add(_hex(image_id))
+            for key in ("manifest", "index"):
+                value = record.get(key)
+                if isinstance(value, str) and _digest.is_digest(value):
+                    used_blobs.add(_hex(value))
+        removed = []
+        for entry in sorted(os.listdir(store.root / "layers")):
+            if entry not in used_layers:
+                _remove_tree(store.root / "layers" / entry, self)
+                removed.append(f"sha256:{entry}")
+        for entry in os.listdir(store.root / "chains"):
+            if entry.removesuffix(".json") not in used_chains:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(store.root / "chains" / entry)
+        blob_dir = store.root / "blobs" / "sha256"
+        for entry in os.listdir(blob_dir):
+            if entry not in used_blobs:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(blob_dir / entry)
+        for state in os.listdir(store.root / "state"):
+            for entry in os.listdir(store.root / "state" / state):
+                if entry[:64] not in used_chains:
+                    _remove_tree(store.root / "state" / state / entry, self)
+        return removed
+
+    def roll_back(self) -> None:
+        """Undo what this writer added (called when the ``with`` block raised)."""
+        store = self.store
+        for image_id in self._added_images:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(store.root / "images" / f"{_hex(image_id)}.json")
+        repos = store._repositories()
+        if any(i in self._added_images for m in repos.values() for i in m.values()):
+            self._write_repositories({r: {k: i for k, i in m.items() if i not in self._added_images}
+                                      for r, m in repos.items()})
+        self.collect_garbage()
+
+
+def _remove_tree(path: Path, writer: Writer, *, rename_first: bool = True) -> None:
+    """Remove a file or tree; a tree is first renamed under ``tmp/`` so that a crash halfway
+    leaves no half-removed layer in place (the next writer finishes the removal)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not os.path.isdir(path) or os.path.islink(path):
+        os.unlink(path)
+        return
+    del st
+    if rename_first:
+        trash = writer.temp_path("trash")
+        try:
+            os.rename(path, trash)
+            path = trash
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+    _make_removable(path)
+    shutil.rmtree(path)
+
+
+def _make_removable(path: Path) -> None:
+    """Give every directory under ``path`` u+rwx so rmtree can empty it (layers keep 0555 dirs)."""
+    for dirpath, dirnames, _ in os.walk(path):
+        for d in dirnames:
+            p = os.path.join(dirpath, d)
+            with contextlib.suppress(OSError):
+                if not os.path.islink(p):
+                    os.chmod(p, 0o700)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
