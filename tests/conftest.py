@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -62,3 +63,29 @@ def run_layerfs(*args: str, root: Path, check: bool = True, input: bytes | None 
     if check and proc.returncode != 0:
         raise AssertionError(f"layerfs {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+class _Collector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def check_logs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test during which layerfs logged a warning or an error it did not expect
+    (pyfuse3's pytest_checklogs).  Mark a test ``@pytest.mark.expect_warnings`` to allow them."""
+    collector = _Collector()
+    logger = logging.getLogger("layerfs")
+    logger.addHandler(collector)
+    try:
+        yield
+    finally:
+        logger.removeHandler(collector)
+    if collector.records and request.node.get_closest_marker("expect_warnings") is None:
+        lines = "\n".join(f"{r.levelname} {r.name}: {r.getMessage()}" for r in collector.records[:10])
+        pytest.fail(f"unexpected log messages (mark the test expect_warnings if they are meant):\n{lines}",
+                    pytrace=False)
