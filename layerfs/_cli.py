@@ -19,7 +19,9 @@ from ._errors import LayerfsError
 
 #: The modules that add subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = [
+    "layerfs._cmd_pull",
     "layerfs._cmd_image",
+    "layerfs._cmd_mount",
 ]
 
 _DESCRIPTION = """\
@@ -29,9 +31,11 @@ layerfs keeps images in a content-addressed store (--root): every layer is unpac
 overlay form, into a directory named after its diff ID and shared by all images that use it.
 
 examples:
+  layerfs pull alpine                   pull from a registry, like `docker pull` (also login, logout)
   layerfs load oci:./layout:latest      load an OCI image layout (also oci-archive:, docker-archive:)
   layerfs images                        list images, like `docker image ls`
   layerfs inspect busybox:latest        show an image's config and layers as JSON
+  layerfs mount busybox:latest ./rootfs mount an image as a merged read-only tree (also umount, mounts)
 """
 
 

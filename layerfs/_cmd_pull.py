@@ -1,0 +1,135 @@
+"""Registry commands: ``pull``, ``login``, ``logout`` (docker's words and behaviour)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+from ._auth import Credentials, docker_config_path, remove_credentials, store_credentials
+from ._errors import LayerfsError
+from ._progress import for_stream
+from ._pull import MAX_CONCURRENT_DOWNLOADS, pull
+from ._reference import parse as parse_reference
+from ._registry import RegistryClient
+from ._store import Store
+
+_INSECURE_HELP = ("talk to this registry (host[:port]) over plain HTTP; repeatable.  localhost and "
+                  "127.0.0.1 always are, and so are registries marked insecure in "
+                  "/etc/containers/registries.conf or /etc/docker/daemon.json")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("pull", formatter_class=fmt, help="pull an image from a registry, like `docker pull`",
+                       description="""\
+Pull an image from an OCI / Docker v2 registry into the store and print its progress the way
+`docker pull` does.  REF is normalised as docker normalises it:
+
+  alpine                         docker.io/library/alpine:latest
+  localhost:5000/app:1.0         a tag on the registry at localhost:5000 (plain HTTP)
+  app@sha256:<64 hex>            exactly that manifest or index
+  app:1.0@sha256:<64 hex>        the digest wins; the tag is not recorded
+
+Layers download in parallel and unpack while they stream; each blob's digest and each layer's
+diff ID is verified before the layer enters the store, and a layer already there is not fetched
+again ("Already exists").  A multi-platform image gives the host's platform (or --platform's),
+chosen with containerd's rules.  Credentials come from `layerfs login` (the docker config),
+$REGISTRY_AUTH_FILE or the containers auth.json.  If the pull fails, the store is left as it was;
+an interrupted pull starts over next time.
+
+examples:
+  layerfs pull alpine
+  layerfs pull --platform linux/arm64 localhost:5000/app:1.0
+  layerfs pull -q registry.example.com:5000/team/app@sha256:...""")
+    p.add_argument("reference", metavar="REF")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="the platform to pull from a multi-platform image (default: this host's)")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", help=_INSECURE_HELP)
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
+    p.add_argument("--max-concurrent-downloads", type=int, default=MAX_CONCURRENT_DOWNLOADS, metavar="N",
+                   help=f"layers downloaded at once (default {MAX_CONCURRENT_DOWNLOADS}, as docker)")
+    p.set_defaults(handler=cmd_pull)
+
+    p = sub.add_parser("login", formatter_class=fmt, help="save credentials for a registry",
+                       description=f"""\
+Check credentials against REGISTRY (a GET /v2/ with them, through its Basic or token auth) and,
+if it accepts them, save them in the docker config ({docker_config_path()}, or
+$DOCKER_CONFIG/config.json), where docker, podman, skopeo and layerfs all find them.  The file is
+written with mode 0600; the password is stored base64-encoded, not encrypted.
+
+examples:
+  echo "$TOKEN" | layerfs login registry.example.com -u ci --password-stdin
+  layerfs login localhost:5000 -u alice""")
+    p.add_argument("registry", metavar="REGISTRY", help="host[:port] of the registry")
+    p.add_argument("-u", "--username", help="the user name (asked for if missing)")
+    p.add_argument("-p", "--password", help="the password (insecure: it shows in `ps`; prefer --password-stdin)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", help=_INSECURE_HELP)
+    p.set_defaults(handler=cmd_login)
+
+    p = sub.add_parser("logout", formatter_class=fmt, help="remove saved credentials for a registry",
+                       description="""\
+Remove REGISTRY's credentials from the docker config.  Credentials in $REGISTRY_AUTH_FILE or the
+containers auth.json are not touched.
+
+examples:
+  layerfs logout localhost:5000""")
+    p.add_argument("registry", metavar="REGISTRY")
+    p.set_defaults(handler=cmd_logout)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    ref = parse_reference(args.reference)  # before anything else: a bad reference fails at once
+    progress = for_stream(sys.stdout, quiet=args.quiet)
+    image = pull(Store(args.root), ref, platform=args.platform, progress=progress,
+                 insecure_registries=args.insecure_registry,
+                 max_concurrent_downloads=args.max_concurrent_downloads)
+    print(image.id if args.quiet else ref.familiar() if ref.digest else str(ref))
+    return 0
+
+
+def _registry_host(text: str) -> str:
+    host = text.strip()
+    for prefix in ("https://", "http://"):
+        host = host.removeprefix(prefix)
+    host = host.split("/", 1)[0]
+    if not host:
+        raise LayerfsError(f"invalid registry {text!r}")
+    return "docker.io" if host in ("index.docker.io", "registry-1.docker.io") else host
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    host = _registry_host(args.registry)
+    username = args.username
+    if args.password_stdin:
+        if args.password:
+            raise LayerfsError("--password and --password-stdin are mutually exclusive")
+        if not username:
+            raise LayerfsError("must provide --username with --password-stdin")
+        password = sys.stdin.read().rstrip("\r\n")
+    else:
+        if not username:
+            username = input("Username: ").strip()
+        password = args.password if args.password is not None else getpass.getpass("Password: ")
+    if not username or not password:
+        raise LayerfsError("login: username and password are required")
+    creds = Credentials(username, password)
+    with RegistryClient(insecure_registries=args.insecure_registry, credentials_for=lambda _host: creds) as client:
+        try:
+            client.ping(host)
+        except LayerfsError as err:
+            raise err.with_context(f"login {host}") from err
+    path = store_credentials(host, creds)
+    print(f"Login Succeeded (credentials saved in {path})")
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    host = _registry_host(args.registry)
+    if remove_credentials(host):
+        print(f"Removing login credentials for {host}")
+    else:
+        print(f"Not logged in to {host}")
+    return 0

@@ -1,0 +1,338 @@
+"""``layerfs pull``: from a registry into the store, as ``docker pull`` does.
+
+The steps, in order (oci.md §2-§8):
+
+1. Parse the reference (a bad one fails before any network use) and the platform.
+2. Resolve the tag or digest with a manifest HEAD (:meth:`RegistryClient.resolve`).
+3. Fetch the manifest or index by digest (from the store when it is already there); for an index
+   choose the entry for the platform with containerd's rules (:mod:`layerfs._platform`) and fetch
+   that manifest.  Every manifest's digest and media type are checked.
+4. Fetch the config (verified), check it lists one diff ID per layer, and that an explicitly asked-for
+   platform matches it.
+5. Inside one store writer: download the missing layers in parallel (``max_concurrent_downloads``
+   threads, 3 like docker), each thread feeding the streaming, resumable blob body straight into
+   ``Writer.add_layer``, which decompresses, unpacks, and verifies the blob digest and the diff ID
+   while the bytes arrive, and renames the layer into place only once verified.  A layer already in
+   the store is not fetched ("Already exists").  Then store the manifest(s) and config and record the
+   image with its tag and repo digest.
+6. On any failure the other downloads are cancelled and the writer rolls back what this pull added:
+   the store is as it was.  Errors are one line, ``pull <ref>: <cause>``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import errno
+import json
+import threading
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from . import _platform
+from ._digest import Hasher, check_digest
+from ._errors import BadArchive, BadImage, DigestMismatch, ImageNotFound, LayerfsError
+from ._progress import (COMPLETE, DOWNLOADING, EXISTS, EXTRACTING, PULLING, VERIFYING, WAITING, Progress,
+                        QuietProgress, short)
+from ._reference import Reference
+from ._reference import parse as parse_reference
+from ._registry import DOCKER_MANIFEST, INDEX_TYPES, OCI_MANIFEST, RegistryClient
+
+if TYPE_CHECKING:
+    from ._store import Image, Store, Writer
+
+#: Config media types of container images (anything else is an artifact: stored, never unpacked).
+CONFIG_TYPES = ("application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json")
+#: Layer media types that can be unpacked (compression is sniffed anyway).
+LAYER_TYPES = (
+    "application/vnd.oci.image.layer.v1.tar", "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+)
+#: docker's ``max-concurrent-downloads`` default.
+MAX_CONCURRENT_DOWNLOADS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerDescriptor:
+    """A ``manifest.layers`` entry with its diff ID from the config."""
+
+    digest: str
+    size: int
+    media_type: str
+    diff_id: str
+
+
+def _json_object(data: bytes, what: str) -> dict[str, object]:
+    try:
+        obj = json.loads(data)
+    except ValueError as err:
+        raise BadImage(f"{what}: not JSON: {err}") from err
+    if not isinstance(obj, dict):
+        raise BadImage(f"{what}: not a JSON object")
+    return obj
+
+
+def _descriptor(obj: object, what: str) -> tuple[str, str, int]:
+    """(media type, digest, size) of a descriptor, checked."""
+    if not isinstance(obj, Mapping):
+        raise BadImage(f"{what}: malformed descriptor")
+    media_type, digest, size = obj.get("mediaType", ""), obj.get("digest"), obj.get("size")
+    if not isinstance(media_type, str) or not isinstance(digest, str) or not isinstance(size, int) or size < 0:
+        raise BadImage(f"{what}: malformed descriptor {dict(obj)!r}")
+    try:
+        check_digest(digest)
+    except LayerfsError as err:
+        raise BadImage(f"{what}: {err}") from err
+    return media_type, digest, size
+
+
+class _Pull:
+    """One pull's state; see the module docstring for the steps."""
+
+    def __init__(self, store: Store, ref: Reference, client: RegistryClient, progress: Progress,
+                 wanted: _platform.Platform | None, max_concurrent_downloads: int) -> None:
+        self.store = store
+        self.ref = ref
+        self.client = client
+        self.progress = progress
+        self.wanted = wanted
+        self.workers = max(1, max_concurrent_downloads)
+        self.cancelled = threading.Event()
+        self.downloaded = 0
+
+    def _manifest(self, digest: str, media_type: str | None) -> tuple[bytes, str]:
+        """A manifest by digest, from the store if it has it, else from the registry."""
+        if self.store.has_blob(digest):
+            data = self.store.read_blob(digest)
+            body_type = _json_object(data, f"manifest {digest}").get("mediaType")
+            found = body_type if isinstance(body_type, str) and body_type else media_type
+            if found:
+                return data, found
+        return self.client.fetch_manifest(self.ref, digest)
+
+    def run(self) -> Image:
+        ref = self.ref
+        self.progress.header(f"{ref.digest or ref.tag}: Pulling from {ref.familiar_repository}")
+        top = self.client.resolve(ref)
+        if ref.digest and top.digest != ref.digest:
+            raise BadImage(f"the registry resolved {ref.digest} to {top.digest}")
+        data, media_type = self._manifest(top.digest, top.media_type)
+        blobs: list[tuple[bytes, str]] = [(data, top.digest)]
+        index_digest: str | None = None
+        manifest_digest = top.digest
+        if media_type in INDEX_TYPES:
+            index_digest = top.digest
+            manifest_digest, child_type = self._choose(data, top.digest)
+            data, media_type = self._manifest(manifest_digest, child_type)
+            if media_type in INDEX_TYPES:
+                raise BadImage(f"manifest {manifest_digest}: nested indexes are not supported")
+            if child_type and media_type != child_type:
+                raise BadImage(f"manifest {manifest_digest}: media type {media_type!r} differs from the "
+                               f"index's {child_type!r}")
+            blobs.append((data, manifest_digest))
+        config_digest, config, layers = self._read_manifest(data, manifest_digest)
+        blobs.append((config, config_digest))
+        try:
+            self.store.get(config_digest)
+            existed = True
+        except ImageNotFound:
+            existed = False
+
+        with self.store.writer() as writer:
+            self._layers(writer, layers)
+            for blob, digest in blobs:
+                writer.put_blob(blob, digest)
+            tags = [ref.with_digest(top.digest)]
+            if ref.tag and not ref.digest:
+                tags.insert(0, ref.with_tag(ref.tag))
+            image = writer.add_image(config_digest, manifest_digest=manifest_digest, index_digest=index_digest,
+                                     tags=tags, record_digests=False)
+        self.progress.line(f"Digest: {top.digest}")
+        if existed and not self.downloaded:
+            self.progress.line(f"Status: Image is up to date for {ref.familiar()}")
+        else:
+            self.progress.line(f"Status: Downloaded newer image for {ref.familiar()}")
+        return image
+
+    def _choose(self, data: bytes, digest: str) -> tuple[str, str]:
+        """Pick the index entry for the platform: (manifest digest, media type)."""
+        index = _json_object(data, f"index {digest}")
+        manifests = index.get("manifests")
+        if not isinstance(manifests, list):
+            raise BadImage(f"index {digest}: no manifests list")
+        entries: list[tuple[_platform.Platform | None, tuple[str, str]]] = []
+        for i, entry in enumerate(manifests):
+            child_type, child_digest, _size = _descriptor(entry, f"index {digest} entry {i}")
+            if child_type not in (OCI_MANIFEST, DOCKER_MANIFEST, ""):
+                continue  # nested indexes, artifacts: not images for a platform
+            plat = _platform.from_json(entry.get("platform") if isinstance(entry, Mapping) else None)
+            entries.append((plat, (child_digest, child_type)))
+        wanted = self.wanted or _platform.host()
+        return _platform.choose(entries, wanted, where=f"manifest {digest}")[0]
+
+    def _read_manifest(self, data: bytes, digest: str) -> tuple[str, bytes, list[LayerDescriptor]]:
+        """Check a manifest, fetch its config: (config digest, config bytes, layers with diff IDs)."""
+        manifest = _json_object(data, f"manifest {digest}")
+        config_type, config_digest, config_size = _descriptor(manifest.get("config"), f"manifest {digest} config")
+        if config_type not in CONFIG_TYPES:
+            raise BadImage(f"manifest {digest}: not a container image (config type {config_type!r}); "
+                           f"artifacts cannot be pulled as images")
+        raw_layers = manifest.get("layers")
+        if not isinstance(raw_layers, list):
+            raise BadImage(f"manifest {digest}: no layers list")
+        descriptors = []
+        for i, layer in enumerate(raw_layers):
+            layer_type, layer_digest, layer_size = _descriptor(layer, f"manifest {digest} layer {i}")
+            if layer_type not in LAYER_TYPES:
+                raise BadImage(f"manifest {digest}: layer {layer_digest}: unsupported media type {layer_type!r}")
+            if isinstance(layer, Mapping) and layer.get("urls"):
+                raise BadImage(f"manifest {digest}: layer {layer_digest}: foreign layers (urls) are not supported")
+            descriptors.append((layer_type, layer_digest, layer_size))
+        if self.store.has_blob(config_digest):
+            config = self.store.read_blob(config_digest)
+        else:
+            config = self.client.fetch_blob(self.ref, config_digest, config_size)
+        config_obj = _json_object(config, f"config {config_digest}")
+        rootfs = config_obj.get("rootfs")
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, Mapping) else None
+        if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+            raise BadImage(f"config {config_digest}: no rootfs.diff_ids")
+        if len(diff_ids) != len(descriptors):
+            raise BadImage(f"config {config_digest}: {len(diff_ids)} diff IDs for {len(descriptors)} layers")
+        if self.wanted is not None:
+            found = _platform.Platform(str(config_obj.get("os", "")), str(config_obj.get("architecture", "")),
+                                       str(config_obj.get("variant", "")))
+            if config_obj.get("os") and _platform.matches(found, self.wanted) is None:
+                raise LayerfsError(f"image was found but does not match the specified platform: "
+                                   f"wanted {self.wanted}, actual: {found.normalized()}")
+        layers = [LayerDescriptor(d, s, t, check_digest(diff_id))
+                  for (t, d, s), diff_id in zip(descriptors, diff_ids)]
+        return config_digest, config, layers
+
+    def _layers(self, writer: Writer, layers: Iterable[LayerDescriptor]) -> None:
+        """Download and unpack the missing layers in parallel; cancel the others on the first error."""
+        todo: list[LayerDescriptor] = []
+        seen: set[str] = set()
+        for layer in layers:
+            if layer.diff_id in seen:
+                continue
+            seen.add(layer.diff_id)
+            if self.store.has_layer(layer.diff_id):
+                self.progress.layer(short(layer.digest), EXISTS)
+            else:
+                self.progress.layer(short(layer.digest), PULLING)
+                todo.append(layer)
+        for layer in todo[self.workers:]:
+            self.progress.layer(short(layer.digest), WAITING)
+        if not todo:
+            return
+        errors: list[BaseException] = []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self.workers,
+                                                   thread_name_prefix="layerfs-pull") as pool:
+            futures = [pool.submit(self._one_layer, writer, layer) for layer in todo]
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    err = future.exception()
+                    if err is not None:
+                        errors.append(err)
+                        self.cancelled.set()
+            except BaseException:
+                self.cancelled.set()
+                raise
+        if errors:
+            # The first real cause, not the "cancelled" errors it provoked in the other threads.
+            real = [e for e in errors if "cancelled" not in str(e)] or errors
+            raise real[0]
+
+    def _one_layer(self, writer: Writer, layer: LayerDescriptor) -> None:
+        if self.cancelled.is_set():
+            raise LayerfsError("cancelled")
+        layer_id = short(layer.digest)
+        done = 0
+
+        def on_bytes(n: int) -> None:
+            nonlocal done
+            done += n
+            if done >= layer.size:
+                self.progress.layer(layer_id, VERIFYING)
+                self.progress.layer(layer_id, EXTRACTING)
+            else:
+                self.progress.layer(layer_id, DOWNLOADING, done, layer.size)
+
+        self.progress.layer(layer_id, DOWNLOADING, 0, layer.size)
+        try:
+            with self.client.open_blob(self.ref, layer.digest, layer.size, on_bytes=on_bytes,
+                                       cancelled=self.cancelled) as reader:
+                record = writer.add_layer(reader, diff_id=layer.diff_id, digest=layer.digest, size=layer.size,
+                                          media_type=layer.media_type)
+        except (BadArchive, OSError) as err:
+            # A corrupted blob usually breaks the decompressor before its digest can be checked:
+            # name the real cause, as docker does ("digest did not match").
+            if not self.cancelled.is_set() and not isinstance(err, DigestMismatch):
+                actual = self._blob_digest(layer)
+                if actual is not None and actual != layer.digest:
+                    raise DigestMismatch(f"layer {layer.diff_id}: blob {layer.digest}", layer.digest,
+                                         actual) from err
+            raise
+        if not record.existed:
+            self.downloaded += 1
+        self.progress.layer(layer_id, EXISTS if record.existed else COMPLETE)
+
+
+    def _blob_digest(self, layer: LayerDescriptor) -> str | None:
+        """The digest of the blob as the registry serves it now (after a failed unpack), or None."""
+        hasher = Hasher(layer.digest.partition(":")[0])
+        try:
+            with self.client.open_blob(self.ref, layer.digest, layer.size, cancelled=self.cancelled) as reader:
+                while chunk := reader.read(1 << 20):
+                    hasher.update(chunk)
+        except LayerfsError:
+            return None
+        return hasher.digest()
+
+
+def pull(store: Store, ref: Reference | str, *, platform: _platform.Platform | str | None = None,
+         progress: Progress | None = None, insecure_registries: Iterable[str] = (),
+         client: RegistryClient | None = None, max_concurrent_downloads: int = MAX_CONCURRENT_DOWNLOADS) -> Image:
+    """Pull an image from its registry into ``store``, like ``docker pull``.
+
+    Args:
+        store: where the image goes.
+        ref: ``alpine``, ``host:port/repo:tag``, ``repo@sha256:…`` (normalised as docker does).
+        platform: ``os/arch[/variant]`` to choose from a multi-platform index; default the host's.
+            Given explicitly, a single-platform image must match it too.
+        progress: where progress goes (:mod:`layerfs._progress`); default none.
+        insecure_registries: hosts to reach over plain HTTP (localhost always is).
+        client: a registry client to use (its ``statistics()`` then count this pull); default a new one.
+        max_concurrent_downloads: layers downloaded at once.
+    Returns:
+        The image, tagged with ``ref`` and with the repo digest of what was pulled.
+    Raises:
+        InvalidReference: ``ref`` does not parse (nothing was contacted).
+        LayerfsError: any failure, as one line ``pull <ref>: <cause>``; the store is unchanged.
+    """
+    parsed = parse_reference(ref) if isinstance(ref, str) else ref
+    wanted = _platform.parse(platform) if isinstance(platform, str) else platform
+    own = client is None
+    if client is None:
+        client = RegistryClient(insecure_registries=insecure_registries)
+    progress = progress or QuietProgress()
+    try:
+        return _Pull(store, parsed, client, progress, wanted, max_concurrent_downloads).run()
+    except LayerfsError as err:
+        raise err.with_context(f"pull {parsed.familiar()}") from err
+    except OSError as err:
+        cause = err.strerror or str(err)
+        if err.errno == errno.ENOSPC:
+            cause = "no space left on device"
+        where = f": {err.filename}" if err.filename else ""
+        raise LayerfsError(f"pull {parsed.familiar()}: {cause}{where}") from err
+    finally:
+        progress.close()
+        if own:
+            client.close()

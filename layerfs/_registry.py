@@ -1,0 +1,583 @@
+"""The registry client: the distribution API over one pooled ``httpx.Client``.
+
+What it does for a pull (oci.md §2-§6):
+
+- **Endpoints**: ``https://HOST/v2/…``; plain ``http`` for ``localhost``, ``127.0.0.1``, ``::1`` and
+  for the insecure registries (``--insecure-registry``, ``insecure = true`` in containers'
+  ``registries.conf``, ``insecure-registries`` in ``/etc/docker/daemon.json``).  Docker Hub is
+  ``registry-1.docker.io``.  TLS uses the system's CA store.
+- **Negotiation**: every manifest HEAD and GET sends the four manifest types in ``Accept``; the answer's
+  ``Content-Type`` must be one of them (schema 1 is refused), a ``mediaType`` in the JSON must agree
+  with it (CVE-2021-41190), and the bytes must hash to the digest asked for.
+- **Auth**: a 401 goes to :class:`~layerfs._auth.Authorizer`, then the request is sent once more.
+- **Retries**: 408, 429 (honouring ``Retry-After``), 5xx and dropped connections are retried with
+  capped exponential back-off; a refused connection to the registry itself fails at once.
+- **Redirects** (up to 10) are followed by hand so that ``Authorization`` is sent to the registry's
+  host only, never to a storage host it redirects to.
+- **Blobs** stream through :class:`BlobReader`, a file object over the raw (undecoded) body that, when
+  the connection drops, asks again with ``Range: bytes=N-`` and continues (206 from N, or 200 and
+  skip N bytes).  It does not verify: the store hashes what it reads.
+
+All failures are :class:`~layerfs._errors.RegistryError` with docker's words, without the reference
+(the caller adds it as context).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import logging
+import os
+import re
+import ssl
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from ._auth import Authorizer, Credentials, find_credentials
+from ._digest import check_digest, of_bytes
+from ._errors import BadImage, DigestMismatch, RegistryError
+from ._reference import Reference
+
+log = logging.getLogger(__name__)
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+#: Sent in ``Accept`` on every manifest request, HEAD and GET alike.
+MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
+INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+SCHEMA1_TYPES = ("application/vnd.docker.distribution.manifest.v1+json",
+                 "application/vnd.docker.distribution.manifest.v1+prettyjws")
+
+#: Largest manifest or config read into memory (oci.md §10.5).
+MAX_MANIFEST_BYTES = 4 << 20
+#: Largest error body read.
+MAX_ERROR_BYTES = 1 << 20
+USER_AGENT = f"layerfs/0.1 (+https://github.com/opencontainers/distribution-spec)"
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
+_REDIRECTS = (301, 302, 303, 307, 308)
+_MAX_REDIRECTS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Descriptor:
+    """What a manifest request resolved to."""
+
+    media_type: str
+    digest: str
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryStatistics:
+    """Counters of a :class:`RegistryClient` (read by tests and ``scripts/bench``)."""
+
+    requests: int
+    retries: int
+    redirects: int
+    resumes: int
+    auth_retries: int
+    blob_bytes: int
+
+
+def insecure_from_config() -> set[str]:
+    """Registries marked insecure in containers' registries.conf and docker's daemon.json.
+
+    ``$CONTAINERS_REGISTRIES_CONF`` replaces ``/etc/containers/registries.conf`` (as in containers'
+    tools); files that are missing or unreadable are ignored.
+    """
+    out: set[str] = set()
+    conf = os.environ.get("CONTAINERS_REGISTRIES_CONF")
+    paths = [Path(conf)] if conf else [Path("/etc/containers/registries.conf"),
+                                       *sorted(Path("/etc/containers/registries.conf.d").glob("*.conf"))]
+    for path in paths:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for entry in data.get("registry", []) if isinstance(data.get("registry"), list) else []:
+            if isinstance(entry, dict) and entry.get("insecure") is True:
+                location = entry.get("location") or entry.get("prefix")
+                if isinstance(location, str):
+                    out.add(location.split("/", 1)[0])
+        legacy = data.get("registries", {})
+        insecure = legacy.get("insecure", {}) if isinstance(legacy, dict) else {}
+        if isinstance(insecure, dict) and isinstance(insecure.get("registries"), list):
+            out.update(r for r in insecure["registries"] if isinstance(r, str))
+    try:
+        daemon = json.loads(Path("/etc/docker/daemon.json").read_text(encoding="utf-8"))
+        if isinstance(daemon, dict) and isinstance(daemon.get("insecure-registries"), list):
+            out.update(r for r in daemon["insecure-registries"] if isinstance(r, str))
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def _error_detail(body: bytes) -> tuple[str, str]:
+    """(code, message) of a distribution error body, or ("", "")."""
+    try:
+        data = json.loads(body[:MAX_ERROR_BYTES])
+    except ValueError:
+        return "", ""
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        return str(errors[0].get("code", "")), str(errors[0].get("message", ""))
+    return "", ""
+
+
+def _transport_cause(err: Exception) -> str:
+    """docker-like words for a transport failure."""
+    seen: Exception | None = err
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError) or getattr(seen, "errno", None) == errno.ECONNREFUSED:
+            return "connect: connection refused"
+        if isinstance(seen, ssl.SSLError):
+            if "WRONG_VERSION_NUMBER" in str(seen) or "record layer failure" in str(seen):
+                return "http: server gave HTTP response to HTTPS client"
+            return f"tls: {seen.reason or seen}"
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    text = str(err) or type(err).__name__
+    if "Connection refused" in text:
+        return "connect: connection refused"
+    if "WRONG_VERSION_NUMBER" in text:
+        return "http: server gave HTTP response to HTTPS client"
+    return text
+
+
+class RegistryClient:
+    """A synchronous, thread-safe client for OCI / Docker v2 registries.
+
+    Args:
+        insecure_registries: hosts (``host[:port]``) to talk to over plain HTTP; the registries.conf /
+            daemon.json ones are added unless ``read_config`` is false.
+        credentials_for: looks up the credentials of a host (default: the credential files).
+        retries: attempts after the first one for retryable failures.
+        backoff: first back-off delay in seconds (doubles, capped at 10 s).
+        timeout: connect/read timeout in seconds.
+        max_connections: size of the connection pool.
+    """
+
+    def __init__(self, *, insecure_registries: Iterable[str] = (),
+                 credentials_for: Callable[[str], Credentials | None] = find_credentials,
+                 retries: int = 5, backoff: float = 0.5, timeout: float = 30.0, max_connections: int = 16,
+                 read_config: bool = True) -> None:
+        self._insecure = set(insecure_registries) | (insecure_from_config() if read_config else set())
+        self._client = httpx.Client(
+            follow_redirects=False, timeout=httpx.Timeout(timeout), trust_env=False,
+            headers={"User-Agent": USER_AGENT},
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
+        self.retries = retries
+        self.backoff = backoff
+        self.auth = Authorizer(self._token_transport, credentials_for)
+        self._lock = threading.Lock()
+        self._counts = {"requests": 0, "retries": 0, "redirects": 0, "resumes": 0, "auth_retries": 0,
+                        "blob_bytes": 0}
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def statistics(self) -> RegistryStatistics:
+        with self._lock:
+            return RegistryStatistics(**self._counts)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def base_url(self, host: str) -> str:
+        """``http(s)://host`` for a registry host (Docker Hub's is ``registry-1.docker.io``)."""
+        if host == "docker.io":
+            host = "registry-1.docker.io"
+        bare = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        secure = bare not in _LOCAL_HOSTS and host not in self._insecure and bare not in self._insecure
+        return f"{'https' if secure else 'http'}://{host}"
+
+    def _sleep_for(self, attempt: int, response: httpx.Response | None = None) -> float:
+        if response is not None:
+            after = response.headers.get("retry-after", "")
+            if after.isdigit():
+                return min(float(after), 30.0)
+        return min(self.backoff * (2 ** attempt), 10.0)
+
+    def _token_transport(self, method: str, url: str, headers: Mapping[str, str],
+                         form: Mapping[str, str] | None) -> tuple[int, bytes]:
+        self._count("requests")
+        try:
+            resp = self._client.request(method, url, headers=dict(headers), data=dict(form) if form else None,
+                                        follow_redirects=True)
+        except httpx.HTTPError as err:
+            raise RegistryError(f'{method} "{url}": {_transport_cause(err)}') from err
+        return resp.status_code, resp.content[: 1 << 20]
+
+    def _send_once(self, method: str, url: str, host: str, headers: Mapping[str, str],
+                   authorization: str | None) -> httpx.Response:
+        """One request, following redirects by hand; ``Authorization`` only to the registry host."""
+        registry_netloc = urlsplit(self.base_url(host)).netloc
+        for _hop in range(_MAX_REDIRECTS + 1):
+            sent = dict(headers)
+            if authorization and urlsplit(url).netloc == registry_netloc:
+                sent["Authorization"] = authorization
+            self._count("requests")
+            resp = self._client.send(self._client.build_request(method, url, headers=sent), stream=True)
+            location = resp.headers.get("location")
+            if resp.status_code not in _REDIRECTS or not location:
+                return resp
+            resp.close()
+            self._count("redirects")
+            url = urljoin(url, location)
+            if not url.startswith(("http://", "https://")):
+                raise RegistryError(f"redirect to unsupported URL {url!r}")
+            if resp.status_code == 303 and method != "HEAD":
+                method = "GET"
+        raise RegistryError(f'{method} "{url}": stopped after {_MAX_REDIRECTS} redirects')
+
+    def request(self, method: str, host: str, path: str, *, scopes: Iterable[str] = (),
+                headers: Mapping[str, str] | None = None, retry_connect: bool = False) -> httpx.Response:
+        """Send a request to ``host``'s ``path`` with auth, retries and redirects.
+
+        Returns:
+            The final response, streaming (the caller reads or closes it); any status.
+        Raises:
+            RegistryError: the registry could not be reached, or the retries ran out.
+        """
+        scopes = tuple(scopes)
+        url = self.base_url(host) + path
+        attempt = 0
+        auth_retried = False
+        while True:
+            authorization = self.auth.header(host, scopes)
+            try:
+                resp = self._send_once(method, url, host, headers or {}, authorization)
+            except httpx.TransportError as err:
+                refused = isinstance(err, httpx.ConnectError)
+                if attempt >= self.retries or (refused and not retry_connect):
+                    raise RegistryError(f'{method} "{url}": {_transport_cause(err)}') from err
+                log.debug("%s %s: %s; retrying", method, url, err)
+                time.sleep(self._sleep_for(attempt))
+                attempt += 1
+                self._count("retries")
+                continue
+            status = resp.status_code
+            if status == 401 and not auth_retried:
+                challenge = resp.headers.get("www-authenticate", "")
+                auth_retried = True
+                if challenge and self.auth.challenge(host, challenge, scopes):
+                    resp.close()
+                    self._count("auth_retries")
+                    continue
+                return resp
+            if (status in (408, 429) or status >= 500) and attempt < self.retries:
+                delay = self._sleep_for(attempt, resp)
+                resp.close()
+                log.debug("%s %s: HTTP %d; retrying in %.1fs", method, url, status, delay)
+                time.sleep(delay)
+                attempt += 1
+                self._count("retries")
+                continue
+            return resp
+
+    def _fail(self, resp: httpx.Response, what: str, scope_repo: str) -> RegistryError:
+        """Map an unexpected answer to docker's words."""
+        try:
+            body = b"" if resp.request.method == "HEAD" else resp.read()[:MAX_ERROR_BYTES]
+        except httpx.HTTPError:
+            body = b""
+        finally:
+            resp.close()
+        code, message = _error_detail(body)
+        detail = f"{code.lower()}: {message}" if code else f"HTTP {resp.status_code} {resp.reason_phrase}"
+        status = resp.status_code
+        if status in (401, 403):
+            host = urlsplit(str(resp.request.url)).netloc
+            if self.auth.credentials(host) is None:
+                return RegistryError(f"pull access denied for {scope_repo}, repository does not exist or may "
+                                     f"require 'layerfs login': {detail or 'denied'}")
+            return RegistryError(f"unauthorized: {what}: {detail}")
+        if status == 404:
+            if not code:
+                detail = "manifest unknown" if what.startswith("manifest") else "blob unknown"
+            return RegistryError(f"{what} not found: {detail}")
+        if status == 429:
+            return RegistryError(f"toomanyrequests: {what}: {detail}")
+        return RegistryError(f"{what}: {detail}")
+
+    # -- API ----------------------------------------------------------------------------------------
+
+    def ping(self, host: str) -> None:
+        """``GET /v2/`` with the stored credentials, as ``docker login`` checks them.
+
+        Raises:
+            RegistryError: the registry cannot be reached or refuses the credentials.
+        """
+        resp = self.request("GET", host, "/v2/")
+        if resp.status_code != 200:
+            resp.close()
+            raise RegistryError(f"login attempt to {self.base_url(host)}/v2/ failed with status: "
+                                f"{resp.status_code} {resp.reason_phrase}")
+        resp.close()
+
+    @staticmethod
+    def _scope(ref: Reference) -> str:
+        return f"repository:{ref.path}:pull"
+
+    def resolve(self, ref: Reference) -> Descriptor:
+        """HEAD the manifest a tag or digest names: its media type, digest and size.
+
+        Falls back to GET when HEAD is refused (405) or lacks ``Docker-Content-Digest``.
+        """
+        what = ref.digest or ref.tag or "latest"
+        path = f"/v2/{ref.path}/manifests/{what}"
+        headers = {"Accept": ", ".join(MANIFEST_TYPES)}
+        resp = self.request("HEAD", ref.domain, path, scopes=[self._scope(ref)], headers=headers)
+        if resp.status_code == 200:
+            resp.close()
+            digest = resp.headers.get("docker-content-digest", "")
+            media_type = resp.headers.get("content-type", "").split(";")[0].strip()
+            length = resp.headers.get("content-length", "")
+            if ref.digest:
+                digest = ref.digest
+            if digest and length.isdigit() and media_type:
+                check_digest(digest)
+                _check_media_type(media_type, f"manifest {what}")
+                return Descriptor(media_type, digest, int(length))
+        elif resp.status_code not in (405,):
+            raise self._fail(resp, f"manifest for {ref.familiar()}", ref.familiar_repository)
+        resp.close()
+        data, media_type = self._get_manifest(ref, what, None)
+        return Descriptor(media_type, ref.digest or of_bytes(data), len(data))
+
+    def fetch_manifest(self, ref: Reference, digest: str) -> tuple[bytes, str]:
+        """GET a manifest or index by digest, verified.  Returns (exact bytes, media type)."""
+        return self._get_manifest(ref, check_digest(digest), digest)
+
+    def _get_manifest(self, ref: Reference, what: str, digest: str | None) -> tuple[bytes, str]:
+        path = f"/v2/{ref.path}/manifests/{what}"
+        resp = self.request("GET", ref.domain, path, scopes=[self._scope(ref)],
+                            headers={"Accept": ", ".join(MANIFEST_TYPES)})
+        if resp.status_code != 200:
+            raise self._fail(resp, f"manifest for {ref.familiar()}", ref.familiar_repository)
+        data = self._read_capped(resp, MAX_MANIFEST_BYTES, f"manifest {what}")
+        media_type = resp.headers.get("content-type", "").split(";")[0].strip()
+        media_type = _check_media_type(media_type, f"manifest {what}", data)
+        if digest is not None:
+            actual = of_bytes(data, digest.partition(":")[0])
+            if actual != digest:
+                raise DigestMismatch(f"manifest {what}", digest, actual)
+        return data, media_type
+
+    def _read_capped(self, resp: httpx.Response, limit: int, what: str) -> bytes:
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            for chunk in resp.iter_bytes():
+                total += len(chunk)
+                if total > limit:
+                    raise BadImage(f"{what}: larger than {limit} bytes")
+                chunks.append(chunk)
+        except httpx.HTTPError as err:
+            raise RegistryError(f"{what}: {_transport_cause(err)}") from err
+        finally:
+            resp.close()
+        return b"".join(chunks)
+
+    def fetch_blob(self, ref: Reference, digest: str, size: int, *, limit: int = MAX_MANIFEST_BYTES) -> bytes:
+        """GET a small blob (a config) into memory, verified against digest and size."""
+        if size > limit:
+            raise BadImage(f"blob {digest}: {size} bytes is more than the {limit} allowed")
+        reader = self.open_blob(ref, digest, size)
+        try:
+            data = reader.read()
+        finally:
+            reader.close()
+        actual = of_bytes(data, digest.partition(":")[0])
+        if len(data) != size or actual != digest:
+            raise DigestMismatch(f"blob {digest}", digest, actual)
+        return data
+
+    def open_blob(self, ref: Reference, digest: str, size: int | None, *,
+                  on_bytes: Callable[[int], None] | None = None,
+                  cancelled: threading.Event | None = None) -> BlobReader:
+        """A resumable file object over blob ``digest``'s bytes as transferred (not verified)."""
+        return BlobReader(self, ref, check_digest(digest), size, on_bytes=on_bytes, cancelled=cancelled)
+
+
+def _check_media_type(media_type: str, what: str, data: bytes | None = None) -> str:
+    """Check a manifest's ``Content-Type`` (and the JSON's ``mediaType`` if given); return the type."""
+    if media_type in SCHEMA1_TYPES:
+        raise BadImage(f"{what}: Docker Image manifest schema 1 is not supported; push it again with a "
+                       f"current tool")
+    body_type = ""
+    if data is not None:
+        try:
+            obj = json.loads(data)
+        except ValueError as err:
+            raise BadImage(f"{what}: not JSON: {err}") from err
+        if not isinstance(obj, dict):
+            raise BadImage(f"{what}: not a JSON object")
+        if obj.get("schemaVersion") == 1:
+            raise BadImage(f"{what}: Docker Image manifest schema 1 is not supported")
+        body_type = obj.get("mediaType", "") if isinstance(obj.get("mediaType", ""), str) else "?"
+    if media_type not in MANIFEST_TYPES:
+        if body_type in MANIFEST_TYPES and media_type in ("", "application/json", "application/octet-stream",
+                                                           "text/plain"):
+            return body_type
+        raise BadImage(f"{what}: unsupported media type {media_type!r}")
+    if body_type and body_type != media_type:
+        raise BadImage(f"{what}: media type {body_type!r} in the manifest does not match the "
+                       f"Content-Type {media_type!r}")
+    return media_type
+
+
+_CONTENT_RANGE_RE = re.compile(r"\Abytes (\d+)-(\d+|\*)/(\d+|\*)\Z")
+
+
+class BlobReader:
+    """A blob's body as a file object (``read(n)``), resuming with ``Range`` after a dropped connection.
+
+    Counts the bytes it hands out (``on_bytes``); stops at ``size`` bytes.  A transport error, or a body
+    that ends early, re-sends the GET with ``Range: bytes=N-``: a 206 must start at N, a 200 is read and
+    N bytes skipped.  After ``client.retries`` attempts without progress it raises
+    :class:`RegistryError`.  Setting ``cancelled`` makes the next read raise.
+    """
+
+    def __init__(self, client: RegistryClient, ref: Reference, digest: str, size: int | None, *,
+                 on_bytes: Callable[[int], None] | None = None,
+                 cancelled: threading.Event | None = None) -> None:
+        self._client = client
+        self._ref = ref
+        self.digest = digest
+        self.size = size
+        self.offset = 0
+        self._on_bytes = on_bytes
+        self._cancelled = cancelled
+        self._resp: httpx.Response | None = None
+        self._chunks: Iterator[bytes] | None = None
+        self._buf = b""
+        self._pos = 0
+        self._failures = 0
+        self.resumes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+            self._chunks = None
+
+    def __enter__(self) -> BlobReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        ref = self._ref
+        path = f"/v2/{ref.path}/blobs/{self.digest}"
+        headers = {"Range": f"bytes={self.offset}-"} if self.offset else {}
+        resp = self._client.request("GET", ref.domain, path, scopes=[RegistryClient._scope(ref)],
+                                    headers=headers, retry_connect=True)
+        skip = 0
+        if resp.status_code == 206 and self.offset:
+            m = _CONTENT_RANGE_RE.match(resp.headers.get("content-range", ""))
+            if not m or int(m.group(1)) != self.offset:
+                resp.close()
+                raise RegistryError(f"blob {self.digest}: resume at {self.offset} answered with "
+                                    f"Content-Range {resp.headers.get('content-range')!r}")
+        elif resp.status_code == 200:
+            skip = self.offset
+        else:
+            raise self._client._fail(resp, f"blob {self.digest}", ref.familiar_repository)
+        self._resp = resp
+        self._chunks = resp.iter_raw()
+        while skip:
+            chunk = next(self._chunks, b"")
+            if not chunk:
+                raise httpx.ReadError("body ended while skipping to the resume offset")
+            if len(chunk) > skip:
+                self._buf, self._pos = chunk[skip:], 0
+                skip = 0
+            else:
+                skip -= len(chunk)
+
+    def _fill(self) -> bool:
+        """Get the next chunk into the buffer; False at the end of the blob."""
+        while True:
+            if self._cancelled is not None and self._cancelled.is_set():
+                self.close()
+                raise RegistryError(f"blob {self.digest}: cancelled")
+            if self.size is not None and self.offset >= self.size:
+                self.close()
+                return False
+            try:
+                if self._chunks is None:
+                    self._open()
+                    if self._pos < len(self._buf):
+                        return True
+                assert self._chunks is not None
+                chunk = next(self._chunks, b"")
+                if not chunk:
+                    if self.size is None:
+                        self.close()
+                        return False
+                    raise httpx.ReadError(f"body ended at {self.offset} of {self.size} bytes")
+                self._buf, self._pos = chunk, 0
+                self._failures = 0
+                return True
+            except (httpx.TransportError, httpx.StreamError) as err:
+                self.close()
+                if self._failures >= self._client.retries:
+                    raise RegistryError(f"blob {self.digest}: {_transport_cause(err)} "
+                                        f"(after {self._failures} retries)") from err
+                delay = self._client._sleep_for(self._failures)
+                self._failures += 1
+                self.resumes += 1
+                self._client._count("resumes")
+                log.debug("blob %s: %s at %d; resuming in %.1fs", self.digest, err, self.offset, delay)
+                time.sleep(delay)
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all the rest if ``n`` < 0); ``b""`` at the end."""
+        if n is None or n < 0:
+            parts = []
+            while True:
+                part = self.read(1 << 20)
+                if not part:
+                    return b"".join(parts)
+                parts.append(part)
+        if n == 0:
+            return b""
+        if self._pos >= len(self._buf) and not self._fill():
+            return b""
+        end = min(len(self._buf), self._pos + n)
+        if self.size is not None:
+            end = min(end, self._pos + (self.size - self.offset))
+        data = self._buf[self._pos:end]
+        self._pos = end
+        self.offset += len(data)
+        self._client._count("blob_bytes", len(data))
+        if self._on_bytes is not None:
+            self._on_bytes(len(data))
+        return data
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
