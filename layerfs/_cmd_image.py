@@ -7,7 +7,6 @@ import json
 import sys
 
 from ._errors import ImageNotFound, LayerfsError
-from ._load import load
 from ._reference import parse as parse_reference
 from ._store import Image, Store
 from ._units import human_size, since
@@ -96,7 +95,7 @@ examples:
 def cmd_load(args: argparse.Namespace) -> int:
     store = Store(args.root)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    images = load(store, args.source, tags=args.tag, progress=progress)
+    images = store.load(args.source, tags=args.tag, progress=progress)
     for image in images:
         if not args.quiet:
             for tag in image.repo_tags:
@@ -175,10 +174,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    store = Store(args.root)
-    ref = parse_reference(args.target)
-    with store.writer() as w:
-        w.tag(store.get(args.source), ref)
+    Store(args.root).tag(args.source, args.target)
     return 0
 
 
@@ -187,8 +183,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     status = 0
     for name in args.images:
         try:
-            with store.writer() as w:
-                lines = w.remove(name, force=args.force)
+            lines = store.remove(name, force=args.force)
         except LayerfsError as err:
             print(f"Error: {err}", file=sys.stderr)
             status = 1

@@ -42,7 +42,7 @@ import os
 import secrets
 import shutil
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -324,6 +324,32 @@ class Store:
             "Descriptor": {"ManifestDigest": image.manifest_digest, "IndexDigest": image.index_digest},
             "Layers": layers,
         }
+
+    # -- the public verbs (thin: the work is in _load, _pull and Writer) -------------------------
+
+    def load(self, source: str, *, tags: Sequence[str] = (), progress: Callable[[str], None] | None = None,
+             ) -> list[Image]:
+        """``layerfs load``: images from an OCI layout or archive (see :func:`layerfs._load.load`)."""
+        from ._load import load
+
+        return load(self, source, tags=tags, progress=progress)
+
+    def pull(self, ref: str, **options: object) -> Image:
+        """``layerfs pull``: an image from its registry (options: see :func:`layerfs._pull.pull`)."""
+        from ._pull import pull
+
+        return pull(self, ref, **options)  # type: ignore[arg-type]
+
+    def remove(self, name: str, *, force: bool = False) -> list[str]:
+        """``layerfs rm``: untag or delete an image; returns docker's ``Untagged:``/``Deleted:`` lines."""
+        with self.writer() as w:
+            return w.remove(name, force=force)
+
+    def tag(self, name: str, ref: str) -> None:
+        """``layerfs tag``: point the reference ``ref`` at the image ``name``."""
+        target = parse_reference(ref)
+        with self.writer() as w:
+            w.tag(self.get(name), target)
 
     # -- mounts ------------------------------------------------------------------------------
 
