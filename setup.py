@@ -9,10 +9,24 @@ import glob
 
 from setuptools import Extension, find_packages, setup
 
+
+def _pkg_config(flag: str, package: str, default: list[str]) -> list[str]:
+    """``pkg-config FLAG PACKAGE`` split, with the -I/-l prefixes removed (csrc/session.c needs fuse3)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["pkg-config", flag, package], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return default
+    return [word[2:] for word in out.split()]
+
+
 native = Extension(
     "layerfs._native",
     sources=sorted(glob.glob("csrc/*.c")),
     depends=sorted(glob.glob("csrc/*.h")),
+    include_dirs=_pkg_config("--cflags-only-I", "fuse3", ["/usr/include/fuse3"]),
+    libraries=_pkg_config("--libs-only-l", "fuse3", ["fuse3", "pthread"]),
     extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration",
                         "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
 )

@@ -1,4 +1,4 @@
-/* native.h: what each csrc/*.c file contributes to the extension module layerfs._native.
+/* native.h: what each C file of csrc/ contributes to the extension module layerfs._native.
  *
  * Every file defines one `int layerfs_init_<part>(PyObject *module)` that adds its functions and
  * types to the module and returns 0, or sets an exception and returns -1.  module.c calls them
@@ -11,5 +11,7 @@
 #include <Python.h>
 
 int layerfs_init_sys(PyObject *module);   /* sys.c: openat2 and the *at() calls the unpacker needs */
+int layerfs_init_merge(PyObject *module); /* merge.c: the merged-tree index (MergedIndex) of a mount */
+int layerfs_init_session(PyObject *module); /* session.c: the C libfuse engine (FuseSession) */
 
 #endif

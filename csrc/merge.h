@@ -1,0 +1,82 @@
+/* merge.h: the merged-tree index file (written by layerfs/_merge.py) as C sees it.
+ *
+ * The layout must match _merge.py's HEADER / NODE / DENT structs (little-endian, packed as
+ * declared; the static asserts in merge.c check the sizes).  A loaded index is an mmap of the
+ * file, validated once at load, so every accessor below is a bounds-check-free array access.
+ */
+#ifndef LAYERFS_MERGE_H
+#define LAYERFS_MERGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define LFS_MAGIC "LFSMERGE"
+#define LFS_VERSION 1
+#define LFS_ROOT_INO 1
+#define LFS_FLAG_MERGED 1
+#define LFS_FLAG_OPAQUE 2
+#define LFS_NAME_MAX 255
+
+struct lfs_header {
+    char magic[8];
+    uint32_t version, n_layers, n_nodes, n_dents;
+    uint64_t off_nodes, off_dents, off_blob, blob_size;
+    uint32_t key_off, key_len;
+};
+
+struct lfs_node {
+    uint32_t mode, uid, gid, nlink;
+    uint64_t size, blocks, rdev;
+    int64_t atime_ns, mtime_ns, ctime_ns;
+    uint32_t layer, parent, name_off, name_len;
+    uint32_t first_dent, n_dents, xattr_off, xattr_len;
+    uint32_t target_off, target_len, flags, pad;
+};
+
+struct lfs_dent {
+    uint32_t name_off, name_len, ino;
+};
+
+struct lfs_index {
+    void *map;
+    size_t map_len;
+    const struct lfs_header *h;
+    const struct lfs_node *nodes;
+    const struct lfs_dent *dents;
+    const char *blob;
+    uint32_t n_nodes;
+};
+
+/* Open and validate an index file.  Returns 0, or -errno (EINVAL for a malformed file). */
+int lfs_index_open(struct lfs_index *ix, const char *path);
+void lfs_index_close(struct lfs_index *ix);
+
+static inline const struct lfs_node *lfs_node(const struct lfs_index *ix, uint64_t ino)
+{
+    return (ino >= 1 && ino < ix->n_nodes) ? &ix->nodes[ino] : NULL;
+}
+
+/* Binary search of a directory's sorted entries.  Returns the child inode, or 0. */
+static inline uint32_t lfs_lookup(const struct lfs_index *ix, const struct lfs_node *dir,
+                                  const char *name, size_t len)
+{
+    size_t lo = dir->first_dent, hi = (size_t)dir->first_dent + dir->n_dents;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const struct lfs_dent *d = &ix->dents[mid];
+        size_t n = d->name_len < len ? d->name_len : len;
+        int c = memcmp(ix->blob + d->name_off, name, n);
+        if (c == 0)
+            c = d->name_len < len ? -1 : d->name_len > len ? 1 : 0;
+        if (c == 0)
+            return d->ino;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return 0;
+}
+
+#endif

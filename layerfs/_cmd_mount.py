@@ -1,0 +1,148 @@
+"""Mount commands: ``mount``, ``umount``, ``mounts``, ``mount-stats`` (see ``_mount``)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from . import _mount
+from ._errors import MountError
+from ._store import Store
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("mount", formatter_class=fmt, help="mount an image as a merged read-only tree",
+                       description="""\
+Mount an image's layers as one merged, read-only tree: what `docker run` would see as its root
+filesystem.  The image is pulled first if the store does not hold it.  The command returns once
+the mount is ready; a daemon keeps serving it in the background until `layerfs umount`.
+
+The merged view is the kernel overlay's: upper layers win, whiteouts hide, opaque directories
+cut off the layers below.  It is computed once per image and kept in the store, so mounting an
+image again takes milliseconds, and looking a path up never reads a layer directory.
+
+Drop-in for fuse-overlayfs on plain directories: `-o lowerdir=A:B:C` (top layer first, as
+overlay takes it; `\\:` escapes a colon) mounts those directories instead of an image.  They may
+hold whiteouts in the kernel's forms (0/0 char devices, overlay.opaque xattrs) or as OCI `.wh.`
+files.  Like overlay, the directories must not change while mounted.
+
+The mount point must exist, be an empty directory and not already be a mount point.  As a
+non-root user the mount goes through fusermount3.
+
+examples:
+  layerfs mount busybox:latest ./rootfs
+  layerfs mount --foreground alpine /mnt/alpine       serve in front, log to the terminal
+  layerfs mount -o lowerdir=/l/top:/l/mid:/l/base ./merged""")
+    p.add_argument("args", nargs="+", metavar="[IMAGE] MOUNTPOINT",
+                   help="the image and the mount point; with -o lowerdir= only the mount point "
+                        "(a leading source argument, as mount(8) passes it, is ignored)")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
+                   help="comma-separated mount options: lowerdir=A:B:C (top first); ro is implied; "
+                        "others are ignored with a warning")
+    p.add_argument("--read-only", action="store_true",
+                   help="read-only (the default and, for now, the only kind of mount)")
+    p.add_argument("-f", "--foreground", action="store_true",
+                   help="serve in the foreground, logging to the terminal; Ctrl-C unmounts")
+    p.add_argument("--engine", choices=_mount.ENGINES, default=_mount.DEFAULT_ENGINE,
+                   help="what serves the mount: c (libfuse in C, the default) or pyfuse3 (Python "
+                        "handlers); env LAYERFS_ENGINE")
+    p.set_defaults(handler=cmd_mount)
+
+    p = sub.add_parser("umount", aliases=["unmount"], formatter_class=fmt,
+                       help="unmount a layerfs mount and wait for its daemon to exit",
+                       description="""\
+Unmount a layerfs mount and wait until its daemon has exited; the image no longer counts as in
+use.  Fails with "busy" while a process has a file open or its working directory inside.
+
+examples:
+  layerfs umount ./rootfs""")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.set_defaults(handler=cmd_umount)
+
+    p = sub.add_parser("mounts", formatter_class=fmt, help="list layerfs mounts",
+                       description="""\
+List the live layerfs mounts of this user: mount point, what is mounted (image or lowerdir=),
+daemon pid and since when.
+
+examples:
+  layerfs mounts
+  layerfs mounts --format json""")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(handler=cmd_mounts)
+
+    p = sub.add_parser("mount-stats", formatter_class=fmt, help="show a mount's request counts (JSON)",
+                       description="""\
+Ask the daemon of a mount for its statistics and print them as JSON: requests answered per
+FUSE opcode, failed requests per opcode, open files, index size, mount time.  Used by
+scripts/bench to show the requests behind each figure.
+
+examples:
+  layerfs mount-stats ./rootfs""")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.set_defaults(handler=cmd_mount_stats)
+
+
+def _parse_options(values: list[str]) -> list[str] | None:
+    """The lowerdir list (top first) from ``-o`` values, or None; unknown options are ignored."""
+    lower: list[str] | None = None
+    for value in values:
+        for opt in value.split(","):
+            key, _, arg = opt.partition("=")
+            if key == "lowerdir":
+                lower = _mount.parse_lowerdir(arg)
+            elif key in ("upperdir", "workdir"):
+                raise MountError(f"-o {key}=: writable mounts are not supported yet")
+            elif key in ("ro", "rw", "", "nodev", "nosuid", "noatime", "dev", "suid", "exec"):
+                continue
+            else:
+                log.warning("mount option %r ignored", opt)
+    return lower
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    lower = _parse_options(args.options)
+    store = Store(args.root)
+    if lower is not None:
+        if not lower:
+            raise MountError("-o lowerdir=: no directories given")
+        if len(args.args) not in (1, 2):
+            raise MountError("usage: layerfs mount -o lowerdir=A:B:C MOUNTPOINT")
+        source: str | list[str] = lower
+        mountpoint = args.args[-1]
+    else:
+        if len(args.args) != 2:
+            raise MountError("usage: layerfs mount IMAGE MOUNTPOINT (or -o lowerdir=A:B MOUNTPOINT)")
+        source, mountpoint = args.args
+    _mount.mount(store, source, mountpoint, foreground=args.foreground, debug=args.debug, engine=args.engine)
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    _mount.umount(args.mountpoint, store=Store(args.root))
+    return 0
+
+
+def cmd_mounts(args: argparse.Namespace) -> int:
+    rows = _mount.mounts()
+    if args.format == "json":
+        for row in rows:
+            print(json.dumps(dataclasses.asdict(row)))
+        return 0
+    print(f"{'MOUNTPOINT':<32} {'SOURCE':<32} {'PID':>7}  SINCE")
+    for row in rows:
+        print(f"{row.mountpoint:<32} {row.source:<32} {row.pid:>7}  {row.since}")
+    return 0
+
+
+def cmd_mount_stats(args: argparse.Namespace) -> int:
+    stats = _mount.statistics(args.mountpoint)
+    json.dump(dataclasses.asdict(stats) | {"total": stats.total}, sys.stdout, indent=1, sort_keys=True)
+    print()
+    return 0

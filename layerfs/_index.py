@@ -1,0 +1,161 @@
+"""The loaded merged-tree index of a mount: the one Python wrapper of ``_native.MergedIndex``.
+
+``_merge`` computes and saves the index; this module maps it (``csrc/merge.c``) and gives the
+handlers typed, allocation-light accessors.  Every accessor reads memory only: no layer directory
+is touched, nothing blocks.  Errors are ``OSError`` with the errno a FUSE reply should carry.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import _native  # the only importer of the native index type
+
+#: (ino, mode, nlink, uid, gid, rdev, size, blocks, atime_ns, mtime_ns, ctime_ns)
+Attr = tuple[int, int, int, int, int, int, int, int, int, int, int]
+
+ROOT_INO = 1
+NAME_MAX = 255
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """Where a node comes from: its layer (0 = base), its parent dir, its children range, flags."""
+
+    layer: int
+    parent: int
+    first_dent: int
+    n_dents: int
+    flags: int
+
+
+class Index:
+    """A merged-tree index file, mapped read-only.
+
+    Args:
+        path: the index file (see ``_merge``).
+
+    Raises:
+        OSError: the file cannot be opened or mapped.
+        ValueError: the file is not a valid index of the current format.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._ix = _native.MergedIndex(os.fspath(path))
+        self.file = Path(path)
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of node slots: valid inode numbers are ``1 .. n_nodes - 1``."""
+        n: int = self._ix.n_nodes
+        return n
+
+    @property
+    def n_layers(self) -> int:
+        n: int = self._ix.n_layers
+        return n
+
+    @property
+    def key(self) -> str:
+        """The name of the stack the index was built for (e.g. the top chain ID)."""
+        k: str = self._ix.key
+        return k
+
+    def lookup(self, parent: int, name: bytes) -> int:
+        """The inode of ``name`` in directory ``parent``, or 0 if the merged dir has no such name.
+
+        Raises:
+            OSError: ENOTDIR (parent is not a dir), ENAMETOOLONG (> 255 bytes), ESTALE (bad inode).
+        """
+        ino: int = self._ix.lookup(parent, name)
+        return ino
+
+    def getattr(self, ino: int) -> Attr:
+        """The attributes of ``ino`` as recorded from its layer (merged dirs: nlink 1)."""
+        attr: Attr = self._ix.getattr(ino)
+        return attr
+
+    def node(self, ino: int) -> NodeInfo:
+        return NodeInfo(*self._ix.node(ino))
+
+    def readdir(self, ino: int, start: int, count: int) -> list[tuple[bytes, int]]:
+        """Up to ``count`` children of directory ``ino`` from position ``start``, in name order.
+
+        Positions are stable across opens and mounts (the index never changes).
+        """
+        entries: list[tuple[bytes, int]] = self._ix.readdir(ino, start, count)
+        return entries
+
+    def readlink(self, ino: int) -> bytes:
+        """A symlink's target, as written in its layer.  Raises OSError(EINVAL) for a non-link."""
+        target: bytes = self._ix.readlink(ino)
+        return target
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        """The visible xattr names of ``ino`` (overlay-private ones were dropped at build)."""
+        names: list[bytes] = self._ix.listxattr(ino)
+        return names
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        """The value of xattr ``name``.  Raises OSError(ENODATA) when absent."""
+        value: bytes = self._ix.getxattr(ino, name)
+        return value
+
+    def path(self, ino: int) -> bytes:
+        """The path of ``ino`` relative to its layer's root (``b"."`` for the root)."""
+        p: bytes = self._ix.path(ino)
+        return p
+
+    def layer(self, ino: int) -> int:
+        """The index (0 = base) of the layer that holds ``ino``'s object (topmost for merged dirs)."""
+        layer: int = self._ix.node(ino)[0]
+        return layer
+
+
+class NativeSession:
+    """A read-only merged mount served by the C engine (``csrc/session.c``): mounted on creation.
+
+    Args:
+        index: the merged index file of the stack.
+        layer_dirs: the stack's layer directories, base layer first.
+        mountpoint: where to mount (checked by the caller).
+        options: FUSE mount options (``_cache.mount_options``).
+        policy: the cache policy (``_cache.POLICY``): its timeouts go into every reply.
+        threads: request threads (1 = libfuse's single-threaded loop).
+        debug: libfuse's ``-d`` request trace on stderr.
+
+    Raises:
+        OSError: the index or a layer dir cannot be opened.
+        ValueError: the index is malformed or does not match the number of layers.
+        RuntimeError: libfuse could not create the session or mount it.
+    """
+
+    def __init__(self, index: str | os.PathLike[str], layer_dirs: list[str], mountpoint: str,
+                 options: set[str], *, entry_timeout: float, attr_timeout: float, negative_timeout: float,
+                 threads: int = 1, debug: bool = False) -> None:
+        self._s = _native.FuseSession(os.fspath(index), layer_dirs, mountpoint, ",".join(sorted(options)),
+                                      entry_timeout, attr_timeout, negative_timeout, threads, debug)
+
+    def loop(self) -> int:
+        """Serve requests until the kernel ends the connection or :meth:`exit`; blocks (GIL released)."""
+        rc: int = self._s.loop()
+        return rc
+
+    def exit(self) -> None:
+        """Ask the loop to end (it notices at its next request or when the connection ends)."""
+        self._s.exit()
+
+    def unmount(self) -> None:
+        """Unmount (lazily, as libfuse does): the kernel then ends the connection."""
+        self._s.unmount()
+
+    def close(self) -> None:
+        """Unmount if still mounted and free the session (after :meth:`loop` returned)."""
+        self._s.close()
+
+    def stats(self) -> tuple[dict[str, int], dict[str, int], int]:
+        """(requests per opcode, failed requests per opcode, open files)."""
+        out: tuple[dict[str, int], dict[str, int], int] = self._s.stats()
+        return out

@@ -1,0 +1,369 @@
+"""FUSE mounts of layerfs compared with the kernel overlay, and the mount lifecycle.
+
+- The edge image (``_images``: every edge a layer can hold) loaded into a store and mounted must
+  equal a kernel overlay of the same layer dirs, entry by entry (``_trees``).
+- Every overlay rule case of ``test_merge`` mounted with ``-o lowerdir=`` on plain dirs holding
+  OCI ``.wh.`` markers must equal a kernel overlay of the converted dirs.
+- Lifecycle: umount waits for the daemon, SIGTERM unmounts, clear errors for a missing, non-dir,
+  non-empty, already mounted or busy mount point; the daemon survives failed requests; NAME_MAX,
+  statfs, stable inode numbers, hard links, ``.``/``..``, xattrs; the store records the mount.
+
+Every mount goes through the ``mounts`` fixture: a timeout on each step, an unconditional
+unmount in teardown, and a failure if a daemon outlives its mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from _images import BuiltImage, edge_image, edge_tar_layers  # noqa: F401
+from _trees import assert_same_tree, snapshot
+from conftest import require_fuse, require_root, run_layerfs
+from layerfs import Image, MountError, Store
+from layerfs import _mount
+from test_merge import CASES, LONG, build_stack
+
+DAEMON_EXIT_TIMEOUT = 10.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
+def _is_mounted(path: Path) -> bool:
+    return os.path.realpath(path) in _mount._mounted()
+
+
+class Mounts:
+    """Mounts made by one test; teardown unmounts them all and checks their daemons are gone."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.points: list[Path] = []
+        self.pids: set[int] = set()
+
+    def mount(self, source: str | Sequence[Path], mnt: Path) -> _mount.MountHandle:
+        mnt.mkdir(parents=True, exist_ok=True)
+        self.points.append(mnt)
+        handle = _mount.mount(self.store, source if isinstance(source, str) else [str(p) for p in source], mnt)
+        self.pids.add(handle.pid)
+        return handle
+
+    def track(self, mnt: Path) -> int:
+        """Track a mount made another way (the CLI); returns its daemon pid."""
+        self.points.append(mnt)
+        pid = next(m.pid for m in _mount.mounts() if m.mountpoint == os.path.realpath(mnt))
+        self.pids.add(pid)
+        return pid
+
+    def teardown(self) -> list[str]:
+        problems = []
+        for mnt in self.points:
+            if _is_mounted(mnt):
+                try:
+                    _mount.umount(mnt, store=self.store, timeout=DAEMON_EXIT_TIMEOUT)
+                except MountError as err:
+                    problems.append(f"teardown umount {mnt}: {err}")
+                    subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+        deadline = time.monotonic() + DAEMON_EXIT_TIMEOUT
+        for pid in self.pids:
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if _alive(pid):
+                problems.append(f"daemon {pid} outlived its mount")
+                os.kill(pid, signal.SIGKILL)
+        return problems
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[Mounts]:
+    require_root()
+    require_fuse()
+    m = Mounts(Store(tmp_path / "store"))
+    yield m
+    problems = m.teardown()
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The merged view = the kernel's
+
+def _load(store: Store, image: BuiltImage) -> Image:
+    """Load a built image into the store (needs the unpacker)."""
+    from conftest import require
+    from layerfs import load
+
+    try:
+        import layerfs._unpack  # noqa: F401
+    except ImportError:
+        require(False, "layerfs._unpack (the unpacker)")
+    (loaded,) = load(store, image.source)
+    return loaded
+
+
+def test_edge_layers_match_kernel_overlay(mounts: Mounts, edge_tar_layers: list[Path], tmp_path: Path) -> None:
+    """The edge image's layers as GNU tar extracts them (overlay form), mounted with lowerdir=."""
+    from _oracles import kernel_overlay
+
+    mounts.mount(edge_tar_layers[::-1], tmp_path / "mnt")
+    ours = snapshot(tmp_path / "mnt")
+    with kernel_overlay(edge_tar_layers[::-1], tmp_path / "kernel") as kmnt:
+        kernel = snapshot(kmnt)
+    assert len(ours) > 50
+    assert_same_tree(ours, kernel, names=("layerfs", "kernel"))
+
+
+def test_edge_image_matches_kernel_overlay(mounts: Mounts, edge_image: BuiltImage, tmp_path: Path) -> None:  # noqa: F811
+    """The edge image loaded into the store and mounted by ID."""
+    from _oracles import kernel_overlay
+
+    image = _load(mounts.store, edge_image)
+    layers = mounts.store.layer_dirs(image)
+    mounts.mount(image.id, tmp_path / "mnt")
+    ours = snapshot(tmp_path / "mnt")
+    with kernel_overlay(layers[::-1], tmp_path / "kernel") as kmnt:
+        kernel = snapshot(kmnt)
+    assert len(ours) > 50
+    assert_same_tree(ours, kernel, names=("layerfs", "kernel"))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_lowerdir_mount_matches_kernel_overlay(name: str, mounts: Mounts, tmp_path: Path) -> None:
+    from _oracles import kernel_overlay
+
+    ours = build_stack(tmp_path, CASES[name], kernel_form=False)  # OCI .wh. markers as they are
+    theirs = build_stack(tmp_path, CASES[name], kernel_form=True)
+    mounts.mount(ours[::-1], tmp_path / "mnt")
+    merged = snapshot(tmp_path / "mnt")
+    with kernel_overlay(theirs[::-1], tmp_path / "kernel") as kmnt:
+        kernel = snapshot(kmnt)
+    assert_same_tree(merged, kernel, names=("layerfs", "kernel"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifecycle
+
+def test_cli_mount_mounts_umount(mounts: Mounts, tmp_path: Path) -> None:
+    layers = build_stack(tmp_path, [["f a 1", "f d/b 2"], ["f d/c 3", "W a"]], kernel_form=False)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    lower = ":".join(str(p) for p in layers[::-1])
+    run_layerfs("mount", "-o", f"lowerdir={lower}", str(mnt), root=mounts.store.root)
+    pid = mounts.track(mnt)
+    assert sorted(os.listdir(mnt)) == ["d"]
+    assert sorted(os.listdir(mnt / "d")) == ["b", "c"]
+    listed = run_layerfs("mounts", root=mounts.store.root).stdout
+    assert str(mnt) in listed and f"lowerdir={lower}" in listed
+    stats = run_layerfs("mount-stats", str(mnt), root=mounts.store.root).stdout
+    assert '"readdir"' in stats
+    run_layerfs("umount", str(mnt), root=mounts.store.root)
+    assert not _is_mounted(mnt)
+    assert not _alive(pid), "umount returned before the daemon exited"
+
+
+def test_image_mount_is_recorded_and_blocks_rm(mounts: Mounts, edge_image: BuiltImage,  # noqa: F811
+                                               tmp_path: Path) -> None:
+    from layerfs import Conflict
+
+    image = _load(mounts.store, edge_image)
+    handle = mounts.mount(image.id, tmp_path / "mnt")
+    recs = mounts.store.mounts()
+    assert [(r.image_id, r.mountpoint, r.pid) for r in recs] == [(image.id, str(tmp_path / "mnt"), handle.pid)]
+    with pytest.raises(Conflict), mounts.store.writer() as w:
+        w.remove(image.id, force=True)
+    _mount.umount(tmp_path / "mnt", store=mounts.store)
+    assert mounts.store.mounts() == []
+
+
+def test_remount_reuses_the_index(mounts: Mounts, edge_image: BuiltImage, tmp_path: Path) -> None:  # noqa: F811
+    image = _load(mounts.store, edge_image)
+    mounts.mount(image.id, tmp_path / "m1")
+    (idx,) = list(mounts.store.state_dir("merged").iterdir())
+    before = os.stat(idx)
+    inodes = {p: os.lstat(tmp_path / "m1" / p).st_ino for p in ("bin", "bin/busybox", "etc/passwd", "edge/hl1")}
+    _mount.umount(tmp_path / "m1", store=mounts.store)
+    started = time.perf_counter()
+    handle = mounts.mount(image.id, tmp_path / "m2")
+    elapsed = time.perf_counter() - started
+    after = os.stat(idx)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "index rebuilt"
+    assert {p: os.lstat(tmp_path / "m2" / p).st_ino for p in inodes} == inodes
+    assert handle.statistics().index_seconds < 0.05
+    assert elapsed < 2.0  # milliseconds in practice; generous for a loaded CI machine
+
+
+def test_sigterm_unmounts_cleanly(mounts: Mounts, tmp_path: Path) -> None:
+    layers = build_stack(tmp_path, [["f a 1"]], kernel_form=False)
+    handle = mounts.mount(layers, tmp_path / "mnt")
+    assert os.listdir(tmp_path / "mnt") == ["a"]
+    os.kill(handle.pid, signal.SIGTERM)
+    deadline = time.monotonic() + DAEMON_EXIT_TIMEOUT
+    while (_alive(handle.pid) or _is_mounted(tmp_path / "mnt")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _is_mounted(tmp_path / "mnt")
+    assert not _alive(handle.pid)
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "not empty", "already mounted"])
+def test_bad_mount_points(case: str, mounts: Mounts, tmp_path: Path) -> None:
+    layers = build_stack(tmp_path, [["f a 1"]], kernel_form=False)
+    mnt = tmp_path / "mnt"
+    expect = {"missing": "does not exist", "file": "is not a directory", "not empty": "is not empty",
+              "already mounted": "already a mount point"}[case]
+    if case == "file":
+        mnt.write_text("x")
+    elif case == "not empty":
+        mnt.mkdir()
+        (mnt / "x").write_text("x")
+    elif case == "already mounted":
+        mounts.mount(layers, mnt)
+    with pytest.raises(MountError, match=expect):
+        _mount.mount(mounts.store, [str(layers[0])], mnt)
+    # the CLI says the same in one line
+    proc = run_layerfs("mount", "-o", f"lowerdir={layers[0]}", str(mnt), root=mounts.store.root, check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("Error: ") and expect in proc.stderr
+
+
+def test_busy_umount_is_refused(mounts: Mounts, tmp_path: Path) -> None:
+    layers = build_stack(tmp_path, [["f a 1"]], kernel_form=False)
+    handle = mounts.mount(layers, tmp_path / "mnt")
+    with open(tmp_path / "mnt" / "a", "rb"):
+        with pytest.raises(MountError, match="busy"):
+            _mount.umount(tmp_path / "mnt")
+        assert _alive(handle.pid)
+    _mount.umount(tmp_path / "mnt")
+    assert not _alive(handle.pid)
+
+
+def test_umount_of_something_not_mounted(tmp_path: Path) -> None:
+    with pytest.raises(MountError, match="not mounted"):
+        _mount.umount(tmp_path)
+
+
+def test_daemon_survives_failed_requests(mounts: Mounts, tmp_path: Path) -> None:
+    layers = build_stack(tmp_path, [["f a 1", "l s a", "d d"]], kernel_form=False)
+    handle = mounts.mount(layers, tmp_path / "mnt")
+    mnt = tmp_path / "mnt"
+    expected = [
+        (lambda: os.stat(mnt / "missing"), errno.ENOENT),
+        (lambda: os.stat(mnt / "a" / "x"), errno.ENOTDIR),
+        (lambda: os.readlink(mnt / "a"), errno.EINVAL),
+        (lambda: os.getxattr(mnt / "a", "user.none"), errno.ENODATA),
+        (lambda: os.open(mnt / "a", os.O_WRONLY), errno.EROFS),
+        (lambda: os.open(mnt / "new", os.O_CREAT | os.O_WRONLY), errno.EROFS),
+        (lambda: os.mkdir(mnt / "d" / "x"), errno.EROFS),
+        (lambda: os.stat(mnt / ("n" * 256)), errno.ENAMETOOLONG),
+        (lambda: os.listdir(mnt / "a"), errno.ENOTDIR),
+    ]
+    for call, code in expected:
+        with pytest.raises(OSError) as err:
+            call()
+        assert err.value.errno == code, call
+    assert (mnt / "a").read_text() == "1\n"
+    assert _alive(handle.pid)
+    stats = handle.statistics()
+    assert stats.requests.get("lookup", 0) >= 1 and stats.total > 0
+
+
+def test_name_max_and_statfs(mounts: Mounts, tmp_path: Path) -> None:
+    layers = build_stack(tmp_path, [[f"f {LONG} x"]], kernel_form=False)
+    mounts.mount(layers, tmp_path / "mnt")
+    st = os.statvfs(tmp_path / "mnt")
+    assert st.f_namemax == 255 and st.f_bsize > 0 and st.f_blocks > 0
+    assert (tmp_path / "mnt" / LONG).read_text() == "x\n"
+    with pytest.raises(OSError) as err:
+        os.lstat(tmp_path / "mnt" / (LONG + "n"))
+    assert err.value.errno == errno.ENAMETOOLONG
+
+
+def test_hardlinks_dots_and_xattrs(mounts: Mounts, tmp_path: Path) -> None:
+    layers = build_stack(tmp_path, [["f a x", "h b a", "f c y", "x c user.k=v",
+                                     "x c trusted.overlay.opaque=y", "x c trusted.t=1"],
+                                    ["f d/e z"]], kernel_form=False)
+    mounts.mount(layers[::-1], tmp_path / "mnt")
+    mnt = tmp_path / "mnt"
+    a, b, c = (os.lstat(mnt / n) for n in "abc")
+    assert a.st_ino == b.st_ino != c.st_ino and a.st_nlink == b.st_nlink == 2
+    listing = subprocess.run(["ls", "-a1f", str(mnt)], capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(listing) == [".", "..", "a", "b", "c", "d"]
+    inos = {line.split()[1]: int(line.split()[0]) for line in
+            subprocess.run(["ls", "-ai1", str(mnt)], capture_output=True, text=True, check=True).stdout.splitlines()}
+    assert inos["a"] == a.st_ino and inos["."] == os.lstat(mnt).st_ino  # d_ino == st_ino
+    assert sorted(os.listxattr(mnt / "c")) == ["trusted.t", "user.k"]
+    assert os.getxattr(mnt / "c", "user.k") == b"v"
+    with pytest.raises(OSError) as err:
+        os.getxattr(mnt / "c", "trusted.overlay.opaque")
+    assert err.value.errno == errno.ENODATA
+
+
+def test_big_file_reads(mounts: Mounts, tmp_path: Path) -> None:
+    layer = tmp_path / "l0"
+    layer.mkdir()
+    data = os.urandom(3 << 20) + b"tail"
+    (layer / "big").write_bytes(data)
+    mounts.mount([layer], tmp_path / "mnt")
+    assert (tmp_path / "mnt" / "big").read_bytes() == data
+    fd = os.open(tmp_path / "mnt" / "big", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4096, 1 << 20) == data[1 << 20:(1 << 20) + 4096]
+        assert os.pread(fd, 100, len(data) - 4) == b"tail"
+    finally:
+        os.close(fd)
+
+
+def test_non_root_user_mounts_through_fusermount(tmp_path: Path) -> None:
+    from conftest import require
+
+    require_root()
+    require_fuse()
+    # libfuse opens /dev/fuse itself before it falls back to fusermount3: Debian's udev rule makes
+    # it 0666; some containers leave it 0600, and then no user but root can mount any FUSE fs.
+    require(os.stat("/dev/fuse").st_mode & 0o006 == 0o006, "/dev/fuse usable by every user (mode 0666)")
+    base = Path(f"/tmp/layerfs-nonroot-{os.getpid()}")
+    base.mkdir(mode=0o755)
+    try:
+        os.chmod(base, 0o777)
+        layers = build_stack(base, [["f a 1", "f d/b 2"], ["W a", "f d/c 3"]], kernel_form=False)
+        mnt, runtime, root = base / "mnt", base / "run", base / "store"
+        for p in (mnt, runtime, root):
+            p.mkdir()
+        subprocess.run(["chown", "-R", "65534:65534", str(base)], check=True)
+        env = dict(os.environ, LAYERFS_RUNTIME_DIR=str(runtime), HOME=str(base))
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "layerfs",
+                     "--root", str(root)]
+        lower = f"lowerdir={layers[1]}:{layers[0]}"
+        proc = subprocess.run([*as_nobody, "mount", "-o", lower, str(mnt)], capture_output=True, text=True,
+                              env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        try:
+            # without allow_other only the mounting user may look inside (root included)
+            ls = subprocess.run([*as_nobody[:4], "ls", "-A", str(mnt), str(mnt / "d")], capture_output=True,
+                                text=True, timeout=30)
+            assert ls.returncode == 0 and ls.stdout.split() == [f"{mnt}:", "d", f"{mnt / 'd'}:", "b", "c"], ls
+        finally:
+            proc = subprocess.run([*as_nobody, "umount", str(mnt)], capture_output=True, text=True, env=env,
+                                  timeout=60)
+            if proc.returncode != 0:
+                subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
+        assert proc.returncode == 0, proc.stderr
+        assert not _is_mounted(mnt)
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
