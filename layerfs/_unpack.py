@@ -1,0 +1,945 @@
+"""Apply one layer blob to an empty directory, in overlay form, safely and in one streaming pass.
+
+``unpack_layer(stream, dest, diff_id=...)`` reads the compressed blob once, hashing it (digest,
+size) and, after decompression, hashing the tar stream to its very end (diff_id: EOF blocks and
+trailing bytes included, oci.md §6).  It never holds a layer in memory: a 1 MiB decompressed chunk,
+the decompressor's queue and one extended header at most.
+
+What lands in ``dest`` (oci.md §9, overlay.md §2):
+
+- Entries keep type, mode (setuid/setgid/sticky too), numeric owner (as root), mtime and atime
+  (atime = max(atime, mtime); times before 1970 or beyond 64-bit ns become the epoch, like moby),
+  and ``SCHILY.xattr.*`` PAX xattrs (binary values too).  Per entry: create, lchown, xattrs (chown
+  clears ``security.capability``), chmod (chown clears setuid), times.  Directory times are set
+  after the whole layer.  Symlinks get lchown and lutimes; their targets are stored verbatim.
+- ``.wh.X`` becomes a 0/0 char device X owned by the marker's uid/gid; ``.wh..wh..opq`` becomes
+  ``trusted.overlay.opaque=y`` (``user.overlay.opaque=y`` unprivileged) on its directory; the
+  markers themselves are not written.  Following the spec, a whiteout never removes an entry of its
+  own layer, in either order: if the layer also has X, X stays, and if X is a directory it is made
+  opaque (the whiteout removed the lower X, so the new dir must not merge with it).
+- A later entry for the same path wins: a dir over a dir updates the attributes and keeps the
+  children; anything else removes the old entry (a dir recursively) and creates the new one.
+- ``.``/``./`` only sets the root's attributes and must be a directory.  Without it the root
+  ends as 0755 (``dest`` arrives 0700).  Missing parents are created 0755.
+- Hard links may only point at earlier entries of the same layer: a target elsewhere (a lower
+  layer) raises :class:`BadArchive`, like overlay2's per-layer extraction.
+- Sparse files (GNU old, PAX 0.0/0.1/1.0) keep their holes on disk.
+- Unprivileged: no chown (files belong to the caller); char/block devices are skipped with a
+  warning; ``trusted.*``/``security.*`` xattrs the kernel refuses are skipped.
+
+Safety (oci.md §10): ``dest`` is opened once; every entry's parent is resolved with
+``openat2(RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS)`` so that ``..`` and symlinks, even ones the layer
+itself plants, resolve inside ``dest``; the final component is created with ``O_EXCL``/``mkdirat``/
+``mknodat``/``symlinkat``/``linkat`` on that parent fd and never followed.  Refused with
+:class:`BadArchive` naming the entry: absolute names and ``..`` that climb above the root (like
+moby), ``.wh.``/``.wh..``/``.wh...``, a marker used as a directory, unknown type flags, a non-dir
+root, hard-link targets outside the root or not in the layer, a parent that is a dangling symlink
+or not a directory, and the limits below.  Dropped: xattrs ``trusted.overlay.*``, ``user.overlay.*``,
+``user.fuseoverlayfs.*``, ``security.selinux``; PAX global headers (ignored, like moby); AUFS
+``.wh..wh.*`` metadata entries.  Not done: no cap on the total uncompressed size (the filesystem's
+space bounds it) and no ID mapping.
+
+Limits: :data:`MAX_ENTRIES` entries per layer, :data:`MAX_HEADER_BYTES` of extended headers per
+entry (PAX records, GNU long names, sparse maps; Go's limit), names of :data:`MAX_PATH_BYTES`
+bytes and components of :data:`MAX_NAME_BYTES` bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import shutil
+import stat
+import tarfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Protocol
+
+from . import _sys, _whiteout
+from ._compress import BLOCK_SIZE, Reader, open_decompressed
+from ._digest import ALGORITHM, Hasher, check_digest
+from ._errors import BadArchive, DigestMismatch
+from ._whiteout import Marker
+
+log = logging.getLogger(__name__)
+
+#: Most entries one layer may have (the largest real layers hold a few 100,000).
+MAX_ENTRIES = 1 << 22
+#: Most bytes of extended headers (PAX, GNU long name/link, sparse maps) before one entry.
+MAX_HEADER_BYTES = 1 << 20
+#: Longest entry name or hard-link target, in bytes (PATH_MAX - 1).
+MAX_PATH_BYTES = 4095
+#: Longest path component, in bytes (NAME_MAX).
+MAX_NAME_BYTES = 255
+
+#: xattrs never taken from a layer tar (overlay.md §10; umoci drops security.selinux).
+_DROPPED_XATTRS = ("security.selinux",)
+_XATTR_PREFIX = "SCHILY.xattr."
+_REGULAR = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE))
+_NS = 1_000_000_000
+_MAX_NS = (1 << 63) - 1
+#: Parent directory fds kept open between entries (entries come grouped by directory).
+_PARENT_CACHE = 64
+#: errnos that say something about the machine, not the archive: raised as OSError.
+_ENVIRONMENT_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM,
+                                 errno.EMFILE, errno.ENFILE, errno.EACCES))
+
+
+class Readable(Protocol):
+    """A blob as it arrives: anything with ``read``."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """What :func:`unpack_layer` did."""
+
+    #: sha256 of the whole decompressed stream, as verified
+    diff_id: str
+    #: digest of the blob as read (compressed)
+    digest: str
+    #: bytes of the blob as read
+    compressed_size: int
+    #: sum of the regular files' sizes (docker's layer size)
+    size: int
+    #: tar entries, markers included
+    entries: int
+    #: "gzip", "zstd" or "plain", from the magic bytes
+    compression: str = "plain"
+    #: whiteouts written (0/0 devices, or opaque dirs for a dir of the same layer)
+    whiteouts: int = 0
+    #: directories marked opaque by ``.wh..wh..opq``
+    opaque_dirs: int = 0
+    #: entries or xattrs skipped: devices and refused xattrs when unprivileged, dropped private
+    #: xattrs, AUFS metadata
+    skipped: int = 0
+
+
+def unpack_layer(stream: Readable, dest: str | os.PathLike[str], *, diff_id: str, digest: str | None = None,
+                 size: int | None = None, media_type: str | None = None,
+                 privileged: bool | None = None) -> LayerStats:
+    """Unpack the layer blob ``stream`` into the empty directory ``dest``, in overlay form.
+
+    Args:
+        stream: the blob (gzip, zstd or plain tar; sniffed by magic), read forward to its end.
+        dest: an existing empty directory (mode 0700) made by the caller, who removes it if this
+            raises.  Nothing outside it is ever written.
+        diff_id: the expected digest of the decompressed stream (``config.rootfs.diff_ids[i]``).
+        digest: the expected digest of the blob as read, if known.
+        size: the expected byte count of the blob, if known (reads stop just past it).
+        media_type: the descriptor's media type, if known (must be a layer type).
+        privileged: write as root (owners, devices, ``trusted.*`` xattrs); default: effective
+            uid 0 outside a user namespace.
+
+    Returns:
+        A :class:`LayerStats`.
+
+    Raises:
+        DigestMismatch: the blob's size or digest, or the diff_id, differ (naming both digests).
+            A corrupt or cut blob whose digest is wrong raises this rather than BadArchive.
+        BadArchive: the tar, its compression or an entry is broken, unsafe or beyond the limits
+            (the message names the entry).
+        InvalidReference: ``diff_id`` or ``digest`` is not a well-formed digest.
+        ValueError: ``dest`` is not empty.
+        OSError: the machine failed (no space, I/O error), with the entry in the message.
+    """
+    check_digest(diff_id)
+    if digest is not None:
+        check_digest(digest)
+    if privileged is None:
+        privileged = default_privileged()
+    rootfd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with os.scandir(rootfd) as it:
+            if next(it, None) is not None:
+                raise ValueError(f"unpack destination {os.fspath(dest)!r} is not empty")
+        blob = _BlobReader(stream, digest, size)
+        applier = _Applier(rootfd, privileged)
+        try:
+            reader, compression = open_decompressed(blob, media_type=media_type)
+            inflater = _Inflater(reader, Hasher(diff_id.partition(":")[0]))
+            try:
+                tar = _TarInput(inflater)
+                _apply_tar(tar, applier)
+                tar.drain()
+            finally:
+                inflater.close()
+                reader.close()
+            applier.finish()
+        except (BadArchive, DigestMismatch) as err:
+            problem = blob.problem(drain=True)
+            if problem is not None and problem is not err:
+                raise problem from err
+            raise
+        finally:
+            applier.close()
+        problem = blob.problem(drain=True)
+        if problem is not None:
+            raise problem
+        actual = inflater.hasher.digest()
+        if actual != diff_id:
+            raise DigestMismatch("layer diff_id", diff_id, actual)
+        return LayerStats(diff_id=actual, digest=blob.hasher.digest(), compressed_size=blob.hasher.size,
+                          size=applier.size, entries=applier.entries, compression=compression.value,
+                          whiteouts=applier.whiteouts, opaque_dirs=applier.opaque_dirs,
+                          skipped=applier.skipped)
+    finally:
+        os.close(rootfd)
+
+
+def default_privileged() -> bool:
+    """True when the process is root in the initial user namespace (the full identity uid map):
+    then owners, devices and ``trusted.*`` xattrs can be written."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return True
+
+
+# -- the two streams ------------------------------------------------------------------------
+
+class _BlobReader:
+    """The compressed side: hashes and counts what passes, stops just past the announced size."""
+
+    def __init__(self, raw: Readable, expected: str | None, size: int | None) -> None:
+        self._raw = raw
+        self.expected = expected
+        self.expected_size = size
+        self.hasher = Hasher(expected.partition(":")[0] if expected else ALGORITHM)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1, /) -> bytes:
+        if n is None or n < 0:
+            n = BLOCK_SIZE
+        if self.expected_size is not None:
+            # one byte past the announced size is enough to tell it was wrong
+            n = min(n, self.expected_size + 1 - self.hasher.size)
+            if n <= 0:
+                return b""
+        data = self._raw.read(n)
+        if data:
+            self.hasher.update(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def problem(self, *, drain: bool) -> DigestMismatch | None:
+        """Read to EOF (if ``drain``), then say what is wrong with size or digest, if anything."""
+        if drain:
+            while self.read(BLOCK_SIZE):
+                pass
+        actual = self.hasher.digest()
+        if self.expected_size is not None and self.hasher.size != self.expected_size:
+            got = (f"more than {self.expected_size}" if self.hasher.size > self.expected_size
+                   else str(self.hasher.size))
+            return DigestMismatch(f"layer blob: size {got} bytes (expected {self.expected_size})",
+                                  self.expected or "(no digest given)", actual)
+        if self.expected is not None and actual != self.expected:
+            return DigestMismatch("layer blob", self.expected, actual)
+        return None
+
+
+class _Inflater:
+    """A worker thread that decompresses the blob and hashes both streams, handing decompressed
+    chunks of up to :data:`BLOCK_SIZE` to the unpacking thread through a bounded queue.
+
+    Reading, inflating and hashing release the GIL, so on two cores they overlap the unpacking
+    thread's tar parsing and file writes.  Memory: at most ``_DEPTH + 2`` chunks.
+    """
+
+    _DEPTH = 4
+
+    def __init__(self, reader: Reader, hasher: Hasher) -> None:
+        self._reader = reader
+        self.hasher = hasher
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self._DEPTH)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="layerfs-inflate", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        item: bytes | BaseException
+        try:
+            while not self._stop.is_set():
+                item = self._reader.read(BLOCK_SIZE)
+                if item:
+                    self.hasher.update(item)
+                self._put(item)
+                if not item:
+                    return
+        except BaseException as err:  # noqa: B036 - handed to the unpacking thread
+            self._put(err)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self) -> bytes:
+        """The next chunk; b"" at EOF.  Re-raises what the worker raised."""
+        if self._done:
+            return b""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if not item:
+            self._done = True
+        return item
+
+    def close(self) -> None:
+        """Stop and join the worker (it may finish one blocking read first)."""
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join()
+
+
+class _TarInput:
+    """The decompressed tar stream, with the forward-only ``read``/``tell``/``seek`` that
+    :class:`tarfile.TarFile` needs and zero-copy data views.
+
+    ``read`` serves tarfile's header reads only and enforces :data:`MAX_HEADER_BYTES`.
+    """
+
+    def __init__(self, source: _Inflater) -> None:
+        self._source = source
+        self._data = b""
+        self._view = memoryview(self._data)
+        self._pos = 0
+        self.offset = 0
+        self.budget = MAX_HEADER_BYTES + 2048
+        #: the last read() result: tells how the archive ended
+        self.last_read = b""
+
+    def _fill(self) -> bool:
+        """Load the next chunk; False at EOF.  Only call when the current chunk is used up."""
+        data = self._source.read()
+        if not data:
+            return False
+        self._data = data
+        self._view = memoryview(data)
+        self._pos = 0
+        return True
+
+    def at_eof(self) -> bool:
+        return self._pos >= len(self._data) and not self._fill()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.offset
+
+    def read(self, n: int = -1, /) -> bytes:
+        if n < 0 or n > self.budget:
+            raise BadArchive(f"layer tar: extended header at offset {self.offset} exceeds the limit of "
+                             f"{MAX_HEADER_BYTES} bytes")
+        self.budget -= n
+        end = self._pos + n
+        if end <= len(self._data):
+            data = self._data[self._pos:end]
+            self._pos = end
+        else:
+            parts = [self._data[self._pos:]]
+            need = n - len(parts[0])
+            self._pos = len(self._data)
+            while need > 0 and self._fill():
+                take = min(need, len(self._data))
+                parts.append(self._data[:take])
+                self._pos = take
+                need -= take
+            data = b"".join(parts)
+        self.offset += len(data)
+        self.last_read = data
+        return data
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0 or pos < self.offset:
+            raise BadArchive(f"layer tar: cannot seek back to offset {pos}")
+        self.skip(pos - self.offset)
+        return self.offset
+
+    def skip(self, n: int) -> None:
+        """Skip ``n`` bytes (still hashed)."""
+        while n > 0:
+            avail = len(self._data) - self._pos
+            if avail == 0:
+                if not self._fill():
+                    raise BadArchive(f"layer tar: truncated at offset {self.offset}")
+                continue
+            take = min(avail, n)
+            self._pos += take
+            self.offset += take
+            n -= take
+
+    def available(self) -> int:
+        """Bytes left in the current chunk (loading the next one if this one is used up)."""
+        if self._pos >= len(self._data):
+            self._fill()
+        return len(self._data) - self._pos
+
+    def take(self, n: int) -> memoryview:
+        """The next ``n`` bytes as a view; ``n`` must be at most :meth:`available`."""
+        view = self._view[self._pos:self._pos + n]
+        self._pos += n
+        self.offset += n
+        return view
+
+    def chunks(self, n: int) -> Iterator[memoryview]:
+        """The next ``n`` bytes as views of at most one chunk each.
+
+        Raises:
+            BadArchive: the stream ends first.
+        """
+        while n > 0:
+            avail = self.available()
+            if avail == 0:
+                raise BadArchive(f"layer tar: truncated at offset {self.offset}")
+            view = self.take(min(avail, n))
+            n -= len(view)
+            yield view
+
+    def drain(self) -> None:
+        """Read (and hash) everything left: EOF blocks and trailing bytes."""
+        self._pos = len(self._data)
+        while self._fill():
+            self.offset += len(self._data)
+            self._pos = len(self._data)
+
+
+class _IgnoredGlobals(dict[str, str]):
+    """``TarFile.pax_headers`` that stays empty: PAX global headers are ignored (moby)."""
+
+    def __setitem__(self, key: str, value: str) -> None:
+        pass
+
+
+# -- walking the tar ------------------------------------------------------------------------
+
+def _apply_tar(tar: _TarInput, applier: _Applier) -> None:
+    """Apply every entry of the tar stream ``tar``, then check the archive ended properly."""
+    if tar.at_eof():
+        return   # a 0-byte (decompressed) blob is an empty layer
+    try:
+        tf = tarfile.TarFile(fileobj=tar, mode="r", encoding="utf-8", errors="surrogateescape",
+                             format=tarfile.PAX_FORMAT, pax_headers=_IgnoredGlobals())
+    except (tarfile.TarError, ValueError) as err:
+        raise BadArchive(f"layer tar: {err}") from None
+    while True:
+        tar.budget = MAX_HEADER_BYTES + 2048
+        try:
+            info = tf.next()
+        except (tarfile.TarError, ValueError) as err:
+            raise BadArchive(f"layer tar: {err} (at offset {tf.offset})") from None
+        if info is None:
+            break
+        tf.members.clear()
+        if applier.entries >= MAX_ENTRIES:
+            raise BadArchive(f"layer tar: more than {MAX_ENTRIES} entries")
+        if tar.offset != info.offset_data:
+            tar.seek(info.offset_data)
+        applier.apply(info, tar, data_end=tf.offset)
+    end = tar.last_read
+    if end and end.count(0) != len(end):
+        raise BadArchive(f"layer tar: truncated or invalid header at offset {tf.offset}")
+
+
+def _split(name: str, what: str, entry: str) -> list[str]:
+    """Clean ``name`` into components; raise BadArchive for escapes and over-long names."""
+    if name.startswith("/"):
+        raise BadArchive(f"layer entry {entry!r}: {what} is absolute")
+    parts: list[str] = []
+    for part in name.split("/"):
+        if part == "" or part == ".":
+            continue
+        if part == "..":
+            if not parts:
+                raise BadArchive(f"layer entry {entry!r}: {what} escapes the layer root")
+            parts.pop()
+            continue
+        if len(part) > MAX_NAME_BYTES // 4 and len(os.fsencode(part)) > MAX_NAME_BYTES:
+            raise BadArchive(f"layer entry {entry!r}: a component of {what} is longer than "
+                             f"{MAX_NAME_BYTES} bytes")
+        parts.append(part)
+    if len(name) > MAX_PATH_BYTES // 4 and len(os.fsencode(name)) > MAX_PATH_BYTES:
+        raise BadArchive(f"layer entry {entry!r}: {what} is longer than {MAX_PATH_BYTES} bytes")
+    return parts
+
+
+def _times(info: tarfile.TarInfo) -> tuple[int, int]:
+    """(atime_ns, mtime_ns) of an entry: exact from PAX strings, atime >= mtime, bad -> epoch."""
+    pax = info.pax_headers
+    mtime = _to_ns(pax["mtime"]) if "mtime" in pax else _to_ns(info.mtime)
+    atime = _to_ns(pax["atime"]) if "atime" in pax else mtime
+    return max(atime, mtime), mtime
+
+
+def _to_ns(value: str | float) -> int:
+    try:
+        ns = int(value) * _NS if isinstance(value, int) else int(Decimal(value) * _NS)
+    except (InvalidOperation, ValueError, OverflowError):
+        return 0
+    return ns if 0 <= ns <= _MAX_NS else 0
+
+
+class _Applier:
+    """Applies tar entries to the root fd; holds the per-layer state (see the module doc)."""
+
+    def __init__(self, rootfd: int, privileged: bool) -> None:
+        self.rootfd = rootfd
+        self.privileged = privileged
+        self.opaque_attr = _whiteout.opaque_xattr(privileged)
+        self._parents: OrderedDict[str, int] = OrderedDict()
+        #: dir path -> (atime_ns, mtime_ns), applied by finish()
+        self._dir_times: dict[str, tuple[int, int]] = {}
+        #: paths whited out by this layer: a dir made there later is opaque
+        self._whited: set[str] = set()
+        #: devices skipped (unprivileged): hard links to them are skipped too
+        self._skipped_devices: set[str] = set()
+        self._root_seen = False
+        self.entries = 0
+        self.size = 0
+        self.whiteouts = 0
+        self.opaque_dirs = 0
+        self.skipped = 0
+
+    # -- parents ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every cached fd (not the root)."""
+        for fd in self._parents.values():
+            os.close(fd)
+        self._parents.clear()
+
+    def _invalidate(self) -> None:
+        """Forget cached parents: a dir or symlink was removed, so cached paths may be stale."""
+        self.close()
+
+    def _parent(self, comps: list[str], entry: str) -> int:
+        """The fd of directory ``comps`` (made, 0755, if missing); cached, do not close."""
+        if not comps:
+            return self.rootfd
+        key = "/".join(comps)
+        fd = self._parents.get(key)
+        if fd is not None:
+            self._parents.move_to_end(key)
+            return fd
+        try:
+            fd = _sys.open_in_root(self.rootfd, key)
+        except OSError as err:
+            if err.errno not in (errno.ENOENT, errno.ENOTDIR):
+                raise
+            fd = self._make_parents(comps, entry)
+        self._parents[key] = fd
+        if len(self._parents) > _PARENT_CACHE:
+            os.close(self._parents.popitem(last=False)[1])
+        return fd
+
+    def _make_parents(self, comps: list[str], entry: str) -> int:
+        """Walk ``comps`` from the root, making missing directories; returns an fd to close."""
+        fd = self.rootfd
+        try:
+            for i in range(len(comps)):
+                sub = "/".join(comps[: i + 1])
+                try:
+                    nfd = _sys.open_in_root(self.rootfd, sub)
+                except OSError as err:
+                    if err.errno not in (errno.ENOENT, errno.ENOTDIR):
+                        raise
+                    self._make_dir_at(fd, comps[i], sub, entry)
+                    nfd = os.open(comps[i], os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  dir_fd=fd)
+                if fd != self.rootfd:
+                    os.close(fd)
+                fd = nfd
+        except BaseException:
+            if fd != self.rootfd:
+                os.close(fd)
+            raise
+        return fd
+
+    def _make_dir_at(self, dirfd: int, name: str, path: str, entry: str) -> None:
+        """Make the implied directory ``name`` (path ``path``) in ``dirfd``, 0755."""
+        st = _lstat(dirfd, name)
+        if st is not None:
+            if not _whiteout.is_whiteout_device(st):
+                what = "a symlink that does not lead to a directory in the layer" if stat.S_ISLNK(
+                    st.st_mode) else "not a directory"
+                raise BadArchive(f"layer entry {entry!r}: parent {path!r} is {what}")
+            os.unlink(name, dir_fd=dirfd)   # a whiteout (or 0/0 device) of this layer
+        os.mkdir(name, 0o755, dir_fd=dirfd)
+        os.chmod(name, 0o755, dir_fd=dirfd)   # not the umask's idea
+        if path in self._whited:
+            _sys.setxattrat(dirfd, name, self.opaque_attr, b"y")
+
+    # -- entries ---------------------------------------------------------------------------
+
+    def apply(self, info: tarfile.TarInfo, tar: _TarInput, data_end: int) -> None:
+        """Apply one entry; its data (if any) is next in ``tar`` and ends before ``data_end``."""
+        self.entries += 1
+        entry = info.name
+        try:
+            self._apply(info, tar, data_end, entry)
+        except OSError as err:
+            raise _entry_error(err, entry) from err
+        except OverflowError as err:   # a uid, gid, time or device number out of range
+            raise BadArchive(f"layer entry {entry!r}: {err}") from err
+
+    def _apply(self, info: tarfile.TarInfo, tar: _TarInput, data_end: int, entry: str) -> None:
+        kind = info.type
+        if kind not in _REGULAR and kind not in (tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
+                                                 tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE):
+            raise BadArchive(f"layer entry {entry!r}: unknown type flag {kind!r}")
+        comps = _split(info.name, "the name", entry)
+        if not comps:
+            if kind != tarfile.DIRTYPE:
+                raise BadArchive(f"layer entry {entry!r}: the root entry is not a directory")
+            self._root_seen = True
+            self._attrs(self.rootfd, "", info, entry)
+            self._dir_times[""] = _times(info)
+            return
+        for part in comps[:-1]:
+            marker = _whiteout.classify(part)
+            if marker is Marker.META:
+                self.skipped += 1   # inside AUFS metadata (.wh..wh.plnk/...): ignored
+                return
+            if marker is not Marker.NONE:
+                raise BadArchive(f"layer entry {entry!r}: whiteout marker {part!r} used as a directory")
+        name = comps[-1]
+        marker = _whiteout.classify(name)
+        if marker is not Marker.NONE:
+            self._marker(marker, comps, info, entry)
+            return
+        parent = self._parent(comps[:-1], entry)
+        path = "/".join(comps)
+        if kind in _REGULAR:
+            self._regular(parent, name, path, info, tar, data_end, entry)
+        elif kind == tarfile.DIRTYPE:
+            self._directory(parent, name, path, info, entry)
+        elif kind == tarfile.SYMTYPE:
+            self._symlink(parent, name, path, info, entry)
+        elif kind == tarfile.LNKTYPE:
+            self._hardlink(parent, name, path, info, entry)
+        else:
+            self._special(parent, name, path, info, entry)
+
+    def _marker(self, marker: Marker, comps: list[str], info: tarfile.TarInfo, entry: str) -> None:
+        if marker is Marker.INVALID:
+            raise BadArchive(f"layer entry {entry!r}: invalid whiteout name {comps[-1]!r}")
+        if marker is Marker.META:
+            self.skipped += 1
+            return
+        if marker is Marker.OPAQUE:
+            fd = self._parent(comps[:-1], entry)
+            _sys.setxattrat(fd, "", self.opaque_attr, b"y")
+            self.opaque_dirs += 1
+            return
+        target = comps[-1][len(_whiteout.WHITEOUT_PREFIX):]
+        parent = self._parent(comps[:-1], entry)
+        path = "/".join(comps[:-1] + [target])
+        self._whited.add(path)
+        self.whiteouts += 1
+        try:
+            if self.privileged:
+                _whiteout.write_whiteout(parent, target, uid=info.uid, gid=info.gid)
+            else:
+                _whiteout.write_whiteout(parent, target)
+        except FileExistsError:
+            # the layer has its own `target`: it stays (spec); a dir of it must not merge below
+            st = _lstat(parent, target)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                _sys.setxattrat(parent, target, self.opaque_attr, b"y")
+
+    def _remove(self, parent: int, name: str, path: str, for_dir: bool) -> bool:
+        """Make room for a new entry ``name``; True if an existing dir is kept (dir over dir)."""
+        st = _lstat(parent, name)
+        if st is None:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            if for_dir:
+                return True
+            shutil.rmtree(name, dir_fd=parent)
+            self._invalidate()
+            prefix = path + "/"
+            for key in [k for k in self._dir_times if k == path or k.startswith(prefix)]:
+                del self._dir_times[key]
+        else:
+            os.unlink(name, dir_fd=parent)
+            if stat.S_ISLNK(st.st_mode):
+                self._invalidate()
+        return False
+
+    def _xattrs(self, info: tarfile.TarInfo) -> list[tuple[str, bytes]]:
+        pax = info.pax_headers
+        if not pax:
+            return []
+        out = []
+        for key, value in pax.items():
+            if not key.startswith(_XATTR_PREFIX):
+                continue
+            attr = key[len(_XATTR_PREFIX):]
+            if _whiteout.is_private_xattr(attr) or attr in _DROPPED_XATTRS:
+                log.debug("layer entry %r: xattr %s dropped", info.name, attr)
+                self.skipped += 1
+                continue
+            out.append((attr, value.encode("utf-8", "surrogateescape")))
+        return out
+
+    def _set_xattrs(self, fd: int, name: str, xattrs: list[tuple[str, bytes]], entry: str) -> None:
+        """Set ``xattrs`` on ``name`` in ``fd`` (``""``: fd itself); skip what the kernel refuses
+        for lack of privilege or support (moby/containerd)."""
+        for attr, value in xattrs:
+            try:
+                _sys.setxattrat(fd, name, attr, value)
+            except OSError as err:
+                if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise BadArchive(f"layer entry {entry!r}: xattr {attr}: {err.strerror}") from None
+                log.debug("layer entry %r: xattr %s not set: %s", entry, attr, err.strerror)
+                self.skipped += 1
+
+    def _attrs(self, fd: int, name: str, info: tarfile.TarInfo, entry: str) -> None:
+        """lchown, xattrs, chmod of ``name`` in ``fd`` (``""``: fd itself, a real fd), in that
+        order.  Not for symlinks (no chmod)."""
+        if self.privileged:
+            if name:
+                os.chown(name, info.uid, info.gid, dir_fd=fd, follow_symlinks=False)
+            else:
+                os.fchown(fd, info.uid, info.gid)
+        self._set_xattrs(fd, name, self._xattrs(info), entry)
+        if name:
+            os.chmod(name, info.mode & 0o7777, dir_fd=fd)
+        else:
+            os.fchmod(fd, info.mode & 0o7777)
+
+    def _regular(self, parent: int, name: str, path: str, info: tarfile.TarInfo, tar: _TarInput,
+                 data_end: int, entry: str) -> None:
+        size = info.size
+        self.size += size
+        xattrs = self._xattrs(info)
+        atime, mtime = _times(info)
+        mode = info.mode & 0o7777
+        sparse = info.sparse
+        if not xattrs and sparse is None and size <= tar.available():
+            # the hot path: one native call creates, fills, chowns, chmods and stamps the file
+            data = tar.take(size)
+            try:
+                _sys.create_file(parent, name, data, mode=mode, uid=info.uid, gid=info.gid,
+                                 atime_ns=atime, mtime_ns=mtime, chown=self.privileged)
+            except FileExistsError:
+                self._remove(parent, name, path, for_dir=False)
+                _sys.create_file(parent, name, data, mode=mode, uid=info.uid, gid=info.gid,
+                                 atime_ns=atime, mtime_ns=mtime, chown=self.privileged)
+            self._whited.discard(path)
+            return
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, 0o600, dir_fd=parent)
+        except FileExistsError:
+            self._remove(parent, name, path, for_dir=False)
+            fd = os.open(name, flags, 0o600, dir_fd=parent)
+        try:
+            if sparse is None:
+                for view in tar.chunks(size):
+                    _write_all(fd, view)
+            else:
+                stored = sum(n for _, n in sparse)
+                if tar.offset + stored > data_end:
+                    raise BadArchive(f"layer entry {entry!r}: sparse map larger than the stored data")
+                for offset, length in sparse:
+                    for view in tar.chunks(length):
+                        _pwrite_all(fd, view, offset)
+                        offset += len(view)
+                os.ftruncate(fd, size)
+            if self.privileged:
+                os.fchown(fd, info.uid, info.gid)
+            self._set_xattrs(fd, "", xattrs, entry)
+            os.fchmod(fd, mode)
+            os.utime(fd, ns=(atime, mtime))
+        finally:
+            os.close(fd)
+        self._whited.discard(path)
+
+    def _directory(self, parent: int, name: str, path: str, info: tarfile.TarInfo, entry: str) -> None:
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        except FileExistsError:
+            if not self._remove(parent, name, path, for_dir=True):
+                os.mkdir(name, 0o700, dir_fd=parent)
+        self._attrs(parent, name, info, entry)
+        if path in self._whited:
+            _sys.setxattrat(parent, name, self.opaque_attr, b"y")
+        self._dir_times[path] = _times(info)
+
+    def _symlink(self, parent: int, name: str, path: str, info: tarfile.TarInfo, entry: str) -> None:
+        target = info.linkname
+        if not target:
+            raise BadArchive(f"layer entry {entry!r}: symlink with an empty target")
+        if len(target) > MAX_PATH_BYTES // 4 and len(os.fsencode(target)) > MAX_PATH_BYTES:
+            raise BadArchive(f"layer entry {entry!r}: symlink target longer than {MAX_PATH_BYTES} bytes")
+        try:
+            os.symlink(target, name, dir_fd=parent)
+        except FileExistsError:
+            self._remove(parent, name, path, for_dir=False)
+            os.symlink(target, name, dir_fd=parent)
+        self._whited.discard(path)
+        if self.privileged:
+            os.chown(name, info.uid, info.gid, dir_fd=parent, follow_symlinks=False)
+        self._set_xattrs(parent, name, self._xattrs(info), entry)
+        os.utime(name, ns=_times(info), dir_fd=parent, follow_symlinks=False)
+
+    def _hardlink(self, parent: int, name: str, path: str, info: tarfile.TarInfo, entry: str) -> None:
+        tcomps = _split(info.linkname, "the hard link target", entry)
+        if not tcomps:
+            raise BadArchive(f"layer entry {entry!r}: hard link to the layer root")
+        tpath = "/".join(tcomps)
+        if tpath in self._skipped_devices:
+            self._skipped_devices.add(path)
+            self.skipped += 1
+            return
+        if tpath == path:
+            return   # a link to itself: nothing to do
+        try:
+            tparent = _sys.open_in_root(self.rootfd, "/".join(tcomps[:-1]))
+        except OSError as err:
+            if err.errno in (errno.ENOENT, errno.ENOTDIR):
+                raise BadArchive(f"layer entry {entry!r}: hard link target {info.linkname!r} is not "
+                                 f"an earlier entry of this layer") from None
+            raise
+        try:
+            tname = tcomps[-1]
+            st = _lstat(tparent, tname)
+            if st is None or (tpath in self._whited and _whiteout.is_whiteout_device(st)):
+                raise BadArchive(f"layer entry {entry!r}: hard link target {info.linkname!r} is not "
+                                 f"an earlier entry of this layer")
+            if stat.S_ISDIR(st.st_mode):
+                raise BadArchive(f"layer entry {entry!r}: hard link to directory {info.linkname!r}")
+            try:
+                os.link(tname, name, src_dir_fd=tparent, dst_dir_fd=parent, follow_symlinks=False)
+            except FileExistsError:
+                self._remove(parent, name, path, for_dir=False)
+                os.link(tname, name, src_dir_fd=tparent, dst_dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(tparent)
+        self._whited.discard(path)
+        # moby/containerd apply the link header's attributes to the (shared) inode
+        if self.privileged:
+            os.chown(name, info.uid, info.gid, dir_fd=parent, follow_symlinks=False)
+        self._set_xattrs(parent, name, self._xattrs(info), entry)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(name, info.mode & 0o7777, dir_fd=parent)
+        os.utime(name, ns=_times(info), dir_fd=parent, follow_symlinks=False)
+
+    def _special(self, parent: int, name: str, path: str, info: tarfile.TarInfo, entry: str) -> None:
+        if info.type == tarfile.FIFOTYPE:
+            kind, device = stat.S_IFIFO, 0
+        else:
+            if not self.privileged:
+                log.warning("layer entry %r: device node skipped (unprivileged unpack)", entry)
+                self._skipped_devices.add(path)
+                self.skipped += 1
+                return
+            kind = stat.S_IFCHR if info.type == tarfile.CHRTYPE else stat.S_IFBLK
+            device = os.makedev(info.devmajor, info.devminor)
+        try:
+            os.mknod(name, kind | 0o600, device, dir_fd=parent)
+        except FileExistsError:
+            self._remove(parent, name, path, for_dir=False)
+            os.mknod(name, kind | 0o600, device, dir_fd=parent)
+        self._whited.discard(path)
+        self._attrs(parent, name, info, entry)
+        os.utime(name, ns=_times(info), dir_fd=parent, follow_symlinks=False)
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Give the root its default mode if the layer had no root entry, then set the
+        directory times (after every entry, since adding children changes them)."""
+        if not self._root_seen:
+            os.fchmod(self.rootfd, 0o755)
+        for path, times in self._dir_times.items():
+            if not path:
+                os.utime(self.rootfd, ns=times)
+                continue
+            comps = path.split("/")
+            try:
+                parent = self._parent_lookup(comps[:-1])
+                os.utime(comps[-1], ns=times, dir_fd=parent, follow_symlinks=False)
+            except OSError as err:
+                if err.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    raise _entry_error(err, path) from err
+
+    def _parent_lookup(self, comps: list[str]) -> int:
+        """Like :meth:`_parent`, without making anything."""
+        if not comps:
+            return self.rootfd
+        key = "/".join(comps)
+        fd = self._parents.get(key)
+        if fd is None:
+            fd = _sys.open_in_root(self.rootfd, key)
+            self._parents[key] = fd
+            if len(self._parents) > _PARENT_CACHE:
+                os.close(self._parents.popitem(last=False)[1])
+        return fd
+
+
+def _lstat(dirfd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _entry_error(err: OSError, entry: str) -> Exception:
+    """An OSError while applying ``entry``: the machine's (OSError) or the archive's (BadArchive)."""
+    if err.errno in _ENVIRONMENT_ERRNOS:
+        return OSError(err.errno, f"layer entry {entry!r}: {err.strerror}")
+    return BadArchive(f"layer entry {entry!r}: {err.strerror or err}")
+
+
+__all__ = [
+    "MAX_ENTRIES",
+    "MAX_HEADER_BYTES",
+    "MAX_NAME_BYTES",
+    "MAX_PATH_BYTES",
+    "LayerStats",
+    "default_privileged",
+    "unpack_layer",
+]
