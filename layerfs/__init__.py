@@ -23,7 +23,6 @@ from ._errors import InvalidReference as InvalidReference
 from ._errors import LayerfsError as LayerfsError
 from ._errors import MountError as MountError
 from ._errors import RegistryError as RegistryError
-from ._load import load as load
 from ._reference import Reference as Reference
 from ._reference import parse as parse_reference
 from ._store import Image as Image
@@ -34,5 +33,5 @@ from ._store import Store as Store
 __all__ = [
     "BadArchive", "BadImage", "Conflict", "DigestMismatch", "Image", "ImageNotFound", "InvalidReference",
     "LayerRecord", "LayerfsError", "MountError", "MountRecord", "Reference", "RegistryError", "Store",
-    "load", "parse_reference",
+    "parse_reference",
 ]

@@ -9,9 +9,7 @@ import sys
 from ._auth import Credentials, docker_config_path, remove_credentials, store_credentials
 from ._errors import LayerfsError
 from ._progress import for_stream
-from ._pull import MAX_CONCURRENT_DOWNLOADS, pull
 from ._reference import parse as parse_reference
-from ._registry import RegistryClient
 from ._store import Store
 
 _INSECURE_HELP = ("talk to this registry (host[:port]) over plain HTTP; repeatable.  localhost and "
@@ -48,8 +46,8 @@ examples:
                    help="the platform to pull from a multi-platform image (default: this host's)")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", help=_INSECURE_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
-    p.add_argument("--max-concurrent-downloads", type=int, default=MAX_CONCURRENT_DOWNLOADS, metavar="N",
-                   help=f"layers downloaded at once (default {MAX_CONCURRENT_DOWNLOADS}, as docker)")
+    p.add_argument("--max-concurrent-downloads", type=int, default=None, metavar="N",
+                   help="layers downloaded at once (default 3, as docker)")
     p.set_defaults(handler=cmd_pull)
 
     p = sub.add_parser("login", formatter_class=fmt, help="save credentials for a registry",
@@ -82,10 +80,12 @@ examples:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     ref = parse_reference(args.reference)  # before anything else: a bad reference fails at once
+    from ._pull import MAX_CONCURRENT_DOWNLOADS, pull  # httpx costs ~50 ms to import: only here
+
     progress = for_stream(sys.stdout, quiet=args.quiet)
     image = pull(Store(args.root), ref, platform=args.platform, progress=progress,
                  insecure_registries=args.insecure_registry,
-                 max_concurrent_downloads=args.max_concurrent_downloads)
+                 max_concurrent_downloads=args.max_concurrent_downloads or MAX_CONCURRENT_DOWNLOADS)
     print(image.id if args.quiet else ref.familiar() if ref.digest else str(ref))
     return 0
 
@@ -116,6 +116,8 @@ def cmd_login(args: argparse.Namespace) -> int:
     if not username or not password:
         raise LayerfsError("login: username and password are required")
     creds = Credentials(username, password)
+    from ._registry import RegistryClient
+
     with RegistryClient(insecure_registries=args.insecure_registry, credentials_for=lambda _host: creds) as client:
         try:
             client.ping(host)

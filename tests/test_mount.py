@@ -108,14 +108,7 @@ def mounts(tmp_path: Path) -> Iterator[Mounts]:
 
 def _load(store: Store, image: BuiltImage) -> Image:
     """Load a built image into the store (needs the unpacker)."""
-    from conftest import require
-    from layerfs import load
-
-    try:
-        import layerfs._unpack  # noqa: F401
-    except ImportError:
-        require(False, "layerfs._unpack (the unpacker)")
-    (loaded,) = load(store, image.source)
+    (loaded,) = store.load(image.source)
     return loaded
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from conftest import require_root, run_layerfs
 
-from layerfs import Conflict, ImageNotFound, Store, load
+from layerfs import Conflict, ImageNotFound, Store
+from layerfs._load import load
 from layerfs._digest import chain_ids
 
 CHAIN_VECTOR = (
