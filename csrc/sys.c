@@ -286,7 +286,19 @@ static PyObject *py_create_file(PyObject *self, PyObject *args, PyObject *kw)
     return Py_NewRef(Py_None);
 }
 
+/* For the tests: make the *xattrat wrappers take the O_PATH + /proc path of older kernels. */
+static PyObject *py_xattrat_fallback(PyObject *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    have_xattrat = on ? -1 : 0;
+    return Py_NewRef(Py_None);
+}
+
 static PyMethodDef sys_methods[] = {
+    {"_xattrat_fallback", py_xattrat_fallback, METH_O,
+     "_xattrat_fallback(on): use the pre-6.13 path of setxattrat/getxattrat (tests only)"},
     {"openat2", (PyCFunction)(void (*)(void))py_openat2, METH_VARARGS | METH_KEYWORDS,
      "openat2(dirfd, path, flags, mode=0, resolve=0) -> fd"},
     {"setxattrat", (PyCFunction)(void (*)(void))py_setxattrat, METH_VARARGS | METH_KEYWORDS,

@@ -58,7 +58,8 @@ LAYER_MEDIA_TYPES: dict[str, Compression] = {
 
 _GZIP_MAGIC = b"\x1f\x8b"
 #: What corrupt or truncated gzip raises (errors of the raw stream itself pass through).
-_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, isal.isal_zlib.error)
+_GZIP_ERRORS: tuple[type[Exception], ...] = (
+    gzip.BadGzipFile, EOFError, isal.isal_zlib.error)  # type: ignore[assignment]  # isal's stub calls it an instance
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
@@ -143,8 +144,8 @@ class _ZstdReader:
 
     def __init__(self, raw: Readable) -> None:
         dctx = zstandard.ZstdDecompressor()
-        self._reader = dctx.stream_reader(raw, read_size=BLOCK_SIZE, read_across_frames=True,
-                                          closefd=False)
+        self._reader = dctx.stream_reader(raw, read_size=BLOCK_SIZE,  # type: ignore[arg-type]  # any read()
+                                          read_across_frames=True, closefd=False)
 
     def read(self, n: int = -1, /) -> bytes:
         try:
@@ -161,7 +162,7 @@ class _ZstdReader:
         return count
 
     def close(self) -> None:
-        self._reader.close()
+        self._reader.close()  # type: ignore[no-untyped-call]
 
 
 def _read_head(raw: Readable, n: int) -> bytes:
@@ -208,7 +209,7 @@ class _GzipReader:
     """``isal.igzip`` reader (multi-member) with errors as BadArchive."""
 
     def __init__(self, raw: _Prefixed) -> None:
-        self._reader = isal.igzip.GzipFile(fileobj=raw, mode="rb")
+        self._reader = isal.igzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[no-untyped-call]
 
     def read(self, n: int = -1, /) -> bytes:
         try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import os
 
-from . import _native
+from . import _native  # type: ignore[attr-defined]  # the C extension (csrc/), no stubs
 
 RESOLVE_IN_ROOT: int = _native.RESOLVE_IN_ROOT
 RESOLVE_NO_MAGICLINKS: int = _native.RESOLVE_NO_MAGICLINKS
@@ -122,3 +122,9 @@ def create_file_open(dirfd: int, name: Path, data: bytes | bytearray | memoryvie
     """
     fd: int = _native.create_file(dirfd, name, data, 0o600, uid, gid, 0, 0, chown, True)
     return fd
+
+
+def _use_xattrat_fallback(on: bool) -> None:
+    """Tests only: make :func:`setxattrat`/:func:`getxattrat` use the ``O_PATH`` +
+    ``/proc/self/fd`` path that kernels before 6.13 (no ``setxattrat(2)``) take."""
+    _native._xattrat_fallback(on)

@@ -16,9 +16,13 @@ What lands in ``dest`` (oci.md §9, overlay.md §2):
   ``trusted.overlay.opaque=y`` (``user.overlay.opaque=y`` unprivileged) on its directory; the
   markers themselves are not written.  Following the spec, a whiteout never removes an entry of its
   own layer, in either order: if the layer also has X, X stays, and if X is a directory it is made
-  opaque (the whiteout removed the lower X, so the new dir must not merge with it).
+  opaque (the whiteout removed the lower X, so the new dir must not merge with it).  Markers never
+  follow a symlink of the layer, and a marker below a symlink or non-directory of its own layer
+  is redundant (that entry already hides everything below it) and ignored.
 - A later entry for the same path wins: a dir over a dir updates the attributes and keeps the
-  children; anything else removes the old entry (a dir recursively) and creates the new one.
+  children (and xattrs it does not set); anything else removes the old entry (a dir recursively)
+  and creates the new one.  Hard-link entries apply their header's owner, mode and times to the
+  shared inode, as moby and containerd do.
 - ``.``/``./`` only sets the root's attributes and must be a directory.  Without it the root
   ends as 0755 (``dest`` arrives 0700).  Missing parents are created 0755.
 - Hard links may only point at earlier entries of the same layer: a target elsewhere (a lower
@@ -36,7 +40,8 @@ moby), ``.wh.``/``.wh..``/``.wh...``, a marker used as a directory, unknown type
 root, hard-link targets outside the root or not in the layer, a parent that is a dangling symlink
 or not a directory, and the limits below.  Dropped: xattrs ``trusted.overlay.*``, ``user.overlay.*``,
 ``user.fuseoverlayfs.*``, ``security.selinux``; PAX global headers (ignored, like moby); AUFS
-``.wh..wh.*`` metadata entries.  Not done: no cap on the total uncompressed size (the filesystem's
+``.wh..wh.*`` metadata entries (so AUFS hard links into ``.wh..wh.plnk`` fail).  Only
+``SCHILY.xattr.*`` records are read (GNU tar, Go, Python; bsdtar writes them too).  Not done: no cap on the total uncompressed size (the filesystem's
 space bounds it) and no ID mapping.
 
 Limits: :data:`MAX_ENTRIES` entries per layer, :data:`MAX_HEADER_BYTES` of extended headers per
@@ -61,7 +66,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Protocol
 
 from . import _sys, _whiteout
-from ._compress import BLOCK_SIZE, Reader, open_decompressed
+from ._compress import BLOCK_SIZE, Compression, Reader, open_decompressed
 from ._digest import ALGORITHM, Hasher, check_digest
 from ._errors import BadArchive, DigestMismatch
 from ._whiteout import Marker
@@ -163,7 +168,9 @@ def unpack_layer(stream: Readable, dest: str | os.PathLike[str], *, diff_id: str
         applier = _Applier(rootfd, privileged)
         try:
             reader, compression = open_decompressed(blob, media_type=media_type)
-            inflater = _Inflater(reader, Hasher(diff_id.partition(":")[0]))
+            # a plain blob is its own tar: when the algorithms agree, one hash gives both digests
+            same = compression is Compression.PLAIN and blob.hasher.algorithm == diff_id.partition(":")[0]
+            inflater = _Inflater(reader, None if same else Hasher(diff_id.partition(":")[0]))
             try:
                 tar = _TarInput(inflater)
                 _apply_tar(tar, applier)
@@ -182,7 +189,7 @@ def unpack_layer(stream: Readable, dest: str | os.PathLike[str], *, diff_id: str
         problem = blob.problem(drain=True)
         if problem is not None:
             raise problem
-        actual = inflater.hasher.digest()
+        actual = (inflater.hasher or blob.hasher).digest()
         if actual != diff_id:
             raise DigestMismatch("layer diff_id", diff_id, actual)
         return LayerStats(diff_id=actual, digest=blob.hasher.digest(), compressed_size=blob.hasher.size,
@@ -263,8 +270,9 @@ class _Inflater:
 
     _DEPTH = 4
 
-    def __init__(self, reader: Reader, hasher: Hasher) -> None:
+    def __init__(self, reader: Reader, hasher: Hasher | None) -> None:
         self._reader = reader
+        #: the diff_id hash; None when the blob's own hash covers the same bytes (plain tar)
         self.hasher = hasher
         self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self._DEPTH)
         self._stop = threading.Event()
@@ -277,12 +285,12 @@ class _Inflater:
         try:
             while not self._stop.is_set():
                 item = self._reader.read(BLOCK_SIZE)
-                if item:
+                if item and self.hasher is not None:
                     self.hasher.update(item)
                 self._put(item)
                 if not item:
                     return
-        except BaseException as err:  # noqa: B036 - handed to the unpacking thread
+        except BaseException as err:  # noqa: BLE001 - handed to the unpacking thread, re-raised there
             self._put(err)
 
     def _put(self, item: bytes | BaseException) -> None:
@@ -354,6 +362,12 @@ class _TarInput:
 
     def tell(self) -> int:
         return self.offset
+
+    def write(self, data: bytes) -> int:
+        raise OSError("the layer tar is read-only")
+
+    def close(self) -> None:
+        pass   # the inflater is closed by unpack_layer
 
     def read(self, n: int = -1, /) -> bytes:
         if n < 0 or n > self.budget:
@@ -458,7 +472,7 @@ def _apply_tar(tar: _TarInput, applier: _Applier) -> None:
             raise BadArchive(f"layer tar: {err} (at offset {tf.offset})") from None
         if info is None:
             break
-        tf.members.clear()
+        tf.members.clear()  # type: ignore[attr-defined]  # TarFile keeps every member otherwise
         if applier.entries >= MAX_ENTRIES:
             raise BadArchive(f"layer tar: more than {MAX_ENTRIES} entries")
         if tar.offset != info.offset_data:
@@ -607,7 +621,7 @@ class _Applier:
             self._apply(info, tar, data_end, entry)
         except OSError as err:
             raise _entry_error(err, entry) from err
-        except OverflowError as err:   # a uid, gid, time or device number out of range
+        except (OverflowError, ValueError) as err:   # an id or number out of range, a NUL in a name
             raise BadArchive(f"layer entry {entry!r}: {err}") from err
 
     def _apply(self, info: tarfile.TarInfo, tar: _TarInput, data_end: int, entry: str) -> None:
@@ -654,26 +668,57 @@ class _Applier:
         if marker is Marker.META:
             self.skipped += 1
             return
-        if marker is Marker.OPAQUE:
-            fd = self._parent(comps[:-1], entry)
-            _sys.setxattrat(fd, "", self.opaque_attr, b"y")
-            self.opaque_dirs += 1
+        parent = self._marker_parent(comps[:-1], entry)
+        if parent is None:
             return
-        target = comps[-1][len(_whiteout.WHITEOUT_PREFIX):]
-        parent = self._parent(comps[:-1], entry)
-        path = "/".join(comps[:-1] + [target])
-        self._whited.add(path)
-        self.whiteouts += 1
         try:
-            if self.privileged:
-                _whiteout.write_whiteout(parent, target, uid=info.uid, gid=info.gid)
-            else:
-                _whiteout.write_whiteout(parent, target)
-        except FileExistsError:
-            # the layer has its own `target`: it stays (spec); a dir of it must not merge below
-            st = _lstat(parent, target)
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                _sys.setxattrat(parent, target, self.opaque_attr, b"y")
+            if marker is Marker.OPAQUE:
+                _sys.setxattrat(parent, "", self.opaque_attr, b"y")
+                self.opaque_dirs += 1
+                return
+            target = comps[-1][len(_whiteout.WHITEOUT_PREFIX):]
+            path = "/".join(comps[:-1] + [target])
+            self._whited.add(path)
+            self.whiteouts += 1
+            try:
+                if self.privileged:
+                    _whiteout.write_whiteout(parent, target, uid=info.uid, gid=info.gid)
+                else:
+                    _whiteout.write_whiteout(parent, target)
+            except FileExistsError:
+                # the layer has its own `target`: it stays (spec); a dir of it must not merge below
+                st = _lstat(parent, target)
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    _sys.setxattrat(parent, target, self.opaque_attr, b"y")
+        finally:
+            if parent != self.rootfd:
+                os.close(parent)
+
+    def _marker_parent(self, comps: list[str], entry: str) -> int | None:
+        """The directory a whiteout or opaque marker acts in (an fd to close), or None to ignore
+        the marker.
+
+        Unlike other entries, a marker never follows a symlink of its layer: ``a/.wh.b`` with
+        ``a -> x`` must not white out ``x/b``.  If a parent in this layer is a symlink or not a
+        directory (umoci writes ``d/.wh.child`` after turning dir ``d`` into a file), that entry
+        already hides everything below it in lower layers: the marker is redundant and ignored.
+        Missing parents are made, 0755.
+        """
+        if not comps:
+            return self.rootfd
+        resolve = _sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_SYMLINKS | _sys.RESOLVE_NO_MAGICLINKS
+        try:
+            return _sys.openat2(self.rootfd, "/".join(comps), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                                resolve=resolve)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                log.debug("layer entry %r: ignored, a parent in this layer is not a directory", entry)
+                self.skipped += 1
+                return None
+            if err.errno != errno.ENOENT:
+                raise
+        # no symlink up to the first missing component (else ELOOP): just make the rest
+        return self._make_parents(comps, entry)
 
     def _remove(self, parent: int, name: str, path: str, for_dir: bool) -> bool:
         """Make room for a new entry ``name``; True if an existing dir is kept (dir over dir)."""
@@ -743,7 +788,7 @@ class _Applier:
         xattrs = self._xattrs(info)
         atime, mtime = _times(info)
         mode = info.mode & 0o7777
-        sparse = info.sparse
+        sparse: list[tuple[int, int]] | None = info.sparse  # type: ignore[assignment]  # typeshed
         if not xattrs and sparse is None and size <= tar.available():
             # the hot path: one native call creates, fills, chowns, chmods and stamps the file
             data = tar.take(size)
