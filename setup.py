@@ -55,6 +55,7 @@ setup(
     extras_require={
         "test": ["pytest>=7", "cryptography>=41"],
         "bench": ["matplotlib>=3.7"],
+        "lint": ["mypy>=1.8", "ruff>=0.4"],
     },
     entry_points={"console_scripts": ["layerfs = layerfs._cli:main"]},
 )

@@ -328,7 +328,8 @@ class Authorizer:
         return previous is None or previous != chosen or not had_token
 
     def _token(self, host: str, challenge: Challenge, scopes: frozenset[str]) -> str:
-        scopes = scopes | (frozenset(challenge.params["scope"].split(" ")) if challenge.params.get("scope") else frozenset())
+        if challenge.params.get("scope"):
+            scopes = scopes | frozenset(challenge.params["scope"].split(" "))
         key = (host, scopes)
         with self._lock:
             cached = self._tokens.get(key)

@@ -25,6 +25,7 @@ import isal.igzip
 import isal.isal_zlib
 import zstandard
 
+from ._digest import Readable
 from ._errors import BadArchive
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,6 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_ERRORS: tuple[type[Exception], ...] = (
     gzip.BadGzipFile, EOFError, isal.isal_zlib.error)  # type: ignore[assignment]  # isal's stub calls it an instance
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-
-class Readable(Protocol):
-    """What the decompressors read from: a file object with ``read``."""
-
-    def read(self, n: int = -1, /) -> bytes: ...
 
 
 class Reader(Protocol):

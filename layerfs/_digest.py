@@ -1,4 +1,4 @@
-"""Digests: parsing, hashing while streaming, and verification.
+"""Digests: parsing, ChainIDs, and hashing blobs while they stream.
 
 Only ``sha256:<64 hex>`` and ``sha512:<128 hex>`` are accepted, so a digest can be used safely as
 a file name or in a URL (oci.md §6, CVE-2024-3727).
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import BinaryIO
+from typing import Protocol
 
-from ._errors import DigestMismatch, InvalidReference
+from ._errors import InvalidReference
 
 _DIGEST_RE = re.compile(r"\A(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
 
@@ -50,6 +50,12 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
     return out
 
 
+class Readable(Protocol):
+    """A blob as it arrives, from a file, an archive or a registry: anything with ``read``."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class Hasher:
     """A running digest of one algorithm that also counts bytes."""
 
@@ -64,48 +70,3 @@ class Hasher:
 
     def digest(self) -> str:
         return f"{self.algorithm}:{self._hash.hexdigest()}"
-
-
-class VerifyingReader:
-    """A read-only file object that hashes what passes through it.
-
-    Wraps ``raw`` (anything with ``read``); :meth:`verify` drains what is left and raises
-    :class:`DigestMismatch` if the digest or (when given) the size differ from ``expected``.
-    """
-
-    def __init__(self, raw: BinaryIO, expected: str | None, *, what: str, size: int | None = None) -> None:
-        self._raw = raw
-        self.expected = expected
-        self.expected_size = size
-        self.what = what
-        self.hasher = Hasher(expected.partition(":")[0] if expected else ALGORITHM)
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        if data:
-            self.hasher.update(data)
-        return data
-
-    def readinto(self, buf: bytearray | memoryview) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-    def drain(self, chunk: int = 1 << 20) -> None:
-        """Read to EOF (the digest covers every byte, trailing ones included)."""
-        while self.read(chunk):
-            pass
-
-    def verify(self) -> str:
-        """Drain, then check size and digest.  Returns the digest."""
-        self.drain()
-        actual = self.hasher.digest()
-        if self.expected_size is not None and self.hasher.size != self.expected_size:
-            raise DigestMismatch(f"{self.what}: size {self.hasher.size} (expected {self.expected_size})",
-                                 self.expected or "?", actual)
-        if self.expected is not None and actual != self.expected:
-            raise DigestMismatch(self.what, self.expected, actual)
-        return actual

@@ -22,12 +22,12 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from . import _digest
-from ._errors import BadImage, LayerfsError
+from ._errors import BadImage, DigestMismatch, LayerfsError
 from ._reference import Reference
 from ._reference import parse as parse_reference
 from ._store import Image, Store, Writer
@@ -84,17 +84,17 @@ def parse_source(text: str) -> Source:
         return Source(transport, Path(path), tag or None)
     if sep and re.fullmatch(r"[a-z-]+", transport) and not os.path.exists(text):
         raise BadImage(f"{text}: unknown transport {transport!r} (use oci:, oci-archive: or docker-archive:)")
-    path = Path(text)
-    if path.is_dir():
-        if (path / "oci-layout").is_file():
-            return Source("oci", path, None)
+    bare = Path(text)
+    if bare.is_dir():
+        if (bare / "oci-layout").is_file():
+            return Source("oci", bare, None)
         raise BadImage(f"{text}: a directory without oci-layout is not an OCI image layout")
-    if path.is_file():
-        names = _archive_names(path)
+    if bare.is_file():
+        names = _archive_names(bare)
         if "manifest.json" in names:
-            return Source("docker-archive", path, None)
+            return Source("docker-archive", bare, None)
         if "oci-layout" in names:
-            return Source("oci-archive", path, None)
+            return Source("oci-archive", bare, None)
         raise BadImage(f"{text}: neither a docker archive (manifest.json) nor an OCI archive (oci-layout)")
     raise BadImage(f"{text}: no such file or directory")
 
@@ -308,7 +308,7 @@ def _descriptor(value: object, what: str) -> tuple[str, str, int]:
 def _read_verified(files: _Files, digest: str, size: int) -> bytes:
     data = files.read(_blob_path(digest))
     if len(data) != size or _digest.of_bytes(data, digest.partition(":")[0]) != digest:
-        raise _digest.DigestMismatch(f"blob {_blob_path(digest)}", digest, _digest.of_bytes(data))
+        raise DigestMismatch(f"blob {_blob_path(digest)}", digest, _digest.of_bytes(data))
     return data
 
 
@@ -324,10 +324,12 @@ def _oci_candidates(files: _Files, src: Source) -> list[_Candidate]:
     available = []
     for entry in entries:
         annotations = entry.get("annotations", {}) if isinstance(entry, dict) else {}
-        ref_name = str(annotations.get("org.opencontainers.image.ref.name", "")) if isinstance(annotations, dict) else ""
+        if not isinstance(annotations, dict):
+            annotations = {}
+        ref_name = str(annotations.get("org.opencontainers.image.ref.name", ""))
         available.append(ref_name or "(untagged)")
         if src.tag is None or ref_name == src.tag or ref_name.endswith(f":{src.tag}") and _is_full(ref_name):
-            chosen.append((entry, annotations if isinstance(annotations, dict) else {}))
+            chosen.append((entry, annotations))
     if not chosen:
         raise BadImage(f"{src.path}: no image tagged {src.tag!r} (the layout has: {', '.join(available)})")
     out = []

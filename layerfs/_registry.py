@@ -61,7 +61,7 @@ SCHEMA1_TYPES = ("application/vnd.docker.distribution.manifest.v1+json",
 MAX_MANIFEST_BYTES = 4 << 20
 #: Largest error body read.
 MAX_ERROR_BYTES = 1 << 20
-USER_AGENT = f"layerfs/0.1 (+https://github.com/opencontainers/distribution-spec)"
+USER_AGENT = "layerfs/0.1 (+https://github.com/opencontainers/distribution-spec)"
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 _REDIRECTS = (301, 302, 303, 307, 308)
 _MAX_REDIRECTS = 10
@@ -213,7 +213,7 @@ class RegistryClient:
             after = response.headers.get("retry-after", "")
             if after.isdigit():
                 return min(float(after), 30.0)
-        return min(self.backoff * (2 ** attempt), 10.0)
+        return min(float(self.backoff) * 2.0 ** attempt, 10.0)
 
     def _token_transport(self, method: str, url: str, headers: Mapping[str, str],
                          form: Mapping[str, str] | None) -> tuple[int, bytes]:
@@ -556,7 +556,7 @@ class BlobReader:
     def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (all the rest if ``n`` < 0); ``b""`` at the end."""
         if n is None or n < 0:
-            parts = []
+            parts: list[bytes] = []
             while True:
                 part = self.read(1 << 20)
                 if not part:

@@ -44,10 +44,9 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 from . import _digest
-from ._errors import BadImage, Conflict, ImageNotFound, InvalidReference, LayerfsError
+from ._errors import BadImage, Conflict, DigestMismatch, ImageNotFound, InvalidReference, LayerfsError
 from ._reference import Reference
 from ._reference import parse as parse_reference
 
@@ -502,7 +501,7 @@ class Writer:
         algorithm = expected_digest.partition(":")[0] if expected_digest else _digest.ALGORITHM
         digest = _digest.of_bytes(data, algorithm)
         if expected_digest is not None and digest != expected_digest:
-            raise _digest.DigestMismatch("blob", expected_digest, digest)
+            raise DigestMismatch("blob", expected_digest, digest)
         path = self.store.blob_path(digest)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -513,7 +512,7 @@ class Writer:
 
     # -- layers ------------------------------------------------------------------------------
 
-    def add_layer(self, stream: BinaryIO, *, diff_id: str, digest: str | None = None, size: int | None = None,
+    def add_layer(self, stream: _digest.Readable, *, diff_id: str, digest: str | None = None, size: int | None = None,
                   media_type: str | None = None) -> LayerRecord:
         """Unpack a layer blob into the store, verified; safe to call from several threads.
 
@@ -649,12 +648,12 @@ class Writer:
         if by_ref and ref is not None:
             # moby image_delete.go: untag; when no tag of that repository is left, its digest
             # references go too; the image is deleted only when no reference at all is left.
-            repo = repos[ref.repository]
-            repo.pop(_ref_key(ref))
+            entries = repos[ref.repository]
+            entries.pop(_ref_key(ref))
             lines.append(f"Untagged: {ref.familiar()}")
-            if not ref.digest and not any("@" not in k and i == image_id for k, i in repo.items()):
-                for key in [k for k, i in repo.items() if "@" in k and i == image_id]:
-                    repo.pop(key)
+            if not ref.digest and not any("@" not in k and i == image_id for k, i in entries.items()):
+                for key in [k for k, i in entries.items() if "@" in k and i == image_id]:
+                    entries.pop(key)
                     lines.append(f"Untagged: {_familiar(key)}")
             refs = [(r, k) for r, m in repos.items() for k, i in m.items() if i == image_id]
             if refs:

@@ -41,8 +41,8 @@ root, hard-link targets outside the root or not in the layer, a parent that is a
 or not a directory, and the limits below.  Dropped: xattrs ``trusted.overlay.*``, ``user.overlay.*``,
 ``user.fuseoverlayfs.*``, ``security.selinux``; PAX global headers (ignored, like moby); AUFS
 ``.wh..wh.*`` metadata entries (so AUFS hard links into ``.wh..wh.plnk`` fail).  Only
-``SCHILY.xattr.*`` records are read (GNU tar, Go, Python; bsdtar writes them too).  Not done: no cap on the total uncompressed size (the filesystem's
-space bounds it) and no ID mapping.
+``SCHILY.xattr.*`` records are read (GNU tar, Go, Python; bsdtar writes them too).  Not done: no
+cap on the total uncompressed size (the filesystem's space bounds it) and no ID mapping.
 
 Limits: :data:`MAX_ENTRIES` entries per layer, :data:`MAX_HEADER_BYTES` of extended headers per
 entry (PAX records, GNU long names, sparse maps; Go's limit), names of :data:`MAX_PATH_BYTES`
@@ -63,11 +63,10 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Protocol
 
 from . import _sys, _whiteout
 from ._compress import BLOCK_SIZE, Compression, Reader, open_decompressed
-from ._digest import ALGORITHM, Hasher, check_digest
+from ._digest import ALGORITHM, Hasher, Readable, check_digest
 from ._errors import BadArchive, DigestMismatch
 from ._whiteout import Marker
 
@@ -93,12 +92,6 @@ _PARENT_CACHE = 64
 #: errnos that say something about the machine, not the archive: raised as OSError.
 _ENVIRONMENT_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM,
                                  errno.EMFILE, errno.ENFILE, errno.EACCES))
-
-
-class Readable(Protocol):
-    """A blob as it arrives: anything with ``read``."""
-
-    def read(self, n: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True)

@@ -61,9 +61,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
-
-from _oracles import (JSON, blob_path, manifest_descriptor, read_image, run, skopeo_copy, tar_layer_dirs,
-                      umoci_unpack)
+from _oracles import JSON, blob_path, manifest_descriptor, read_image, run, skopeo_copy, tar_layer_dirs, umoci_unpack
 
 #: mtime used for everything whose time is fixed (2001-09-09T01:46:40Z).
 OLD_MTIME = 1_000_000_000

@@ -36,7 +36,6 @@ import datetime
 import hashlib
 import http.server
 import json
-import os
 import secrets
 import socket
 import subprocess
@@ -71,11 +70,11 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | N
             return
         except urllib.error.HTTPError:
             return
-        except OSError:
+        except OSError as err:
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"the server for {url} exited with {proc.returncode}")
+                raise RuntimeError(f"the server for {url} exited with {proc.returncode}") from err
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not answer in {timeout} s")
+                raise TimeoutError(f"{url} did not answer in {timeout} s") from err
             time.sleep(0.05)
 
 

@@ -11,11 +11,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from _registry_server import TokenServer
+
 from layerfs import LayerfsError, RegistryError
-from layerfs._auth import (Authorizer, Credentials, auth_file_paths, find_credentials, parse_challenges,
-                           remove_credentials, store_credentials)
+from layerfs._auth import (
+    Authorizer,
+    Credentials,
+    auth_file_paths,
+    find_credentials,
+    parse_challenges,
+    remove_credentials,
+    store_credentials,
+)
 
 CHALLENGES = {
     "bearer with scope": (

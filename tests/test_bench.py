@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, require_fuse, require_root, require_tool
 
 sys.path.insert(0, str(REPO / "scripts"))

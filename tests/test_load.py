@@ -22,14 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from layerfs import Store
-
-from _images import (HOSTILE_KINDS, BuiltImage, Copies, Copy, build_hostile, edge_copies,  # noqa: F401
-                     edge_image, edge_rootfs, edge_tar_layers, second_image, sha256)
+from _images import (  # noqa: F401
+    HOSTILE_KINDS,
+    BuiltImage,
+    Copies,
+    Copy,
+    build_hostile,
+    edge_copies,
+    edge_image,
+    edge_rootfs,
+    edge_tar_layers,
+    second_image,
+    sha256,
+)
 from _oracles import blob_path, kernel_overlay, skopeo_config_digest
 from _trees import Tree, assert_same_tree, diff, snapshot
 from conftest import require_root, require_tool, run_layerfs
+
+from layerfs import Store
 
 COPY_NAMES = ("oci", "oci-archive", "docker-archive", "zstd", "v2s2")
 

@@ -25,10 +25,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from _images import (DEEP_PATH, LONG_NAME, NON_UTF8_NAME, OLD_MTIME, BuiltImage, TarEntry,  # noqa: F401
-                     busybox_image, edge_image, edge_rootfs, edge_tar_layers, gzip_bytes, sha256, tar_bytes,
-                     write_layout)
+from _images import (  # noqa: F401
+    DEEP_PATH,
+    LONG_NAME,
+    NON_UTF8_NAME,
+    OLD_MTIME,
+    BuiltImage,
+    TarEntry,
+    busybox_image,
+    edge_image,
+    edge_rootfs,
+    edge_tar_layers,
+    gzip_bytes,
+    sha256,
+    tar_bytes,
+    write_layout,
+)
 from _oracles import fuse_overlayfs, kernel_overlay, tar_layer_dirs, umoci_unpack
 from _trees import Tree, assert_same_tree, diff, snapshot
 from conftest import require_fuse, require_root, require_tool

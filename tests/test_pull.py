@@ -26,14 +26,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _images import (MEDIA_MANIFEST, BuiltImage, Copies, TarEntry, build_hostile, gzip_bytes, sha256, tar_bytes,
-                     write_layout)
+from _images import (
+    MEDIA_MANIFEST,
+    BuiltImage,
+    Copies,
+    TarEntry,
+    build_hostile,
+    gzip_bytes,
+    sha256,
+    tar_bytes,
+    write_layout,
+)
 from _images import busybox_image as busybox_image  # noqa: F401  (fixtures)
 from _images import edge_copies as edge_copies  # noqa: F401
 from _images import edge_image as edge_image  # noqa: F401
 from _oracles import blob_path, kernel_overlay, tar_layer_dirs, umoci_unpack
-from _registry_server import (FileServer, Proxy, Registry, TokenServer, free_port, inspect_config_digest, push,
-                              write_htpasswd)
+from _registry_server import (
+    FileServer,
+    Proxy,
+    Registry,
+    TokenServer,
+    free_port,
+    inspect_config_digest,
+    push,
+    write_htpasswd,
+)
 from _trees import Tree, assert_same_tree, diff, snapshot
 from conftest import require_root, require_tool, run_layerfs
 
@@ -399,7 +416,8 @@ def test_cli_login_pull_logout(registries: Registries, tmp_path: Path) -> None:
         bad = run_layerfs("login", reg.host, "-u", USER, "--password-stdin", root=root, input=b"wrong\n", env=env,
                           check=False)
         assert bad.returncode == 1 and bad.stderr.startswith(f"Error: login {reg.host}: "), bad.stderr
-        assert not (tmp_path / "docker/config.json").exists() or reg.host not in (tmp_path / "docker/config.json").read_text()
+        config = tmp_path / "docker/config.json"
+        assert not config.exists() or reg.host not in config.read_text()
         good = run_layerfs("login", reg.host, "-u", USER, "--password-stdin", root=root,
                            input=PASSWORD.encode() + b"\n", env=env)
         assert "Login Succeeded" in good.stdout
@@ -455,8 +473,8 @@ def test_connection_refused(tmp_path: Path) -> None:
     started = time.monotonic()
     proc = run_layerfs("pull", f"127.0.0.1:{port}/x:1", root=tmp_path / "store", check=False)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == (f'Error: pull 127.0.0.1:{port}/x:1: HEAD "http://127.0.0.1:{port}/v2/x/manifests/1": '
-                                   "connect: connection refused")
+    assert proc.stderr.strip() == (f"Error: pull 127.0.0.1:{port}/x:1: "
+                                   f'HEAD "http://127.0.0.1:{port}/v2/x/manifests/1": connect: connection refused')
     assert time.monotonic() - started < 30
 
 

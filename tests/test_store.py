@@ -23,8 +23,8 @@ import pytest
 from conftest import require_root, run_layerfs
 
 from layerfs import Conflict, ImageNotFound, Store
-from layerfs._load import load
 from layerfs._digest import chain_ids
+from layerfs._load import load
 
 CHAIN_VECTOR = (
     ["sha256:34402835e972af8ffd24637c2413e4174991fd8830ac140df9303cc8153abc40",
@@ -53,8 +53,8 @@ def layer_tar(files: dict[str, bytes]) -> bytes:
 
 
 def make_layout(path: Path, layers: list[dict[str, bytes]], tag: str = "latest", *,
-                wrong_diff_id: int | None = None, corrupt_layer: int | None = None, created: str = "2024-01-02T03:04:05Z",
-                big: int = 0) -> dict[str, object]:
+                wrong_diff_id: int | None = None, corrupt_layer: int | None = None,
+                created: str = "2024-01-02T03:04:05Z", big: int = 0) -> dict[str, object]:
     """Write an OCI layout with one image; returns its digests.  ``big`` adds a layer of that
     many random bytes (slow to unpack, for kill tests)."""
     (path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)

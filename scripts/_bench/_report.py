@@ -208,7 +208,8 @@ def write_markdown(report: Report, path: Path) -> None:
     m = report.meta
     out = [f"# layerfs bench: {m.get('image')}", ""]
     out.append(f"- Started {m.get('started')}; {m.get('elapsed', 0):.0f} s in all; kernel {m.get('kernel')}; "
-               f"{m.get('cpus')} CPUs. Load average {m.get('load_start')} at the start, {m.get('load_end')} at the end.")
+               f"{m.get('cpus')} CPUs. Load average {m.get('load_start')} at the start, "
+               f"{m.get('load_end')} at the end.")
     out.append(f"- Image: {m.get('entries'):,} entries, {fmt_size(float(m.get('bytes', 0)))} unpacked, "  # type: ignore[arg-type]
                f"{fmt_size(float(m.get('compressed', 0)))} compressed, {m.get('layers')} layers; "  # type: ignore[arg-type]
                f"{m.get('cat_files')} files in the cat list.")
@@ -260,7 +261,8 @@ def write_markdown(report: Report, path: Path) -> None:
                 parts.append(f"{report.labels[s]}: error: {c.error}")
             else:
                 parts.append(f"{report.labels[s]} " + " / ".join(
-                    f"{r.t:.3f}" + (f" (repeated {r.repeated}×)" if r.repeated else "") + (" (disturbed)" if r.disturbed else "")
+                    f"{r.t:.3f}" + (f" (repeated {r.repeated}×)" if r.repeated else "")
+                    + (" (disturbed)" if r.disturbed else "")
                     for r in c.runs))
         out.append(f"- {row.label}: " + "; ".join(parts))
     path.write_text("\n".join(out) + "\n")

@@ -12,8 +12,19 @@ from pathlib import Path
 from ._image import Image, extract_layer
 from ._report import Cell, Report, Run
 from ._systems import LAYERFS, LayerfsImage, Mounted, System
-from ._util import (BenchError, Janitor, debug, drop_caches, drop_counters, log, stop_pid,
-                    unmount, mounts_under, pids_with_arg, timer)
+from ._util import (
+    BenchError,
+    Janitor,
+    debug,
+    drop_caches,
+    drop_counters,
+    log,
+    mounts_under,
+    pids_with_arg,
+    stop_pid,
+    timer,
+    unmount,
+)
 from ._workloads import Ctx, Workload, prepare_for
 
 MAX_REPEATS = 3
