@@ -26,30 +26,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from . import _digest
+from . import _digest, _manifest
 from ._errors import BadImage, DigestMismatch, LayerfsError
 from ._reference import Reference
 from ._reference import parse as parse_reference
 from ._store import Image, Store, Writer
 from ._units import human_size
-
-#: Media types of a manifest, an index, and the layers we unpack (oci.md §8).
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-LAYER_MEDIA_TYPES = frozenset({
-    "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-})
-CONFIG_MEDIA_TYPES = frozenset({"application/vnd.oci.image.config.v1+json",
-                                "application/vnd.docker.container.image.v1+json"})
 
 #: How many layers are unpacked at once (decompression releases the GIL; 2 cores are common).
 PARALLEL_LAYERS = 2
@@ -245,15 +227,7 @@ def load(store: Store, source: str, *, tags: Sequence[str] = (), progress: Progr
 def _load_one(w: Writer, files: _Files, cand: _Candidate, extra: Sequence[Reference], say: Progress) -> Image:
     config_bytes = files.read(cand.config_path)
     config_digest = w.put_blob(config_bytes, cand.config_digest)
-    try:
-        config = json.loads(config_bytes)
-    except ValueError as err:
-        raise BadImage(f"config {config_digest}: not JSON: {err}") from None
-    rootfs = config.get("rootfs") if isinstance(config, dict) else None
-    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(diff_ids, list) or len(diff_ids) != len(cand.layers):
-        raise BadImage(f"config {config_digest}: {len(diff_ids) if isinstance(diff_ids, list) else 'no'} diff_ids "
-                       f"for {len(cand.layers)} layers")
+    diff_ids = _manifest.diff_ids(config_bytes, config_digest, len(cand.layers))
 
     def one(i: int) -> str:
         path, digest, size, media_type = cand.layers[i]
@@ -294,17 +268,6 @@ def _blob_path(digest: str) -> str:
     return f"blobs/{algo}/{hexpart}"
 
 
-def _descriptor(value: object, what: str) -> tuple[str, str, int]:
-    if not isinstance(value, dict):
-        raise BadImage(f"{what}: not a descriptor")
-    digest, media_type, size = value.get("digest"), value.get("mediaType"), value.get("size")
-    if not isinstance(digest, str) or not _digest.is_digest(digest):
-        raise BadImage(f"{what}: bad digest {digest!r}")
-    if not isinstance(size, int) or size < 0:
-        raise BadImage(f"{what}: bad size {size!r}")
-    return digest, str(media_type or ""), size
-
-
 def _read_verified(files: _Files, digest: str, size: int) -> bytes:
     data = files.read(_blob_path(digest))
     if len(data) != size or _digest.of_bytes(data, digest.partition(":")[0]) != digest:
@@ -334,52 +297,28 @@ def _oci_candidates(files: _Files, src: Source) -> list[_Candidate]:
         raise BadImage(f"{src.path}: no image tagged {src.tag!r} (the layout has: {', '.join(available)})")
     out = []
     for entry, annotations in chosen:
-        digest, media_type, size = _descriptor(entry, "index.json entry")
-        data = _read_verified(files, digest, size)
-        names = _names(annotations, src)
-        index_digest = None
-        manifest = json.loads(data)
-        media_type = _media_type(manifest, media_type, digest)
-        if media_type in (OCI_INDEX, DOCKER_LIST):
-            index_digest = digest
-            digest, media_type, size = _pick_platform(manifest, digest)
-            data = _read_verified(files, digest, size)
-            manifest = json.loads(data)
-            media_type = _media_type(manifest, media_type, digest)
-        out.append(_manifest_candidate(manifest, media_type, digest, index_digest, names))
+        top = _manifest.descriptor(entry, "index.json entry")
+        data = _read_verified(files, top.digest, top.size)
+        media_type = _manifest.media_type(_manifest.json_object(data, f"manifest {top.digest}"), top.media_type,
+                                          f"manifest {top.digest}")
+        index_digest, digest = None, top.digest
+        if media_type in _manifest.INDEX_TYPES:
+            child = _manifest.choose_platform(data, top.digest, None)
+            index_digest, digest = top.digest, child.digest
+            data = _read_verified(files, child.digest, child.size)
+            media_type = _manifest.media_type(_manifest.json_object(data, f"manifest {digest}"), child.media_type,
+                                              f"manifest {digest}")
+            if media_type in _manifest.INDEX_TYPES:
+                raise BadImage(f"manifest {digest}: nested indexes are not supported")
+        manifest = _manifest.parse_manifest(data, digest)
+        out.append(_Candidate(_blob_path(manifest.config.digest), manifest.config.digest,
+                              tuple((_blob_path(d.digest), d.digest, d.size, d.media_type) for d in manifest.layers),
+                              digest, index_digest, _names(annotations, src)))
     return out
 
 
 def _is_full(name: str) -> bool:
     return "/" in name or ":" in name
-
-
-def _media_type(doc: object, declared: str, digest: str) -> str:
-    """The media type of a manifest or index: its ``mediaType`` field must agree with the
-    descriptor that pointed at it (CVE-2021-41190); umoci omits the field (oci.md §3)."""
-    if not isinstance(doc, dict):
-        raise BadImage(f"manifest {digest}: not a JSON object")
-    field = doc.get("mediaType")
-    if field and declared and field != declared:
-        raise BadImage(f"manifest {digest}: mediaType {field!r} but its descriptor says {declared!r}")
-    media_type = str(field or declared)
-    if not media_type:
-        media_type = OCI_INDEX if "manifests" in doc else OCI_MANIFEST
-    if media_type not in (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST):
-        raise BadImage(f"manifest {digest}: unsupported media type {media_type!r}")
-    return media_type
-
-
-def _pick_platform(index: dict[str, object], digest: str) -> tuple[str, str, int]:
-    """The host's entry of an image index, by containerd's rules (shared with pull)."""
-    from . import _platform
-
-    manifests = index.get("manifests")
-    if not isinstance(manifests, list):
-        raise BadImage(f"index {digest}: no manifests")
-    entries = [(_platform.from_json(m.get("platform")) if isinstance(m, dict) else None, m) for m in manifests]
-    best = _platform.choose(entries, _platform.host(), where=f"index {digest}")[0]
-    return _descriptor(best, f"index {digest} entry")
 
 
 def _names(annotations: dict[str, object], src: Source) -> tuple[Reference, ...]:
@@ -401,25 +340,6 @@ def _names(annotations: dict[str, object], src: Source) -> tuple[Reference, ...]
         except LayerfsError:
             return ()
     return ()
-
-
-def _manifest_candidate(manifest: dict[str, object], media_type: str, digest: str, index_digest: str | None,
-                        names: tuple[Reference, ...]) -> _Candidate:
-    if media_type not in (OCI_MANIFEST, DOCKER_MANIFEST):
-        raise BadImage(f"manifest {digest}: nested index is not supported")
-    config_digest, config_type, _ = _descriptor(manifest.get("config"), f"manifest {digest} config")
-    if config_type and config_type not in CONFIG_MEDIA_TYPES:
-        raise BadImage(f"manifest {digest}: {config_type} is not an image (an artifact?): refusing to unpack it")
-    layers = manifest.get("layers")
-    if not isinstance(layers, list):
-        raise BadImage(f"manifest {digest}: no layers")
-    out = []
-    for i, layer in enumerate(layers):
-        ldigest, ltype, lsize = _descriptor(layer, f"manifest {digest} layer {i}")
-        if ltype not in LAYER_MEDIA_TYPES:
-            raise BadImage(f"manifest {digest} layer {i}: unsupported media type {ltype!r}")
-        out.append((_blob_path(ldigest), ldigest, lsize, ltype))
-    return _Candidate(_blob_path(config_digest), config_digest, tuple(out), digest, index_digest, names)
 
 
 # -- docker archives ---------------------------------------------------------------------------

@@ -24,14 +24,13 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import errno
-import json
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from . import _platform
-from ._digest import check_digest
+from . import _manifest, _platform
 from ._errors import BadImage, ImageNotFound, LayerfsError
+from ._manifest import INDEX_TYPES
 from ._progress import (
     COMPLETE,
     DOWNLOADING,
@@ -46,23 +45,11 @@ from ._progress import (
 )
 from ._reference import Reference
 from ._reference import parse as parse_reference
-from ._registry import DOCKER_MANIFEST, INDEX_TYPES, OCI_MANIFEST, RegistryClient
+from ._registry import RegistryClient
 
 if TYPE_CHECKING:
     from ._store import Image, Store, Writer
 
-#: Config media types of container images (anything else is an artifact: stored, never unpacked).
-CONFIG_TYPES = ("application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json")
-#: Layer media types that can be unpacked (compression is sniffed anyway).
-LAYER_TYPES = (
-    "application/vnd.oci.image.layer.v1.tar", "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip", "application/vnd.docker.image.rootfs.diff.tar",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-)
 #: docker's ``max-concurrent-downloads`` default.
 MAX_CONCURRENT_DOWNLOADS = 3
 
@@ -75,30 +62,6 @@ class LayerDescriptor:
     size: int
     media_type: str
     diff_id: str
-
-
-def _json_object(data: bytes, what: str) -> dict[str, object]:
-    try:
-        obj = json.loads(data)
-    except ValueError as err:
-        raise BadImage(f"{what}: not JSON: {err}") from err
-    if not isinstance(obj, dict):
-        raise BadImage(f"{what}: not a JSON object")
-    return obj
-
-
-def _descriptor(obj: object, what: str) -> tuple[str, str, int]:
-    """(media type, digest, size) of a descriptor, checked."""
-    if not isinstance(obj, Mapping):
-        raise BadImage(f"{what}: malformed descriptor")
-    media_type, digest, size = obj.get("mediaType", ""), obj.get("digest"), obj.get("size")
-    if not isinstance(media_type, str) or not isinstance(digest, str) or not isinstance(size, int) or size < 0:
-        raise BadImage(f"{what}: malformed descriptor {dict(obj)!r}")
-    try:
-        check_digest(digest)
-    except LayerfsError as err:
-        raise BadImage(f"{what}: {err}") from err
-    return media_type, digest, size
 
 
 class _Pull:
@@ -119,7 +82,7 @@ class _Pull:
         """A manifest by digest, from the store if it has it, else from the registry."""
         if self.store.has_blob(digest):
             data = self.store.read_blob(digest)
-            body_type = _json_object(data, f"manifest {digest}").get("mediaType")
+            body_type = _manifest.json_object(data, f"manifest {digest}").get("mediaType")
             found = body_type if isinstance(body_type, str) and body_type else media_type
             if found:
                 return data, found
@@ -137,7 +100,8 @@ class _Pull:
         manifest_digest = top.digest
         if media_type in INDEX_TYPES:
             index_digest = top.digest
-            manifest_digest, child_type = self._choose(data, top.digest)
+            child = _manifest.choose_platform(data, top.digest, self.wanted)
+            manifest_digest, child_type = child.digest, child.media_type
             data, media_type = self._manifest(manifest_digest, child_type)
             if media_type in INDEX_TYPES:
                 raise BadImage(f"manifest {manifest_digest}: nested indexes are not supported")
@@ -169,59 +133,24 @@ class _Pull:
             self.progress.line(f"Status: Downloaded newer image for {ref.familiar()}")
         return image
 
-    def _choose(self, data: bytes, digest: str) -> tuple[str, str]:
-        """Pick the index entry for the platform: (manifest digest, media type)."""
-        index = _json_object(data, f"index {digest}")
-        manifests = index.get("manifests")
-        if not isinstance(manifests, list):
-            raise BadImage(f"index {digest}: no manifests list")
-        entries: list[tuple[_platform.Platform | None, tuple[str, str]]] = []
-        for i, entry in enumerate(manifests):
-            child_type, child_digest, _size = _descriptor(entry, f"index {digest} entry {i}")
-            if child_type not in (OCI_MANIFEST, DOCKER_MANIFEST, ""):
-                continue  # nested indexes, artifacts: not images for a platform
-            plat = _platform.from_json(entry.get("platform") if isinstance(entry, Mapping) else None)
-            entries.append((plat, (child_digest, child_type)))
-        wanted = self.wanted or _platform.host()
-        return _platform.choose(entries, wanted, where=f"manifest {digest}")[0]
-
     def _read_manifest(self, data: bytes, digest: str) -> tuple[str, bytes, list[LayerDescriptor]]:
         """Check a manifest, fetch its config: (config digest, config bytes, layers with diff IDs)."""
-        manifest = _json_object(data, f"manifest {digest}")
-        config_type, config_digest, config_size = _descriptor(manifest.get("config"), f"manifest {digest} config")
-        if config_type not in CONFIG_TYPES:
-            raise BadImage(f"manifest {digest}: not a container image (config type {config_type!r}); "
-                           f"artifacts cannot be pulled as images")
-        raw_layers = manifest.get("layers")
-        if not isinstance(raw_layers, list):
-            raise BadImage(f"manifest {digest}: no layers list")
-        descriptors = []
-        for i, layer in enumerate(raw_layers):
-            layer_type, layer_digest, layer_size = _descriptor(layer, f"manifest {digest} layer {i}")
-            if layer_type not in LAYER_TYPES:
-                raise BadImage(f"manifest {digest}: layer {layer_digest}: unsupported media type {layer_type!r}")
-            if isinstance(layer, Mapping) and layer.get("urls"):
-                raise BadImage(f"manifest {digest}: layer {layer_digest}: foreign layers (urls) are not supported")
-            descriptors.append((layer_type, layer_digest, layer_size))
+        manifest = _manifest.parse_manifest(data, digest)
+        config_digest = manifest.config.digest
         if self.store.has_blob(config_digest):
             config = self.store.read_blob(config_digest)
         else:
-            config = self.client.fetch_blob(self.ref, config_digest, config_size)
-        config_obj = _json_object(config, f"config {config_digest}")
-        rootfs = config_obj.get("rootfs")
-        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, Mapping) else None
-        if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
-            raise BadImage(f"config {config_digest}: no rootfs.diff_ids")
-        if len(diff_ids) != len(descriptors):
-            raise BadImage(f"config {config_digest}: {len(diff_ids)} diff IDs for {len(descriptors)} layers")
+            config = self.client.fetch_blob(self.ref, config_digest, manifest.config.size)
+        diff_ids = _manifest.diff_ids(config, config_digest, len(manifest.layers))
         if self.wanted is not None:
+            config_obj = _manifest.json_object(config, f"config {config_digest}")
             found = _platform.Platform(str(config_obj.get("os", "")), str(config_obj.get("architecture", "")),
                                        str(config_obj.get("variant", "")))
             if config_obj.get("os") and _platform.matches(found, self.wanted) is None:
                 raise LayerfsError(f"image was found but does not match the specified platform: "
                                    f"wanted {self.wanted}, actual: {found.normalized()}")
-        layers = [LayerDescriptor(d, s, t, check_digest(diff_id))
-                  for (t, d, s), diff_id in zip(descriptors, diff_ids)]
+        layers = [LayerDescriptor(layer.digest, layer.size, layer.media_type, diff_id)
+                  for layer, diff_id in zip(manifest.layers, diff_ids)]
         return config_digest, config, layers
 
     def _layers(self, writer: Writer, layers: Iterable[LayerDescriptor]) -> None:

@@ -43,19 +43,10 @@ import httpx
 from ._auth import Authorizer, Credentials, find_credentials
 from ._digest import check_digest, of_bytes
 from ._errors import BadImage, DigestMismatch, RegistryError
+from ._manifest import MANIFEST_TYPES, SCHEMA1_TYPES, Descriptor
 from ._reference import Reference
 
 log = logging.getLogger(__name__)
-
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-#: Sent in ``Accept`` on every manifest request, HEAD and GET alike.
-MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
-INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
-SCHEMA1_TYPES = ("application/vnd.docker.distribution.manifest.v1+json",
-                 "application/vnd.docker.distribution.manifest.v1+prettyjws")
 
 #: Largest manifest or config read into memory (oci.md §10.5).
 MAX_MANIFEST_BYTES = 4 << 20
@@ -65,15 +56,6 @@ USER_AGENT = "layerfs/0.1 (+https://github.com/opencontainers/distribution-spec)
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 _REDIRECTS = (301, 302, 303, 307, 308)
 _MAX_REDIRECTS = 10
-
-
-@dataclasses.dataclass(frozen=True)
-class Descriptor:
-    """What a manifest request resolved to."""
-
-    media_type: str
-    digest: str
-    size: int
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,7 +45,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from . import _digest
+from . import _digest, _manifest
 from ._errors import BadImage, Conflict, DigestMismatch, ImageNotFound, InvalidReference, LayerfsError
 from ._reference import Reference
 from ._reference import parse as parse_reference
@@ -236,8 +236,9 @@ class Store:
 
     def _load_image(self, image_id: str, refs: Sequence[str]) -> Image:
         record = _load_json(self.root / "images" / f"{_hex(image_id)}.json")
-        config = json.loads(self.read_blob(image_id))
-        diff_ids = _config_diff_ids(config, image_id)
+        raw = self.read_blob(image_id)
+        config = _manifest.json_object(raw, f"config {image_id}")
+        diff_ids = _manifest.diff_ids(raw, image_id)
         size = 0
         for diff_id in diff_ids:
             with contextlib.suppress(FileNotFoundError, BadImage):
@@ -444,20 +445,6 @@ def _history_comment(config: Mapping[str, object]) -> str:
     return ""
 
 
-def _config_diff_ids(config: object, what: str) -> list[str]:
-    """The diff IDs of an image config, checked (rootfs.type must be "layers")."""
-    if not isinstance(config, dict):
-        raise BadImage(f"config {what}: not a JSON object")
-    rootfs = config.get("rootfs")
-    if not isinstance(rootfs, dict) or rootfs.get("type") != "layers" or not isinstance(rootfs.get("diff_ids"), list):
-        raise BadImage(f"config {what}: rootfs must be {{\"type\": \"layers\", \"diff_ids\": [...]}}")
-    diff_ids = [str(d) for d in rootfs["diff_ids"]]
-    for d in diff_ids:
-        if not _digest.is_digest(d):
-            raise BadImage(f"config {what}: bad diff_id {d!r}")
-    return diff_ids
-
-
 class Writer:
     """What a holder of the store lock may do.  Made by :meth:`Store.writer` only.
 
@@ -579,8 +566,7 @@ class Writer:
         """
         if not self.store.has_blob(config_digest):
             raise BadImage(f"config {config_digest} is not in the store")
-        config = json.loads(self.store.read_blob(config_digest))
-        diff_ids = _config_diff_ids(config, config_digest)
+        diff_ids = _manifest.diff_ids(self.store.read_blob(config_digest), config_digest)
         for diff_id in diff_ids:
             if not self.store.has_layer(diff_id):
                 raise BadImage(f"image {config_digest}: layer {diff_id} is not in the store")
@@ -697,7 +683,7 @@ class Writer:
         for image_id in store._image_ids():
             try:
                 record = _load_json(store.root / "images" / f"{_hex(image_id)}.json")
-                diff_ids = _config_diff_ids(json.loads(store.read_blob(image_id)), image_id)
+                diff_ids = _manifest.diff_ids(store.read_blob(image_id), image_id)
             except (OSError, ValueError, LayerfsError):
                 log.warning("store: image record %s is unreadable; removing it", image_id)
                 with contextlib.suppress(FileNotFoundError):
