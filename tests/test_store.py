@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import require_root, run_layerfs
 
-from layerfs import Conflict, ImageNotFound, Store
+from layerfs import Conflict, ImageNotFound, Store, parse_reference
 from layerfs._digest import chain_ids
 from layerfs._load import load
 
@@ -298,3 +298,21 @@ def test_bad_sources_give_one_line(store: Store, source: str, message: str) -> N
     proc = run_layerfs("load", source, root=store.root, check=False)
     assert proc.returncode == 1
     assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+
+
+def test_tag_digests_and_json_listing(store: Store, tmp_path: Path) -> None:
+    info = make_layout(tmp_path / "app", [BASE], tag="1.0")
+    load(store, f"oci:{tmp_path / 'app'}")
+    run_layerfs("tag", "app:1.0", "localhost:5000/team/app:stable", root=store.root)
+    rows = [json.loads(line) for line in run_layerfs("images", "--format", "json", root=store.root).stdout.splitlines()]
+    assert sorted((r["Repository"], r["Tag"]) for r in rows) == [("app", "1.0"), ("localhost:5000/team/app", "stable")]
+    assert {r["ID"] for r in rows} == {str(info["config"])[7:19]}
+    # A repo digest, as a pull records it, shows in the DIGEST column of its repository only.
+    with store.writer() as w:
+        w.add_image(str(info["config"]), manifest_digest=str(info["manifest"]),
+                    tags=[parse_reference("app:1.0")])
+    table = run_layerfs("images", "--digests", "app", root=store.root).stdout.splitlines()
+    assert table[0].split()[:3] == ["REPOSITORY", "TAG", "DIGEST"]
+    assert [line.split()[:3] for line in table[1:]] == [["app", "1.0", str(info["manifest"])]]
+    bad = run_layerfs("tag", "app:1.0", "Bad/Name", root=store.root, check=False)
+    assert bad.returncode == 1 and "invalid reference format" in bad.stderr
