@@ -21,7 +21,7 @@ import errno
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
@@ -56,7 +56,7 @@ class HandlerStatistics:
         return sum(self.requests.values())
 
 
-def _handler(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _handler(fn: Callable[P, Coroutine[object, object, R]]) -> Callable[P, Coroutine[object, object, R]]:
     """Count the request, and turn any exception into a FUSE error reply (never a crash)."""
     op = fn.__name__
 

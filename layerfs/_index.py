@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _native  # the only importer of the native index type
+from . import _native  # type: ignore[attr-defined]  # the C extension (csrc/), no stubs; the only importer of the native index type
 
 #: (ino, mode, nlink, uid, gid, rdev, size, blocks, atime_ns, mtime_ns, ctime_ns)
 Attr = tuple[int, int, int, int, int, int, int, int, int, int, int]
@@ -125,6 +125,8 @@ class NativeSession:
         policy: the cache policy (``_cache.POLICY``): its timeouts go into every reply.
         threads: request threads (1 = libfuse's single-threaded loop).
         debug: libfuse's ``-d`` request trace on stderr.
+        max_open: the most backing fds kept open at once (``_cache.max_open_files``): fds are
+            cached per inode and the least recently used one is closed beyond that (CLOCK).
 
     Raises:
         OSError: the index or a layer dir cannot be opened.
@@ -134,9 +136,9 @@ class NativeSession:
 
     def __init__(self, index: str | os.PathLike[str], layer_dirs: list[str], mountpoint: str,
                  options: set[str], *, entry_timeout: float, attr_timeout: float, negative_timeout: float,
-                 threads: int = 1, debug: bool = False) -> None:
+                 threads: int = 1, debug: bool = False, max_open: int = 4096) -> None:
         self._s = _native.FuseSession(os.fspath(index), layer_dirs, mountpoint, ",".join(sorted(options)),
-                                      entry_timeout, attr_timeout, negative_timeout, threads, debug)
+                                      entry_timeout, attr_timeout, negative_timeout, threads, debug, max_open)
 
     def loop(self) -> int:
         """Serve requests until the kernel ends the connection or :meth:`exit`; blocks (GIL released)."""
@@ -156,6 +158,6 @@ class NativeSession:
         self._s.close()
 
     def stats(self) -> tuple[dict[str, int], dict[str, int], int]:
-        """(requests per opcode, failed requests per opcode, open files)."""
+        """(requests per opcode, failed requests per opcode, backing fds open now)."""
         out: tuple[dict[str, int], dict[str, int], int] = self._s.stats()
         return out

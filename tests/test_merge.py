@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-
 from _trees import Entry, Tree, assert_same_tree, snapshot
 from conftest import require_root
+
 from layerfs import _merge
 from layerfs._index import Index
 
@@ -221,6 +221,27 @@ def test_rule_matches_kernel_overlay(name: str, tmp_path: Path) -> None:
     with kernel_overlay(theirs[::-1], tmp_path / "kernel") as mnt:
         kernel = snapshot(mnt)
     assert_same_tree(index_tree(index, ours), kernel, names=("index", "kernel"))
+
+
+@pytest.mark.parametrize("kernel_form", [False, True], ids=["oci-form", "kernel-form"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_c_build_equals_python_reference(name: str, kernel_form: bool, tmp_path: Path) -> None:
+    """csrc/mergebuild.c writes the very bytes of the Python reference, in both marker forms."""
+    if kernel_form:
+        require_root()  # trusted.overlay.* xattrs
+    layers = build_stack(tmp_path, CASES[name], kernel_form=kernel_form)
+    _merge.build(layers)  # the first listing of a new dir updates its atime (relatime): settle it
+    data, stats = _merge.build(layers, key="k")
+    ref, ref_stats = _merge._build_python(layers, key="k")
+    assert data == ref
+    assert (stats.nodes, stats.dents, stats.hidden) == (ref_stats.nodes, ref_stats.dents, ref_stats.hidden)
+
+
+def test_c_build_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        _merge.build([tmp_path / "missing"])
+    with pytest.raises(ValueError):
+        _merge.build([])
 
 
 # ---------------------------------------------------------------------------------------------
