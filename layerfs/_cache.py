@@ -58,6 +58,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+from . import _proc
+
 log = logging.getLogger(__name__)
 
 
@@ -97,19 +99,6 @@ NATIVE_POLICY = CachePolicy(entry_timeout=LOWER_TIMEOUT, attr_timeout=LOWER_TIME
                             negative_timeout=LOWER_TIMEOUT, keep_cache=True, read_ahead_kb=NATIVE_READ_AHEAD_KB)
 
 
-def _unescape_mountinfo(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as ``\\ooo``."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) + 0 and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def mount_device(mountpoint: str) -> str | None:
     """The ``major:minor`` of the (topmost) mount at ``mountpoint``, read from mountinfo.
 
@@ -117,11 +106,9 @@ def mount_device(mountpoint: str) -> str | None:
     before it serves requests.
     """
     found = None
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and _unescape_mountinfo(fields[4]) == mountpoint:
-                found = fields[2]
+    for entry in _proc.mounts():
+        if entry.mountpoint == mountpoint:
+            found = entry.device
     return found
 
 

@@ -60,7 +60,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _cache, _merge
+from . import _cache, _merge, _proc
 from ._errors import ImageNotFound, MountError
 from ._store import Image, Store
 
@@ -151,31 +151,6 @@ def _read_json(path: Path) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
-def _mounted() -> dict[str, str]:
-    """Mount point -> fstype of every mount in this namespace."""
-    out = {}
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            out[_cache._unescape_mountinfo(fields[4])] = fields[sep + 1]
-    return out
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie child of ours is reaped and counts as gone)."""
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-        return state not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False
-
-
 @dataclass(frozen=True)
 class MountInfo:
     """A live layerfs mount, as ``layerfs mounts`` lists it."""
@@ -194,15 +169,15 @@ def mounts() -> list[MountInfo]:
         names = sorted(os.listdir(root))
     except OSError:
         return []
-    live = _mounted()
+    live = _proc.mountpoints()
     out = []
     for name in names:
         rec = _read_json(root / name / "mount.json")
         if rec is None:
             continue
         mnt, pid = str(rec.get("mountpoint")), int(rec.get("pid", 0))  # type: ignore[call-overload]
-        if not _pid_alive(pid) or mnt not in live:
-            if not _pid_alive(pid):
+        if not _proc.pid_alive(pid) or mnt not in live:
+            if not _proc.pid_alive(pid):
                 _remove_runtime(root / name)
             continue
         image_id = rec.get("image_id")
@@ -241,7 +216,7 @@ def check_mountpoint(mountpoint: str | os.PathLike[str]) -> Path:
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mount point {path}: is not a directory")
     real = os.path.realpath(path)
-    if real in _mounted():
+    if real in _proc.mountpoints():
         raise MountError(f"mount point {path}: is already a mount point (unmount it first)")
     try:
         with os.scandir(path) as it:
@@ -372,6 +347,9 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         try:
             os.close(rfd)
             os.setsid()
+            # Nothing the caller held open (a pipe it writes to, a lock) may outlive it in us.
+            os.closerange(3, wfd)
+            os.closerange(wfd + 1, os.sysconf("SC_OPEN_MAX"))
             _detach_stdio(rundir / "daemon.log", debug)
             record["pid"] = os.getpid()
             code = _daemon(stack, mnt, rundir, record, wfd, started, index_seconds, debug, engine)
@@ -641,8 +619,8 @@ def umount(mountpoint: str | os.PathLike[str], *, store: Store | None = None,
     rundir = runtime_dir(real)
     rec = _read_json(rundir / "mount.json") or {}
     pid = int(rec.get("pid", 0))  # type: ignore[call-overload]
-    if real not in _mounted():
-        if pid and _pid_alive(pid):
+    if real not in _proc.mountpoints():
+        if pid and _proc.pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
             _wait_exit(pid, timeout)
         raise MountError(f"{mnt}: not mounted")
@@ -672,7 +650,7 @@ def _wait_exit(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     delay = 0.001
     while time.monotonic() < deadline:
-        if not _pid_alive(pid):
+        if not _proc.pid_alive(pid):
             return True
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
@@ -681,7 +659,7 @@ def _wait_exit(pid: int, timeout: float) -> bool:
             os.kill(pid, sig)
         end = time.monotonic() + 2
         while time.monotonic() < end:
-            if not _pid_alive(pid):
+            if not _proc.pid_alive(pid):
                 return False
             time.sleep(0.02)
     return False

@@ -45,7 +45,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from . import _digest, _manifest
+from . import _digest, _manifest, _proc
 from ._errors import BadImage, Conflict, DigestMismatch, ImageNotFound, InvalidReference, LayerfsError
 from ._reference import Reference
 from ._reference import parse as parse_reference
@@ -127,26 +127,6 @@ def _load_json(path: Path) -> _JsonDict:
     if not isinstance(value, dict):
         raise BadImage(f"{path}: not a JSON object")
     return value
-
-
-def _mounted_paths() -> set[str]:
-    """Mount points of this mount namespace (field 5 of /proc/self/mountinfo, unescaped)."""
-    out: set[str] = set()
-    with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            field = line.split(b" ")[4]
-            out.add(field.decode("unicode_escape" if b"\\" in field else "utf-8", "surrogateescape"))
-    return out
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Store:
@@ -363,14 +343,14 @@ class Store:
             names = sorted(os.listdir(self.root / "mounts"))
         except FileNotFoundError:
             return []
-        mounted = _mounted_paths()
+        mounted = _proc.mountpoints()
         out = []
         for name in names:
             with contextlib.suppress(OSError, ValueError, KeyError, BadImage):
                 data = _load_json(self.root / "mounts" / name)
                 rec = MountRecord(str(data["image_id"]), str(data["mountpoint"]), int(data["pid"]),  # type: ignore[call-overload]
                                   str(data["since"]))
-                if _pid_alive(rec.pid) and rec.mountpoint in mounted:
+                if _proc.pid_alive(rec.pid) and rec.mountpoint in mounted:
                     out.append(rec)
         return out
 

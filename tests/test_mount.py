@@ -29,7 +29,7 @@ from _trees import assert_same_tree, snapshot
 from conftest import require_fuse, require_root, run_layerfs
 from test_merge import CASES, LONG, build_stack
 
-from layerfs import Image, MountError, Store, _mount
+from layerfs import Image, MountError, Store, _mount, _proc
 
 DAEMON_EXIT_TIMEOUT = 10.0
 
@@ -47,7 +47,7 @@ def _alive(pid: int) -> bool:
 
 
 def _is_mounted(path: Path) -> bool:
-    return os.path.realpath(path) in _mount._mounted()
+    return os.path.realpath(path) in _proc.mountpoints()
 
 
 class Mounts:
@@ -169,6 +169,28 @@ def test_cli_mount_mounts_umount(mounts: Mounts, tmp_path: Path) -> None:
     run_layerfs("umount", str(mnt), root=mounts.store.root)
     assert not _is_mounted(mnt)
     assert not _alive(pid), "umount returned before the daemon exited"
+
+
+def test_daemon_keeps_none_of_the_callers_files_open(mounts: Mounts, tmp_path: Path) -> None:
+    """A program that mounts and exits must not leave its pipes held open by the daemon: a
+    reader waiting for EOF (a shell pipeline, a test runner capturing output) would hang."""
+    layers = build_stack(tmp_path, [["f a 1"]], kernel_form=False)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = (f"import os, sys; from layerfs import _mount; r, w = os.pipe(); os.set_inheritable(w, True); "
+              f"print(w); sys.stdout.flush(); _mount.mount(None, [{str(layers[0])!r}], {str(mnt)!r})")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=30)  # EOF comes only when nobody holds the pipe
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the daemon kept the caller's stdout pipe open")
+    finally:
+        mounts.points.append(mnt)
+    assert proc.returncode == 0, err
+    pid = mounts.track(mnt)
+    held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    assert not any(h.startswith("pipe:") for h in held), held
 
 
 def test_image_mount_is_recorded_and_blocks_rm(mounts: Mounts, edge_image: BuiltImage,  # noqa: F811
