@@ -113,11 +113,6 @@ class _Files:
         if self._tar is not None:
             self._tar.close()
 
-    def exists(self, name: str) -> bool:
-        if self._tar is None:
-            return (self.source.path / name).is_file()
-        return _clean(name) in self._members
-
     def read(self, name: str, limit: int = 4 << 20) -> bytes:
         with self.open(name) as f:
             data = f.read(limit + 1)

@@ -20,7 +20,7 @@ import dataclasses
 import platform as _stdlib_platform
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 from ._errors import BadImage, LayerfsError
@@ -199,8 +199,3 @@ def choose(entries: Sequence[tuple[Platform | None, T]], wanted: Platform, *, wh
                            f"({where} offers {offered})")
     ranked.sort(key=lambda r: (r[0], r[1]))
     return [item for _, _, item in ranked]
-
-
-def describe(platforms: Iterable[Platform]) -> str:
-    """``linux/amd64, linux/arm/v7`` for messages."""
-    return ", ".join(str(p) for p in platforms)
