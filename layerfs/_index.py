@@ -1,6 +1,7 @@
-"""The loaded merged-tree index of a mount: the one Python wrapper of ``_native.MergedIndex``.
+"""The merged-tree index of a mount: the one Python wrapper of the native index code.
 
-``_merge`` computes and saves the index; this module maps it (``csrc/merge.c``) and gives the
+``_merge`` computes and saves the index (in C through :func:`build`, ``csrc/mergebuild.c``);
+this module maps it (``csrc/merge.c``) and gives the
 handlers typed, allocation-light accessors.  Every accessor reads memory only: no layer directory
 is touched, nothing blocks.  Errors are ``OSError`` with the errno a FUSE reply should carry.
 """
@@ -18,6 +19,18 @@ Attr = tuple[int, int, int, int, int, int, int, int, int, int, int]
 
 ROOT_INO = 1
 NAME_MAX = 255
+
+
+def build(layer_dirs: list[str], key: str) -> tuple[bytes, int, int, int]:
+    """Walk ``layer_dirs`` (base first) in C and return ``(index bytes, nodes, dents, hidden)``.
+
+    The GIL is released during the walk.  See :func:`layerfs._merge.build` for the rules.
+
+    Raises:
+        OSError: a layer directory is missing or unreadable.
+    """
+    data, nodes, dents, hidden = _native.merge_build(layer_dirs, key)
+    return bytes(data), int(nodes), int(dents), int(hidden)
 
 
 @dataclass(frozen=True)

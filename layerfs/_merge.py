@@ -52,7 +52,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _whiteout
+from . import _index, _whiteout
 
 MAGIC = b"LFSMERGE"
 #: Bumped whenever the format or the rules change, so older index files are rebuilt.
@@ -182,13 +182,11 @@ def build(layer_dirs: Sequence[str | os.PathLike[str]], *, key: str = "") -> tup
     Raises:
         OSError: a layer directory is missing or unreadable.
     """
-    from . import _native  # type: ignore[attr-defined]  # the C extension (csrc/), no stubs
-
     started = time.perf_counter()
     dirs = [os.fspath(d) for d in layer_dirs]
     if not dirs:
         raise ValueError("a merged tree needs at least one layer")
-    data, nodes, dents, hidden = _native.merge_build(dirs, key)
+    data, nodes, dents, hidden = _index.build(dirs, key)
     stats = MergeStatistics(layers=len(dirs), nodes=nodes, dents=dents, hidden=hidden,
                             seconds=time.perf_counter() - started, bytes=len(data))
     return data, stats
