@@ -575,12 +575,7 @@ def _serve_pyfuse3(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obj
 
         async with trio.open_nursery() as nursery:
             await nursery.start(on_signals)
-            if ready_fd is not None:
-                os.write(ready_fd, b"ok\n")
-                os.close(ready_fd)
-            else:
-                print(f"layerfs: {stack.source} mounted on {mnt} (pid {os.getpid()}); Ctrl-C unmounts",
-                      file=sys.stderr, flush=True)
+            _ready(ready_fd, stack, mnt)
             await pyfuse3.main(min_tasks=1, max_tasks=1)
             nursery.cancel_scope.cancel()
 
