@@ -43,7 +43,8 @@ import httpx
 from ._auth import Authorizer, Credentials, find_credentials
 from ._digest import check_digest, of_bytes
 from ._errors import BadImage, DigestMismatch, RegistryError
-from ._manifest import MANIFEST_TYPES, SCHEMA1_TYPES, Descriptor
+from ._manifest import MANIFEST_TYPES, SCHEMA1_TYPES, Descriptor, json_object
+from ._manifest import media_type as manifest_media_type
 from ._reference import Reference
 
 log = logging.getLogger(__name__)
@@ -399,31 +400,24 @@ class RegistryClient:
         return BlobReader(self, ref, check_digest(digest), size, on_bytes=on_bytes, cancelled=cancelled)
 
 
+#: Content-Types some registries and proxies send for a manifest; the body's ``mediaType`` decides.
+_GENERIC_TYPES = ("", "application/json", "application/octet-stream", "text/plain")
+
+
 def _check_media_type(media_type: str, what: str, data: bytes | None = None) -> str:
-    """Check a manifest's ``Content-Type`` (and the JSON's ``mediaType`` if given); return the type."""
-    if media_type in SCHEMA1_TYPES:
-        raise BadImage(f"{what}: Docker Image manifest schema 1 is not supported; push it again with a "
-                       f"current tool")
-    body_type = ""
-    if data is not None:
-        try:
-            obj = json.loads(data)
-        except ValueError as err:
-            raise BadImage(f"{what}: not JSON: {err}") from err
-        if not isinstance(obj, dict):
-            raise BadImage(f"{what}: not a JSON object")
-        if obj.get("schemaVersion") == 1:
-            raise BadImage(f"{what}: Docker Image manifest schema 1 is not supported")
-        body_type = obj.get("mediaType", "") if isinstance(obj.get("mediaType", ""), str) else "?"
-    if media_type not in MANIFEST_TYPES:
-        if body_type in MANIFEST_TYPES and media_type in ("", "application/json", "application/octet-stream",
-                                                           "text/plain"):
-            return body_type
+    """Check a manifest's ``Content-Type`` (and, given the body, its ``mediaType``, by
+    :func:`layerfs._manifest.media_type`); return the type."""
+    if data is None:
+        if media_type in SCHEMA1_TYPES:
+            raise BadImage(f"{what}: Docker Image manifest schema 1 is not supported; push it again with a "
+                           f"current tool")
+        if media_type not in MANIFEST_TYPES:
+            raise BadImage(f"{what}: unsupported media type {media_type!r}")
+        return media_type
+    doc = json_object(data, what)
+    if media_type in _GENERIC_TYPES and not doc.get("mediaType"):
         raise BadImage(f"{what}: unsupported media type {media_type!r}")
-    if body_type and body_type != media_type:
-        raise BadImage(f"{what}: media type {body_type!r} in the manifest does not match the "
-                       f"Content-Type {media_type!r}")
-    return media_type
+    return manifest_media_type(doc, "" if media_type in _GENERIC_TYPES else media_type, what)
 
 
 _CONTENT_RANGE_RE = re.compile(r"\Abytes (\d+)-(\d+|\*)/(\d+|\*)\Z")

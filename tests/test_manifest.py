@@ -82,3 +82,22 @@ def test_index_entry_chosen_by_platform_and_none_lists_what_is_offered() -> None
     assert m.choose_platform(index, D1, parse_platform("linux/arm/v7")).digest == D1  # v7 runs v6
     with pytest.raises(LayerfsError, match=r"linux/s390x.*offers linux/arm/v6, linux/arm64"):
         m.choose_platform(index, D1, parse_platform("linux/s390x"))
+
+
+@pytest.mark.parametrize("content_type, body, result", [
+    pytest.param(m.OCI_MANIFEST, {"mediaType": m.OCI_MANIFEST}, m.OCI_MANIFEST, id="agree"),
+    pytest.param(m.DOCKER_MANIFEST, {}, m.DOCKER_MANIFEST, id="body-without-field"),
+    pytest.param("application/json", {"mediaType": m.OCI_INDEX}, m.OCI_INDEX, id="generic-type-body-decides"),
+    pytest.param("application/json", {}, "unsupported media type", id="generic-type-no-field"),
+    pytest.param(m.OCI_MANIFEST, {"mediaType": m.OCI_INDEX}, "does not match", id="confusion"),
+    pytest.param(m.SCHEMA1_TYPES[1], {"schemaVersion": 1}, "schema 1", id="schema1"),
+])
+def test_registry_content_type_and_body_must_agree(content_type: str, body: dict[str, object], result: str) -> None:
+    from layerfs._registry import _check_media_type
+
+    data = json.dumps(body).encode()
+    if result in m.MANIFEST_TYPES:
+        assert _check_media_type(content_type, "manifest x", data) == result
+    else:
+        with pytest.raises(BadImage, match=result):
+            _check_media_type(content_type, "manifest x", data)
