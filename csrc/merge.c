@@ -129,6 +129,16 @@ static const struct lfs_node *get_node(IndexObject *self, unsigned long long ino
     return n;
 }
 
+/* The node of the inode number a Python int names; sets an exception (OverflowError, TypeError or
+ * OSError ESTALE) and returns NULL otherwise.  *ino receives the number. */
+static const struct lfs_node *node_arg(IndexObject *self, PyObject *arg, unsigned long long *ino)
+{
+    *ino = PyLong_AsUnsignedLongLong(arg);
+    if (*ino == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    return get_node(self, *ino);
+}
+
 static int Index_init(IndexObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"path", NULL};
@@ -198,19 +208,15 @@ static PyObject *attr_tuple(uint64_t ino, const struct lfs_node *n)
 
 static PyObject *Index_getattr(IndexObject *self, PyObject *arg)
 {
-    unsigned long long ino = PyLong_AsUnsignedLongLong(arg);
-    if (ino == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    const struct lfs_node *n = get_node(self, ino);
+    unsigned long long ino;
+    const struct lfs_node *n = node_arg(self, arg, &ino);
     return n ? attr_tuple(ino, n) : NULL;
 }
 
 static PyObject *Index_node(IndexObject *self, PyObject *arg)
 {
-    unsigned long long ino = PyLong_AsUnsignedLongLong(arg);
-    if (ino == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    const struct lfs_node *n = get_node(self, ino);
+    unsigned long long ino;
+    const struct lfs_node *n = node_arg(self, arg, &ino);
     if (n == NULL)
         return NULL;
     return Py_BuildValue("(IIIII)", n->layer, n->parent, n->first_dent, n->n_dents, n->flags);
@@ -253,10 +259,8 @@ static PyObject *Index_readdir(IndexObject *self, PyObject *const *args, Py_ssiz
 
 static PyObject *Index_readlink(IndexObject *self, PyObject *arg)
 {
-    unsigned long long ino = PyLong_AsUnsignedLongLong(arg);
-    if (ino == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    const struct lfs_node *n = get_node(self, ino);
+    unsigned long long ino;
+    const struct lfs_node *n = node_arg(self, arg, &ino);
     if (n == NULL)
         return NULL;
     if ((n->mode & S_IFMT) != S_IFLNK)
@@ -266,10 +270,8 @@ static PyObject *Index_readlink(IndexObject *self, PyObject *arg)
 
 static PyObject *Index_listxattr(IndexObject *self, PyObject *arg)
 {
-    unsigned long long ino = PyLong_AsUnsignedLongLong(arg);
-    if (ino == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    const struct lfs_node *n = get_node(self, ino);
+    unsigned long long ino;
+    const struct lfs_node *n = node_arg(self, arg, &ino);
     if (n == NULL)
         return NULL;
     PyObject *list = PyList_New(0);
@@ -320,10 +322,8 @@ static PyObject *Index_getxattr(IndexObject *self, PyObject *const *args, Py_ssi
 
 static PyObject *Index_path(IndexObject *self, PyObject *arg)
 {
-    unsigned long long ino = PyLong_AsUnsignedLongLong(arg);
-    if (ino == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    const struct lfs_node *n = get_node(self, ino);
+    unsigned long long ino;
+    const struct lfs_node *n = node_arg(self, arg, &ino);
     if (n == NULL)
         return NULL;
     /* Walk up to the root twice: once to size the path, once to fill it from the end. */
