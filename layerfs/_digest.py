@@ -36,6 +36,11 @@ def split(digest: str) -> tuple[str, str]:
     return algo, hexpart
 
 
+def short(digest: str) -> str:
+    """The 12 hex digits docker shows for an image or a layer (``sha256:3f57a1b2…`` -> ``3f57a1b2c3d4``)."""
+    return digest.partition(":")[2][:12]
+
+
 def of_bytes(data: bytes, algorithm: str = ALGORITHM) -> str:
     """The digest of ``data``."""
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"

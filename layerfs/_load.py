@@ -228,12 +228,12 @@ def _load_one(w: Writer, files: _Files, cand: _Candidate, extra: Sequence[Refere
         path, digest, size, media_type = cand.layers[i]
         diff_id = str(diff_ids[i])
         if w.store.has_layer(diff_id):
-            say(f"{_digest.split(diff_id)[1][:12]}: Already exists")
+            say(f"{_digest.short(diff_id)}: Already exists")
             return diff_id
-        say(f"{_digest.split(diff_id)[1][:12]}: Loading layer{f' ({human_size(size)})' if size else ''}")
+        say(f"{_digest.short(diff_id)}: Loading layer{f' ({human_size(size)})' if size else ''}")
         with files.open(path) as stream:
             rec = w.add_layer(stream, diff_id=diff_id, digest=digest, size=size, media_type=media_type)
-        say(f"{_digest.split(diff_id)[1][:12]}: {'Already exists' if rec.existed else 'Loaded'}")
+        say(f"{_digest.short(diff_id)}: {'Already exists' if rec.existed else 'Loaded'}")
         return diff_id
 
     with concurrent.futures.ThreadPoolExecutor(PARALLEL_LAYERS) as pool:

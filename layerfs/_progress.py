@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Protocol, TextIO
 
+from ._units import human_size
+
 PULLING = "Pulling fs layer"
 WAITING = "Waiting"
 DOWNLOADING = "Downloading"
@@ -27,20 +29,6 @@ VERIFYING = "Verifying Checksum"
 EXTRACTING = "Extracting"
 COMPLETE = "Pull complete"
 EXISTS = "Already exists"
-
-
-def short(digest: str) -> str:
-    """The 12 hex digits docker shows for a layer."""
-    return digest.partition(":")[2][:12]
-
-
-def human_size(n: float) -> str:
-    """``12.3MB`` (decimal units, like docker's ``units.HumanSize``)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n}"
 
 
 class Progress(Protocol):

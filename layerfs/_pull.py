@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from . import _manifest, _platform
+from ._digest import short
 from ._errors import BadImage, ImageNotFound, LayerfsError
 from ._manifest import INDEX_TYPES
 from ._progress import (
@@ -41,7 +42,6 @@ from ._progress import (
     WAITING,
     Progress,
     QuietProgress,
-    short,
 )
 from ._reference import Reference
 from ._reference import parse as parse_reference

@@ -77,7 +77,7 @@ class Image:
     @property
     def short_id(self) -> str:
         """The 12 hex digits docker shows in IMAGE ID."""
-        return self.id.partition(":")[2][:12]
+        return _digest.short(self.id)
 
     @property
     def top_chain_id(self) -> str | None:

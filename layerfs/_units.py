@@ -10,7 +10,7 @@ def human_size(size: float) -> str:
     value = float(size)
     for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
         if value < 1000 or unit == "PB":
-            return f"{value:.3g}{unit}"
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.3g}{unit}"
         value /= 1000
     raise AssertionError("unreachable")
 
