@@ -15,18 +15,22 @@ whole image is good.
 
 from __future__ import annotations
 
+import bz2
 import concurrent.futures
 import dataclasses
 import io
 import json
+import lzma
 import os
 import re
 import tarfile
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from . import _digest, _manifest
+from ._compress import Reader, open_decompressed
 from ._errors import BadImage, DigestMismatch, LayerfsError
 from ._reference import Reference
 from ._reference import parse as parse_reference
@@ -43,7 +47,7 @@ Progress = Callable[[str], None]
 class Source:
     """A parsed SOURCE argument."""
 
-    transport: str  # "oci", "oci-archive" or "docker-archive"
+    transport: str  # "oci", "oci-archive", "docker-archive", or "archive" (a bare file: either)
     path: Path
     tag: str | None
 
@@ -72,21 +76,13 @@ def parse_source(text: str) -> Source:
             return Source("oci", bare, None)
         raise BadImage(f"{text}: a directory without oci-layout is not an OCI image layout")
     if bare.is_file():
-        names = _archive_names(bare)
-        if "manifest.json" in names:
-            return Source("docker-archive", bare, None)
-        if "oci-layout" in names:
-            return Source("oci-archive", bare, None)
-        raise BadImage(f"{text}: neither a docker archive (manifest.json) nor an OCI archive (oci-layout)")
+        return Source("archive", bare, None)  # which kind: _Files.kind() tells, once it is open
     raise BadImage(f"{text}: no such file or directory")
 
 
-def _archive_names(path: Path) -> set[str]:
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            return {_clean(m.name) for m in tar.getmembers()}
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise BadImage(f"{path}: not a readable tar archive: {err}") from None
+def _first_line(err: BaseException) -> str:
+    """tarfile's errors for ``r:*`` span several lines; messages here are one line."""
+    return (str(err).splitlines() or [type(err).__name__])[0].rstrip(":")
 
 
 def _clean(name: str) -> str:
@@ -94,24 +90,54 @@ def _clean(name: str) -> str:
 
 
 class _Files:
-    """Read-only access to the files of a layout directory or an archive, by relative path."""
+    """Read-only access to the files of a layout directory or an archive, by relative path.
 
-    def __init__(self, source: Source) -> None:
+    Archive members are read in place with ``pread`` (no shared file offset), so several layer
+    threads may read at once.  A compressed archive (``docker save | gzip``, as ``docker load``
+    takes) is first inflated once into an unlinked temporary file in ``tmpdir``: a compressed
+    stream cannot be read at several offsets at once, nor seeked in without inflating it again.
+    """
+
+    def __init__(self, source: Source, tmpdir: Path) -> None:
         self.source = source
         self._members: dict[str, tarfile.TarInfo] = {}
-        self._tar: tarfile.TarFile | None = None
-        if source.transport != "oci":
-            try:
-                self._tar = tarfile.open(source.path, "r:*")
-                for m in self._tar.getmembers():
+        self._fd = -1
+        if source.transport == "oci":
+            return
+        try:
+            with open(source.path, "rb") as raw:
+                if _is_compressed(source.path):
+                    tmpdir.mkdir(parents=True, exist_ok=True)
+                    plain = tempfile.TemporaryFile(dir=tmpdir)
+                    _inflate(raw, plain)
+                    self._fd = os.dup(plain.fileno())
+                    plain.close()
+                else:
+                    self._fd = os.dup(raw.fileno())
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            with tarfile.open(fileobj=os.fdopen(os.dup(self._fd), "rb"), mode="r:") as tar:
+                for m in tar.getmembers():
                     if m.isfile():
                         self._members[_clean(m.name)] = m
-            except (tarfile.TarError, OSError, EOFError) as err:
-                raise BadImage(f"{source.path}: not a readable tar archive: {err}") from None
+        except (tarfile.TarError, OSError, EOFError) as err:
+            self.close()
+            raise BadImage(f"{source.path}: not a readable tar archive: {_first_line(err)}") from None
+
+    def kind(self) -> str:
+        """``docker-archive`` (holds manifest.json), ``oci-archive`` (oci-layout) or ``oci`` (a dir)."""
+        if self._fd < 0:
+            return "oci"
+        if "manifest.json" in self._members:
+            return "docker-archive"
+        if "oci-layout" in self._members:
+            return "oci-archive"
+        raise BadImage(f"{self.source.path}: neither a docker archive (manifest.json) nor an OCI archive "
+                       f"(oci-layout)")
 
     def close(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def read(self, name: str, limit: int = 4 << 20) -> bytes:
         with self.open(name) as f:
@@ -124,7 +150,7 @@ class _Files:
         """A file object reading ``name``; archive members are read in place, never extracted."""
         if ".." in Path(name).parts or name.startswith("/"):
             raise BadImage(f"{self.source.path}: refusing path {name!r} outside the layout")
-        if self._tar is None:
+        if self._fd < 0:
             try:
                 return open(self.source.path / name, "rb")
             except FileNotFoundError:
@@ -132,13 +158,27 @@ class _Files:
         member = self._members.get(_clean(name))
         if member is None:
             raise BadImage(f"{self.source.path}: missing {name}")
-        if self._tar.fileobj is not None and not _is_compressed(self.source.path):
-            f = open(self.source.path, "rb")
-            f.seek(member.offset_data)
-            return _Slice(f, member.size)  # type: ignore[return-value]
-        extracted = self._tar.extractfile(member)
-        assert extracted is not None
-        return extracted  # type: ignore[return-value]
+        return io.BufferedReader(_Slice(self._fd, member.offset_data, member.size), 1 << 20)
+
+
+def _inflate(raw: BinaryIO, out: BinaryIO) -> None:
+    """Copy the decompressed bytes of ``raw`` (gzip, zstd, bzip2 or xz, as docker load takes)."""
+    magic = raw.read(6)
+    raw.seek(0)
+    reader: bz2.BZ2File | lzma.LZMAFile | Reader
+    if magic[:3] == b"BZh":
+        reader = bz2.open(raw)
+    elif magic == b"\xfd7zXZ\x00":
+        reader = lzma.open(raw)
+    else:
+        reader = open_decompressed(raw)[0]
+    try:
+        while chunk := reader.read(1 << 20):
+            out.write(chunk)
+    except (OSError, EOFError, ValueError, lzma.LZMAError) as err:
+        raise BadImage(f"cannot decompress: {err}") from None
+    finally:
+        reader.close()
 
 
 def _is_compressed(path: Path) -> bool:
@@ -148,28 +188,25 @@ def _is_compressed(path: Path) -> bool:
 
 
 class _Slice(io.RawIOBase):
-    """``size`` bytes of an open file from its current offset; closes the file when closed."""
+    """``size`` bytes of the file ``fd`` from ``offset``, read with pread (the fd is not owned)."""
 
-    def __init__(self, f: BinaryIO, size: int) -> None:
-        self._f = f
-        self._left = size
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        self._fd = fd
+        self._pos = offset
+        self._end = offset + size
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
-        if self._left <= 0:
+        want = min(len(buf), self._end - self._pos)
+        if want <= 0:
             return 0
-        view = memoryview(buf)[: min(len(buf), self._left)]
-        n = self._f.readinto(view)  # type: ignore[attr-defined]
+        n = os.preadv(self._fd, [memoryview(buf)[:want]], self._pos)
         if not n:
             raise BadImage("archive member is truncated")
-        self._left -= n
-        return int(n)
-
-    def close(self) -> None:
-        self._f.close()
-        super().close()
+        self._pos += n
+        return n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,9 +239,9 @@ def load(store: Store, source: str, *, tags: Sequence[str] = (), progress: Progr
             raise BadImage(f"--tag {ref.familiar()}: a tag cannot carry a digest")
     src = parse_source(source)
     say = progress or (lambda line: None)
-    files = _Files(src)
+    files = _Files(src, store.tmp_dir)
     try:
-        candidates = (_docker_archive_candidates(files) if src.transport == "docker-archive"
+        candidates = (_docker_archive_candidates(files) if files.kind() == "docker-archive"
                       else _oci_candidates(files, src))
         if extra and len(candidates) != 1:
             raise BadImage(f"{source}: --tag needs exactly one image, the source holds {len(candidates)}")

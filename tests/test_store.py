@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import require_root, run_layerfs
+from conftest import require_root, require_tool, run_layerfs
 
 from layerfs import Conflict, ImageNotFound, Store, parse_reference
 from layerfs._digest import chain_ids
@@ -316,3 +316,24 @@ def test_tag_digests_and_json_listing(store: Store, tmp_path: Path) -> None:
     assert [line.split()[:3] for line in table[1:]] == [["app", "1.0", str(info["manifest"])]]
     bad = run_layerfs("tag", "app:1.0", "Bad/Name", root=store.root, check=False)
     assert bad.returncode == 1 and "invalid reference format" in bad.stderr
+
+
+@pytest.mark.parametrize("compress", [["gzip"], ["xz", "-T1"], ["zstd", "-q"]])
+def test_compressed_docker_archives_load_like_docker_load(store: Store, tmp_path: Path, compress: list[str]) -> None:
+    """``docker save | gzip`` (or xz, zstd) loads; its layers, read by parallel threads from one
+    archive, must each come out whole."""
+    require_tool("skopeo", compress[0])
+    info = make_layout(tmp_path / "app", [{"a": os.urandom(1 << 20)}, {"b": os.urandom(1 << 20)},
+                                          {"c": os.urandom(1 << 20)}], tag="1")
+    archive = tmp_path / "app.tar"
+    subprocess.run(["skopeo", "copy", "-q", f"oci:{tmp_path / 'app'}:1", f"docker-archive:{archive}:team/app:1"],
+                   check=True)
+    subprocess.run([*compress, str(archive)], check=True)
+    [packed] = [p for p in tmp_path.iterdir() if p.name.startswith("app.tar.")]
+    out = run_layerfs("load", str(packed), root=store.root).stdout.splitlines()
+    assert out == ["Loaded image: team/app:1", f"Loaded image ID: {info['config']}"]
+    assert os.listdir(store.root / "tmp") == []
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(gzip.compress(b"not a tar"))
+    proc = run_layerfs("load", str(bad), root=store.root, check=False)
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
