@@ -2,7 +2,7 @@
 
 The package is pure Python except for one extension, ``layerfs._native``, built from every
 ``csrc/*.c`` file: the system calls Python lacks (openat2 and friends, used by the unpacker) and
-the per-request hot path of the FUSE mount.  Nothing but ``layerfs/_sys.py`` imports it.
+the per-request hot path of the FUSE mount.  Only ``layerfs/_sys.py`` and ``layerfs/_mount/index.py`` import it.
 """
 
 import glob
@@ -57,5 +57,5 @@ setup(
         "bench": ["matplotlib>=3.7"],
         "lint": ["mypy>=1.8", "ruff>=0.4"],
     },
-    entry_points={"console_scripts": ["layerfs = layerfs._cli:main"]},
+    entry_points={"console_scripts": ["layerfs = layerfs._cli.main:main"]},
 )

@@ -1,4 +1,4 @@
-/* merge.c: the merged-tree index (layerfs/_merge.py writes it) served from an mmap.
+/* merge.c: the merged-tree index (layerfs/_mount/merge.py writes it) served from an mmap.
  *
  * What it does: `Index(path)` maps an index file read-only and validates every offset once, so
  * that lookup(parent, name) (a binary search of the parent's sorted entries), getattr(ino),
@@ -8,7 +8,7 @@
  *
  * GIL: every method holds it; none blocks (the map is of a local file, populated at load).
  * Errors: OSError(ENOENT / ENOTDIR / ENAMETOOLONG / ENODATA / EINVAL / ESTALE) with errno set, so
- * the handlers' single translation point (layerfs/_handlers.py) turns them into FUSE replies;
+ * the handlers' single translation point (layerfs/_mount/handlers.py) turns them into FUSE replies;
  * ValueError for a malformed index file at load.
  */
 #include "native.h"

@@ -1,6 +1,6 @@
-/* merge.h: the merged-tree index file (written by layerfs/_merge.py) as C sees it.
+/* merge.h: the merged-tree index file (written by layerfs/_mount/merge.py) as C sees it.
  *
- * The layout must match _merge.py's HEADER / NODE / DENT structs (little-endian, packed as
+ * The layout must match layerfs/_mount/merge.py's HEADER / NODE / DENT structs (little-endian, packed as
  * declared; the static asserts in merge.c check the sizes).  A loaded index is an mmap of the
  * file, validated once at load, so every accessor below is a bounds-check-free array access.
  */

@@ -1,11 +1,11 @@
-/* mergebuild.c: the merged-tree index of a layer stack, computed in C (layerfs/_merge.py:build).
+/* mergebuild.c: the merged-tree index of a layer stack, computed in C (layerfs/_mount/merge.py:build).
  *
  * What it does: `merge_build(layer_dirs, key) -> (index bytes, nodes, dents, hidden)` walks the
  * layer dirs (base first) breadth-first with getdents (fdopendir/readdir), fstatat, readlinkat
  * and l{list,get}xattr, applies the overlay rules and returns the same bytes as the Python
  * reference `_merge._build_python` (tests/test_merge.py checks byte equality on every rule
  * case).  The rules, the numbering and the file format are documented once, in _merge.py; the
- * marker names below are those of layerfs/_whiteout.py (the one list of them), repeated here.
+ * marker names below are those of layerfs/_layer/whiteout.py (the one list of them), repeated here.
  *
  * Why: a `-o lowerdir=` mount must rebuild the index at every mount (plain dirs are not content
  * addressed), and the Python walk costs ~8 us per entry (~200 ms for 25k entries), most of it
@@ -820,7 +820,7 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
 static PyMethodDef mergebuild_methods[] = {
     {"merge_build", merge_build, METH_VARARGS,
      "merge_build(layer_dirs, key) -> (index bytes, nodes, dents, hidden): the merged index of a "
-     "stack (base layer first), as layerfs/_merge.py documents it"},
+     "stack (base layer first), as layerfs/_mount/merge.py documents it"},
     {NULL, NULL, 0, NULL},
 };
 

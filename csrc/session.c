@@ -14,13 +14,13 @@
  * request costs ~100 us of interpreter and trio dispatch, and pyfuse3 cannot ask the kernel to
  * cache listings (FOPEN_CACHE_DIR) or symlinks (FUSE_CAP_CACHE_SYMLINKS), nor reply to READ
  * with a splice from the backing fd (fuse_reply_data).  Owning fuse_req_t removes the dispatch
- * and those requests.  The pyfuse3 handlers (layerfs/_handlers.py) stay as the second engine,
+ * and those requests.  The pyfuse3 handlers (layerfs/_mount/handlers.py) stay as the second engine,
  * the base of the writable upper to come (its copy-up logic is Python).
  *
- * Cache policy: the timeouts and flags are the ones layerfs/_cache.py documents (entry, attr and
+ * Cache policy: the timeouts and flags are the ones layerfs/_mount/cache.py documents (entry, attr and
  * negative timeouts passed in; keep_cache on files; cache_readdir + keep_cache on directories;
  * symlink caching; no OPEN/OPENDIR; readdirplus always) - the one policy, applied here by the
- * C engine; _cache.py says what each setting saved, measured.
+ * C engine; _mount/cache.py says what each setting saved, measured.
  *
  * GIL: released for the whole of loop(); request threads never touch Python objects.  Counters
  * are atomics read by stats().
@@ -204,7 +204,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
     else
         ino = lfs_lookup(&fs->ix, dir, name, len);
     struct fuse_entry_param e;
-    if (ino == 0) { /* a negative entry the kernel may cache (_cache.py) */
+    if (ino == 0) { /* a negative entry the kernel may cache (_mount/cache.py) */
         memset(&e, 0, sizeof e);
         e.entry_timeout = fs->negative_timeout;
         fuse_reply_entry(req, &e);

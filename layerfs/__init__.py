@@ -1,19 +1,22 @@
 """layerfs: pull, unpack and mount OCI / Docker images without a daemon.
 
-The layers of the package, in the direction data flows (registry -> store -> layers -> mount);
-a module imports only from its left:
+The package is a set of private subpackages named for the concepts, in the direction data flows
+(registry -> store -> layers -> mount); each imports only from the ones listed before it
+(``tests/test_architecture.py`` enforces it):
 
-- ``_reference``, ``_digest``, ``_errors``: names, digests and errors shared by everything;
-- ``_registry``, ``_auth``, ``_platform``, ``_pull``: talking to registries (issue: pull);
-- ``_load``: reading image layouts and archives from disk;
-- ``_store``: the content-addressed store (blobs, layers, images, references, mounts);
-- ``_unpack``, ``_compress``, ``_whiteout``, ``_sys``: applying a layer tar safely, in overlay form;
-- ``_merge``, ``_index``, ``_handlers``, ``_mount``: the merged FUSE view of a layer stack;
-- ``_cli`` and ``_cmd_*``: the command line, a thin layer over all of the above.
+- leaves: ``_errors`` (the errors), ``_units`` (sizes and times as docker prints them), ``_proc``
+  (what /proc says), ``_sys`` (the only door to the C extension's system calls);
+- ``_oci``: the formats: digests, references, platforms, manifests and configs;
+- ``_registry``: the distribution API over HTTP: the client and its auth;
+- ``_layer``: a layer tar in overlay form: whiteouts, compression, the safe unpacker;
+- ``_store``: the content-addressed store; it offers "stage, then publish" and imports none of
+  the rooms that fill it;
+- ``_transfer``: moving images between the store and the world (pull, load);
+- ``_mount``: the merged FUSE view of a stack: merge, index, cache policy, the daemon;
+- ``_cli``: the command line, a thin layer over all of the above.
 
 The public API is what this module re-exports.
 """
-
 from ._errors import BadArchive as BadArchive
 from ._errors import BadImage as BadImage
 from ._errors import Conflict as Conflict
@@ -23,8 +26,8 @@ from ._errors import InvalidReference as InvalidReference
 from ._errors import LayerfsError as LayerfsError
 from ._errors import MountError as MountError
 from ._errors import RegistryError as RegistryError
-from ._reference import Reference as Reference
-from ._reference import parse as parse_reference
+from ._oci.reference import Reference as Reference
+from ._oci.reference import parse as parse_reference
 from ._store import Image as Image
 from ._store import LayerRecord as LayerRecord
 from ._store import MountRecord as MountRecord

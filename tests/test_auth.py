@@ -14,7 +14,7 @@ import pytest
 from _registry_server import TokenServer
 
 from layerfs import LayerfsError, RegistryError
-from layerfs._auth import (
+from layerfs._registry.auth import (
     Authorizer,
     Credentials,
     auth_file_paths,

@@ -1,4 +1,4 @@
-"""The manifest rules pull and load share (layerfs._manifest), as a table of named cases."""
+"""The manifest rules pull and load share (layerfs._oci.manifest), as a table of named cases."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 
 from layerfs import BadImage, LayerfsError
-from layerfs import _manifest as m
-from layerfs._platform import parse as parse_platform
+from layerfs._oci import manifest as m
+from layerfs._oci.platform import parse as parse_platform
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64
@@ -93,7 +93,7 @@ def test_index_entry_chosen_by_platform_and_none_lists_what_is_offered() -> None
     pytest.param(m.SCHEMA1_TYPES[1], {"schemaVersion": 1}, "schema 1", id="schema1"),
 ])
 def test_registry_content_type_and_body_must_agree(content_type: str, body: dict[str, object], result: str) -> None:
-    from layerfs._registry import _check_media_type
+    from layerfs._registry.client import _check_media_type
 
     data = json.dumps(body).encode()
     if result in m.MANIFEST_TYPES:

@@ -3,7 +3,7 @@
 Each case is a stack of hand-built layer dirs, written in a tiny language (see :func:`build_layer`).
 The stack is built twice: in the form layerfs reads (OCI ``.wh.`` markers kept as they are) and in
 the kernel's form (markers converted to 0/0 devices and ``trusted.overlay.opaque=y``).  The merged
-index of the first (walked through ``layerfs._index``, no FUSE) must equal a real kernel overlay
+index of the first (walked through ``layerfs._mount.index``, no FUSE) must equal a real kernel overlay
 mount of the second, entry by entry (``_trees``: type, mode, owner, size, content, link target,
 device numbers, xattrs, mtime, hard-link groups).  ``test_mount.py`` runs the same cases through
 a FUSE mount.
@@ -22,8 +22,8 @@ import pytest
 from _trees import Entry, Tree, assert_same_tree, snapshot
 from conftest import require_root
 
-from layerfs import _merge
-from layerfs._index import Index
+from layerfs._mount import merge as _merge
+from layerfs._mount.index import Index
 
 # ---------------------------------------------------------------------------------------------
 # The layer language.  One op per string; paths are relative to the layer root:

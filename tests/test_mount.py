@@ -29,7 +29,9 @@ from _trees import assert_same_tree, snapshot
 from conftest import require_fuse, require_root, run_layerfs
 from test_merge import CASES, LONG, build_stack
 
-from layerfs import Image, MountError, Store, _mount, _proc
+from layerfs import Image, MountError, Store, _proc
+from layerfs._mount import daemon as _mount
+from layerfs._transfer.load import load
 
 DAEMON_EXIT_TIMEOUT = 10.0
 
@@ -113,7 +115,7 @@ def mounts(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.M
 
 def _load(store: Store, image: BuiltImage) -> Image:
     """Load a built image into the store (needs the unpacker)."""
-    (loaded,) = store.load(image.source)
+    (loaded,) = load(store, image.source)
     return loaded
 
 
@@ -183,7 +185,8 @@ def test_daemon_keeps_none_of_the_callers_files_open(mounts: Mounts, tmp_path: P
     layers = build_stack(tmp_path, [["f a 1"]], kernel_form=False)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    script = (f"import os, sys; from layerfs import _mount; r, w = os.pipe(); os.set_inheritable(w, True); "
+    script = (f"import os, sys; from layerfs._mount import daemon as _mount; r, w = os.pipe(); "
+              f"os.set_inheritable(w, True); "
               f"print(os.fstat(w).st_ino); sys.stdout.flush(); "
               f"_mount.mount(None, [{str(layers[0])!r}], {str(mnt)!r})")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from layerfs import LayerfsError
-from layerfs._platform import Platform, choose, compatible, host, matches, parse
+from layerfs._oci.platform import Platform, choose, compatible, host, matches, parse
 
 NORMALIZE = {
     # name: (os, arch, variant) in -> out

@@ -55,10 +55,10 @@ from _trees import Tree, assert_same_tree, diff, snapshot
 from conftest import require_root, require_tool, run_layerfs
 
 from layerfs import DigestMismatch, InvalidReference, LayerfsError, Store
-from layerfs._auth import Credentials
-from layerfs._progress import PlainProgress
-from layerfs._pull import pull
-from layerfs._registry import RegistryClient
+from layerfs._registry.auth import Credentials
+from layerfs._registry.client import RegistryClient
+from layerfs._transfer.progress import PlainProgress
+from layerfs._transfer.pull import pull
 
 USER, PASSWORD = "alice", "wonderland"
 REF_NAME = "org.opencontainers.image.ref.name"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from layerfs import InvalidReference
-from layerfs._reference import parse
+from layerfs._oci.reference import parse
 
 D = "sha256:" + "a" * 64
 

@@ -23,8 +23,8 @@ import pytest
 from conftest import require_root, require_tool, run_layerfs
 
 from layerfs import Conflict, ImageNotFound, Store, parse_reference
-from layerfs._digest import chain_ids
-from layerfs._load import load
+from layerfs._oci.digest import chain_ids
+from layerfs._transfer.load import load
 
 CHAIN_VECTOR = (
     ["sha256:34402835e972af8ffd24637c2413e4174991fd8830ac140df9303cc8153abc40",

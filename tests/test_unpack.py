@@ -1,4 +1,4 @@
-"""layerfs._unpack: applying layer tars in overlay form, verifying digests, refusing hostile tars.
+"""layerfs._layer.unpack: applying layer tars in overlay form, verifying digests, refusing hostile tars.
 
 Tables of named cases (umoci's TestUnpackEntry* style):
 
@@ -35,7 +35,7 @@ import zstandard
 from conftest import require_root, require_tool
 
 from layerfs._errors import BadArchive, DigestMismatch
-from layerfs._unpack import MAX_HEADER_BYTES, LayerStats, unpack_layer
+from layerfs._layer.unpack import MAX_HEADER_BYTES, LayerStats, unpack_layer
 
 ROOT = os.geteuid() == 0
 T0 = 1_600_000_000   # a fixed mtime
@@ -474,7 +474,7 @@ def test_hostile(tmp_path: Path, sentinel: Callable[[], None], case: Hostile) ->
 
 def test_entry_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """More entries than MAX_ENTRIES (lowered here to 3): refused, naming the limit."""
-    from layerfs import _unpack
+    from layerfs._layer import unpack as _unpack
     monkeypatch.setattr(_unpack, "MAX_ENTRIES", 3)
     unpack(make_tar([f("a"), f("b"), f("c")]), tmp_path / "ok")
     with pytest.raises(BadArchive, match="more than 3 entries"):

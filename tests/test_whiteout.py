@@ -1,4 +1,4 @@
-"""layerfs._whiteout: marker names, writing the overlay form, reading every form of overlay.md §2.
+"""layerfs._layer.whiteout: marker names, writing the overlay form, reading every form of overlay.md §2.
 
 The read side is checked against the kernel: a whiteout the kernel overlay itself writes (an
 unlink through a mount) must read as one, and ours must hide lower entries in a kernel mount.
@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import require_root, require_tool
 
-from layerfs import _sys, _whiteout
-from layerfs._whiteout import Marker
+from layerfs import _sys
+from layerfs._layer import whiteout as _whiteout
+from layerfs._layer.whiteout import Marker
 
 CLASSIFY_CASES = [
     ("plain", "file", Marker.NONE, None),

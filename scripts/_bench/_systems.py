@@ -321,13 +321,13 @@ def baseline_exe(path: Path) -> Path:
 def layerfs_requests(m: Mounted) -> dict[str, int] | None:
     """Requests per opcode served so far by the layerfs daemon of ``m``.
 
-    Reads the daemon's own statistics (layerfs/_mount.py documents how); returns None when this
+    Reads the daemon's own statistics (layerfs/_mount/daemon.py documents how); returns None when this
     layerfs has no way to report them.
     """
     if m.mnt is None:
         return None
     try:
-        from layerfs import _mount  # type: ignore[attr-defined]
+        from layerfs._mount import daemon as _mount  # type: ignore[attr-defined]
     except ImportError:
         return None
     reader = getattr(_mount, "read_statistics", None) or getattr(_mount, "statistics", None)

@@ -25,8 +25,8 @@ import isal.igzip
 import isal.isal_zlib
 import zstandard
 
-from ._digest import Readable
-from ._errors import BadArchive
+from .._errors import BadArchive
+from .._oci.digest import Readable
 
 log = logging.getLogger(__name__)
 

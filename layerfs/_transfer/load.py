@@ -29,13 +29,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from . import _digest, _manifest
-from ._compress import Reader, open_decompressed
-from ._errors import BadImage, DigestMismatch, LayerfsError
-from ._reference import Reference
-from ._reference import parse as parse_reference
-from ._store import Image, Store, Writer
-from ._units import human_size
+from .._errors import BadImage, DigestMismatch, LayerfsError
+from .._layer.compress import Reader, open_decompressed
+from .._oci import digest as _digest
+from .._oci import manifest as _manifest
+from .._oci.reference import Reference
+from .._oci.reference import parse as parse_reference
+from .._store.store import Image, Store, Writer
+from .._units import human_size
+from .layers import add_layer
 
 #: How many layers are unpacked at once (decompression releases the GIL; 2 cores are common).
 PARALLEL_LAYERS = 2
@@ -269,7 +271,7 @@ def _load_one(w: Writer, files: _Files, cand: _Candidate, extra: Sequence[Refere
             return diff_id
         say(f"{_digest.short(diff_id)}: Loading layer{f' ({human_size(size)})' if size else ''}")
         with files.open(path) as stream:
-            rec = w.add_layer(stream, diff_id=diff_id, digest=digest, size=size, media_type=media_type)
+            rec = add_layer(w, stream, diff_id=diff_id, digest=digest, size=size, media_type=media_type)
         say(f"{_digest.short(diff_id)}: {'Already exists' if rec.existed else 'Loaded'}")
         return diff_id
 

@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 
-from ._errors import ImageNotFound, LayerfsError
-from ._reference import parse as parse_reference
-from ._store import Image, Store
-from ._units import human_size, since
+from .._errors import ImageNotFound, LayerfsError
+from .._oci.reference import parse as parse_reference
+from .._store.store import Image, Store
+from .._units import human_size, since
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -95,7 +95,9 @@ examples:
 def cmd_load(args: argparse.Namespace) -> int:
     store = Store(args.root)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    images = store.load(args.source, tags=args.tag, progress=progress)
+    from .._transfer.load import load
+
+    images = load(store, args.source, tags=args.tag, progress=progress)
     for image in images:
         if not args.quiet:
             for tag in image.repo_tags:

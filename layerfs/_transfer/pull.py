@@ -5,13 +5,13 @@ The steps, in order (oci.md §2-§8):
 1. Parse the reference (a bad one fails before any network use) and the platform.
 2. Resolve the tag or digest with a manifest HEAD (:meth:`RegistryClient.resolve`).
 3. Fetch the manifest or index by digest (from the store when it is already there); for an index
-   choose the entry for the platform with containerd's rules (:mod:`layerfs._platform`) and fetch
+   choose the entry for the platform with containerd's rules (:mod:`layerfs._oci.platform`) and fetch
    that manifest.  Every manifest's digest and media type are checked.
 4. Fetch the config (verified), check it lists one diff ID per layer, and that an explicitly asked-for
    platform matches it.
 5. Inside one store writer: download the missing layers in parallel (``max_concurrent_downloads``
    threads, 3 like docker), each thread feeding the streaming, resumable blob body straight into
-   ``Writer.add_layer``, which decompresses, unpacks, and verifies the blob digest and the diff ID
+   ``layers.add_layer``, which decompresses, unpacks, and verifies the blob digest and the diff ID
    while the bytes arrive, and renames the layer into place only once verified.  A layer already in
    the store is not fetched ("Already exists").  Then store the manifest(s) and config and record the
    image with its tag and repo digest.
@@ -28,11 +28,16 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from . import _manifest, _platform
-from ._digest import short
-from ._errors import BadImage, ImageNotFound, LayerfsError
-from ._manifest import INDEX_TYPES
-from ._progress import (
+from .._errors import BadImage, ImageNotFound, LayerfsError
+from .._oci import manifest as _manifest
+from .._oci import platform as _platform
+from .._oci.digest import short
+from .._oci.manifest import INDEX_TYPES
+from .._oci.reference import Reference
+from .._oci.reference import parse as parse_reference
+from .._registry.client import RegistryClient
+from .layers import add_layer
+from .progress import (
     COMPLETE,
     DOWNLOADING,
     EXISTS,
@@ -43,12 +48,9 @@ from ._progress import (
     Progress,
     QuietProgress,
 )
-from ._reference import Reference
-from ._reference import parse as parse_reference
-from ._registry import RegistryClient
 
 if TYPE_CHECKING:
-    from ._store import Image, Store, Writer
+    from .._store.store import Image, Store, Writer
 
 #: docker's ``max-concurrent-downloads`` default.
 MAX_CONCURRENT_DOWNLOADS = 3
@@ -208,7 +210,7 @@ class _Pull:
                                    cancelled=self.cancelled) as reader:
             # A corrupt blob usually breaks the decompressor first; the unpacker then drains the
             # blob and names the digest mismatch, as docker does ("digest did not match").
-            record = writer.add_layer(reader, diff_id=layer.diff_id, digest=layer.digest, size=layer.size,
+            record = add_layer(writer, reader, diff_id=layer.diff_id, digest=layer.digest, size=layer.size,
                                       media_type=layer.media_type)
         if not record.existed:
             self.downloaded += 1
@@ -225,7 +227,7 @@ def pull(store: Store, ref: Reference | str, *, platform: _platform.Platform | s
         ref: ``alpine``, ``host:port/repo:tag``, ``repo@sha256:…`` (normalised as docker does).
         platform: ``os/arch[/variant]`` to choose from a multi-platform index; default the host's.
             Given explicitly, a single-platform image must match it too.
-        progress: where progress goes (:mod:`layerfs._progress`); default none.
+        progress: where progress goes (:mod:`layerfs._transfer.progress`); default none.
         insecure_registries: hosts to reach over plain HTTP (localhost always is).
         client: a registry client to use (its ``statistics()`` then count this pull); default a new one.
         max_concurrent_downloads: layers downloaded at once.

@@ -10,7 +10,7 @@ import hashlib
 import re
 from typing import Protocol
 
-from ._errors import InvalidReference
+from .._errors import InvalidReference
 
 _DIGEST_RE = re.compile(r"\A(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})\Z")
 

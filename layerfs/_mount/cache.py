@@ -58,7 +58,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from . import _proc
+from .. import _proc
 
 log = logging.getLogger(__name__)
 

@@ -40,12 +40,12 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from ._auth import Authorizer, Credentials, find_credentials
-from ._digest import check_digest, of_bytes
-from ._errors import BadImage, DigestMismatch, RegistryError
-from ._manifest import MANIFEST_TYPES, SCHEMA1_TYPES, Descriptor, json_object
-from ._manifest import media_type as manifest_media_type
-from ._reference import Reference
+from .._errors import BadImage, DigestMismatch, RegistryError
+from .._oci.digest import check_digest, of_bytes
+from .._oci.manifest import MANIFEST_TYPES, SCHEMA1_TYPES, Descriptor, json_object
+from .._oci.manifest import media_type as manifest_media_type
+from .._oci.reference import Reference
+from .auth import Authorizer, Credentials, find_credentials
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +406,7 @@ _GENERIC_TYPES = ("", "application/json", "application/octet-stream", "text/plai
 
 def _check_media_type(media_type: str, what: str, data: bytes | None = None) -> str:
     """Check a manifest's ``Content-Type`` (and, given the body, its ``mediaType``, by
-    :func:`layerfs._manifest.media_type`); return the type."""
+    :func:`layerfs._oci.manifest.media_type`); return the type."""
     if data is None:
         if media_type in SCHEMA1_TYPES:
             raise BadImage(f"{what}: Docker Image manifest schema 1 is not supported; push it again with a "

@@ -28,8 +28,8 @@ from typing import ParamSpec, TypeVar
 import pyfuse3
 from pyfuse3 import EntryAttributes, FileHandleT, FileInfo, InodeT, ReaddirToken, RequestContext
 
-from ._cache import POLICY, CachePolicy
-from ._index import NAME_MAX, Index
+from .cache import POLICY, CachePolicy
+from .index import NAME_MAX, Index
 
 log = logging.getLogger(__name__)
 

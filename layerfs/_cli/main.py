@@ -1,6 +1,6 @@
 """The ``layerfs`` command line: a thin layer over the public API.
 
-Each command group lives in its own ``_cmd_*.py`` module with a ``register(subparsers)`` function
+Each command group lives in its own module of this package with a ``register(subparsers)`` function
 that adds its subcommands; a subcommand's handler takes the parsed arguments and returns the exit
 status.  Errors the user can act on (:class:`LayerfsError`) end as one line on stderr,
 ``Error: <what>: <cause>``, and exit status 1; ``--debug`` shows the traceback too.
@@ -15,13 +15,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ._errors import LayerfsError
+from .._errors import LayerfsError
 
 #: The modules that add subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = [
-    "layerfs._cmd_pull",
-    "layerfs._cmd_image",
-    "layerfs._cmd_mount",
+    "layerfs._cli.registry",
+    "layerfs._cli.image",
+    "layerfs._cli.mount",
 ]
 
 _DESCRIPTION = """\

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Protocol, TextIO
 
-from ._units import human_size
+from .._units import human_size
 
 PULLING = "Pulling fs layer"
 WAITING = "Waiting"

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
-from ._errors import BadImage, LayerfsError
+from .._errors import BadImage, LayerfsError
 
 _NAME_RE = re.compile(r"\A[a-z0-9_.-]+\Z")
 

@@ -8,9 +8,9 @@ import json
 import logging
 import sys
 
-from . import _mount
-from ._errors import MountError
-from ._store import Store
+from .._errors import ImageNotFound, MountError
+from .._mount import daemon as _mount
+from .._store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,21 @@ def cmd_mount(args: argparse.Namespace) -> int:
     else:
         if len(args.args) != 2:
             raise MountError("usage: layerfs mount IMAGE MOUNTPOINT (or -o lowerdir=A:B MOUNTPOINT)")
-        source, mountpoint = args.args
+        image, mountpoint = args.args
+        _ensure_image(store, image)
+        source = image
     _mount.mount(store, source, mountpoint, foreground=args.foreground, debug=args.debug, engine=args.engine)
     return 0
+
+
+def _ensure_image(store: Store, name: str) -> None:
+    """Pull ``name`` when the store lacks it, as ``docker run`` does."""
+    try:
+        store.get(name)
+    except ImageNotFound:
+        from .._transfer.pull import pull  # httpx costs ~50 ms to import: only when needed
+
+        pull(store, name)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:

@@ -52,7 +52,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _index, _whiteout
+from .._layer import whiteout as _whiteout
+from . import index as _index
 
 MAGIC = b"LFSMERGE"
 #: Bumped whenever the format or the rules change, so older index files are rebuilt.

@@ -64,11 +64,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from . import _sys, _whiteout
-from ._compress import BLOCK_SIZE, Compression, Reader, open_decompressed
-from ._digest import ALGORITHM, Hasher, Readable, check_digest
-from ._errors import BadArchive, DigestMismatch
-from ._whiteout import Marker
+from .. import _sys
+from .._errors import BadArchive, DigestMismatch
+from .._oci.digest import ALGORITHM, Hasher, Readable, check_digest
+from . import whiteout as _whiteout
+from .compress import BLOCK_SIZE, Compression, Reader, open_decompressed
+from .whiteout import Marker
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import errno
 import os
 import stat
 
-from . import _sys
+from .. import _sys
 
 #: Prefix of an OCI whiteout marker: ``.wh.X`` hides X of the layers below.
 WHITEOUT_PREFIX = ".wh."

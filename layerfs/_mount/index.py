@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _native  # type: ignore[attr-defined]  # the C extension (csrc/), no stubs; the only importer of the native index type
+from .. import _native  # type: ignore[attr-defined]  # the C extension (csrc/), no stubs; the only importer of the native index type
 
 #: (ino, mode, nlink, uid, gid, rdev, size, blocks, atime_ns, mtime_ns, ctime_ns)
 Attr = tuple[int, int, int, int, int, int, int, int, int, int, int]
@@ -24,7 +24,7 @@ NAME_MAX = 255
 def build(layer_dirs: list[str], key: str) -> tuple[bytes, int, int, int]:
     """Walk ``layer_dirs`` (base first) in C and return ``(index bytes, nodes, dents, hidden)``.
 
-    The GIL is released during the walk.  See :func:`layerfs._merge.build` for the rules.
+    The GIL is released during the walk.  See :func:`layerfs._mount.merge.build` for the rules.
 
     Raises:
         OSError: a layer directory is missing or unreadable.

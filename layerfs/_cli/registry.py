@@ -6,11 +6,11 @@ import argparse
 import getpass
 import sys
 
-from ._auth import Credentials, docker_config_path, remove_credentials, store_credentials
-from ._errors import LayerfsError
-from ._progress import for_stream
-from ._reference import parse as parse_reference
-from ._store import Store
+from .._errors import LayerfsError
+from .._oci.reference import parse as parse_reference
+from .._registry.auth import Credentials, docker_config_path, remove_credentials, store_credentials
+from .._store.store import Store
+from .._transfer.progress import for_stream
 
 _INSECURE_HELP = ("talk to this registry (host[:port]) over plain HTTP; repeatable.  localhost and "
                   "127.0.0.1 always are, and so are registries marked insecure in "
@@ -80,7 +80,7 @@ examples:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     ref = parse_reference(args.reference)  # before anything else: a bad reference fails at once
-    from ._pull import MAX_CONCURRENT_DOWNLOADS, pull  # httpx costs ~50 ms to import: only here
+    from .._transfer.pull import MAX_CONCURRENT_DOWNLOADS, pull  # httpx costs ~50 ms to import: only here
 
     progress = for_stream(sys.stdout, quiet=args.quiet)
     image = pull(Store(args.root), ref, platform=args.platform, progress=progress,
@@ -116,7 +116,7 @@ def cmd_login(args: argparse.Namespace) -> int:
     if not username or not password:
         raise LayerfsError("login: username and password are required")
     creds = Credentials(username, password)
-    from ._registry import RegistryClient
+    from .._registry.client import RegistryClient
 
     with RegistryClient(insecure_registries=args.insecure_registry, credentials_for=lambda _host: creds) as client:
         try:

@@ -42,13 +42,15 @@ import os
 import secrets
 import shutil
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from . import _digest, _manifest, _proc
-from ._errors import BadImage, Conflict, DigestMismatch, ImageNotFound, InvalidReference, LayerfsError
-from ._reference import Reference
-from ._reference import parse as parse_reference
+from .. import _proc
+from .._errors import BadImage, Conflict, DigestMismatch, ImageNotFound, InvalidReference, LayerfsError
+from .._oci import digest as _digest
+from .._oci import manifest as _manifest
+from .._oci.reference import Reference
+from .._oci.reference import parse as parse_reference
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +88,27 @@ class Image:
 
 @dataclasses.dataclass(frozen=True)
 class LayerRecord:
-    """A layer in the store.  ``existed`` is true when add_layer found it already there."""
+    """A layer in the store.  ``existed`` is true when stage_layer found it already there."""
 
     diff_id: str
     path: Path
     size: int
     entries: int
     existed: bool = False
+
+
+@dataclasses.dataclass
+class LayerStage:
+    """A layer being made under ``tmp/`` (see :meth:`Writer.stage_layer`): fill ``diff``, then publish."""
+
+    diff_id: str
+    path: Path
+    published: bool = False
+
+    @property
+    def diff(self) -> Path:
+        """The empty directory to fill with the layer's tree, in overlay form."""
+        return self.path / "diff"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,20 +321,7 @@ class Store:
             "Layers": layers,
         }
 
-    # -- the public verbs (thin: the work is in _load, _pull and Writer) -------------------------
-
-    def load(self, source: str, *, tags: Sequence[str] = (), progress: Callable[[str], None] | None = None,
-             ) -> list[Image]:
-        """``layerfs load``: images from an OCI layout or archive (see :func:`layerfs._load.load`)."""
-        from ._load import load
-
-        return load(self, source, tags=tags, progress=progress)
-
-    def pull(self, ref: str, **options: object) -> Image:
-        """``layerfs pull``: an image from its registry (options: see :func:`layerfs._pull.pull`)."""
-        from ._pull import pull
-
-        return pull(self, ref, **options)  # type: ignore[arg-type]
+    # -- the public verbs (thin: the work is in Writer; pull and load live in _transfer) --------
 
     def remove(self, name: str, *, force: bool = False) -> list[str]:
         """``layerfs rm``: untag or delete an image; returns docker's ``Untagged:``/``Deleted:`` lines."""
@@ -428,7 +431,7 @@ def _history_comment(config: Mapping[str, object]) -> str:
 class Writer:
     """What a holder of the store lock may do.  Made by :meth:`Store.writer` only.
 
-    ``add_layer`` may be called from several threads at once; everything else from one.
+    ``stage_layer`` / ``publish_layer`` may be called from several threads at once; everything else from one.
     """
 
     def __init__(self, store: Store) -> None:
@@ -479,55 +482,63 @@ class Writer:
 
     # -- layers ------------------------------------------------------------------------------
 
-    def add_layer(self, stream: _digest.Readable, *, diff_id: str, digest: str | None = None, size: int | None = None,
-                  media_type: str | None = None) -> LayerRecord:
-        """Unpack a layer blob into the store, verified; safe to call from several threads.
+    @contextlib.contextmanager
+    def stage_layer(self, diff_id: str) -> Iterator[LayerStage | LayerRecord]:
+        """Stage a layer for ``diff_id``: "stage, then publish".  Safe from several threads.
 
-        Args:
-            stream: the blob as stored or transferred (gzip, zstd or plain tar), read to EOF.
-            diff_id: the expected digest of the uncompressed tar (from the image config).
-            digest, size: the expected digest and size of ``stream`` (from the manifest), if known.
-            media_type: the descriptor's media type; the compression is sniffed anyway.
-        Returns:
-            The record; ``existed`` is true if the layer was already there (``stream`` is not read).
+        Yields the existing :class:`LayerRecord` (``existed`` true) when the store already has the
+        layer; otherwise a :class:`LayerStage` whose empty ``diff`` directory the caller fills (the
+        unpacker, a commit) and then hands to :meth:`publish_layer`.  Two threads staging one
+        diff ID are serialised, so the second sees the layer the first published.  A stage that is
+        not published is removed when the block ends, whatever happened.
+
         Raises:
-            DigestMismatch, BadArchive, OSError: nothing of the layer is left in the store.
+            InvalidReference: ``diff_id`` is not a digest.
         """
-        from ._unpack import unpack_layer  # the unpacker needs the store only through this call
-
         _digest.check_digest(diff_id)
         with self._mutex:
             lock = self._layer_locks.setdefault(diff_id, threading.Lock())
         with lock:
-            final = self.store.layer_path(diff_id)
             if self.store.has_layer(diff_id):
                 info = self.store.layer_info(diff_id)
-                return LayerRecord(diff_id, final / "diff", int(info.get("size", 0)),  # type: ignore[call-overload]
-                                   int(info.get("entries", 0)), existed=True)  # type: ignore[call-overload]
+                yield LayerRecord(diff_id, self.store.layer_dir(diff_id), int(info.get("size", 0)),  # type: ignore[call-overload]
+                                  int(info.get("entries", 0)), existed=True)  # type: ignore[call-overload]
+                return
             work = self.temp_path(f"layer-{_hex(diff_id)[:12]}")
             work.mkdir(mode=0o700)
+            stage = LayerStage(diff_id, work)
             try:
                 (work / "diff").mkdir(mode=0o700)
-                stats = unpack_layer(stream, work / "diff", diff_id=diff_id, digest=digest, size=size,
-                                     media_type=media_type)
-                meta = {"diff_id": diff_id, "size": stats.size, "entries": stats.entries,
-                        "digests": sorted({d for d in (digest, stats.digest) if d}),
-                        "media_type": media_type, "added": _now()}
-                with open(work / "layer.json", "xb") as f:
-                    f.write(_json_bytes(meta))
-                    os.fsync(f.fileno())
-                if final.exists():  # a layer dir without layer.json: a leftover, replace it
-                    _remove_tree(final, self)
-                os.rename(work, final)
-                _fsync_dir(final.parent)
-            except BaseException as err:
-                _remove_tree(work, self)
-                if isinstance(err, LayerfsError):
-                    raise err.with_context(f"layer {diff_id}") from err
-                raise
-            with self._mutex:
-                self._added_layers.append(diff_id)
-            return LayerRecord(diff_id, final / "diff", stats.size, stats.entries)
+                yield stage
+            finally:
+                if not stage.published:
+                    _remove_tree(work, self)
+
+    def publish_layer(self, stage: LayerStage, *, size: int, entries: int, digests: Sequence[str] = (),
+                      media_type: str | None = None) -> LayerRecord:
+        """Move a filled, verified stage into ``layers/<diff ID>`` and record what it holds.
+
+        Args:
+            stage: from :meth:`stage_layer`; its ``diff`` directory is complete.
+            size, entries: the sum of its regular files' sizes and its tar entry count.
+            digests: the compressed blob digests it is known under.
+            media_type: the media type it came as.
+        """
+        diff_id, work = stage.diff_id, stage.path
+        final = self.store.layer_path(diff_id)
+        meta = {"diff_id": diff_id, "size": size, "entries": entries, "digests": sorted(set(digests)),
+                "media_type": media_type, "added": _now()}
+        with open(work / "layer.json", "xb") as f:
+            f.write(_json_bytes(meta))
+            os.fsync(f.fileno())
+        if final.exists():  # a layer dir without layer.json: a leftover, replace it
+            _remove_tree(final, self)
+        os.rename(work, final)
+        stage.published = True
+        _fsync_dir(final.parent)
+        with self._mutex:
+            self._added_layers.append(diff_id)
+        return LayerRecord(diff_id, final / "diff", size, entries)
 
     # -- images and references ---------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlencode
 
-from ._errors import LayerfsError, RegistryError
+from .._errors import LayerfsError, RegistryError
 
 #: docker's key for Docker Hub in ``auths``.
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"

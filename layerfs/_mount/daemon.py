@@ -2,7 +2,7 @@
 
 Public API::
 
-    handle = mount(store, "busybox:latest", "rootfs/")          # an image (pulled if missing)
+    handle = mount(store, "busybox:latest", "rootfs/")          # an image of the store
     handle = mount(store, ["/l3", "/l2", "/l1"], "mnt/")        # plain dirs, TOP FIRST (lowerdir=)
     handle.statistics()                                          # requests per opcode, from the daemon
     umount("rootfs/")                                            # unmount, wait for the daemon
@@ -17,7 +17,7 @@ How a mount runs:
    ``csrc/mergebuild.c`` (~90 ms for the 25k-entry bench image, two system calls per entry).
 
    Where a ``layerfs mount`` goes, measured on the bench image (one run, noisy): interpreter
-   15 ms; ``import layerfs._cli`` (the package, ``_store``, ``_reference``) ~29 ms; the argument
+   15 ms; ``import layerfs._cli.main`` (the package, ``_store``, ``_reference``) ~29 ms; the argument
    parser with every command module ~25 ms; the index (image: a 64-byte header check, <1 ms;
    ``lowerdir=``: the walk, 100-160 ms); fork to ready ~8 ms.  trio, pyfuse3, httpx and tarfile
    are never imported on the C-engine path (``_serve_pyfuse3`` imports them), nor
@@ -60,9 +60,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _cache, _merge, _proc
-from ._errors import ImageNotFound, MountError
-from ._store import Image, Store
+from .. import _proc
+from .._errors import MountError
+from .._store.store import Image, Store
+from . import cache as _cache
+from . import merge as _merge
 
 log = logging.getLogger(__name__)
 
@@ -240,14 +242,7 @@ class _Stack:
 
 
 def _image_stack(store: Store, name: str, rundir: Path) -> _Stack:
-    try:
-        image = store.get(name)
-    except ImageNotFound:
-        try:
-            from ._pull import pull
-        except ImportError:
-            raise ImageNotFound(f"{name}: not in the store (and pulling is not available)") from None
-        image = pull(store, name)
+    image = store.get(name)
     top = image.top_chain_id
     if top is None:
         raise MountError(f"image {name}: has no layers to mount")
@@ -290,7 +285,7 @@ def parse_lowerdir(value: str) -> list[str]:
 def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
           mountpoint: str | os.PathLike[str], *, foreground: bool = False, debug: bool = False,
           engine: str = DEFAULT_ENGINE) -> MountHandle:
-    """Mount an image (pulled if missing) or a stack of plain dirs, read-only, at ``mountpoint``.
+    """Mount an image of the store or a stack of plain dirs, read-only, at ``mountpoint``.
 
     Args:
         store: the store holding the image (may be None for plain dirs).
@@ -305,7 +300,7 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
 
     Raises:
         MountError: a bad mount point, or a daemon that failed to start (its error line).
-        ImageNotFound: the image is not in the store and cannot be pulled.
+        ImageNotFound: the image is not in the store (the CLI pulls it first).
         OSError: a layer or the index cannot be read or written.
     """
     if engine not in ENGINES:
@@ -471,7 +466,7 @@ def _serve_native(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obje
     """
     import threading
 
-    from ._index import Index, NativeSession
+    from .index import Index, NativeSession
 
     index = Index(stack.index_path)
     nodes, layers = index.n_nodes - 1, index.n_layers
@@ -537,8 +532,8 @@ def _serve_pyfuse3(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obj
     import pyfuse3
     import trio
 
-    from ._handlers import Handlers
-    from ._index import Index
+    from .handlers import Handlers
+    from .index import Index
 
     index = Index(stack.index_path)
     handlers = Handlers(index, stack.layer_dirs)

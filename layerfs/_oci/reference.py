@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from ._digest import is_digest
-from ._errors import InvalidReference
+from .._errors import InvalidReference
+from .digest import is_digest
 
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DOMAIN = "index.docker.io"

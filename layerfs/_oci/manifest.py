@@ -9,7 +9,7 @@ from a registry and the same image from a layout on disk are checked alike:
 - a manifest whose config is not an image config is an artifact: refused, never unpacked;
 - a layer must be of a tar media type (its compression is sniffed anyway); foreign layers
   (``urls``) are refused, never fetched with registry credentials (CVE-2020-15157);
-- an index entry is chosen for a platform with containerd's rules (:mod:`layerfs._platform`).
+- an index entry is chosen for a platform with containerd's rules (:mod:`layerfs._oci.platform`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import dataclasses
 import json
 from collections.abc import Mapping
 
-from . import _platform
-from ._digest import is_digest
-from ._errors import BadImage
+from .._errors import BadImage
+from . import platform as _platform
+from .digest import is_digest
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
