@@ -34,22 +34,24 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <linux/openat2.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 enum lfs_op {
     OP_LOOKUP, OP_FORGET, OP_GETATTR, OP_READLINK, OP_OPEN, OP_READ, OP_RELEASE, OP_OPENDIR,
-    OP_READDIR, OP_READDIRPLUS, OP_RELEASEDIR, OP_STATFS, OP_GETXATTR, OP_LISTXATTR, OP_ACCESS,
-    OP_COUNT
+    OP_READDIR, OP_READDIRPLUS, OP_RELEASEDIR, OP_STATFS, OP_GETXATTR, OP_LISTXATTR, OP_COUNT
 };
 static const char *const op_names[OP_COUNT] = {
     "lookup", "forget", "getattr", "readlink", "open", "read", "release", "opendir",
-    "readdir", "readdirplus", "releasedir", "statfs", "getxattr", "listxattr", "access",
+    "readdir", "readdirplus", "releasedir", "statfs", "getxattr", "listxattr",
 };
 
 struct lfs_fs {
@@ -118,9 +120,12 @@ static void fill_entry(struct lfs_fs *fs, fuse_ino_t ino, const struct lfs_node 
 /* The node's path relative to its layer, into buf (size PATH_MAX).  Returns 0 or -ENAMETOOLONG. */
 static int node_path(const struct lfs_index *ix, fuse_ino_t ino, char *buf, size_t size)
 {
-    size_t len = 0;
-    for (uint64_t i = ino; i != LFS_ROOT_INO; i = ix->nodes[i].parent)
+    size_t len = 0, depth = 0;
+    for (uint64_t i = ino; i != LFS_ROOT_INO; i = ix->nodes[i].parent) {
         len += ix->nodes[i].name_len + 1;
+        if (++depth > size / 2 || len > size) /* a loaded index is acyclic; this bounds the walk anyway */
+            return -ENAMETOOLONG;
+    }
     if (len == 0) {
         strcpy(buf, ".");
         return 0;
@@ -332,17 +337,30 @@ static void fd_put(struct lfs_fs *fs, int slot, int fd)
     pthread_mutex_unlock(&fs->fd_lock);
 }
 
+/* openat2(2) confined to the layer: RESOLVE_IN_ROOT keeps "..", absolute names and symlinks inside
+ * the layer's root, and RESOLVE_NO_SYMLINKS refuses any symlink on the way.  A layer of the store is
+ * immutable, but a `-o lowerdir=` directory belongs to the caller and may change under a mount
+ * (a directory swapped for a symlink to elsewhere): the daemon, root with allow_other, must never
+ * read outside the layer then.  The index descends only through real directories, so a valid
+ * layer never meets a symlink here. */
+static int open_in_layer(int layer_fd, const char *path, int flags)
+{
+    struct open_how how = {
+        .flags = (uint64_t)flags,
+        .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS,
+    };
+    return (int)syscall(SYS_openat2, layer_fd, path, &how, sizeof how);
+}
+
 static int open_backing(struct lfs_fs *fs, fuse_ino_t ino, const struct lfs_node *n)
 {
     char path[PATH_MAX];
     int rc = node_path(&fs->ix, ino, path, sizeof path);
     if (rc < 0)
         return rc;
-    /* Every directory on the path is a real directory of that layer (the index descends only
-     * through them) and layers are immutable: no component can be a symlink. */
-    int fd = openat(fs->layer_fds[n->layer], path, fs->open_flags);
+    int fd = open_in_layer(fs->layer_fds[n->layer], path, fs->open_flags);
     if (fd < 0 && errno == EPERM && (fs->open_flags & O_NOATIME))
-        fd = openat(fs->layer_fds[n->layer], path, fs->open_flags & ~O_NOATIME);
+        fd = open_in_layer(fs->layer_fds[n->layer], path, fs->open_flags & ~O_NOATIME);
     return fd < 0 ? -errno : fd;
 }
 
@@ -403,7 +421,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
     buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
     buf.buf[0].fd = fd;
     buf.buf[0].pos = off;
-    int rc = fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+    int rc = fuse_reply_data(req, &buf, 0); /* FUSE_BUF_SPLICE_MOVE needs FUSE_CAP_SPLICE_MOVE: not asked for */
     if (rc < 0)
         __atomic_fetch_add(&fs->errors[OP_READ], 1, __ATOMIC_RELAXED);
     if (fs->no_open && fi->fh == 0)
@@ -624,9 +642,27 @@ typedef struct {
     struct lfs_fs fs;
     struct fuse_session *se;
     int mounted;
-    int looping;
+    int looping;            /* loop() runs (in loop_thread); set and cleared with the GIL held */
+    pthread_t loop_thread;
     unsigned threads;
 } SessionObject;
+
+/* The signal exit() sends to the loop's thread: its handler does nothing, and it is installed
+ * without SA_RESTART, so the read(2) of the single-threaded loop, or the sem_wait(3) of the
+ * multi-threaded loop's main thread, returns EINTR and the loop sees fuse_session_exited(). */
+#define LFS_WAKE_SIGNAL SIGUSR2
+
+static void wake_handler(int sig) { (void)sig; }
+
+static int install_wake_handler(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = wake_handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; /* no SA_RESTART: interrupt the blocking call */
+    return sigaction(LFS_WAKE_SIGNAL, &sa, NULL);
+}
 
 static void session_free(SessionObject *self)
 {
@@ -666,6 +702,10 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw)
     double et, at, nt;
     unsigned threads = 1, max_open = 4096;
     int debug = 0;
+    if (self->se != NULL || self->looping) { /* never free a session that may be serving */
+        PyErr_SetString(PyExc_RuntimeError, "FuseSession is already initialised");
+        return -1;
+    }
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O&OO&sddd|IpI", kwlist, PyUnicode_FSConverter, &index_path,
                                      &layers, PyUnicode_FSConverter, &mnt, &options, &et, &at, &nt,
                                      &threads, &debug, &max_open))
@@ -720,6 +760,11 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw)
         goto fail;
     }
     self->fs.layer_fds = malloc(sizeof(int) * n);
+    if (self->fs.layer_fds == NULL) {
+        PyErr_NoMemory();
+        Py_DECREF(seq);
+        goto fail;
+    }
     self->fs.n_layers = (int)n;
     for (Py_ssize_t i = 0; i < n; i++)
         self->fs.layer_fds[i] = -1;
@@ -779,15 +824,24 @@ static PyObject *Session_loop(SessionObject *self, PyObject *unused)
         PyErr_SetString(PyExc_RuntimeError, "session closed");
         return NULL;
     }
+    if (self->looping) {
+        PyErr_SetString(PyExc_RuntimeError, "the session loop already runs");
+        return NULL;
+    }
     int rc;
     self->looping = 1;
+    self->loop_thread = pthread_self();
     Py_BEGIN_ALLOW_THREADS
     if (self->threads > 1) {
         struct fuse_loop_config *cfg = fuse_loop_cfg_create();
-        fuse_loop_cfg_set_max_threads(cfg, self->threads);
-        fuse_loop_cfg_set_idle_threads(cfg, self->threads);
-        rc = fuse_session_loop_mt(self->se, cfg);
-        fuse_loop_cfg_destroy(cfg);
+        if (cfg == NULL) {
+            rc = -ENOMEM;
+        } else {
+            fuse_loop_cfg_set_max_threads(cfg, self->threads);
+            fuse_loop_cfg_set_idle_threads(cfg, self->threads);
+            rc = fuse_session_loop_mt(self->se, cfg);
+            fuse_loop_cfg_destroy(cfg);
+        }
     } else {
         rc = fuse_session_loop(self->se);
     }
@@ -796,15 +850,30 @@ static PyObject *Session_loop(SessionObject *self, PyObject *unused)
     return PyLong_FromLong(rc);
 }
 
+/* libfuse's order (passthrough_hp.cc): exit() only asks the loop to end; loop() returns once the
+ * request threads are joined; then unmount(); then close().  Unmounting while requests are served
+ * would close the session fd under the workers, and the number could be reused by a backing file. */
 static PyObject *Session_exit(SessionObject *self, PyObject *unused)
 {
-    if (self->se)
+    if (self->se) {
         fuse_session_exit(self->se);
+        if (self->looping) {
+            int err = pthread_kill(self->loop_thread, LFS_WAKE_SIGNAL);
+            if (err != 0) {
+                errno = err;
+                return PyErr_SetFromErrno(PyExc_OSError);
+            }
+        }
+    }
     Py_RETURN_NONE;
 }
 
 static PyObject *Session_unmount(SessionObject *self, PyObject *unused)
 {
+    if (self->looping) {
+        PyErr_SetString(PyExc_RuntimeError, "unmount() while the loop runs: call exit() and wait for loop()");
+        return NULL;
+    }
     if (self->se && self->mounted) {
         Py_BEGIN_ALLOW_THREADS
         fuse_session_unmount(self->se);
@@ -854,8 +923,10 @@ fail:
 static PyMethodDef Session_methods[] = {
     {"loop", (PyCFunction)Session_loop, METH_NOARGS,
      "loop() -> status: serve requests (GIL released) until the connection ends or exit()"},
-    {"exit", (PyCFunction)Session_exit, METH_NOARGS, "ask the loop to end after the current request"},
-    {"unmount", (PyCFunction)Session_unmount, METH_NOARGS, "unmount (lazily, as libfuse does)"},
+    {"exit", (PyCFunction)Session_exit, METH_NOARGS,
+     "ask the loop to end: it returns once the requests in progress are answered (thread-safe)"},
+    {"unmount", (PyCFunction)Session_unmount, METH_NOARGS,
+     "unmount (lazily, as libfuse does); only once loop() has returned"},
     {"close", (PyCFunction)Session_close, METH_NOARGS, "unmount if needed and free the session"},
     {"stats", (PyCFunction)Session_stats, METH_NOARGS,
      "stats() -> (requests per opcode, errors per opcode, open files)"},
@@ -877,6 +948,10 @@ static PyTypeObject SessionType = {
 
 int layerfs_init_session(PyObject *module)
 {
+    if (install_wake_handler() < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
     if (PyType_Ready(&SessionType) < 0)
         return -1;
     Py_INCREF(&SessionType);

@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 #: How long a mount may take to become ready, and an unmount to see its daemon exit.
 READY_TIMEOUT = 60.0
 EXIT_TIMEOUT = 10.0
+#: How long a stopping daemon lets requests in progress finish before it aborts its connection.
+STOP_GRACE = 5.0
 
 #: The engines that can serve a read-only mount: "c" (csrc/session.c, the default: see
 #: _serve_native for the measurements) and "pyfuse3" (_handlers on trio, the base of the writable
@@ -487,11 +489,10 @@ def _serve_native(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obje
             state["seq"] += 1
             write_stats()
             return
-        log.info("signal %d: unmounting %s", signum, mnt)
+        log.info("signal %d: stopping the mount %s", signum, mnt)
         if session is not None and not state["stop_at"]:
             state["stop_at"] = time.monotonic()
-            session.exit()
-            session.unmount()
+            session.exit()  # only ask: the loop returns once its requests are answered
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, on_signal)
@@ -512,14 +513,23 @@ def _serve_native(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obje
         write_stats()
         loop.start()
         _ready(ready_fd, stack, mnt)
+        aborted = False
         while loop.is_alive():
             loop.join(0.5)
-            if state["stop_at"] and time.monotonic() - float(state["stop_at"]) > 2.0:
+            if (state["stop_at"] and not aborted
+                    and time.monotonic() - float(state["stop_at"]) > STOP_GRACE):
+                # a request stuck in a backing file: fail what waits on us, so the loop can end
+                log.warning("requests still running %.0f s after the stop: aborting the connection", STOP_GRACE)
                 _abort_connection(device)
+                aborted = True
     finally:
         with contextlib.suppress(Exception):
             write_stats()
         if not loop.is_alive():
+            # libfuse's order: the loop has returned (its threads are joined), then unmount, then
+            # destroy; nothing frees what a request thread may still use
+            with contextlib.suppress(Exception):
+                session.unmount()
             session.close()
         log.info("%s unmounted", mnt)
         _remove_runtime(rundir)

@@ -1,0 +1,139 @@
+"""The C engine's session (csrc/session.c): how it stops, and where it opens backing files.
+
+- Stopping follows libfuse's order (passthrough_hp.cc): a signal only asks the loop to exit; the
+  loop returns once its request threads are joined; then the daemon unmounts; then it destroys the
+  session.  Stopping a daemon while readers hammer it must never give a reader wrong data, and the
+  daemon must exit by itself, with status 0, leaving no mount.
+- A backing file is opened inside its layer's root, so a caller's lowerdir that changes under a
+  mount (a directory swapped for a symlink to elsewhere) can never make the daemon read outside it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import require_fuse, require_root
+
+from layerfs import Store, _proc
+from layerfs._mount import daemon as _mount
+
+
+@pytest.fixture
+def c_mounts(tmp_path: Path) -> Iterator[list[Path]]:
+    """Mount points made by the test; each is unmounted (lazily if need be) afterwards."""
+    require_root()
+    require_fuse()
+    points: list[Path] = []
+    yield points
+    for mnt in points:
+        if os.path.realpath(mnt) in _proc.mountpoints():
+            os.system(f"fusermount3 -uz {mnt} 2>/dev/null")
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _proc.pid_alive(pid):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _wait_status(pid: int, timeout: float) -> int | None:
+    """The exit status of our child ``pid`` (the daemon is forked from this process), or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    return None
+
+
+def test_stopping_under_load_never_gives_wrong_data(c_mounts: list[Path], tmp_path: Path) -> None:
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    expected = {}
+    for i in range(64):
+        data = hashlib.sha256(str(i).encode()).digest() * (512 + i)
+        (layer / f"f{i:02d}").write_bytes(data)
+        expected[f"f{i:02d}"] = data
+    rounds, wrong = 20, []
+    for r in range(rounds):
+        mnt = tmp_path / f"mnt{r}"
+        mnt.mkdir()
+        c_mounts.append(mnt)
+        handle = _mount.mount(Store(tmp_path / "store"), [str(layer)], mnt, engine="c")
+        stop = threading.Event()
+
+        def reader(seed: int, stop: threading.Event = stop, mnt: Path = mnt, r: int = r) -> None:
+            n = seed
+            while not stop.is_set():
+                name = f"f{n % 64:02d}"
+                n += 7
+                try:
+                    fd = os.open(mnt / name, os.O_RDONLY)
+                except OSError:
+                    continue
+                try:
+                    data = b""
+                    while chunk := os.read(fd, 65536):
+                        data += chunk
+                except OSError as err:
+                    if err.errno not in (errno.ENOTCONN, errno.ENODEV, errno.EIO, errno.ECONNABORTED):
+                        wrong.append(f"{name}: {err}")
+                    continue
+                finally:
+                    os.close(fd)
+                if data != expected[name]:
+                    wrong.append(f"round {r}: {name}: {len(data)} bytes, not the file's {len(expected[name])}")
+                # drop this file's pages so the next read reaches the daemon again
+                if n % 8 == 0:
+                    with open("/proc/sys/vm/drop_caches", "w") as f:
+                        f.write("1")
+
+        threads = [threading.Thread(target=reader, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.15)
+        os.kill(handle.pid, signal.SIGTERM)
+        status = _wait_status(handle.pid, 10)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert status == 0, f"round {r}: the daemon ended with {status} after SIGTERM"
+        assert os.path.realpath(mnt) not in _proc.mountpoints(), f"round {r}: still mounted"
+    assert wrong == []
+    assert {p.name: p.read_bytes() for p in layer.iterdir()} == expected, "a layer file changed"
+
+
+def test_backing_files_are_opened_inside_the_layer(c_mounts: list[Path], tmp_path: Path) -> None:
+    layer, outside = tmp_path / "layer", tmp_path / "outside"
+    (layer / "d").mkdir(parents=True)
+    (layer / "d" / "f").write_bytes(b"inside\n")
+    outside.mkdir()
+    (outside / "f").write_bytes(b"SECRET outside the layer\n")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    c_mounts.append(mnt)
+    handle = _mount.mount(Store(tmp_path / "store"), [str(layer)], mnt, engine="c")
+    try:
+        # The caller's directory changes under the mount: d becomes a symlink to elsewhere.
+        os.rename(layer / "d", layer / "d.old")
+        os.symlink(outside, layer / "d")
+        try:
+            data = (mnt / "d" / "f").read_bytes()
+        except OSError as err:
+            data = f"error {errno.errorcode[err.errno or 0]}".encode()
+        assert b"SECRET" not in data
+    finally:
+        _mount.umount(mnt)
+    assert _wait_gone(handle.pid, 10)
