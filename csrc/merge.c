@@ -3,8 +3,8 @@
  * What it does: `Index(path)` maps an index file read-only and validates every offset once, so
  * that lookup(parent, name) (a binary search of the parent's sorted entries), getattr(ino),
  * readdir(ino, offset, count), readlink(ino), listxattr/getxattr(ino) and path(ino) are array
- * accesses that read no layer directory (reference pyfuse3.md §6: the handler body is the small
- * part of a request; this keeps it at a few hundred ns and allocation-light).
+ * accesses that read no layer directory (docs/fuse.rst "What a request costs": the handler body is
+ * the small part of a request; this keeps it at a few hundred ns and allocation-light).
  *
  * GIL: every method holds it; none blocks (the map is of a local file, populated at load).
  * Errors: OSError(ENOENT / ENOTDIR / ENAMETOOLONG / ENODATA / EINVAL / ESTALE) with errno set, so

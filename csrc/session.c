@@ -10,8 +10,8 @@
  * comes from a bounded cache (fd_get: at most max_open fds, CLOCK eviction, pinned while a READ
  * uses it), so a tar of 100k files cannot run the daemon out of fds.
  *
- * Why (reference pyfuse3.md §5-§6, measured with scripts/bench-mount): through pyfuse3 each
- * request costs ~100 us of interpreter and trio dispatch, and pyfuse3 cannot ask the kernel to
+ * Why (docs/fuse.rst "Why the C engine exists", measured with scripts/bench-mount): through pyfuse3
+ * each request costs ~100 us of interpreter and trio dispatch, and pyfuse3 cannot ask the kernel to
  * cache listings (FOPEN_CACHE_DIR) or symlinks (FUSE_CAP_CACHE_SYMLINKS), nor reply to READ
  * with a splice from the backing fd (fuse_reply_data).  Owning fuse_req_t removes the dispatch
  * and those requests.  The pyfuse3 handlers (layerfs/_mount/handlers.py) stay as the second engine,
@@ -538,7 +538,7 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
         reply_err(req, fs, OP_STATFS, errno);
         return;
     }
-    sv.f_namemax = LFS_NAME_MAX; /* overlay.md §11: 255, like the kernel overlay */
+    sv.f_namemax = LFS_NAME_MAX; /* docs/overlay.rst "Name length": 255, like the kernel overlay */
     fuse_reply_statfs(req, &sv);
 }
 

@@ -1,7 +1,7 @@
 /* sys.c: the system calls the unpacker needs that Python's os module lacks.
  *
  * - openat2(2) with RESOLVE_IN_ROOT resolves a path as if the given directory were "/": "..",
- *   absolute paths and symlinks can never leave it (oci.md §10 defence 1).
+ *   absolute paths and symlinks can never leave it (docs/oci.rst "Resolving inside the root").
  * - setxattrat / getxattrat: set or read an xattr of a name relative to a dirfd without following
  *   a final symlink, or of the fd itself (empty path).  Python only has path- or fd-based calls,
  *   and an fd cannot be opened on a fifo or device without side effects.  Uses setxattrat(2) /

@@ -1,8 +1,8 @@
 """Typed wrappers over the system calls of ``layerfs._native``: the only module that imports it.
 
-Everything here acts relative to a directory fd, never on a joined host path (oci.md §10 defence 1,
-fuse-overlayfs ``src/sys/``).  Every function raises :class:`OSError` (with ``errno`` and the path)
-on failure and releases the GIL while in the kernel.
+Everything here acts relative to a directory fd, never on a joined host path
+(docs/oci.rst "Resolving inside the root", fuse-overlayfs ``src/sys/``).  Every function raises
+:class:`OSError` (with ``errno`` and the path) on failure and releases the GIL while in the kernel.
 
 - :func:`open_in_root` resolves a path inside a root fd with ``openat2(RESOLVE_IN_ROOT)``: ``..``,
   absolute paths and symlinks are all clamped to the root.

@@ -39,8 +39,8 @@ The edge image (``edge_image``, tag ``edge``), layer by layer:
    prefix); ``mixed/file`` (no ``./``); ``edge/.wh.old`` (a whiteout in a dir the layer does not
    otherwise carry).
 
-umoci's quirks (oci.md §12): it omits ``mediaType`` in manifests, writes whiteouts after siblings
-and never writes ``.wh..wh..opq``: hence layer 4.
+umoci's quirks (docs/testing.rst "Tool quirks"): it omits ``mediaType`` in manifests, writes
+whiteouts after siblings and never writes ``.wh..wh..opq``: hence layer 4.
 """
 
 from __future__ import annotations
@@ -463,8 +463,8 @@ class Copies:
 
 @_umask_022
 def build_copies(img: BuiltImage, work: Path, repo: str = "layerfs-test/edge") -> Copies:
-    """Make the copies with skopeo (oci.md §12).  All share config digest and diff_ids; the zstd
-    and v2s2 copies have other layer and manifest digests."""
+    """Make the copies with skopeo (docs/testing.rst "Images").  All share config digest and
+    diff_ids; the zstd and v2s2 copies have other layer and manifest digests."""
     work.mkdir(parents=True, exist_ok=True)
     tag = img.tag
     oci_archive = work / "edge.oci.tar"

@@ -13,16 +13,16 @@ Layer lists for mounts are **topmost first**, like overlay's ``lowerdir=``; list
 :func:`tar_layer_dirs` are **base first**, like ``manifest.layers`` and ``Store.layer_dirs()``:
 reverse them for a mount (``kernel_overlay(dirs[::-1], mnt)``).
 
-How the oracles are made (oci.md §12, peers.md §2):
+How the oracles are made (docs/testing.rst "Oracles"; docs/peers.rst "The bench image"):
 
 - :func:`tar_layer_dirs`: each layer blob (gzip, zstd or plain, sniffed by magic) is extracted by
   GNU tar (``--xattrs --xattrs-include=* --numeric-owner --same-permissions``; the include pattern is
   needed, GNU tar otherwise restores ``user.*`` only) into its own empty dir, then OCI markers are
-  converted the containerd/moby way (oci.md §9): ``.wh.X`` -> char device 0/0 ``X`` with mode 0000,
-  owned by the marker's uid/gid (if the layer has its own ``X``: kept, and made opaque if it is a
-  dir, as the spec's "removes X from lower layers" requires); ``.wh..wh..opq`` ->
-  ``trusted.overlay.opaque=y`` on its dir; markers removed; other ``.wh..wh.*`` names (AUFS
-  metadata) dropped.  This is the form layerfs's unpacker
+  converted the containerd/moby way (docs/oci.rst "Overlay form"): ``.wh.X`` -> char device 0/0
+  ``X`` with mode 0000, owned by the marker's uid/gid (if the layer has its own ``X``: kept, and
+  made opaque if it is a dir, as the spec's "removes X from lower layers" requires);
+  ``.wh..wh..opq`` -> ``trusted.overlay.opaque=y`` on its dir; markers removed; other ``.wh..wh.*``
+  names (AUFS metadata) dropped.  This is the form layerfs's unpacker
   must produce, so a layer dir from the store must equal this one (compare with
   ``snapshot(..., overlay_xattrs=True)``).
 - :func:`umoci_unpack`: ``umoci unpack`` flattens the image the way the spec says (gzip only: umoci
@@ -55,7 +55,7 @@ from typing import Any
 
 JSON = dict[str, Any]
 
-#: Compression magics (oci.md §8).
+#: Compression magics (docs/oci.rst "Media types and compression").
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -147,8 +147,9 @@ def _convert_markers(layer_dir: Path) -> None:
             else:
                 target = os.path.join(dirpath, name[len(_WHITEOUT_PREFIX):])
                 if os.path.lexists(target):
-                    # A whiteout never removes an entry of its own layer (oci.md §9), but it does
-                    # remove the lower X: a dir X of this layer must then not merge with it.
+                    # A whiteout never removes an entry of its own layer
+                    # (docs/oci.rst "Whiteout markers"), but it does remove the lower X: a dir X of
+                    # this layer must then not merge with it.
                     if os.path.isdir(target) and not os.path.islink(target):
                         os.setxattr(target, "trusted.overlay.opaque", b"y")
                     continue
@@ -165,7 +166,7 @@ def extract_layer(blob: Path, dest: Path) -> Path:
     argv = ["tar", "-x", "--xattrs", "--xattrs-include=*", "--numeric-owner", "--same-permissions",
             "--same-owner", "-C", os.fspath(dest), "-f", "-"]
     # umask 022: GNU tar makes implied parent dirs 0777 & ~umask; overlay converters and layerfs
-    # make them 0755 (oci.md §9), whatever the test runner's umask.
+    # make them 0755 (docs/oci.rst "Names, links and parents"), whatever the test runner's umask.
     proc = subprocess.run(argv, input=_decompressed(Path(blob).read_bytes()), capture_output=True,
                           timeout=300, preexec_fn=_umask_022)
     if proc.returncode != 0:

@@ -1,4 +1,5 @@
-"""Real registries on 127.0.0.1 for the pull tests (oci.md §12), and the helpers around them.
+"""Real registries on 127.0.0.1 for the pull tests (docs/testing.rst "Registries"), and the helpers
+around them.
 
 API::
 
@@ -157,7 +158,8 @@ def _b64url(data: bytes) -> str:
 
 
 class TokenServer:
-    """A bearer-token server (distribution ``token.md``) in a thread of the test process."""
+    """A bearer-token server (the distribution project's ``docs/spec/auth/token.md``) in a thread of
+    the test process."""
 
     service = "layerfs-test-registry"
     issuer = "layerfs-test-issuer"

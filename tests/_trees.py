@@ -2,7 +2,8 @@
 
 The project's rule for "the merged view is right": it equals the kernel's overlay mount, ``umoci
 unpack`` and fuse-overlayfs **entry by entry** on type, mode, owner, size, content hash, link
-target, device numbers, xattrs, mtime and hard-link groups (oci.md §12).  This module is that rule.
+target, device numbers, xattrs, mtime and hard-link groups (docs/testing.rst "Comparing trees").
+This module is that rule.
 
 API::
 
@@ -45,7 +46,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-#: xattr prefixes that belong to overlayfs itself (overlay.md §10), hidden by every overlay.
+#: xattr prefixes that belong to overlayfs itself (docs/overlay.rst "Private xattrs"), hidden by
+#: every overlay.
 OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
 _TYPES = {

@@ -100,7 +100,8 @@ def _store(root: Path) -> Store:
 # One copy per store
 
 def test_copies_have_the_same_image_id(edge_copies: Copies, edge_image: BuiltImage) -> None:
-    """The fixture's promise (oci.md §6): every copy has the config, hence the image ID."""
+    """The fixture's promise (docs/oci.rst "Digests and identifiers"): every copy has the config,
+    hence the image ID."""
     for copy in edge_copies.all():
         if copy.image is None:
             assert skopeo_config_digest(copy.source) == edge_image.config_digest, copy.name

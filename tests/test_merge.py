@@ -120,7 +120,8 @@ def build_stack(base: Path, layers: Sequence[Sequence[str]], *, kernel_form: boo
 
 LONG = "n" * 255
 
-#: name -> layers (base first).  Each is one overlay rule (overlay.md §1-§3, §7, §10, §11).
+#: name -> layers (base first).  Each is one overlay rule (docs/overlay.rst "Layers and lookup",
+#: "Whiteouts and opaque directories", "Readdir", "Hard links", "Private xattrs", "Name length").
 CASES: dict[str, list[list[str]]] = {
     "upper file wins": [["f a lower", "f keep k"], ["f a upper"]],
     "whiteout of a file": [["f a x", "f b y"], ["w a"]],

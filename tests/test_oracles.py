@@ -3,7 +3,8 @@
 Every other test trusts ``_trees.diff`` and the oracles in ``_oracles``; this file is why:
 
 - ``umoci unpack`` (flattening), the kernel overlay and fuse-overlayfs over the GNU tar per-layer
-  dirs give the same tree for the edge image, entry by entry, with zero differences (oci.md §12);
+  dirs give the same tree for the edge image, entry by entry, with zero differences
+  (docs/testing.rst "Oracles");
 - each view has every edge the image builder promises (a table of named expectations), so the
   agreement is not the vacuous one of two empty or two wrong trees;
 - the per-layer dirs are in overlay form (0/0 whiteouts, ``trusted.overlay.opaque=y``, no markers);

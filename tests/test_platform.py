@@ -1,4 +1,5 @@
-"""Platform parsing, normalisation and index-entry choice: containerd's rules (oci.md §7)."""
+"""Platform parsing, normalisation and index-entry choice: containerd's rules
+(docs/oci.rst "Platforms")."""
 
 from __future__ import annotations
 

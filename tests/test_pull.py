@@ -1,4 +1,5 @@
-"""``layerfs pull`` against real registries (Debian ``docker-registry`` on 127.0.0.1; oci.md §12).
+"""``layerfs pull`` against real registries (Debian ``docker-registry`` on 127.0.0.1;
+docs/testing.rst "Registries").
 
 One storage dir is served by four registries: anonymous, htpasswd Basic, bearer tokens (from the
 token server in ``_registry_server``) and Basic + the redirect storage middleware (blobs served by

@@ -1,4 +1,5 @@
-"""References normalised as docker normalises them (distribution/reference; oci.md §1)."""
+"""References normalised as docker normalises them (distribution/reference;
+docs/oci.rst "References")."""
 
 from __future__ import annotations
 

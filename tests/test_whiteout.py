@@ -1,4 +1,5 @@
-"""layerfs._layer.whiteout: marker names, writing the overlay form, reading every form of overlay.md §2.
+"""layerfs._layer.whiteout: marker names, writing the overlay form, reading every form of
+docs/overlay.rst "Whiteouts and opaque directories".
 
 The read side is checked against the kernel: a whiteout the kernel overlay itself writes (an
 unlink through a mount) must read as one, and ours must hide lower entries in a kernel mount.

@@ -1,10 +1,10 @@
 """Decompressing readers over layer blobs: gzip, zstd or plain, by media type and magic bytes.
 
-The compression is sniffed from the first bytes, as containerd and docker do (oci.md §8): gzip
-``1f 8b``, zstd ``28 b5 2f fd`` (a zstd stream may also open with skippable frames,
-``5? 2a 4d 18``), anything else is a plain tar, and a 0-byte blob is an empty layer.  A media type
-that says otherwise is logged and the magic wins.  A media type that is not a layer (an OCI 1.1
-artifact, an encrypted layer) is refused.
+The compression is sniffed from the first bytes, as containerd and docker do
+(docs/oci.rst "Media types and compression"): gzip ``1f 8b``, zstd ``28 b5 2f fd`` (a zstd stream
+may also open with skippable frames, ``5? 2a 4d 18``), anything else is a plain tar, and a 0-byte
+blob is an empty layer.  A media type that says otherwise is logged and the magic wins.  A media
+type that is not a layer (an OCI 1.1 artifact, an encrypted layer) is refused.
 
 Implementations, chosen by measurement (``scripts/bench-unpack --codecs``; 915 MB tar of /usr,
 gzip -6, inflate only): ``isal.igzip`` 770 MB/s (``isal.igzip_threaded`` 796), ``zlib_ng.gzip_ng``
@@ -42,7 +42,7 @@ class Compression(enum.Enum):
     ZSTD = "zstd"
 
 
-#: Layer media types (oci.md §8) and the compression each announces.
+#: Layer media types (docs/oci.rst "Media types and compression") and the compression each announces.
 LAYER_MEDIA_TYPES: dict[str, Compression] = {
     "application/vnd.oci.image.layer.v1.tar": Compression.PLAIN,
     "application/vnd.oci.image.layer.v1.tar+gzip": Compression.GZIP,

@@ -2,10 +2,11 @@
 
 ``unpack_layer(stream, dest, diff_id=...)`` reads the compressed blob once, hashing it (digest,
 size) and, after decompression, hashing the tar stream to its very end (diff_id: EOF blocks and
-trailing bytes included, oci.md §6).  It never holds a layer in memory: a 1 MiB decompressed chunk,
-the decompressor's queue and one extended header at most.
+trailing bytes included, docs/oci.rst "Digests and identifiers").  It never holds a layer in memory:
+a 1 MiB decompressed chunk, the decompressor's queue and one extended header at most.
 
-What lands in ``dest`` (oci.md §9, overlay.md §2):
+What lands in ``dest`` (docs/oci.rst "Applying a layer",
+docs/overlay.rst "Whiteouts and opaque directories"):
 
 - Entries keep type, mode (setuid/setgid/sticky too), numeric owner (as root), mtime and atime
   (atime = max(atime, mtime); times before 1970 or beyond 64-bit ns become the epoch, like moby),
@@ -31,7 +32,7 @@ What lands in ``dest`` (oci.md §9, overlay.md §2):
 - Unprivileged: no chown (files belong to the caller); char/block devices are skipped with a
   warning; ``trusted.*``/``security.*`` xattrs the kernel refuses are skipped.
 
-Safety (oci.md §10): ``dest`` is opened once; every entry's parent is resolved with
+Safety (docs/oci.rst "Unpack security"): ``dest`` is opened once; every entry's parent is resolved with
 ``openat2(RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS)`` so that ``..`` and symlinks, even ones the layer
 itself plants, resolve inside ``dest``; the final component is created with ``O_EXCL``/``mkdirat``/
 ``mknodat``/``symlinkat``/``linkat`` on that parent fd and never followed.  Refused with
@@ -82,7 +83,8 @@ MAX_PATH_BYTES = 4095
 #: Longest path component, in bytes (NAME_MAX).
 MAX_NAME_BYTES = 255
 
-#: xattrs never taken from a layer tar (overlay.md §10; umoci drops security.selinux).
+#: xattrs never taken from a layer tar (docs/overlay.rst "Private xattrs"; umoci drops
+#: security.selinux).
 _DROPPED_XATTRS = ("security.selinux",)
 _XATTR_PREFIX = "SCHILY.xattr."
 _REGULAR = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE))

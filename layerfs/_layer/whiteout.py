@@ -1,6 +1,6 @@
 """Every whiteout and opaque-directory marker form, in one place (fuse-overlayfs ``whiteout.rs``).
 
-The forms (overlay.md §2):
+The forms (docs/overlay.rst "Whiteouts and opaque directories"):
 
 ========================================  ==========================================  ===============
 form                                      meaning                                     layerfs
@@ -17,10 +17,11 @@ file ``.wh..wh..opq`` (OCI tar marker)    its dir is opaque                     
 dir xattr ``user.fuseoverlayfs.opaque=y`` opaque (fuse-overlayfs fallback)            reads
 ========================================  ==========================================  ===============
 
-The unpacker converts OCI tar markers into the overlay form (oci.md §9): ``.wh.X`` becomes a 0/0 char
-device X (``mknod`` of 0/0 needs no privilege since Linux 5.8), ``.wh..wh..opq`` becomes the opaque
-xattr on its directory, ``trusted.`` as root and ``user.`` otherwise.  Readers (the merge) accept
-every form above, so a layer written by another tool, or a former upper, reads the same.
+The unpacker converts OCI tar markers into the overlay form (docs/oci.rst "Overlay form"): ``.wh.X``
+becomes a 0/0 char device X (``mknod`` of 0/0 needs no privilege since Linux 5.8), ``.wh..wh..opq``
+becomes the opaque xattr on its directory, ``trusted.`` as root and ``user.`` otherwise.  Readers
+(the merge) accept every form above, so a layer written by another tool, or a former upper, reads
+the same.
 
 Names starting with ``.wh..wh.`` other than the opaque marker are AUFS metadata (``.wh..wh.plnk``),
 ignored like moby does.  ``.wh.`` alone, ``.wh..`` and ``.wh...`` are invalid.
@@ -49,7 +50,7 @@ XATTR_WHITEOUTS_VALUE = b"x"
 #: xattrs that turn an empty regular file into a whiteout (kernel, userspace-written only).
 WHITEOUT_XATTRS = ("trusted.overlay.whiteout", "user.overlay.whiteout")
 #: xattr namespaces private to overlay implementations: never taken from a layer tar, never shown
-#: to users, never copied up (overlay.md §10).
+#: to users, never copied up (docs/overlay.rst "Private xattrs").
 PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
 
 
@@ -69,7 +70,8 @@ class Marker(enum.Enum):
 
 
 def classify(name: str) -> Marker:
-    """Classify one path component of a layer tar entry (oci.md §9, layer.md §Whiteouts).
+    """Classify one path component of a layer tar entry (docs/oci.rst "Whiteout markers"; image-spec
+    layer.md "Whiteouts").
 
     Args:
         name: a single component (no ``/``).
@@ -155,7 +157,7 @@ def is_whiteout(st: os.stat_result, *, dirfd: int | None = None, name: str | Non
         dirfd, name: where it is; needed only to read xattr whiteouts.
         xattr_whiteouts: True if the parent dir holds xattr whiteouts (see
             :func:`holds_xattr_whiteouts`); only then is an empty regular file carrying
-            ``*.overlay.whiteout`` a whiteout (ovl.rst §Nesting overlayfs mounts).
+            ``*.overlay.whiteout`` a whiteout (the kernel's overlayfs.rst "Nesting overlayfs mounts").
 
     Returns:
         True for a 0/0 char device, or an xattr whiteout as above.  OCI ``.wh.X`` marker files
@@ -213,7 +215,7 @@ def whited_out_names(fd: int) -> set[str]:
     (when the dir holds them), and OCI ``.wh.X`` marker files (the X).
 
     This is the per-layer whiteout set the merge wants instead of probing ``.wh.<name>`` per
-    lookup (overlay.md §3).
+    lookup (docs/overlay.rst "Layers and lookup").
 
     Raises:
         OSError: if the directory cannot be listed.

@@ -2,13 +2,13 @@
 
 **Contract.**  The lower layers of a mount are immutable, content-addressed directories of the
 store (or, for ``-o lowerdir=``, directories the caller promises not to change while mounted,
-exactly as overlayfs requires: ovl.rst §Changes to underlying filesystems).  The merged index of
-a stack never changes either.  So nothing the kernel learns about a read-only mount can go stale,
-and every cache may be kept for as long as the kernel likes.  (The writable upper of the future
-changes only through layerfs, which will invalidate exactly what each change touches; this policy
-then applies to inodes that come from the lowers only.)
+exactly as overlayfs requires: the kernel's overlayfs.rst "Changes to underlying filesystems").  The
+merged index of a stack never changes either.  So nothing the kernel learns about a read-only mount
+can go stale, and every cache may be kept for as long as the kernel likes.  (The writable upper of
+the future changes only through layerfs, which will invalidate exactly what each change touches;
+this policy then applies to inodes that come from the lowers only.)
 
-What is set, and where it takes effect (reference pyfuse3.md §3):
+What is set, and where it takes effect (docs/fuse.rst "Kernel caches and knobs"):
 
 - ``entry_timeout`` / ``attr_timeout``: :data:`LOWER_TIMEOUT` on every lookup, getattr and
   readdirplus reply (``_handlers``).  A stat of a known path then costs no request at all.
@@ -21,7 +21,7 @@ What is set, and where it takes effect (reference pyfuse3.md §3):
   entries, so ``ls -l`` / ``find`` / ``tar`` need no per-entry lookup.
 - read-ahead: the mount's bdi ``read_ahead_kb`` is set at mount time.  The pyfuse3 engine uses
   :data:`READ_AHEAD_KB` (1 MiB READs instead of 128 KiB ones: +74 % throughput and -51 % CPU per
-  GiB measured in pyfuse3.md §3: its cost is per request).  The C engine uses
+  GiB, docs/fuse.rst "Read-ahead and threads": its cost is per request).  The C engine uses
   :data:`NATIVE_READ_AHEAD_KB` with :data:`NATIVE_THREADS` request threads: a READ costs it a
   splice, not an interpreter, and what limits a cold sequential read is the disk, which is kept
   busy when several READs are served at once.  Measured on the bench image's 1 GiB file, 5
@@ -29,9 +29,9 @@ What is set, and where it takes effect (reference pyfuse3.md §3):
   1 MiB 660 ms; 4 threads + 128 KiB 380 ms; 4 threads + 1 MiB 454 ms; 4 threads + 256 KiB
   448 ms (another set).  With the backing file already in the page cache: 1 thread + 1 MiB
   259 ms, 4 threads + 256 KiB 261 ms, 4 threads + 128 KiB 284 ms; hence 256 KiB.
-- Not available through pyfuse3 3.5 (pyfuse3.md §3): cached directory listings (FOPEN_CACHE_DIR)
-  and cached symlinks (FUSE_CAP_CACHE_SYMLINKS); each readdir after the first open and every
-  readlink is a round trip.
+- Not available through pyfuse3 3.5 (docs/fuse.rst "What pyfuse3 cannot ask for"): cached directory
+  listings (FOPEN_CACHE_DIR) and cached symlinks (FUSE_CAP_CACHE_SYMLINKS); each readdir after the
+  first open and every readlink is a round trip.
 
 What the C engine (``csrc/session.c``, the default) adds, each only if the kernel offers it:
 
@@ -138,7 +138,8 @@ def mount_options(*, fsname: str, euid: int | None = None) -> set[str]:
 
     ``ro`` and ``default_permissions`` (the kernel checks modes against our attributes, so no
     ACCESS requests); ``noatime`` (lowers are immutable); as root also ``allow_other``, ``dev`` and
-    ``suid``, as a container rootfs needs (fuse-overlayfs adds the same: overlay.md §13).
+    ``suid``, as a container rootfs needs (fuse-overlayfs adds the same:
+    docs/peers.rst "fuse-overlayfs").
     """
     opts = {"ro", "default_permissions", "noatime", f"fsname={fsname}", "subtype=layerfs"}
     if (os.geteuid() if euid is None else euid) == 0:

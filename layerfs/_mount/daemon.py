@@ -30,8 +30,9 @@ How a mount runs:
    (so the image counts as in use).  ``foreground=True`` runs the same daemon in the caller.
 3. The daemon serves requests (``_handlers``) until the kernel ends the session (``umount``,
    ``fusermount3 -u``), or SIGTERM / SIGINT / SIGHUP arrive: then ``pyfuse3.terminate()``, and
-   always ``pyfuse3.close(unmount=True)`` (pyfuse3.md §4: a mount copied into another namespace
-   would otherwise keep the daemon waiting forever).  It unregisters the mount on the way out.
+   always ``pyfuse3.close(unmount=True)`` (docs/fuse.rst "Errors and termination": a mount copied
+   into another namespace would otherwise keep the daemon waiting forever).  It unregisters the
+   mount on the way out.
 
 Runtime records: every mount has a directory ``<runtime>/<sha256(mount point)[:16]>/`` holding
 ``mount.json`` (mount point, pid, source, image ID, since), ``daemon.log``, ``stats.json`` and,
@@ -263,7 +264,8 @@ def _lowerdir_stack(lowerdirs_top_first: Sequence[str | os.PathLike[str]], rundi
 
 
 def parse_lowerdir(value: str) -> list[str]:
-    """Split a ``lowerdir=`` value (``A:B:C``, top first; ``\\:`` escapes a colon, overlay.md §1)."""
+    """Split a ``lowerdir=`` value (``A:B:C``, top first; ``\\:`` escapes a colon,
+    docs/overlay.rst "Layers and lookup")."""
     parts, cur, i = [], [], 0
     while i < len(value):
         ch = value[i]

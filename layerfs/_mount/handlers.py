@@ -2,13 +2,14 @@
 
 Every handler body is a few calls into the loaded index (``_index``, served from C) or one system
 call on a layer file; none awaits, so requests are served one at a time by one worker task
-(pyfuse3.md §1: a second worker would only add scheduling cost).  Metadata requests (lookup,
-getattr, readdir, readlink, getxattr, listxattr, statfs) read no layer directory; open opens the
-backing file relative to its layer's directory fd; read is one ``pread``.
+(docs/fuse.rst "The pyfuse3 request loop": a second worker would only add scheduling cost).
+Metadata requests (lookup, getattr, readdir, readlink, getxattr, listxattr, statfs) read no layer
+directory; open opens the backing file relative to its layer's directory fd; read is one ``pread``.
 
 The one error translation point is :func:`_handler`: ``OSError`` becomes ``FUSEError(errno)``,
 anything else is logged with its traceback and answered ``EIO``; the daemon never dies of a
-request (pyfuse3.md §4).  It also counts requests per opcode for :meth:`Handlers.statistics`.
+request (docs/fuse.rst "Errors and termination").  It also counts requests per opcode for
+:meth:`Handlers.statistics`.
 
 Kernel view: lookup counts are not tracked and ``forget`` is a no-op, because an inode number
 names one index node for the life of the mount (the index is immutable); nothing is ever freed.
@@ -226,7 +227,8 @@ class Handlers(pyfuse3.Operations):
 
     @_handler
     async def statfs(self, ctx: RequestContext) -> pyfuse3.StatvfsData:
-        """Sizes of the filesystem holding the top layer; names up to 255 bytes (overlay.md §11)."""
+        """Sizes of the filesystem holding the top layer; names up to 255 bytes
+        (docs/overlay.rst "Name length")."""
         st = os.statvfs(self._statfs_fd)
         out = pyfuse3.StatvfsData()
         out.f_bsize = st.f_bsize

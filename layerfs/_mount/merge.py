@@ -5,25 +5,29 @@ request: everything it needs was computed here, once per stack, and saved beside
 (``store.state_dir("merged")/<top chain ID>.idx``, written to a temp name and renamed).  Layer
 directories are only opened for file data.
 
-The overlay rules applied (reference overlay.md; "ovl.rst" is the kernel's overlayfs.rst):
+The overlay rules applied (docs/overlay.rst explains each one, after the kernel's
+Documentation/filesystems/overlayfs.rst):
 
 - Lookup order is top-down; the first non-directory or whiteout ends the search for a name; a
   directory merges with same-named directories below until an opaque directory (inclusive), a
-  whiteout or a non-directory (ovl.rst §Directories; overlay.md §1).
-- A merged directory's metadata and xattrs come from its topmost directory (same section); its
-  nlink is 1, a directory from one layer keeps its own (inode.c:ovl_getattr; overlay.md §9).
-- Whiteouts and opaque markers are read in every form the kernel or OCI writes (overlay.md §2):
-  0/0 character devices; empty regular files with ``overlay.whiteout`` in a dir marked
-  ``overlay.opaque=x``; ``overlay.opaque=y`` (``trusted.`` or ``user.``) and
-  ``user.fuseoverlayfs.opaque=y``; OCI ``.wh.X`` (hides X in the layers *below* only) and
-  ``.wh..wh..opq``; other ``.wh..wh.*`` names (AUFS metadata) are ignored.  Markers are never visible.
+  whiteout or a non-directory (the kernel's overlayfs.rst "Directories";
+  docs/overlay.rst "Layers and lookup").
+- A merged directory's metadata and xattrs come from its topmost directory
+  (docs/overlay.rst "Merged directories"); its nlink is 1, a directory from one layer keeps its own
+  (fs/overlayfs/inode.c, ovl_getattr; docs/overlay.rst "Link counts").
+- Whiteouts and opaque markers are read in every form the kernel or OCI writes
+  (docs/overlay.rst "Whiteouts and opaque directories"): 0/0 character devices; empty regular files
+  with ``overlay.whiteout`` in a dir marked ``overlay.opaque=x``; ``overlay.opaque=y`` (``trusted.``
+  or ``user.``) and ``user.fuseoverlayfs.opaque=y``; OCI ``.wh.X`` (hides X in the layers *below*
+  only) and ``.wh..wh..opq``; other ``.wh..wh.*`` names (AUFS metadata) are ignored.  Markers are
+  never visible.
   Deliberate deviation: the kernel lists a 0/0 whiteout inside a directory that comes from one
   layer only (it iterates the real directory); layerfs hides whiteouts everywhere.
 - The root merges every layer (the kernel never applies ``opaque`` to the root).
 - Overlay-private xattrs (``trusted.overlay.*``, ``user.overlay.*``, ``user.fuseoverlayfs.*``) are
-  dropped (overlay.md §10).
+  dropped (docs/overlay.rst "Private xattrs").
 - Hard links: names of one backing inode in one layer share one node, so one inode number and the
-  layer's nlink (overlay.md §7); links are never merged across layers.
+  layer's nlink (docs/overlay.rst "Hard links"); links are never merged across layers.
 
 Inode numbers are the node numbers of the index: the root is 1, then breadth-first, children in
 byte order of their names.  The index of a stack is computed once and kept, so numbers are stable

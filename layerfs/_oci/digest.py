@@ -1,7 +1,7 @@
 """Digests: parsing, ChainIDs, and hashing blobs while they stream.
 
 Only ``sha256:<64 hex>`` and ``sha512:<128 hex>`` are accepted, so a digest can be used safely as
-a file name or in a URL (oci.md §6, CVE-2024-3727).
+a file name or in a URL (docs/oci.rst "Digests and identifiers", CVE-2024-3727).
 """
 
 from __future__ import annotations

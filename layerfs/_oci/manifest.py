@@ -1,7 +1,8 @@
 """The image formats that pull and load both read: media types, descriptors, manifests, indexes.
 
-One place for the rules of image-spec and docker schema 2 (oci.md §3, §6-§8), so that an image
-from a registry and the same image from a layout on disk are checked alike:
+One place for the rules of image-spec and docker schema 2 (docs/oci.rst "Content negotiation",
+"Digests and identifiers", "Platforms", "Media types and compression"), so that an image from a
+registry and the same image from a layout on disk are checked alike:
 
 - a descriptor has a media type, a well-formed digest and a size;
 - a manifest's ``mediaType``, when present, must equal what pointed at it (CVE-2021-41190);

@@ -1,7 +1,7 @@
 """Platforms (os/arch/variant): parsing, normalisation and the choice of an index entry.
 
 The rules are containerd's (containerd/platforms ``Normalize``, ``Only``; core/images ``Manifest``),
-which docker follows (oci.md §7):
+which docker follows (docs/oci.rst "Platforms"):
 
 - names are normalised: ``x86_64``/``x86-64`` -> ``amd64`` (variant ``v1`` dropped), ``aarch64`` ->
   ``arm64`` (``8``/``v8``/``v8.0`` dropped), ``armhf`` -> ``arm/v7``, ``armel`` -> ``arm/v6``, ``arm``

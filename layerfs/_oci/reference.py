@@ -1,4 +1,5 @@
-"""Image references, normalised as docker normalises them (distribution/reference; oci.md §1).
+"""Image references, normalised as docker normalises them (distribution/reference;
+docs/oci.rst "References").
 
 ``alpine`` is ``docker.io/library/alpine:latest``; ``host:port/repo:tag``, ``repo@sha256:…`` and
 ``repo:tag@sha256:…`` are understood; anything else raises :class:`InvalidReference` before any

@@ -1,9 +1,10 @@
 """Registry authentication: challenges, the bearer-token flow, Basic, and credential files.
 
-- A registry that wants credentials answers 401 with ``WWW-Authenticate`` (distribution ``token.md``):
-  ``Basic realm=…`` means Basic credentials on every request to that host; ``Bearer realm=…,
-  service=…,scope=…`` means "fetch a token from realm for that scope".  :func:`parse_challenges`
-  reads the header, :class:`Authorizer` acts on it and caches tokens per (host, scope set).
+- A registry that wants credentials answers 401 with ``WWW-Authenticate`` (the distribution
+  project's ``docs/spec/auth/token.md``): ``Basic realm=…`` means Basic credentials on every request
+  to that host; ``Bearer realm=…, service=…,scope=…`` means
+  "fetch a token from realm for that scope".  :func:`parse_challenges` reads the header,
+  :class:`Authorizer` acts on it and caches tokens per (host, scope set).
 - Tokens are fetched like containerd's authorizer: with a secret, ``POST realm`` with an OAuth form
   (``grant_type=password`` or ``refresh_token``), falling back to ``GET realm?service=…&scope=…`` with
   Basic credentials on 400/401/404/405; without one, an anonymous ``GET``.
@@ -33,7 +34,7 @@ from .._errors import LayerfsError, RegistryError
 #: docker's key for Docker Hub in ``auths``.
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 
-#: Largest token response read (oci.md §10.5).
+#: Largest token response read (docs/oci.rst "Size limits").
 MAX_TOKEN_BYTES = 1 << 20
 
 

@@ -1,6 +1,7 @@
 """The registry client: the distribution API over one pooled ``httpx.Client``.
 
-What it does for a pull (oci.md §2-§6):
+What it does for a pull (docs/oci.rst "Registry endpoints", "Content negotiation", "Authentication",
+"Redirects, retries and Range", "Digests and identifiers"):
 
 - **Endpoints**: ``https://HOST/v2/…``; plain ``http`` for ``localhost``, ``127.0.0.1``, ``::1`` and
   for the insecure registries (``--insecure-registry``, ``insecure = true`` in containers'
@@ -49,7 +50,7 @@ from .auth import Authorizer, Credentials, find_credentials
 
 log = logging.getLogger(__name__)
 
-#: Largest manifest or config read into memory (oci.md §10.5).
+#: Largest manifest or config read into memory (docs/oci.rst "Size limits").
 MAX_MANIFEST_BYTES = 4 << 20
 #: Largest error body read.
 MAX_ERROR_BYTES = 1 << 20

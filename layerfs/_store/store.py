@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 
 _JsonDict = dict[str, object]
 
-#: Only small JSON documents are kept as blobs (oci.md §2: manifests and configs are capped at 4 MiB).
+#: Only small JSON documents are kept as blobs (docs/oci.rst "Size limits": manifests and configs
+#: are capped at 4 MiB).
 MAX_BLOB_SIZE = 4 << 20
 
 

@@ -1,6 +1,6 @@
 """``layerfs pull``: from a registry into the store, as ``docker pull`` does.
 
-The steps, in order (oci.md §2-§8):
+The steps, in order (docs/oci.rst has the rules each one follows):
 
 1. Parse the reference (a bad one fails before any network use) and the platform.
 2. Resolve the tag or digest with a manifest HEAD (:meth:`RegistryClient.resolve`).

@@ -2,9 +2,9 @@
 
 Two recipes share one pipeline:
 
-- ``full`` (reference/peers.md §2): L1 ``debootstrap --variant=minbase bookworm`` (device nodes,
-  apt lists and caches, host files removed); L2 ``/bench/big.bin`` (1 GiB) and
-  ``/bench/copyup.bin`` (200 MiB) of deterministic pseudo-random data plus ``SHA256SUMS``; L3
+- ``full`` (docs/peers.rst "The bench image"): L1 ``debootstrap --variant=minbase
+  bookworm`` (device nodes, apt lists and caches, host files removed); L2 ``/bench/big.bin`` (1 GiB)
+  and ``/bench/copyup.bin`` (200 MiB) of deterministic pseudo-random data plus ``SHA256SUMS``; L3
   ``apt-get install --no-install-recommends python3 perl git vim-tiny ca-certificates
   linux-headers-amd64`` in a chroot; L4 deletions (whiteouts) and modifications (appends, a chmod of
   ``cc1``); L5 ``/usr/share/locale`` replaced by an opaque directory, and ``/etc/bench-release``.
@@ -123,7 +123,8 @@ def oci_to_overlay(root: Path) -> int:
     """Turn an extracted OCI layer into overlay form, in place; returns the markers converted.
 
     ``.wh.X`` becomes a 0/0 char device ``X`` and ``.wh..wh..opq`` becomes
-    ``trusted.overlay.opaque=y`` on its dir (reference/peers.md §2; overlay.md §2).
+    ``trusted.overlay.opaque=y`` on its dir (docs/peers.rst "The bench image";
+    docs/overlay.rst "Whiteouts and opaque directories").
     """
     count = 0
     for dirpath, _dirnames, filenames in os.walk(root):
@@ -430,8 +431,8 @@ def _count(root: Path) -> tuple[int, int]:
 
 
 def _catlist(flat: Path, dest: Path) -> int:
-    """reference/peers.md §3 "cat small files": regular files of 1 B–16 KiB outside /bench,
-    sorted as ``./path`` strings; every 7th, the first 2,000; NUL-separated."""
+    """The "cat small files" workload (docs/peers.rst "Workloads"): regular files of 1 B–16 KiB
+    outside /bench, sorted as ``./path`` strings; every 7th, the first 2,000; NUL-separated."""
     files = []
     for dirpath, _dirnames, filenames in os.walk(flat):
         rel = os.path.relpath(dirpath, flat)

@@ -220,7 +220,7 @@ def write_markdown(report: Report, path: Path) -> None:
                f"{m.get('disturbed', 0)} were still disturbed after 3 repeats (marked in the runs below); "
                f"{m.get('rewarmed', 0)} warm runs were re-warmed first because caches had been dropped since "
                "the last warm run.")
-    out.append("- Only same-run ratios count (reference/peers.md §1); `*` marks workloads that peers.md does not have.")
+    out.append("- Only same-run ratios count (docs/peers.rst); `*` marks workloads the baseline lacks.")
     for label, cmd in m.get("commands", {}).items():  # type: ignore[attr-defined]
         out.append(f"- {label}: `{cmd}`")
     out.append(f"- Layer dirs: {m.get('lowerdir')}")

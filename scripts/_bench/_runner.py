@@ -1,5 +1,6 @@
 """The measuring loop: runs alternate between systems, cold runs remount after a cache drop, warm
-and write runs are guarded against other processes dropping caches (reference/peers.md §1, §3)."""
+and write runs are guarded against other processes dropping caches
+(docs/peers.rst "Noise and same-run ratios", "Workloads")."""
 
 from __future__ import annotations
 
@@ -279,7 +280,7 @@ class Runner:
 
 def verify_trees(systems: list[System], ro: dict[str, Mounted], report: Report) -> None:
     """Compare every view with the kernel overlay's (the semantics to match), entry by entry, as
-    peers.md §2 did; without the kernel overlay, with the plain dir."""
+    docs/peers.rst "The systems" says; without the kernel overlay, with the plain dir."""
     ref = "overlay" if "overlay" in ro else "native" if "native" in ro else None
     if ref is None:
         return

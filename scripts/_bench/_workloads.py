@@ -1,9 +1,10 @@
-"""The workloads, exactly as reference/peers.md §3 defines them (paths relative to the mount root).
+"""The workloads, exactly as docs/peers.rst "Workloads" defines them (paths relative to the mount root).
 
 Each workload is a timed function of the tree's root (plus, for write workloads, an untimed
 ``prepare`` on a fresh writable mount).  The timed part covers the workload only: not mount,
-unmount or setup.  ``chmod-big`` is not in peers.md: the issue asks for it (chmod of a 1 GiB lower
-file, which copies the whole file up on the kernel overlay and fuse-overlayfs).
+unmount or setup.  ``chmod-big`` is not in the baseline (docs/peers.rst "Workloads"): the issue asks
+for it (chmod of a 1 GiB lower file, which copies the whole file up on the kernel overlay and
+fuse-overlayfs).
 """
 
 from __future__ import annotations
