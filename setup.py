@@ -53,7 +53,7 @@ setup(
         "httpx>=0.27",
     ],
     extras_require={
-        "test": ["pytest>=7", "cryptography>=41"],
+        "test": ["pytest>=7", "cryptography>=41", "hypothesis>=6.90"],
         "bench": ["matplotlib>=3.7"],
         "lint": ["mypy>=1.8", "ruff>=0.4"],
     },

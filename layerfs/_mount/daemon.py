@@ -65,6 +65,7 @@ from .. import _proc
 from .._errors import MountError
 from .._store.store import Image, Store
 from . import cache as _cache
+from . import upper as _upper
 from . import merge as _merge
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,7 @@ class _Stack:
     key: str
     source: str
     image: Image | None
+    upper: _upper.Upper | None = None
 
 
 def _image_stack(store: Store, name: str, rundir: Path) -> _Stack:
@@ -288,8 +290,8 @@ def parse_lowerdir(value: str) -> list[str]:
 
 def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
           mountpoint: str | os.PathLike[str], *, foreground: bool = False, debug: bool = False,
-          engine: str = DEFAULT_ENGINE) -> MountHandle:
-    """Mount an image of the store or a stack of plain dirs, read-only, at ``mountpoint``.
+          engine: str = DEFAULT_ENGINE, upper: _upper.Upper | None = None) -> MountHandle:
+    """Mount an image of the store or a stack of plain dirs at ``mountpoint``.
 
     Args:
         store: the store holding the image (may be None for plain dirs).
@@ -298,6 +300,8 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         foreground: serve from this process and return only after the mount ends.
         debug: log every failed request (daemon log) at debug level.
         engine: "c" or "pyfuse3" (see :data:`ENGINES`).
+        upper: the checked upper and work directories of a writable mount (``_mount.upper.check``);
+            None for a read-only mount.  Only the C engine writes.
 
     Returns:
         The running mount (in the foreground case, the mount that was).
@@ -309,6 +313,8 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
     """
     if engine not in ENGINES:
         raise MountError(f"unknown engine {engine!r} (one of {', '.join(ENGINES)})")
+    if upper is not None and engine != "c":
+        raise MountError(f"the {engine} engine serves read-only mounts only (writable mounts: --engine c)")
     started = time.perf_counter()
     mnt = check_mountpoint(mountpoint)
     rundir = runtime_dir(mnt)
@@ -319,6 +325,8 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         stack = _image_stack(store, source, rundir)
     else:
         stack = _lowerdir_stack(source, rundir)
+    if upper is not None:
+        stack = dataclasses.replace(stack, upper=upper)
     t0 = time.perf_counter()
     built = _merge.ensure(stack.index_path, stack.layer_dirs, key=stack.key)
     if built is not None:
@@ -499,13 +507,21 @@ def _serve_native(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obje
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, on_signal)
     options = _cache.mount_options(fsname=f"layerfs:{stack.source}"[:200].replace(",", "_"))
+    up = stack.upper
+    work_lock = -1
+    if up is not None:
+        options.discard("ro")
+        work_lock = _upper.prepare(up)  # held (flock) until this process exits
     try:
         session = NativeSession(stack.index_path, [str(d) for d in stack.layer_dirs], str(mnt), options,
                                 entry_timeout=policy.entry_timeout, attr_timeout=policy.attr_timeout,
                                 negative_timeout=policy.negative_timeout, threads=_cache.NATIVE_THREADS, debug=debug,
-                                max_open=_cache.max_open_files())
+                                max_open=_cache.max_open_files(),
+                                upper=str(up.upper) if up else None, work=str(up.work_dir) if up else None,
+                                privileged=up.privileged if up else True, metacopy=up.metacopy if up else False)
     except RuntimeError as err:
         raise MountError(f"cannot mount on {mnt}: {err}") from None
+    del work_lock  # the fd stays open (O_CLOEXEC) for the daemon's life: the work dir stays ours
     mount_seconds = time.perf_counter() - started
     device = _cache.mount_device(str(mnt))
     loop = threading.Thread(target=session.loop, name="fuse-loop", daemon=True)

@@ -128,7 +128,7 @@ class Index:
 
 
 class NativeSession:
-    """A read-only merged mount served by the C engine (``csrc/session.c``): mounted on creation.
+    """A merged mount served by the C engine (``csrc/session.c``): mounted on creation.
 
     Args:
         index: the merged index file of the stack.
@@ -140,6 +140,10 @@ class NativeSession:
         debug: libfuse's ``-d`` request trace on stderr.
         max_open: the most backing fds kept open at once (``_cache.max_open_files``): fds are
             cached per inode and the least recently used one is closed beyond that (CLOCK).
+        upper, work: for a writable mount, the upper directory and the work directory
+            (``WORKDIR/work``, empty, on the upper's file system); both None: read-only.
+        privileged: write ``trusted.overlay.*`` markers (root) rather than ``user.overlay.*``.
+        metacopy: copy only metadata up on chmod, chown, utimes and xattr changes.
 
     Raises:
         OSError: the index or a layer dir cannot be opened.
@@ -149,9 +153,11 @@ class NativeSession:
 
     def __init__(self, index: str | os.PathLike[str], layer_dirs: list[str], mountpoint: str,
                  options: set[str], *, entry_timeout: float, attr_timeout: float, negative_timeout: float,
-                 threads: int = 1, debug: bool = False, max_open: int = 4096) -> None:
+                 threads: int = 1, debug: bool = False, max_open: int = 4096, upper: str | None = None,
+                 work: str | None = None, privileged: bool = True, metacopy: bool = False) -> None:
         self._s = _native.FuseSession(os.fspath(index), layer_dirs, mountpoint, ",".join(sorted(options)),
-                                      entry_timeout, attr_timeout, negative_timeout, threads, debug, max_open)
+                                      entry_timeout, attr_timeout, negative_timeout, threads, debug, max_open,
+                                      upper, work, privileged, metacopy)
 
     def loop(self) -> int:
         """Serve requests until the kernel ends the connection or :meth:`exit`; blocks (GIL released)."""

@@ -1,0 +1,227 @@
+"""Writable mounts: layerfs against the kernel overlay, operation by operation, and the upper in
+the kernel's own format both ways.
+
+- Differential: the same operations on a writable layerfs mount and on a kernel overlay of the
+  same lower dirs give the same results (errno included) and the same views, entry by entry
+  (hypothesis draws the operation sequences; a fixed set of named scenarios runs first).
+- Kernel format, layerfs -> kernel: after ``umount``, ``mount -t overlay`` of the same lowers on
+  layerfs's upper and work shows exactly what layerfs showed, mtimes to the nanosecond
+  (``metacopy=on`` when layerfs wrote metadata-only copy-ups, as the kernel requires).
+- Kernel format, kernel -> layerfs: an upper the kernel wrote mounts in layerfs with the kernel's view.
+
+What is compared is the view (docs/testing.rst "Comparing trees"): type, mode, owner, size, content,
+link target, xattrs, mtime of non-directories, hard-link groups.  Between two live systems mtimes of
+objects each one wrote differ by the clock (they are compared in the format tests, on one upper).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from _trees import assert_same_tree, snapshot
+from _upper import (
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    Dir,
+    Fifo,
+    File,
+    HardLink,
+    Link,
+    Whiteout,
+    kernel_overlay,
+    layerfs_writable,
+    make_layer,
+    run_op,
+)
+from conftest import require_fuse, require_root
+
+BASE = {
+    "a": File(b"base a\n"),
+    "b": File(b"b" * 5000, mode=0o4755),
+    "d": Dir(mode=0o750),
+    "d/f": File(b"f in d\n", mode=0o600, uid=1000, gid=1000, xattrs={"user.k": b"v"}),
+    "d/g": File(b"g\n"),
+    "d/sub": Dir(),
+    "d/sub/x": File(b"x\n"),
+    "hl1": File(b"linked\n"),
+    "hl2": HardLink("hl1"),
+    "sl": Link("a"),
+    "fifo": Fifo(),
+    "gone": File(b"whited out above\n"),
+    "opq": Dir(),
+    "opq/old": File(b"hidden by the opaque dir above\n"),
+    "e": Dir(),
+    "e/only": File(b"1\n"),
+}
+TOP = {
+    "t": File(b"top\n"),
+    "gone": Whiteout(),
+    "opq": Dir(opaque=True),
+    "opq/new": File(b"new\n"),
+    "d": Dir(mode=0o755, mtime=1_100_000_000),
+    "d/t2": File(b"t2\n"),
+}
+
+
+@pytest.fixture
+def lowers(tmp_path: Path) -> list[Path]:
+    """Two layer dirs in overlay form, top first."""
+    require_root()
+    require_fuse()
+    base = make_layer(tmp_path / "l1", BASE)
+    top = make_layer(tmp_path / "l2", TOP)
+    return [top, base]
+
+
+def _fresh(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
+    d = tmp_path / name
+    for sub in ("upper", "work", "mnt"):
+        (d / sub).mkdir(parents=True)
+    return d / "upper", d / "work", d / "mnt"
+
+
+def _both(tmp_path: Path, lowers: list[Path], ops: list[tuple[object, ...]], tag: str = "x") -> None:
+    """Run ``ops`` on layerfs and on the kernel overlay; compare results and views; then check
+    that the kernel reads layerfs's upper as layerfs showed it, and layerfs the kernel's."""
+    lu, lw, lm = _fresh(tmp_path, f"lfs-{tag}")
+    ku, kw, km = _fresh(tmp_path, f"krn-{tag}")
+    with kernel_overlay(lowers, ku, kw, km):
+        kernel_results = [run_op(km, op) for op in ops]
+        kernel_view = snapshot(km)
+        kernel_view_untimed = snapshot(km, mtimes=False)
+    with layerfs_writable(lowers, lu, lw, lm):
+        ours = [run_op(lm, op) for op in ops]
+        our_view = snapshot(lm)
+        our_view_untimed = snapshot(lm, mtimes=False)
+    mismatched = [f"{op}: kernel {k}, layerfs {o}" for op, k, o in zip(ops, kernel_results, ours) if k != o]
+    assert mismatched == [], "\n".join(mismatched)
+    assert_same_tree(our_view_untimed, kernel_view_untimed, names=("layerfs", "kernel"))
+    # layerfs's upper, read by the kernel: the same view, times included
+    _, _, km2 = _fresh(tmp_path, f"krn2-{tag}")
+    with kernel_overlay(lowers, lu, lw, km2, options="metacopy=on"):
+        assert_same_tree(snapshot(km2), our_view, names=("kernel on layerfs's upper", "layerfs"))
+    # the kernel's upper, read by layerfs
+    _, _, lm2 = _fresh(tmp_path, f"lfs2-{tag}")
+    with layerfs_writable(lowers, ku, kw, lm2):
+        assert_same_tree(snapshot(lm2), kernel_view, names=("layerfs on the kernel's upper", "kernel"))
+
+
+SCENARIOS: dict[str, list[tuple[object, ...]]] = {
+    "create, append, overwrite": [
+        ("write", "new", b"hello\n", "w"), ("write", "a", b"more\n", "a"), ("write", "t", b"TOP", "r+"),
+        ("read", "a"), ("read", "t"), ("read", "new"), ("write", "new", b"x", "x"),
+    ],
+    "unlink lower, upper and missing": [
+        ("unlink", "a"), ("unlink", "a"), ("write", "n", b"1", "w"), ("unlink", "n"), ("listdir", "."),
+        ("unlink", "d"), ("unlink", "d/f"), ("listdir", "d"), ("read", "d/g"),
+    ],
+    "rmdir and re-create is opaque": [
+        ("rmdir", "d"), ("unlink", "d/f"), ("unlink", "d/g"), ("unlink", "d/t2"), ("rmdir", "d"),
+        ("rmtree", "d/sub"), ("rmdir", "d"), ("mkdir", "d"), ("listdir", "d"), ("stat", "d"),
+        ("rmdir", "e"), ("rmtree", "e"), ("mkdir", "e"), ("listdir", "e"),
+    ],
+    "rename files, EXDEV for lower dirs": [
+        ("rename", "a", "a2", 0), ("read", "a2"), ("rename", "d", "d2", 0), ("rename", "d/sub", "sub2", 0),
+        ("mkdir", "nd"), ("write", "nd/x", b"x", "w"), ("rename", "nd", "nd2", 0), ("listdir", "nd2"),
+        ("rename", "t", "hl1", 0), ("read", "hl1"), ("read", "hl2"), ("rename", "nd2", "e", 0),
+        ("rename", "e/only", "e/only2", 0), ("listdir", "e"),
+    ],
+    "rename flags": [
+        ("rename", "a", "t", RENAME_NOREPLACE), ("rename", "a", "zz", RENAME_NOREPLACE), ("read", "zz"),
+        ("rename", "zz", "t", RENAME_EXCHANGE), ("read", "zz"), ("read", "t"),
+        ("rename", "t", "nothere", RENAME_EXCHANGE), ("mkdir", "m1"), ("mkdir", "m2"),
+        ("write", "m1/f", b"1", "w"), ("rename", "m1", "m2", RENAME_EXCHANGE), ("listdir", "m2"),
+        ("rename", "m2", "d", RENAME_EXCHANGE),
+    ],
+    "metadata copy-up": [
+        ("chmod", "b", 0o700), ("stat", "b"), ("read", "b"), ("chown", "d/f", 12, 34), ("stat", "d/f"),
+        ("utime", "a", 1_234_567_890_123_456_789), ("setxattr", "d/g", "user.new", b"1"),
+        ("removexattr", "d/f", "user.k"), ("removexattr", "d/f", "user.k"), ("removexattr", "a", "user.none"),
+        ("chmod", "d", 0o700), ("stat", "d"), ("truncate", "b", 10), ("read", "b"), ("truncate", "hl1", 0),
+    ],
+    "hard links": [
+        ("write", "hl1", b"changed\n", "a"), ("read", "hl1"), ("read", "hl2"), ("stat", "hl1"), ("stat", "hl2"),
+        ("link", "a", "a-link"), ("write", "a-link", b"via link\n", "a"), ("read", "a"), ("stat", "a"),
+        ("link", "d", "dlink"), ("link", "nothere", "x"), ("link", "a", "t"), ("unlink", "a"), ("read", "a-link"),
+    ],
+    "symlinks, fifos and names": [
+        ("symlink", "a", "s2"), ("read", "s2"), ("symlink", "x", "sl"), ("unlink", "sl"), ("symlink", "t", "sl"),
+        ("read", "sl"), ("mkfifo", "ff"), ("stat", "ff"), ("stat", "fifo"), ("chmod", "fifo", 0o600),
+        ("write", "n" * 255, b"long", "w"), ("read", "n" * 255), ("write", "n" * 256, b"x", "w"),
+        ("unlink", "gone"), ("write", "gone", b"back\n", "w"), ("read", "gone"), ("listdir", "opq"),
+        ("unlink", "opq/new"), ("listdir", "opq"), ("write", "opq/old", b"1", "w"), ("listdir", "opq"),
+    ],
+    "directories: mkdir over files, rmdir errors": [
+        ("mkdir", "a"), ("mkdir", "nd"), ("mkdir", "nd"), ("rmdir", "a"), ("rmdir", "nothere"),
+        ("write", "nd/f", b"1", "w"), ("rmdir", "nd"), ("unlink", "nd/f"), ("rmdir", "nd"), ("stat", "nd"),
+        ("write", "d/sub/y", b"y", "w"), ("rmtree", "d"), ("listdir", "."), ("mkdir", "d"), ("listdir", "d"),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", SCENARIOS, ids=list(SCENARIOS))
+def test_scenario_matches_the_kernel(name: str, lowers: list[Path], tmp_path: Path) -> None:
+    _both(tmp_path, lowers, SCENARIOS[name], tag="s")
+
+
+def test_upper_is_the_kernel_format_markers(lowers: list[Path], tmp_path: Path) -> None:
+    """The upper holds the kernel's markers, no OCI files: 0/0 whiteouts, opaque xattrs."""
+    u, w, m = _fresh(tmp_path, "fmt")
+    with layerfs_writable(lowers, u, w, m):
+        os.unlink(m / "a")
+        import shutil
+        shutil.rmtree(m / "d")
+        os.mkdir(m / "d")
+    st = os.lstat(u / "a")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    assert os.getxattr(u / "d", "trusted.overlay.opaque") == b"y"
+    assert not [p for p in u.rglob("*") if p.name.startswith(".wh.")]
+    assert os.listdir(w / "work") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Random operation sequences (hypothesis): CI runs a fixed number of examples; scripts/fuzz-upper
+# (LAYERFS_UPPER_EXAMPLES=N) runs as many as asked.
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_EXISTING = [p for p, w in {**BASE, **TOP}.items() if not isinstance(w, Whiteout)] + ["gone", "opq/old"]
+_NEW = ["n1", "n2", "d/n3", "nd", "nd/n4", "d/sub/n5", "opq/n6", "e/n7"]
+_paths = st.sampled_from(sorted(set(_EXISTING + _NEW)))
+_data = st.sampled_from([b"", b"x", b"hello\n", b"z" * 5000])
+
+_op = st.one_of(
+    st.tuples(st.just("write"), _paths, _data, st.sampled_from(["w", "a", "r+", "x"])),
+    st.tuples(st.just("read"), _paths),
+    st.tuples(st.just("truncate"), _paths, st.sampled_from([0, 3, 7000])),
+    st.tuples(st.just("mkdir"), _paths),
+    st.tuples(st.just("rmdir"), _paths),
+    st.tuples(st.just("unlink"), _paths),
+    st.tuples(st.just("rename"), _paths, _paths, st.sampled_from([0, 0, RENAME_NOREPLACE, RENAME_EXCHANGE])),
+    st.tuples(st.just("symlink"), st.sampled_from(["a", "../x", "d/f"]), _paths),
+    st.tuples(st.just("link"), _paths, _paths),
+    st.tuples(st.just("chmod"), _paths, st.sampled_from([0o600, 0o755, 0o4711, 0o1777])),
+    st.tuples(st.just("chown"), _paths, st.sampled_from([0, 7]), st.sampled_from([0, 9])),
+    st.tuples(st.just("utime"), _paths, st.sampled_from([0, 1_500_000_000_123_456_789])),
+    st.tuples(st.just("setxattr"), _paths, st.sampled_from(["user.a", "trusted.t"]), _data),
+    st.tuples(st.just("removexattr"), _paths, st.sampled_from(["user.a", "user.k"])),
+    st.tuples(st.just("mkfifo"), _paths),
+    st.tuples(st.just("listdir"), _paths),
+    st.tuples(st.just("stat"), _paths),
+    st.tuples(st.just("rmtree"), st.sampled_from(["d", "e", "opq", "nd", "d/sub"])),
+)
+
+_EXAMPLES = int(os.environ.get("LAYERFS_UPPER_EXAMPLES", "25"))
+
+
+@settings(max_examples=_EXAMPLES, deadline=None, derandomize="LAYERFS_UPPER_EXAMPLES" not in os.environ,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(ops=st.lists(_op, min_size=1, max_size=25))
+def test_random_operations_match_the_kernel(ops: list[tuple[object, ...]], lowers: list[Path], tmp_path: Path) -> None:
+    import uuid
+
+    _both(tmp_path, lowers, ops, tag=uuid.uuid4().hex[:8])
