@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -308,4 +309,258 @@ def test_malformed_index_is_refused(tmp_path: Path) -> None:
         Index(path)
     path.write_bytes(data[:100])
     with pytest.raises(ValueError):
+        Index(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-corrupted index files: each is refused at load (csrc/merge.c lfs_index_open), so that no
+# request can walk a parent cycle or a directory cycle, or pass a name that is not a component.
+
+class _Parsed:
+    """An index file taken apart into editable fields, and packed again (offsets recomputed)."""
+
+    # NODE field positions
+    MODE, LAYER, PARENT, NAME_OFF, NAME_LEN, FIRST_DENT, N_DENTS = 0, 10, 11, 12, 13, 14, 15
+    XATTR_OFF, XATTR_LEN, TARGET_OFF, TARGET_LEN = 16, 17, 18, 19
+
+    def __init__(self, data: bytes) -> None:
+        self.header = list(_merge.HEADER.unpack_from(data))
+        n_nodes, n_dents, off_nodes, off_dents, off_blob, blob_size = (self.header[i] for i in (3, 4, 5, 6, 7, 8))
+        self.nodes = [list(_merge.NODE.unpack_from(data, off_nodes + i * _merge.NODE.size)) for i in range(n_nodes)]
+        self.dents = [list(_merge.DENT.unpack_from(data, off_dents + i * _merge.DENT.size)) for i in range(n_dents)]
+        self.blob = bytearray(data[off_blob:off_blob + blob_size])
+
+    def dent_of(self, dir_ino: int, name: bytes) -> list[int]:
+        node = self.nodes[dir_ino]
+        for d in self.dents[node[self.FIRST_DENT]:node[self.FIRST_DENT] + node[self.N_DENTS]]:
+            if bytes(self.blob[d[0]:d[0] + d[1]]) == name:
+                return d
+        raise KeyError(name)
+
+    def pack(self) -> bytes:
+        h = self.header
+        h[3], h[4] = len(self.nodes), len(self.dents)
+        h[5] = _merge.HEADER.size
+        h[6] = h[5] + _merge.NODE.size * len(self.nodes)
+        h[7] = h[6] + _merge.DENT.size * len(self.dents)
+        h[8] = len(self.blob)
+        return b"".join([_merge.HEADER.pack(*h), *(_merge.NODE.pack(*n) for n in self.nodes),
+                         *(_merge.DENT.pack(*d) for d in self.dents), bytes(self.blob)])
+
+
+def _set_name(p: _Parsed, ino: int, value: bytes) -> None:
+    """Overwrite the name bytes of node ``ino`` (shared with the entry that lists it)."""
+    node = p.nodes[ino]
+    assert len(value) == node[p.NAME_LEN]
+    p.blob[node[p.NAME_OFF]:node[p.NAME_OFF] + len(value)] = value
+
+
+#: The stack every corruption starts from: a, d, s, LONG (root); d/b, d/ee, d/f; d/ee/c.
+_GOOD_STACK = [["f a 1", "x a user.k=v", "f d/b 2", "f d/ee/c 3", "d d/f", "l s target", f"f {LONG} x"]]
+
+Ino = Callable[[str], int]
+#: name -> (what the refusal says, the edit).
+CORRUPTIONS: dict[str, tuple[str, Callable[[_Parsed, Ino], None]]] = {}
+
+
+def corruption(name: str, reason: str) -> Callable[[Callable[[_Parsed, Ino], None]], None]:
+    def register(fn: Callable[[_Parsed, Ino], None]) -> None:
+        CORRUPTIONS[name] = (reason, fn)
+    return register
+
+
+P = _Parsed
+
+
+@corruption("two nodes each other's parent", "parent is not numbered before")
+def _(p: P, ino: Ino) -> None:
+    p.nodes[ino("d/ee")][P.PARENT] = ino("d/ee/c")
+
+
+@corruption("a node its own parent", "parent is not numbered before")
+def _(p: P, ino: Ino) -> None:
+    p.nodes[ino("d/b")][P.PARENT] = ino("d/b")
+
+
+@corruption("parent zero", "parent is not numbered before")
+def _(p: P, ino: Ino) -> None:
+    p.nodes[ino("a")][P.PARENT] = 0
+
+
+@corruption("root's parent another node", "the root")
+def _(p: P, ino: Ino) -> None:
+    p.nodes[1][P.PARENT] = ino("d")
+
+
+@corruption("root not a directory", "the root")
+def _(p: P, ino: Ino) -> None:
+    p.nodes[1][P.MODE] = stat.S_IFREG | 0o755
+
+
+@corruption("parent a file", "parent is not a directory")
+def _(p: P, ino: Ino) -> None:
+    p.nodes[ino("d/ee/c")][P.PARENT] = ino("a")
+
+
+@corruption("name holds a slash", "node's name")
+def _(p: P, ino: Ino) -> None:
+    _set_name(p, ino("d/b"), b"/")
+
+
+@corruption("name holds NUL", "node's name")
+def _(p: P, ino: Ino) -> None:
+    _set_name(p, ino("d/b"), b"\0")
+
+
+@corruption("name is dot", "node's name")
+def _(p: P, ino: Ino) -> None:
+    _set_name(p, ino("d/b"), b".")
+
+
+@corruption("name is dotdot", "node's name")
+def _(p: P, ino: Ino) -> None:
+    _set_name(p, ino("d/ee"), b"..")
+
+
+@corruption("name empty", "node's name")
+def _(p: P, ino: Ino) -> None:
+    p.nodes[ino("d/b")][P.NAME_LEN] = 0
+    p.dent_of(ino("d"), b"b")[1] = 0
+
+
+@corruption("name longer than 255 bytes", "node's name")
+def _(p: P, ino: Ino) -> None:
+    p.blob += b"n" * 256
+    p.nodes[ino(LONG)][P.NAME_OFF] = len(p.blob) - 256
+    p.nodes[ino(LONG)][P.NAME_LEN] = 256
+
+
+@corruption("entry name holds a slash", "entry's name")
+def _(p: P, ino: Ino) -> None:
+    dent = p.dent_of(ino("d"), b"b")
+    p.blob += b"x/y"
+    dent[0], dent[1] = len(p.blob) - 3, 3
+
+
+@corruption("entry name empty", "entry's name")
+def _(p: P, ino: Ino) -> None:
+    p.dent_of(ino("d"), b"b")[1] = 0
+
+
+@corruption("directory cycle through an entry", "not its parent")
+def _(p: P, ino: Ino) -> None:
+    p.dent_of(ino("d/ee"), b"c")[2] = ino("d")  # d/ee/c is d: find would never end
+
+
+@corruption("directory listed under a second name", "not its parent")
+def _(p: P, ino: Ino) -> None:
+    p.dent_of(1, b"a")[2] = ino("d")
+
+
+@corruption("entry names the root", "names no node, or the root")
+def _(p: P, ino: Ino) -> None:
+    p.dent_of(ino("d"), b"b")[2] = 1
+
+
+@corruption("entry names no node", "names no node")
+def _(p: P, ino: Ino) -> None:
+    p.dent_of(ino("d"), b"b")[2] = len(p.nodes)
+
+
+@corruption("entries out of order", "not sorted")
+def _(p: P, ino: Ino) -> None:
+    first = p.nodes[ino("d")][P.FIRST_DENT]
+    p.dents[first], p.dents[first + 1] = p.dents[first + 1], p.dents[first]
+
+
+@corruption("entry ranges overlap", "entry range")
+def _(p: P, ino: Ino) -> None:
+    p.nodes[ino("d/ee")][P.FIRST_DENT] = p.nodes[ino("d")][P.FIRST_DENT]
+
+
+@corruption("an entry of no directory", "no directory")
+def _(p: P, ino: Ino) -> None:
+    p.dents.append(list(p.dents[0]))
+
+
+@corruption("a file lists entries", "non-directory lists")
+def _(p: P, ino: Ino) -> None:
+    p.nodes[ino("a")][P.N_DENTS] = 1
+
+
+@corruption("a node its parent does not list", "not listed by its parent")
+def _(p: P, ino: Ino) -> None:
+    p.nodes[ino("a")][P.NAME_OFF] = p.nodes[ino("s")][P.NAME_OFF]  # a calls itself s
+
+
+@corruption("symlink target holds NUL", "target")
+def _(p: P, ino: Ino) -> None:
+    p.blob[p.nodes[ino("s")][P.TARGET_OFF]] = 0
+
+
+@corruption("a file with a target", "has a target")
+def _(p: P, ino: Ino) -> None:
+    p.nodes[ino("a")][P.TARGET_OFF] = p.nodes[ino("s")][P.TARGET_OFF]
+    p.nodes[ino("a")][P.TARGET_LEN] = p.nodes[ino("s")][P.TARGET_LEN]
+
+
+@corruption("xattr name holds NUL", "xattr name")
+def _(p: P, ino: Ino) -> None:
+    p.blob[p.nodes[ino("a")][P.XATTR_OFF] + 8] = 0
+
+
+@corruption("xattr records overrun their range", "tile")
+def _(p: P, ino: Ino) -> None:
+    p.nodes[ino("a")][P.XATTR_LEN] -= 1
+
+
+@corruption("unknown file type", "file type")
+def _(p: P, ino: Ino) -> None:
+    p.nodes[ino("a")][P.MODE] = 0o170644
+
+
+@corruption("layer beyond the stack", "layer")
+def _(p: P, ino: Ino) -> None:
+    p.nodes[ino("a")][P.LAYER] = 5
+
+
+@corruption("no layer", "no layer")
+def _(p: P, ino: Ino) -> None:
+    p.header[2] = 0
+
+
+@pytest.fixture(scope="module")
+def good_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, dict[str, int]]:
+    """The index bytes of _GOOD_STACK, and the inode of each path in it."""
+    base = tmp_path_factory.mktemp("good")
+    layers = build_stack(base, _GOOD_STACK, kernel_form=False)
+    index = build_index(base / "index", layers)
+    inos = {}
+    for path in ("a", "d", "s", LONG, "d/b", "d/ee", "d/f", "d/ee/c"):
+        ino = 1
+        for part in path.split("/"):
+            ino = index.lookup(ino, part.encode())
+        assert ino > 1, path
+        inos[path] = ino
+    return index.file.read_bytes(), inos
+
+
+def test_the_uncorrupted_index_loads(good_index: tuple[bytes, dict[str, int]], tmp_path: Path) -> None:
+    """Packing the parsed file again gives the same bytes, which load: each case below differs by its edit only."""
+    data, _ = good_index
+    assert _Parsed(data).pack() == data
+    (tmp_path / "ok.idx").write_bytes(_Parsed(data).pack())
+    Index(tmp_path / "ok.idx")
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_corrupt_index_is_refused_at_load(name: str, good_index: tuple[bytes, dict[str, int]],
+                                          tmp_path: Path) -> None:
+    data, inos = good_index
+    reason, edit = CORRUPTIONS[name]
+    parsed = _Parsed(data)
+    edit(parsed, inos.__getitem__)
+    path = tmp_path / "bad.idx"
+    path.write_bytes(parsed.pack())
+    with pytest.raises(ValueError, match=f"not a layerfs merged index.*{re.escape(reason)}"):
         Index(path)
