@@ -304,7 +304,8 @@ static PyObject *Index_lookup(IndexObject *self, PyObject *const *args, Py_ssize
         return NULL;
     if ((dir->mode & S_IFMT) != S_IFDIR)
         return os_error(ENOTDIR);
-    PyBytes_AsStringAndSize(args[1], &name, &len);
+    if (PyBytes_AsStringAndSize(args[1], &name, &len) < 0)
+        return NULL;
     if (len > LFS_NAME_MAX)
         return os_error(ENAMETOOLONG);
     if (len == 1 && name[0] == '.')
@@ -343,10 +344,10 @@ static PyObject *Index_readdir(IndexObject *self, PyObject *const *args, Py_ssiz
     unsigned long long ino, start, count;
     if (!_PyArg_CheckPositional("readdir", nargs, 3, 3))
         return NULL;
-    ino = PyLong_AsUnsignedLongLong(args[0]);
-    start = PyLong_AsUnsignedLongLong(args[1]);
-    count = PyLong_AsUnsignedLongLong(args[2]);
-    if (PyErr_Occurred())
+    /* one at a time: no C API call may run with an exception pending */
+    if (((ino = PyLong_AsUnsignedLongLong(args[0])) == (unsigned long long)-1 && PyErr_Occurred()) ||
+        ((start = PyLong_AsUnsignedLongLong(args[1])) == (unsigned long long)-1 && PyErr_Occurred()) ||
+        ((count = PyLong_AsUnsignedLongLong(args[2])) == (unsigned long long)-1 && PyErr_Occurred()))
         return NULL;
     const struct lfs_node *dir = get_node(self, ino);
     if (dir == NULL)

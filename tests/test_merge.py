@@ -564,3 +564,17 @@ def test_corrupt_index_is_refused_at_load(name: str, good_index: tuple[bytes, di
     path.write_bytes(parsed.pack())
     with pytest.raises(ValueError, match=f"not a layerfs merged index.*{re.escape(reason)}"):
         Index(path)
+
+
+def test_bad_arguments_raise_the_first_error(good_index: tuple[bytes, dict[str, int]], tmp_path: Path) -> None:
+    """Each argument is converted only while no exception is pending (the C API's rule): the
+    error raised is the first argument's, not one a later conversion set on top of it."""
+    (tmp_path / "ok.idx").write_bytes(good_index[0])
+    index = Index(tmp_path / "ok.idx")
+    with pytest.raises(OverflowError):
+        index.readdir(-1, "not an int", 1)  # type: ignore[arg-type]
+    with pytest.raises(OverflowError):
+        index.readdir(1, -1, "not an int")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        index.readdir("not an int", 0, -1)  # type: ignore[arg-type]
+    assert index.readdir(1, 0, 100)  # still usable
