@@ -11,6 +11,10 @@
  * addressed), and the Python walk costs ~8 us per entry (~200 ms for 25k entries), most of it
  * interpreter work around the system calls.  Measured: see the _merge docstring.
  *
+ * Memory: every allocation goes through mb_malloc & co., which count live blocks and can be made
+ * to fail (tests/test_merge.py fails each allocation of a build in turn and checks that nothing
+ * stays allocated).
+ *
  * GIL: released for the whole walk.  Errors: OSError (with the path) when a layer dir, an entry's
  * lstat or a symlink target cannot be read; unreadable xattrs count as none (as in Python).
  */
@@ -37,6 +41,61 @@ static const char *const whiteout_xattrs[] = {"trusted.overlay.whiteout", "user.
 static const char *const private_prefixes[] = {"trusted.overlay.", "user.overlay.", "user.fuseoverlayfs."};
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
+/* ---- allocations ---------------------------------------------------------------------------- */
+
+/* Every allocation of a build goes through these, so that a test can make the nth one fail and
+ * check that the failed build freed all it had (merge_build_faults below).  Both counters are
+ * shared by threads that run builds without the GIL: relaxed atomics. */
+static long live_blocks;    /* blocks allocated and not yet freed */
+static long fail_countdown; /* 0: never fail; n: the nth allocation from now fails */
+
+static int injected_failure(void)
+{
+    long n = __atomic_load_n(&fail_countdown, __ATOMIC_RELAXED);
+    while (n > 0)
+        if (__atomic_compare_exchange_n(&fail_countdown, &n, n - 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            return n == 1;
+    return 0;
+}
+
+static void *counted(void *p)
+{
+    if (p != NULL)
+        __atomic_add_fetch(&live_blocks, 1, __ATOMIC_RELAXED);
+    return p;
+}
+
+static void *mb_malloc(size_t size)
+{
+    return injected_failure() ? NULL : counted(malloc(size));
+}
+
+static void *mb_calloc(size_t n, size_t size)
+{
+    return injected_failure() ? NULL : counted(calloc(n, size));
+}
+
+static char *mb_strdup(const char *s)
+{
+    return injected_failure() ? NULL : counted(strdup(s));
+}
+
+/* realloc: p == NULL allocates a block; on failure p stays allocated (and counted). */
+static void *mb_realloc(void *p, size_t size)
+{
+    if (injected_failure())
+        return NULL;
+    void *q = realloc(p, size);
+    return p == NULL ? counted(q) : q;
+}
+
+static void mb_free(void *p)
+{
+    if (p != NULL)
+        __atomic_sub_fetch(&live_blocks, 1, __ATOMIC_RELAXED);
+    free(p);
+}
+
 /* ---- growable buffers ---------------------------------------------------------------------- */
 
 struct buf {
@@ -51,7 +110,7 @@ static int buf_reserve(struct buf *b, size_t more)
     size_t cap = b->cap ? b->cap : 4096;
     while (cap < b->len + more)
         cap *= 2;
-    char *p = realloc(b->data, cap);
+    char *p = mb_realloc(b->data, cap);
     if (p == NULL)
         return -ENOMEM;
     b->data = p;
@@ -112,14 +171,14 @@ static int read_xattrs(const char *path, struct xattrs *out)
         ssize_t want = llistxattr(path, NULL, 0);
         if (want <= 0)
             return 0;
-        names = malloc(want);
+        names = mb_malloc(want);
         if (names == NULL)
             return -ENOMEM;
         n = llistxattr(path, names, want);
     }
     if (n <= 0) {
         if (names != stackbuf)
-            free(names);
+            mb_free(names);
         return 0;
     }
     struct xname list[256], *xl = list;
@@ -127,12 +186,12 @@ static int read_xattrs(const char *path, struct xattrs *out)
     for (ssize_t i = 0; i < n;) {
         size_t len = strnlen(names + i, n - i);
         if (count == cap) {
-            struct xname *bigger = malloc(sizeof *bigger * cap * 2);
+            struct xname *bigger = mb_malloc(sizeof *bigger * cap * 2);
             if (bigger == NULL)
                 goto nomem;
             memcpy(bigger, xl, sizeof *xl * count);
             if (xl != list)
-                free(xl);
+                mb_free(xl);
             xl = bigger;
             cap *= 2;
         }
@@ -152,14 +211,14 @@ static int read_xattrs(const char *path, struct xattrs *out)
             ssize_t want = lgetxattr(path, name, NULL, 0);
             if (want < 0)
                 continue;
-            val = malloc(want ? want : 1);
+            val = mb_malloc(want ? want : 1);
             if (val == NULL)
                 goto nomem_vis;
             vl = lgetxattr(path, name, val, want);
         }
         if (vl < 0) {
             if (val != valbuf)
-                free(val);
+                mb_free(val);
             continue;
         }
         if (vl == 1 && val[0] == 'y' && in_list(name, opaque_xattrs, NELEM(opaque_xattrs)))
@@ -177,27 +236,27 @@ static int read_xattrs(const char *path, struct xattrs *out)
             if (buf_add(&vis, head, 8, NULL) < 0 || buf_add(&vis, name, xl[i].len, NULL) < 0 ||
                 buf_add(&vis, val, vl, NULL) < 0) {
                 if (val != valbuf)
-                    free(val);
+                    mb_free(val);
                 goto nomem_vis;
             }
         }
         if (val != valbuf)
-            free(val);
+            mb_free(val);
     }
     out->visible = vis.data;
     out->visible_len = (uint32_t)vis.len;
     if (xl != list)
-        free(xl);
+        mb_free(xl);
     if (names != stackbuf)
-        free(names);
+        mb_free(names);
     return 0;
 nomem_vis:
-    free(vis.data);
+    mb_free(vis.data);
 nomem:
     if (xl != list)
-        free(xl);
+        mb_free(xl);
     if (names != stackbuf)
-        free(names);
+        mb_free(names);
     return -ENOMEM;
 }
 
@@ -216,7 +275,7 @@ static int layers_add(struct layers *l, int li, int holds_x)
 {
     if (l->n == l->cap) {
         int cap = l->cap ? l->cap * 2 : 4;
-        struct lay *p = realloc(l->v, sizeof *p * cap);
+        struct lay *p = mb_realloc(l->v, sizeof *p * cap);
         if (p == NULL)
             return -ENOMEM;
         l->v = p;
@@ -275,7 +334,7 @@ static uint64_t hash_bytes(const char *s, size_t n)
 
 static int ch_rehash(struct builder *b, size_t cap)
 {
-    uint32_t *t = calloc(cap, sizeof *t);
+    uint32_t *t = mb_calloc(cap, sizeof *t);
     if (t == NULL)
         return -ENOMEM;
     for (size_t i = 0; i < b->ch_len; i++) {
@@ -284,7 +343,7 @@ static int ch_rehash(struct builder *b, size_t cap)
             h = (h + 1) & (cap - 1);
         t[h] = (uint32_t)i + 1;
     }
-    free(b->ch_hash);
+    mb_free(b->ch_hash);
     b->ch_hash = t;
     b->ch_hash_cap = cap;
     return 0;
@@ -308,7 +367,7 @@ static struct child *ch_add(struct builder *b, const char *name, size_t len)
 {
     if (b->ch_len == b->ch_cap) {
         size_t cap = b->ch_cap ? b->ch_cap * 2 : 64;
-        struct child *p = realloc(b->ch, sizeof *p * cap);
+        struct child *p = mb_realloc(b->ch, sizeof *p * cap);
         if (p == NULL)
             return NULL;
         b->ch = p;
@@ -319,7 +378,7 @@ static struct child *ch_add(struct builder *b, const char *name, size_t len)
         return NULL;
     struct child *c = &b->ch[b->ch_len];
     memset(c, 0, sizeof *c);
-    c->name = malloc(len + 1);
+    c->name = mb_malloc(len + 1);
     if (c->name == NULL)
         return NULL;
     memcpy(c->name, name, len + 1);
@@ -335,9 +394,9 @@ static struct child *ch_add(struct builder *b, const char *name, size_t len)
 static void ch_clear(struct builder *b)
 {
     for (size_t i = 0; i < b->ch_len; i++) {
-        free(b->ch[i].name);
-        free(b->ch[i].xa.visible);
-        free(b->ch[i].layers.v);
+        mb_free(b->ch[i].name);
+        mb_free(b->ch[i].xa.visible);
+        mb_free(b->ch[i].layers.v);
     }
     b->ch_len = 0;
     if (b->ch_hash)
@@ -348,7 +407,7 @@ static int link_find(struct builder *b, uint32_t layer, const struct stat *st, u
 {
     if (b->links_len * 2 >= b->links_cap) {
         size_t cap = b->links_cap ? b->links_cap * 2 : 256;
-        struct link *t = calloc(cap, sizeof *t);
+        struct link *t = mb_calloc(cap, sizeof *t);
         if (t == NULL)
             return -ENOMEM;
         for (size_t i = 0; i < b->links_cap; i++) {
@@ -359,7 +418,7 @@ static int link_find(struct builder *b, uint32_t layer, const struct stat *st, u
                 h = (h + 1) & (cap - 1);
             t[h] = b->links[i];
         }
-        free(b->links);
+        mb_free(b->links);
         b->links = t;
         b->links_cap = cap;
     }
@@ -427,7 +486,7 @@ static int q_push(struct builder *b, uint32_t ino, char *rel, struct layers laye
 {
     if (b->q_len == b->q_cap) {
         size_t cap = b->q_cap ? b->q_cap * 2 : 256;
-        struct dirjob *p = realloc(b->q, sizeof *p * cap);
+        struct dirjob *p = mb_realloc(b->q, sizeof *p * cap);
         if (p == NULL)
             return -ENOMEM;
         b->q = p;
@@ -465,14 +524,14 @@ static int merge_dir(struct builder *b, struct dirjob *job)
         whiteouts.len = 0;
         const char *root = b->roots[li];
         if (snprintf(path, sizeof path, "%s/%s", root, job->rel) >= (int)sizeof path)
-            return free(whiteouts.data), fail(b, ENAMETOOLONG, root, job->rel, NULL);
+            return mb_free(whiteouts.data), fail(b, ENAMETOOLONG, root, job->rel, NULL);
         int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd < 0)
-            return free(whiteouts.data), fail(b, errno, root, job->rel, NULL);
+            return mb_free(whiteouts.data), fail(b, errno, root, job->rel, NULL);
         DIR *d = fdopendir(dfd);
         if (d == NULL) {
             close(dfd);
-            return free(whiteouts.data), fail(b, errno, root, job->rel, NULL);
+            return mb_free(whiteouts.data), fail(b, errno, root, job->rel, NULL);
         }
         size_t plen = strlen(path);
         struct dirent *de;
@@ -517,14 +576,14 @@ static int merge_dir(struct builder *b, struct dirjob *job)
             }
             if (c == NULL) {
                 if ((c = ch_add(b, name, len)) == NULL) {
-                    free(xa.visible);
+                    mb_free(xa.visible);
                     rc = -ENOMEM;
                     break;
                 }
                 c->layer = li;
                 if (is_whiteout(&st, &xa, holds_x)) {
                     c->hidden = 1;
-                    free(xa.visible);
+                    mb_free(xa.visible);
                     continue;
                 }
                 c->st = st;
@@ -538,14 +597,14 @@ static int merge_dir(struct builder *b, struct dirjob *job)
                 int add = layers_add(&c->layers, li, xa.holds_x);
                 if (xa.opaque)
                     c->open = 0;
-                free(xa.visible);
+                mb_free(xa.visible);
                 if (add < 0) {
                     rc = -ENOMEM;
                     break;
                 }
             } else {
                 if (have_xa)
-                    free(xa.visible);
+                    mb_free(xa.visible);
                 c->open = 0; /* a whiteout or a non-directory ends the merge */
             }
             errno = 0;
@@ -554,7 +613,7 @@ static int merge_dir(struct builder *b, struct dirjob *job)
             rc = fail(b, errno, root, job->rel, NULL);
         closedir(d);
         if (rc < 0) {
-            free(whiteouts.data);
+            mb_free(whiteouts.data);
             return rc;
         }
         for (size_t off = 0; off < whiteouts.len;) { /* .wh.X hides X in the layers below only */
@@ -563,7 +622,7 @@ static int merge_dir(struct builder *b, struct dirjob *job)
             struct child *c = ch_find(b, name, len);
             if (c == NULL) {
                 if ((c = ch_add(b, name, len)) == NULL) {
-                    free(whiteouts.data);
+                    mb_free(whiteouts.data);
                     return -ENOMEM;
                 }
                 c->layer = li;
@@ -578,7 +637,7 @@ static int merge_dir(struct builder *b, struct dirjob *job)
             break;
         }
     }
-    free(whiteouts.data);
+    mb_free(whiteouts.data);
     /* the hash refers to positions: sorting invalidates it, so it is cleared by ch_clear next */
     qsort(b->ch, b->ch_len, sizeof *b->ch, child_cmp);
     uint32_t first = b->n_dents;
@@ -622,7 +681,7 @@ static int merge_dir(struct builder *b, struct dirjob *job)
                 return rc;
             if (is_dir) {
                 size_t rl = strlen(job->rel);
-                char *rel = malloc(rl + c->name_len + 2);
+                char *rel = mb_malloc(rl + c->name_len + 2);
                 if (rel == NULL)
                     return -ENOMEM;
                 memcpy(rel, job->rel, rl);
@@ -631,7 +690,7 @@ static int merge_dir(struct builder *b, struct dirjob *job)
                 rel[rl + c->name_len + 1] = '\0';
                 rc = q_push(b, child_ino, rel, c->layers, 0);
                 if (rc < 0) {
-                    free(rel);
+                    mb_free(rel);
                     return rc;
                 }
                 c->layers = (struct layers){0}; /* moved into the queue */
@@ -667,36 +726,40 @@ static int build(struct builder *b, const char *key, size_t key_len)
     struct layers root_layers = {0};
     for (int li = top; li >= 0; li--) {
         struct xattrs xa;
-        if ((rc = read_xattrs(b->roots[li], &xa)) < 0)
+        if ((rc = read_xattrs(b->roots[li], &xa)) < 0) {
+            mb_free(root_layers.v);
             return rc;
-        free(xa.visible);
-        if (layers_add(&root_layers, li, xa.holds_x) < 0)
+        }
+        mb_free(xa.visible);
+        if (layers_add(&root_layers, li, xa.holds_x) < 0) {
+            mb_free(root_layers.v);
             return -ENOMEM;
+        }
     }
     struct stat st;
     if (lstat(b->roots[top], &st) < 0) {
-        free(root_layers.v);
+        mb_free(root_layers.v);
         return fail(b, errno, b->roots[top], "", NULL);
     }
     struct xattrs xa;
     if ((rc = read_xattrs(b->roots[top], &xa)) < 0) {
-        free(root_layers.v);
+        mb_free(root_layers.v);
         return rc;
     }
     rc = add_node(b, &st, top, LFS_ROOT_INO, 0, 0, &xa, NULL, 0);
-    free(xa.visible);
+    mb_free(xa.visible);
     if (rc < 0 || (rc = q_push(b, LFS_ROOT_INO, NULL, root_layers, 1)) < 0) {
-        free(root_layers.v);
+        mb_free(root_layers.v);
         return rc;
     }
-    b->q[0].rel = strdup("");
+    b->q[0].rel = mb_strdup("");
     if (b->q[0].rel == NULL)
         return -ENOMEM;
     while (b->q_head < b->q_len) {
         struct dirjob job = b->q[b->q_head++];
         rc = merge_dir(b, &job);
-        free(job.rel);
-        free(job.layers.v);
+        mb_free(job.rel);
+        mb_free(job.layers.v);
         b->q[b->q_head - 1].rel = NULL;
         b->q[b->q_head - 1].layers.v = NULL;
         if (rc < 0)
@@ -708,21 +771,21 @@ static int build(struct builder *b, const char *key, size_t key_len)
 static void builder_free(struct builder *b)
 {
     ch_clear(b);
-    free(b->ch);
-    free(b->ch_hash);
+    mb_free(b->ch);
+    mb_free(b->ch_hash);
     for (size_t i = b->q_head; i < b->q_len; i++) {
-        free(b->q[i].rel);
-        free(b->q[i].layers.v);
+        mb_free(b->q[i].rel);
+        mb_free(b->q[i].layers.v);
     }
-    free(b->q);
-    free(b->links);
-    free(b->nodes.data);
-    free(b->dents.data);
-    free(b->blob.data);
+    mb_free(b->q);
+    mb_free(b->links);
+    mb_free(b->nodes.data);
+    mb_free(b->dents.data);
+    mb_free(b->blob.data);
     if (b->roots) {
         for (int i = 0; i < b->n_roots; i++)
-            free(b->roots[i]);
-        free(b->roots);
+            mb_free(b->roots[i]);
+        mb_free(b->roots);
     }
 }
 
@@ -744,7 +807,7 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "a merged tree needs at least one layer");
         return NULL;
     }
-    b.roots = calloc(n, sizeof *b.roots);
+    b.roots = mb_calloc(n, sizeof *b.roots);
     if (b.roots == NULL) {
         Py_DECREF(seq);
         return PyErr_NoMemory();
@@ -757,7 +820,7 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
             builder_free(&b);
             return NULL;
         }
-        b.roots[i] = strdup(PyBytes_AS_STRING(p));
+        b.roots[i] = mb_strdup(PyBytes_AS_STRING(p));
         Py_DECREF(p);
         if (b.roots[i] == NULL) {
             Py_DECREF(seq);
@@ -766,7 +829,7 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
         }
     }
     Py_DECREF(seq);
-    char *keycopy = malloc(key_len + 1);
+    char *keycopy = mb_malloc(key_len + 1);
     if (keycopy == NULL) {
         builder_free(&b);
         return PyErr_NoMemory();
@@ -776,7 +839,7 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     rc = build(&b, keycopy, (size_t)key_len);
     Py_END_ALLOW_THREADS
-    free(keycopy);
+    mb_free(keycopy);
     if (rc < 0) {
         if (rc == -ENOMEM)
             PyErr_NoMemory();
@@ -817,7 +880,20 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
     return res;
 }
 
+/* For the tests: arm the nth allocation from now to fail (0 disarms); returns the blocks live now. */
+static PyObject *merge_build_faults(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    __atomic_store_n(&fail_countdown, n < 0 ? 0 : n, __ATOMIC_RELAXED);
+    return PyLong_FromLong(__atomic_load_n(&live_blocks, __ATOMIC_RELAXED));
+}
+
 static PyMethodDef mergebuild_methods[] = {
+    {"_merge_build_faults", merge_build_faults, METH_O,
+     "_merge_build_faults(n) -> blocks live: the nth allocation of merge_build from now fails "
+     "(0: none); tests only"},
     {"merge_build", merge_build, METH_VARARGS,
      "merge_build(layer_dirs, key) -> (index bytes, nodes, dents, hidden): the merged index of a "
      "stack (base layer first), as layerfs/_mount/merge.py documents it"},

@@ -578,3 +578,34 @@ def test_bad_arguments_raise_the_first_error(good_index: tuple[bytes, dict[str, 
     with pytest.raises(TypeError):
         index.readdir("not an int", 0, -1)  # type: ignore[arg-type]
     assert index.readdir(1, 0, 100)  # still usable
+
+
+def test_a_build_that_runs_out_of_memory_frees_all_it_had(tmp_path: Path) -> None:
+    """Fail the 1st, 2nd, ... allocation of a build in turn: each failed build raises MemoryError
+    and leaves no block allocated (csrc/mergebuild.c counts them), until one needs no more."""
+    from layerfs._mount import index as _index
+
+    many = [f"f d/many/f{i:03d} {i}" for i in range(150)]  # grows every table past its first size
+    layers = build_stack(tmp_path, [["f a x", "h b a", "x a user.one=1", "x a user.two=2", "l s a", "f d/e/f 1",
+                                     "X d/x", "d d/e"],
+                                    ["W a", "f d/g 2", "O d/e", "f d/e/h 3", "o d/o", "w d/x", *many],
+                                    ["f d/e/i 4", "x . user.root=3"], ["x . user.root=4"], ["x . user.root=5"],
+                                    ["f d/g 6"]], kernel_form=False)
+    _merge.build(layers)  # the first listing of a new dir updates its atime (relatime): settle it
+    expected, _ = _merge.build(layers, key="k")
+    assert _index._fail_allocation(0) == 0
+    failures = 0
+    try:
+        for n in range(1, 100_000):
+            _index._fail_allocation(n)
+            try:
+                data, _ = _merge.build(layers, key="k")
+            except MemoryError:
+                failures += 1
+                assert _index._fail_allocation(0) == 0, f"allocation {n} failed: blocks leaked"
+                continue
+            assert data == expected
+            break
+    finally:
+        live = _index._fail_allocation(0)
+    assert live == 0 and failures > 100

@@ -33,6 +33,16 @@ def build(layer_dirs: list[str], key: str) -> tuple[bytes, int, int, int]:
     return bytes(data), int(nodes), int(dents), int(hidden)
 
 
+def _fail_allocation(n: int) -> int:
+    """Tests only: make the ``n``-th allocation of :func:`build` from now fail (0: none).
+
+    Returns:
+        The blocks :func:`build` has allocated and not freed (0 between builds).
+    """
+    live: int = _native._merge_build_faults(n)
+    return live
+
+
 @dataclass(frozen=True)
 class NodeInfo:
     """Where a node comes from: its layer (0 = base), its parent dir, its children range, flags."""
