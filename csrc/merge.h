@@ -37,6 +37,7 @@
 #define LFS_TARGET_MAX 4096      /* a symlink target is shorter (PATH_MAX) */
 #define LFS_XATTR_NAME_MAX 255   /* XATTR_NAME_MAX */
 #define LFS_XATTR_SIZE_MAX 65536 /* XATTR_SIZE_MAX */
+#define LFS_BLOB_MAX 0xffffffffu /* blob offsets are 32-bit: at most 4 GiB - 1 of names etc. */
 
 struct lfs_header {
     char magic[8];

@@ -48,6 +48,8 @@ static const char *const private_prefixes[] = {"trusted.overlay.", "user.overlay
  * shared by threads that run builds without the GIL: relaxed atomics. */
 static long live_blocks;    /* blocks allocated and not yet freed */
 static long fail_countdown; /* 0: never fail; n: the nth allocation from now fails */
+/* The most bytes of names, targets and xattrs an index may hold: LFS_BLOB_MAX, lowered by tests. */
+static uint64_t blob_limit = LFS_BLOB_MAX;
 
 static int injected_failure(void)
 {
@@ -243,6 +245,14 @@ static int read_xattrs(const char *path, struct xattrs *out)
         if (val != valbuf)
             mb_free(val);
     }
+    if (vis.len > UINT32_MAX) { /* 2^16 names of 64 KiB values: the format cannot say it */
+        mb_free(vis.data);
+        if (xl != list)
+            mb_free(xl);
+        if (names != stackbuf)
+            mb_free(names);
+        return -EFBIG;
+    }
     out->visible = vis.data;
     out->visible_len = (uint32_t)vis.len;
     if (xl != list)
@@ -320,6 +330,7 @@ struct builder {
     size_t ch_len, ch_cap;
     uint32_t *ch_hash; /* index + 1, 0 = empty */
     size_t ch_hash_cap;
+    uint64_t blob_max; /* the blob may not grow beyond this (LFS_BLOB_MAX but in tests) */
     char err_path[PATH_MAX];
     int err;
 };
@@ -446,8 +457,27 @@ static int fail(struct builder *b, int err, const char *a, const char *c, const 
     return -err;
 }
 
+/* The format's offsets into the blob are 32-bit, its counts too: refuse what would not fit
+ * (the Python reference raised struct.error there; the casts of old cut offsets silently).
+ * -EFBIG with b->err unset means this, not a system call's EFBIG. */
+static int too_big(struct builder *b)
+{
+    return -EFBIG;
+}
+
+static int blob_add(struct builder *b, const void *data, size_t len, uint32_t *off)
+{
+    if (len > b->blob_max || b->blob.len > b->blob_max - len)
+        return too_big(b);
+    uint64_t at;
+    if (buf_add(&b->blob, data, len, &at) < 0)
+        return -ENOMEM;
+    *off = (uint32_t)at;
+    return 0;
+}
+
 static int add_node(struct builder *b, const struct stat *st, int layer, uint32_t parent,
-                    uint64_t name_off, uint32_t name_len, const struct xattrs *xa, const char *target,
+                    uint32_t name_off, uint32_t name_len, const struct xattrs *xa, const char *target,
                     uint32_t target_len)
 {
     struct lfs_node n;
@@ -464,17 +494,16 @@ static int add_node(struct builder *b, const struct stat *st, int layer, uint32_
     n.ctime_ns = (int64_t)st->st_ctim.tv_sec * 1000000000LL + st->st_ctim.tv_nsec;
     n.layer = layer;
     n.parent = parent;
-    n.name_off = (uint32_t)name_off;
+    n.name_off = name_off;
     n.name_len = name_len;
-    uint64_t off = 0;
-    if (xa->visible_len && buf_add(&b->blob, xa->visible, xa->visible_len, &off) < 0)
-        return -ENOMEM;
-    n.xattr_off = (uint32_t)off;
+    int rc;
+    if (b->n_nodes == UINT32_MAX)
+        return too_big(b);
+    if (xa->visible_len && (rc = blob_add(b, xa->visible, xa->visible_len, &n.xattr_off)) < 0)
+        return rc;
     n.xattr_len = xa->visible_len;
-    off = 0;
-    if (target_len && buf_add(&b->blob, target, target_len, &off) < 0)
-        return -ENOMEM;
-    n.target_off = (uint32_t)off;
+    if (target_len && (rc = blob_add(b, target, target_len, &n.target_off)) < 0)
+        return rc;
     n.target_len = target_len;
     if (buf_add(&b->nodes, &n, sizeof n, NULL) < 0)
         return -ENOMEM;
@@ -647,9 +676,9 @@ static int merge_dir(struct builder *b, struct dirjob *job)
             b->hidden++;
             continue;
         }
-        uint64_t name_off;
-        if (buf_add(&b->blob, c->name, c->name_len, &name_off) < 0)
-            return -ENOMEM;
+        uint32_t name_off;
+        if ((rc = blob_add(b, c->name, c->name_len, &name_off)) < 0)
+            return rc;
         uint32_t child_ino = 0, *slot = NULL;
         int is_dir = S_ISDIR(c->st.st_mode);
         if (!is_dir && c->st.st_nlink > 1) {
@@ -698,7 +727,9 @@ static int merge_dir(struct builder *b, struct dirjob *job)
                 *slot = child_ino;
             }
         }
-        struct lfs_dent dent = {(uint32_t)name_off, (uint32_t)c->name_len, child_ino};
+        struct lfs_dent dent = {name_off, (uint32_t)c->name_len, child_ino};
+        if (b->n_dents == UINT32_MAX)
+            return too_big(b);
         if (buf_add(&b->dents, &dent, sizeof dent, NULL) < 0)
             return -ENOMEM;
         b->n_dents++;
@@ -714,15 +745,16 @@ static int merge_dir(struct builder *b, struct dirjob *job)
 
 static int build(struct builder *b, const char *key, size_t key_len)
 {
-    uint64_t off;
-    if (buf_add(&b->blob, key, key_len, &off) < 0)
-        return -ENOMEM;
+    uint32_t off;
+    int rc;
+    if ((rc = blob_add(b, key, key_len, &off)) < 0)
+        return rc;
     struct lfs_node zero;
     memset(&zero, 0, sizeof zero);
     if (buf_add(&b->nodes, &zero, sizeof zero, NULL) < 0)
         return -ENOMEM;
     b->n_nodes = 1;
-    int top = b->n_roots - 1, rc;
+    int top = b->n_roots - 1;
     struct layers root_layers = {0};
     for (int li = top; li >= 0; li--) {
         struct xattrs xa;
@@ -801,6 +833,7 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
         return NULL;
     struct builder b;
     memset(&b, 0, sizeof b);
+    b.blob_max = __atomic_load_n(&blob_limit, __ATOMIC_RELAXED);
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     if (n == 0) {
         Py_DECREF(seq);
@@ -811,6 +844,11 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
     if (b.roots == NULL) {
         Py_DECREF(seq);
         return PyErr_NoMemory();
+    }
+    if (n > INT32_MAX) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "too many layers");
+        return NULL;
     }
     b.n_roots = (int)n;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -843,6 +881,13 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
     if (rc < 0) {
         if (rc == -ENOMEM)
             PyErr_NoMemory();
+        else if (rc == -EFBIG && b.err == 0) {
+            PyObject *msg = PyUnicode_FromFormat(
+                "the merged index would exceed its format's limits (%llu bytes of names, symlink "
+                "targets and xattrs; 2^32 - 1 nodes and entries)", (unsigned long long)b.blob_max);
+            if (msg != NULL)
+                PyErr_SetObject(PyExc_OSError, Py_BuildValue("(iN)", EFBIG, msg));
+        }
         else {
             errno = b.err;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, b.err_path);
@@ -890,7 +935,22 @@ static PyObject *merge_build_faults(PyObject *self, PyObject *arg)
     return PyLong_FromLong(__atomic_load_n(&live_blocks, __ATOMIC_RELAXED));
 }
 
+/* For the tests: the most bytes of names, targets and xattrs an index may hold (0: the format's
+ * own, LFS_BLOB_MAX); returns the limit that was in force. */
+static PyObject *merge_build_blob_limit(PyObject *self, PyObject *arg)
+{
+    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
+    if (n == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (n == 0 || n > LFS_BLOB_MAX)
+        n = LFS_BLOB_MAX;
+    return PyLong_FromUnsignedLongLong(__atomic_exchange_n(&blob_limit, (uint64_t)n, __ATOMIC_RELAXED));
+}
+
 static PyMethodDef mergebuild_methods[] = {
+    {"_merge_build_blob_limit", merge_build_blob_limit, METH_O,
+     "_merge_build_blob_limit(n) -> previous: lower the blob size limit of merge_build (0: the "
+     "format's); tests only"},
     {"_merge_build_faults", merge_build_faults, METH_O,
      "_merge_build_faults(n) -> blocks live: the nth allocation of merge_build from now fails "
      "(0: none); tests only"},

@@ -12,6 +12,7 @@ a FUSE mount.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import os
 import re
@@ -609,3 +610,25 @@ def test_a_build_that_runs_out_of_memory_frees_all_it_had(tmp_path: Path) -> Non
     finally:
         live = _index._fail_allocation(0)
     assert live == 0 and failures > 100
+
+
+def test_an_index_beyond_the_format_limits_is_refused(tmp_path: Path) -> None:
+    """Offsets into the blob are 32-bit: a stack whose names, targets and xattrs exceed that is
+    refused with EFBIG, never written with offsets cut to 32 bits.  (4 GiB of names is too much
+    for a test: the limit is lowered to the size of this small stack's blob.)"""
+    from layerfs._mount import index as _index
+
+    layers = build_stack(tmp_path, [["f a 1", "f d/b 2", "l s target", "x a user.k=value"]], kernel_form=False)
+    _merge.build(layers)  # the first listing of a new dir updates its atime (relatime): settle it
+    data, stats = _merge.build(layers, key="k")
+    blob_size = _merge.HEADER.unpack_from(data)[8]
+    assert _index._set_blob_limit(blob_size) == 2**32 - 1
+    try:
+        assert _merge.build(layers, key="k")[0] == data  # exactly at the limit: fine
+        (layers[0] / "d" / "c").write_text("")  # one byte more: the name "c"
+        with pytest.raises(OSError, match="exceed its format's limits") as err:
+            _merge.build(layers, key="k")
+        assert err.value.errno == errno.EFBIG
+    finally:
+        _index._set_blob_limit(0)
+    assert _merge.build(layers, key="k")[1].nodes == stats.nodes + 1  # the format's own limit is far

@@ -43,6 +43,13 @@ def _fail_allocation(n: int) -> int:
     return live
 
 
+def _set_blob_limit(n: int) -> int:
+    """Tests only: the most bytes of names, targets and xattrs :func:`build` may put in an index
+    (0: the format's own, 4 GiB - 1).  Returns the limit that was in force."""
+    previous: int = _native._merge_build_blob_limit(n)
+    return previous
+
+
 @dataclass(frozen=True)
 class NodeInfo:
     """Where a node comes from: its layer (0 = base), its parent dir, its children range, flags."""
