@@ -2,10 +2,16 @@
  *
  * What it does: `merge_build(layer_dirs, key) -> (index bytes, nodes, dents, hidden)` walks the
  * layer dirs (base first) breadth-first with getdents (fdopendir/readdir), fstatat, readlinkat
- * and l{list,get}xattr, applies the overlay rules and returns the same bytes as the Python
- * reference `_merge._build_python` (tests/test_merge.py checks byte equality on every rule
- * case).  The rules, the numbering and the file format are documented once, in _merge.py; the
- * marker names below are those of layerfs/_layer/whiteout.py (the one list of them), repeated here.
+ * and listxattrat/getxattrat, applies the overlay rules and returns the same bytes as the
+ * Python reference _merge._build_python (tests/test_merge.py checks byte equality on every
+ * rule case).  The rules, the numbering and the file format are documented once, in
+ * layerfs/_mount/merge.py; the format is defined in merge.h.
+ *
+ * Paths: each layer root is opened once; every directory below it is opened with openat2
+ * (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) relative to that fd, and every entry is read
+ * relative to its directory's fd.  A -o lowerdir= tree belongs to the caller and may change
+ * while it is walked: a directory swapped for a symlink fails the build (ELOOP) instead of
+ * leading the walk, and the mount, elsewhere.
  *
  * Why: a `-o lowerdir=` mount must rebuild the index at every mount (plain dirs are not content
  * addressed), and the Python walk costs ~8 us per entry (~200 ms for 25k entries), most of it
@@ -24,10 +30,12 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -163,20 +171,98 @@ static int in_list(const char *name, const char *const *list, size_t n)
     return 0;
 }
 
-/* Read every xattr of path (not following symlinks).  Failures count as "no xattrs". */
-static int read_xattrs(const char *path, struct xattrs *out)
+/* Where xattrs are read from: a directory of the walk (its fd), or the entry `name` of one,
+ * not following a final symlink.  Entries go through listxattrat(2) / getxattrat(2) (Linux
+ * 6.13), else through the path "/proc/self/fd/N/name" and the l*xattr calls: either way the
+ * directory is the fd, so no component on the way can be swapped for a symlink. */
+struct xsrc {
+    int fd;
+    const char *name; /* NULL: the fd itself */
+};
+
+#ifndef __NR_getxattrat
+#define __NR_getxattrat 464
+#endif
+#ifndef __NR_listxattrat
+#define __NR_listxattrat 465
+#endif
+
+/* struct xattr_args of <linux/xattr.h> (6.13); bookworm's headers predate it. */
+struct mb_xattr_args {
+    uint64_t value __attribute__((aligned(8)));
+    uint32_t size;
+    uint32_t flags;
+};
+
+/* Whether the *xattrat calls exist: 0 unknown, 1 yes, -1 no (ENOSYS seen).  Shared by threads
+ * without the GIL: a relaxed atomic (a hint; both paths give the same answer). */
+static int have_xattrat;
+
+/* "/proc/self/fd/N/" + a name of at most NAME_MAX bytes + NUL */
+#define ENTRY_PATH_MAX (sizeof "/proc/self/fd/" + 10 + 1 + LFS_NAME_MAX + 1)
+
+static int entry_path(char *buf, size_t size, int dfd, const char *name)
+{
+    int n = snprintf(buf, size, "/proc/self/fd/%d/%s", dfd, name);
+    if (n < 0 || (size_t)n >= size) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    return 0;
+}
+
+static int use_xattrat(long r)
+{
+    if (r >= 0 || errno != ENOSYS) {
+        if (__atomic_load_n(&have_xattrat, __ATOMIC_RELAXED) != 1)
+            __atomic_store_n(&have_xattrat, 1, __ATOMIC_RELAXED);
+        return 1;
+    }
+    __atomic_store_n(&have_xattrat, -1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static ssize_t xsrc_list(const struct xsrc *s, char *buf, size_t size)
+{
+    if (s->name == NULL)
+        return flistxattr(s->fd, buf, size);
+    if (__atomic_load_n(&have_xattrat, __ATOMIC_RELAXED) >= 0) {
+        long r = syscall(__NR_listxattrat, s->fd, s->name, AT_SYMLINK_NOFOLLOW, buf, size);
+        if (use_xattrat(r))
+            return r;
+    }
+    char path[ENTRY_PATH_MAX];
+    return entry_path(path, sizeof path, s->fd, s->name) < 0 ? -1 : llistxattr(path, buf, size);
+}
+
+static ssize_t xsrc_get(const struct xsrc *s, const char *name, void *buf, size_t size)
+{
+    if (s->name == NULL)
+        return fgetxattr(s->fd, name, buf, size);
+    if (__atomic_load_n(&have_xattrat, __ATOMIC_RELAXED) >= 0) {
+        struct mb_xattr_args args = {.value = (uint64_t)(uintptr_t)buf, .size = (uint32_t)size};
+        long r = syscall(__NR_getxattrat, s->fd, s->name, AT_SYMLINK_NOFOLLOW, name, &args, sizeof args);
+        if (use_xattrat(r))
+            return r;
+    }
+    char path[ENTRY_PATH_MAX];
+    return entry_path(path, sizeof path, s->fd, s->name) < 0 ? -1 : lgetxattr(path, name, buf, size);
+}
+
+/* Read every xattr of src.  Failures count as "no xattrs" (as in Python). */
+static int read_xattrs(const struct xsrc *src, struct xattrs *out)
 {
     memset(out, 0, sizeof *out);
     char stackbuf[1024], *names = stackbuf;
-    ssize_t n = llistxattr(path, stackbuf, sizeof stackbuf);
+    ssize_t n = xsrc_list(src, stackbuf, sizeof stackbuf);
     if (n < 0 && errno == ERANGE) {
-        ssize_t want = llistxattr(path, NULL, 0);
+        ssize_t want = xsrc_list(src, NULL, 0);
         if (want <= 0)
             return 0;
         names = mb_malloc(want);
         if (names == NULL)
             return -ENOMEM;
-        n = llistxattr(path, names, want);
+        n = xsrc_list(src, names, want);
     }
     if (n <= 0) {
         if (names != stackbuf)
@@ -208,15 +294,15 @@ static int read_xattrs(const char *path, struct xattrs *out)
     for (size_t i = 0; i < count; i++) {
         const char *name = xl[i].name;
         char *val = valbuf;
-        ssize_t vl = lgetxattr(path, name, valbuf, sizeof valbuf);
+        ssize_t vl = xsrc_get(src, name, valbuf, sizeof valbuf);
         if (vl < 0 && errno == ERANGE) {
-            ssize_t want = lgetxattr(path, name, NULL, 0);
+            ssize_t want = xsrc_get(src, name, NULL, 0);
             if (want < 0)
                 continue;
             val = mb_malloc(want ? want : 1);
             if (val == NULL)
                 goto nomem_vis;
-            vl = lgetxattr(path, name, val, want);
+            vl = xsrc_get(src, name, val, want);
         }
         if (vl < 0) {
             if (val != valbuf)
@@ -305,6 +391,8 @@ struct child {
     int open;             /* a directory still merging with lower layers */
     struct stat st;
     struct xattrs xa;
+    char *target;         /* symlinks: the target, read while the directory was open */
+    uint32_t target_len;
     struct layers layers; /* dirs: (layer, holds xattr whiteouts), top first */
 };
 
@@ -317,6 +405,7 @@ struct dirjob {
 
 struct builder {
     char **roots;
+    int *root_fds; /* each layer's root dir, opened once; every other open is relative to one */
     int n_roots;
     struct buf nodes, dents, blob;
     uint32_t n_nodes, n_dents, hidden;
@@ -407,6 +496,7 @@ static void ch_clear(struct builder *b)
     for (size_t i = 0; i < b->ch_len; i++) {
         mb_free(b->ch[i].name);
         mb_free(b->ch[i].xa.visible);
+        mb_free(b->ch[i].target);
         mb_free(b->ch[i].layers.v);
     }
     b->ch_len = 0;
@@ -540,108 +630,149 @@ static int is_whiteout(const struct stat *st, const struct xattrs *xa, int paren
     return parent_holds_x && S_ISREG(st->st_mode) && st->st_size == 0 && xa != NULL && xa->whiteout;
 }
 
+/* Open directory `rel` ("" or "a/b/") of layer li: beneath the layer's root, through real
+ * directories only.  The layer may be changing under us (-o lowerdir= trees are the caller's):
+ * a directory swapped for a symlink fails with ELOOP instead of leading elsewhere. */
+static int open_layer_dir(const struct builder *b, int li, const char *rel)
+{
+    struct open_how how = {.flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC,
+                           .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS};
+    for (int tries = 0;; tries++) {
+        long fd = syscall(SYS_openat2, b->root_fds[li], rel[0] ? rel : ".", &how, sizeof how);
+        if (fd >= 0 || errno != EAGAIN || tries == 8) /* EAGAIN: a rename raced the lookup */
+            return (int)fd;
+    }
+}
+
+static int has_prefix(const char *name, size_t len, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return len >= n && memcmp(name, prefix, n) == 0;
+}
+
+/* Read the target of symlink c (in directory dfd) into c->target. */
+static int read_target(struct builder *b, struct child *c, int dfd, const char *root, const char *rel)
+{
+    char buf[LFS_TARGET_MAX];
+    ssize_t n = readlinkat(dfd, c->name, buf, sizeof buf);
+    if (n < 0)
+        return fail(b, errno, root, rel, c->name);
+    if ((size_t)n == sizeof buf) /* longer than a symlink can be: it was cut */
+        return fail(b, ENAMETOOLONG, root, rel, c->name);
+    if ((c->target = mb_malloc(n ? (size_t)n : 1)) == NULL)
+        return -ENOMEM;
+    memcpy(c->target, buf, (size_t)n);
+    c->target_len = (uint32_t)n;
+    return 0;
+}
+
+/* Read one layer's listing of a directory into b->ch (a name first seen here is the topmost
+ * object of that name), its .wh.X names into *whiteouts (NUL-separated), and set *cut if it
+ * holds the OCI opaque marker.  Returns 0 or a negative errno. */
+static int list_layer(struct builder *b, const struct dirjob *job, int li, int holds_x,
+                      struct buf *whiteouts, int *cut)
+{
+    const char *root = b->roots[li];
+    int dfd = open_layer_dir(b, li, job->rel);
+    if (dfd < 0)
+        return fail(b, errno, root, job->rel, NULL);
+    DIR *d = fdopendir(dfd);
+    if (d == NULL) {
+        int e = errno;
+        close(dfd);
+        return fail(b, e, root, job->rel, NULL);
+    }
+    int rc = 0;
+    for (;;) {
+        errno = 0; /* the end of a listing and a failed read differ only by errno */
+        struct dirent *de = readdir(d);
+        if (de == NULL) {
+            if (errno != 0)
+                rc = fail(b, errno, root, job->rel, NULL);
+            break;
+        }
+        const char *name = de->d_name;
+        if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0')))
+            continue;
+        size_t len = strlen(name);
+        if (has_prefix(name, len, WH_PREFIX)) {
+            size_t plen = strlen(WH_PREFIX);
+            if (strcmp(name, WH_OPAQUE) == 0)
+                *cut = 1;
+            else if (!has_prefix(name, len, WH_META_PREFIX) && len > plen &&
+                     buf_add(whiteouts, name + plen, len - plen + 1, NULL) < 0) {
+                rc = -ENOMEM;
+                break;
+            }
+            continue;
+        }
+        struct child *c = ch_find(b, name, len);
+        if (c != NULL && !c->open)
+            continue;
+        struct stat st;
+        if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            rc = fail(b, errno, root, job->rel, name);
+            break;
+        }
+        int is_dir = S_ISDIR(st.st_mode);
+        struct xattrs xa = {0};
+        int have_xa = is_dir || holds_x || c == NULL;
+        if (have_xa) {
+            struct xsrc src = {dfd, name};
+            if ((rc = read_xattrs(&src, &xa)) < 0)
+                break;
+        }
+        if (c == NULL) {
+            if ((c = ch_add(b, name, len)) == NULL) {
+                mb_free(xa.visible);
+                rc = -ENOMEM;
+                break;
+            }
+            c->layer = li;
+            if (is_whiteout(&st, &xa, holds_x)) {
+                c->hidden = 1;
+                mb_free(xa.visible);
+                continue;
+            }
+            c->st = st;
+            c->xa = xa;
+            c->open = is_dir && !xa.opaque;
+            if (S_ISLNK(st.st_mode) && (rc = read_target(b, c, dfd, root, job->rel)) < 0)
+                break;
+            if (is_dir && layers_add(&c->layers, li, xa.holds_x) < 0) {
+                rc = -ENOMEM;
+                break;
+            }
+        } else if (is_dir && !is_whiteout(&st, &xa, holds_x)) {
+            int add = layers_add(&c->layers, li, xa.holds_x);
+            if (xa.opaque)
+                c->open = 0;
+            mb_free(xa.visible);
+            if (add < 0) {
+                rc = -ENOMEM;
+                break;
+            }
+        } else {
+            if (have_xa)
+                mb_free(xa.visible);
+            c->open = 0; /* a whiteout or a non-directory ends the merge */
+        }
+    }
+    closedir(d); /* a directory read only: its close has nothing to report */
+    return rc;
+}
+
 /* Merge one directory (all its layers), append its entries and queue its subdirectories. */
 static int merge_dir(struct builder *b, struct dirjob *job)
 {
-    char path[PATH_MAX];
     int used = 0, opaque_below = 0, rc;
     ch_clear(b);
     struct buf whiteouts = {0}; /* NUL-separated names */
     for (int k = 0; k < job->layers.n; k++) {
-        int li = job->layers.v[k].li, holds_x = job->layers.v[k].holds_x, cut = 0;
+        int li = job->layers.v[k].li, cut = 0;
         used++;
         whiteouts.len = 0;
-        const char *root = b->roots[li];
-        if (snprintf(path, sizeof path, "%s/%s", root, job->rel) >= (int)sizeof path)
-            return mb_free(whiteouts.data), fail(b, ENAMETOOLONG, root, job->rel, NULL);
-        int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0)
-            return mb_free(whiteouts.data), fail(b, errno, root, job->rel, NULL);
-        DIR *d = fdopendir(dfd);
-        if (d == NULL) {
-            close(dfd);
-            return mb_free(whiteouts.data), fail(b, errno, root, job->rel, NULL);
-        }
-        size_t plen = strlen(path);
-        struct dirent *de;
-        rc = 0;
-        errno = 0;
-        while ((de = readdir(d)) != NULL) {
-            const char *name = de->d_name;
-            if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0')))
-                continue;
-            size_t len = strlen(name);
-            if (strncmp(name, WH_PREFIX, 4) == 0) {
-                if (strcmp(name, WH_OPAQUE) == 0)
-                    cut = 1;
-                else if (strncmp(name, WH_META_PREFIX, 8) != 0 && len > 4 &&
-                         buf_add(&whiteouts, name + 4, len - 4 + 1, NULL) < 0) {
-                    rc = -ENOMEM;
-                    break;
-                }
-                continue;
-            }
-            struct child *c = ch_find(b, name, len);
-            if (c != NULL && !c->open)
-                continue;
-            struct stat st;
-            if (fstatat(dirfd(d), name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-                rc = fail(b, errno, root, job->rel, name);
-                break;
-            }
-            int is_dir = S_ISDIR(st.st_mode);
-            struct xattrs xa = {0};
-            int have_xa = is_dir || holds_x || c == NULL;
-            if (have_xa) {
-                if (plen + len + 1 >= sizeof path) {
-                    rc = fail(b, ENAMETOOLONG, root, job->rel, name);
-                    break;
-                }
-                memcpy(path + plen, name, len + 1);
-                rc = read_xattrs(path, &xa);
-                path[plen] = '\0';
-                if (rc < 0)
-                    break;
-            }
-            if (c == NULL) {
-                if ((c = ch_add(b, name, len)) == NULL) {
-                    mb_free(xa.visible);
-                    rc = -ENOMEM;
-                    break;
-                }
-                c->layer = li;
-                if (is_whiteout(&st, &xa, holds_x)) {
-                    c->hidden = 1;
-                    mb_free(xa.visible);
-                    continue;
-                }
-                c->st = st;
-                c->xa = xa;
-                c->open = is_dir && !xa.opaque;
-                if (is_dir && layers_add(&c->layers, li, xa.holds_x) < 0) {
-                    rc = -ENOMEM;
-                    break;
-                }
-            } else if (is_dir && !is_whiteout(&st, &xa, holds_x)) {
-                int add = layers_add(&c->layers, li, xa.holds_x);
-                if (xa.opaque)
-                    c->open = 0;
-                mb_free(xa.visible);
-                if (add < 0) {
-                    rc = -ENOMEM;
-                    break;
-                }
-            } else {
-                if (have_xa)
-                    mb_free(xa.visible);
-                c->open = 0; /* a whiteout or a non-directory ends the merge */
-            }
-            errno = 0;
-        }
-        if (rc == 0 && de == NULL && errno != 0)
-            rc = fail(b, errno, root, job->rel, NULL);
-        closedir(d);
-        if (rc < 0) {
+        if ((rc = list_layer(b, job, li, job->layers.v[k].holds_x, &whiteouts, &cut)) < 0) {
             mb_free(whiteouts.data);
             return rc;
         }
@@ -690,22 +821,8 @@ static int merge_dir(struct builder *b, struct dirjob *job)
         }
         if (child_ino == 0) {
             child_ino = b->n_nodes;
-            char target[PATH_MAX];
-            ssize_t tlen = 0;
-            if (S_ISLNK(c->st.st_mode)) {
-                if (snprintf(path, sizeof path, "%s/%s", b->roots[c->layer], job->rel) >= (int)sizeof path)
-                    return fail(b, ENAMETOOLONG, b->roots[c->layer], job->rel, c->name);
-                int dfd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
-                if (dfd < 0)
-                    return fail(b, errno, b->roots[c->layer], job->rel, NULL);
-                tlen = readlinkat(dfd, c->name, target, sizeof target);
-                int e = errno;
-                close(dfd);
-                if (tlen < 0)
-                    return fail(b, e, b->roots[c->layer], job->rel, c->name);
-            }
-            rc = add_node(b, &c->st, c->layer, job->ino, name_off, (uint32_t)c->name_len, &c->xa, target,
-                          (uint32_t)tlen);
+            rc = add_node(b, &c->st, c->layer, job->ino, name_off, (uint32_t)c->name_len, &c->xa, c->target,
+                          c->target_len);
             if (rc < 0)
                 return rc;
             if (is_dir) {
@@ -754,39 +871,43 @@ static int build(struct builder *b, const char *key, size_t key_len)
     if (buf_add(&b->nodes, &zero, sizeof zero, NULL) < 0)
         return -ENOMEM;
     b->n_nodes = 1;
+    /* The roots are the caller's paths (followed like any path it gives); below them the walk
+     * opens nothing but relative to these fds. */
+    for (int li = 0; li < b->n_roots; li++)
+        if ((b->root_fds[li] = open(b->roots[li], O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+            return fail(b, errno, b->roots[li], "", NULL);
     int top = b->n_roots - 1;
     struct layers root_layers = {0};
+    struct xattrs top_xa = {0};
     for (int li = top; li >= 0; li--) {
         struct xattrs xa;
-        if ((rc = read_xattrs(b->roots[li], &xa)) < 0) {
-            mb_free(root_layers.v);
-            return rc;
-        }
-        mb_free(xa.visible);
-        if (layers_add(&root_layers, li, xa.holds_x) < 0) {
-            mb_free(root_layers.v);
-            return -ENOMEM;
-        }
+        struct xsrc src = {b->root_fds[li], NULL};
+        if ((rc = read_xattrs(&src, &xa)) < 0)
+            goto out;
+        if (li == top)
+            top_xa = xa;
+        else
+            mb_free(xa.visible);
+        if ((rc = layers_add(&root_layers, li, xa.holds_x)) < 0)
+            goto out;
     }
     struct stat st;
-    if (lstat(b->roots[top], &st) < 0) {
-        mb_free(root_layers.v);
-        return fail(b, errno, b->roots[top], "", NULL);
+    if (fstat(b->root_fds[top], &st) < 0) {
+        rc = fail(b, errno, b->roots[top], "", NULL);
+        goto out;
     }
-    struct xattrs xa;
-    if ((rc = read_xattrs(b->roots[top], &xa)) < 0) {
-        mb_free(root_layers.v);
-        return rc;
+    if ((rc = add_node(b, &st, top, LFS_ROOT_INO, 0, 0, &top_xa, NULL, 0)) < 0)
+        goto out;
+    char *rel = mb_strdup("");
+    if (rel == NULL) {
+        rc = -ENOMEM;
+        goto out;
     }
-    rc = add_node(b, &st, top, LFS_ROOT_INO, 0, 0, &xa, NULL, 0);
-    mb_free(xa.visible);
-    if (rc < 0 || (rc = q_push(b, LFS_ROOT_INO, NULL, root_layers, 1)) < 0) {
-        mb_free(root_layers.v);
-        return rc;
+    if ((rc = q_push(b, LFS_ROOT_INO, rel, root_layers, 1)) < 0) {
+        mb_free(rel);
+        goto out;
     }
-    b->q[0].rel = mb_strdup("");
-    if (b->q[0].rel == NULL)
-        return -ENOMEM;
+    root_layers = (struct layers){0}; /* moved into the queue */
     while (b->q_head < b->q_len) {
         struct dirjob job = b->q[b->q_head++];
         rc = merge_dir(b, &job);
@@ -795,9 +916,12 @@ static int build(struct builder *b, const char *key, size_t key_len)
         b->q[b->q_head - 1].rel = NULL;
         b->q[b->q_head - 1].layers.v = NULL;
         if (rc < 0)
-            return rc;
+            goto out;
     }
-    return 0;
+out:
+    mb_free(root_layers.v);
+    mb_free(top_xa.visible);
+    return rc;
 }
 
 static void builder_free(struct builder *b)
@@ -818,6 +942,12 @@ static void builder_free(struct builder *b)
         for (int i = 0; i < b->n_roots; i++)
             mb_free(b->roots[i]);
         mb_free(b->roots);
+    }
+    if (b->root_fds) {
+        for (int i = 0; i < b->n_roots; i++)
+            if (b->root_fds[i] >= 0)
+                close(b->root_fds[i]);
+        mb_free(b->root_fds);
     }
 }
 
@@ -840,17 +970,21 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "a merged tree needs at least one layer");
         return NULL;
     }
-    b.roots = mb_calloc(n, sizeof *b.roots);
-    if (b.roots == NULL) {
-        Py_DECREF(seq);
-        return PyErr_NoMemory();
-    }
     if (n > INT32_MAX) {
         Py_DECREF(seq);
         PyErr_SetString(PyExc_ValueError, "too many layers");
         return NULL;
     }
+    b.roots = mb_calloc(n, sizeof *b.roots);
+    b.root_fds = mb_malloc(sizeof *b.root_fds * n);
     b.n_roots = (int)n;
+    for (Py_ssize_t i = 0; b.root_fds != NULL && i < n; i++)
+        b.root_fds[i] = -1; /* none open yet */
+    if (b.roots == NULL || b.root_fds == NULL) {
+        Py_DECREF(seq);
+        builder_free(&b);
+        return PyErr_NoMemory();
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *p = NULL;
         if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(seq, i), &p)) {
@@ -947,7 +1081,19 @@ static PyObject *merge_build_blob_limit(PyObject *self, PyObject *arg)
     return PyLong_FromUnsignedLongLong(__atomic_exchange_n(&blob_limit, (uint64_t)n, __ATOMIC_RELAXED));
 }
 
+/* For the tests: take the /proc path of kernels without listxattrat/getxattrat (true) or not. */
+static PyObject *merge_build_xattrat_fallback(PyObject *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    __atomic_store_n(&have_xattrat, on ? -1 : 0, __ATOMIC_RELAXED);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef mergebuild_methods[] = {
+    {"_merge_build_xattrat_fallback", merge_build_xattrat_fallback, METH_O,
+     "_merge_build_xattrat_fallback(on): read entry xattrs through /proc as before Linux 6.13; tests only"},
     {"_merge_build_blob_limit", merge_build_blob_limit, METH_O,
      "_merge_build_blob_limit(n) -> previous: lower the blob size limit of merge_build (0: the "
      "format's); tests only"},

@@ -240,6 +240,24 @@ def test_c_build_equals_python_reference(name: str, kernel_form: bool, tmp_path:
     assert (stats.nodes, stats.dents, stats.hidden) == (ref_stats.nodes, ref_stats.dents, ref_stats.hidden)
 
 
+@pytest.mark.parametrize("name", ["xattrs listed, private ones hidden", "xattr whiteout", "opaque dir",
+                                  "merged dir metadata from the top"])
+def test_c_build_without_xattrat_equals_python_reference(name: str, tmp_path: Path) -> None:
+    """Kernels before 6.13 have no listxattrat/getxattrat: the walk then reads xattrs through
+    /proc/self/fd, with the same result."""
+    from layerfs._mount import index as _index
+
+    require_root()  # trusted.overlay.* xattrs
+    layers = build_stack(tmp_path, CASES[name], kernel_form=True)
+    _merge.build(layers)  # the first listing of a new dir updates its atime (relatime): settle it
+    _index._use_xattrat_fallback(True)
+    try:
+        data, _ = _merge.build(layers, key="k")
+    finally:
+        _index._use_xattrat_fallback(False)
+    assert data == _merge._build_python(layers, key="k")[0]
+
+
 def test_c_build_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         _merge.build([tmp_path / "missing"])
@@ -632,3 +650,54 @@ def test_an_index_beyond_the_format_limits_is_refused(tmp_path: Path) -> None:
     finally:
         _index._set_blob_limit(0)
     assert _merge.build(layers, key="k")[1].nodes == stats.nodes + 1  # the format's own limit is far
+
+
+def test_a_listing_ends_cleanly_after_an_entry_that_set_errno(tmp_path: Path) -> None:
+    """The end of a listing is told from a failed one by errno alone: reading a whiteout's
+    xattrs (more than 1 KiB of names: a second call after ERANGE) must not leave an errno that
+    makes the end of its directory look like an error."""
+    require_root()  # trusted.* xattrs on a device node
+    layers = build_stack(tmp_path, [["f d/a 1"], ["w d/a"]], kernel_form=True)
+    for i in range(20):
+        os.setxattr(layers[1] / "d" / "a", f"trusted.{i:02d}" + "n" * 60, b"v", follow_symlinks=False)
+    data, stats = _merge.build(layers, key="k")
+    assert stats.hidden == 1 and stats.nodes == 2  # root and d: a is whited out
+
+
+def test_the_walk_never_follows_a_directory_swapped_for_a_symlink(tmp_path: Path) -> None:
+    """``lowerdir=`` trees belong to the caller and may change while they are walked: a directory
+    replaced by a symlink after its parent was listed must not lead the walk out of its layer
+    (into names, xattrs and targets the mount would then show to every user)."""
+    import ctypes
+    import threading
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret-name").write_text("")
+    layer = tmp_path / "layer"
+    (layer / "d").mkdir(parents=True)
+    (layer / "d" / "inside").write_text("")
+    for i in range(2000):  # merged before d (breadth-first, by name): time for the swap below
+        (layer / f"c{i:04d}").mkdir()
+    libc = ctypes.CDLL(None, use_errno=True)
+    in_close_nowrite, in_oneshot = 0x10, 0x80000000
+    inotify = libc.inotify_init1(os.O_CLOEXEC)
+    assert inotify >= 0, os.strerror(ctypes.get_errno())
+    try:
+        assert libc.inotify_add_watch(inotify, bytes(layer), ctypes.c_uint32(in_close_nowrite | in_oneshot)) >= 0
+
+        def swap() -> None:
+            os.read(inotify, 4096)  # the layer root's listing was closed: d is yet to be opened
+            os.rename(layer / "d", tmp_path / "d.moved")
+            os.symlink(outside, layer / "d")
+
+        swapper = threading.Thread(target=swap)
+        swapper.start()
+        try:
+            with pytest.raises(OSError) as err:  # before: an index listing d/secret-name
+                _merge.build([layer], key="k")
+        finally:
+            swapper.join(timeout=30)
+    finally:
+        os.close(inotify)
+    assert err.value.errno == errno.ELOOP and str(err.value.filename).endswith("/d/"), err.value

@@ -43,6 +43,12 @@ def _fail_allocation(n: int) -> int:
     return live
 
 
+def _use_xattrat_fallback(on: bool) -> None:
+    """Tests only: make :func:`build` read entries' xattrs the way it does on kernels before 6.13
+    (no ``listxattrat``/``getxattrat``: through ``/proc/self/fd/N/name``)."""
+    _native._merge_build_xattrat_fallback(on)
+
+
 def _set_blob_limit(n: int) -> int:
     """Tests only: the most bytes of names, targets and xattrs :func:`build` may put in an index
     (0: the format's own, 4 GiB - 1).  Returns the limit that was in force."""
