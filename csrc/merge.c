@@ -527,8 +527,28 @@ static PyTypeObject IndexType = {
     .tp_getset = Index_getset,
 };
 
+/* Add value (a new reference, or NULL with an exception set) to the module; value is released. */
+static int add_owned(PyObject *module, const char *name, PyObject *value)
+{
+    int rc = PyModule_AddObjectRef(module, name, value);
+    Py_XDECREF(value);
+    return rc;
+}
+
 int layerfs_init_merge(PyObject *module)
 {
+    /* the format, defined once (merge.h): layerfs/_mount/index.py reads these */
+    if (add_owned(module, "INDEX_MAGIC", PyBytes_FromStringAndSize(LFS_MAGIC, 8)) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_VERSION", LFS_VERSION) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_HEADER_SIZE", sizeof(struct lfs_header)) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_NODE_SIZE", sizeof(struct lfs_node)) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_DENT_SIZE", sizeof(struct lfs_dent)) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_ROOT_INO", LFS_ROOT_INO) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_FLAG_MERGED", LFS_FLAG_MERGED) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_FLAG_OPAQUE", LFS_FLAG_OPAQUE) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_NAME_MAX", LFS_NAME_MAX) < 0 ||
+        add_owned(module, "INDEX_BLOB_MAX", PyLong_FromUnsignedLong(LFS_BLOB_MAX)) < 0)
+        return -1;
     if (PyType_Ready(&IndexType) < 0)
         return -1;
     Py_INCREF(&IndexType);

@@ -3,9 +3,9 @@
  * What it does: `merge_build(layer_dirs, key) -> (index bytes, nodes, dents, hidden)` walks the
  * layer dirs (base first) breadth-first with getdents (fdopendir/readdir), fstatat, readlinkat
  * and listxattrat/getxattrat, applies the overlay rules and returns the same bytes as the
- * Python reference _merge._build_python (tests/test_merge.py checks byte equality on every
+ * Python oracle tests/_merge_oracle.py (tests/test_merge.py checks byte equality on every
  * rule case).  The rules, the numbering and the file format are documented once, in
- * layerfs/_mount/merge.py; the format is defined in merge.h.
+ * layerfs/_mount/merge.py; the format is defined in merge.h, the marker forms below.
  *
  * Paths: each layer root is opened once; every directory below it is opened with openat2
  * (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) relative to that fd, and every entry is read
@@ -39,14 +39,22 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#define WH_PREFIX ".wh."
-#define WH_META_PREFIX ".wh..wh."
-#define WH_OPAQUE ".wh..wh..opq"
+/* The whiteout and opaque marker forms the walk reads.  Their one definition for Python is
+ * layerfs/_layer/whiteout.py (what each means is documented there); these are exported by the
+ * module under the same names, and tests/test_whiteout.py checks that they are equal. */
+#define WH_PREFIX ".wh."                /* WHITEOUT_PREFIX */
+#define WH_META_PREFIX ".wh..wh."       /* META_PREFIX */
+#define WH_OPAQUE ".wh..wh..opq"        /* OPAQUE_MARKER */
+#define OPAQUE_VALUE "y"                /* OPAQUE_VALUE */
+#define XATTR_WHITEOUTS_VALUE "x"       /* XATTR_WHITEOUTS_VALUE */
 static const char *const opaque_xattrs[] = {"trusted.overlay.opaque", "user.overlay.opaque",
-                                            "user.fuseoverlayfs.opaque"};
-static const char *const kernel_opaque_xattrs[] = {"trusted.overlay.opaque", "user.overlay.opaque"};
-static const char *const whiteout_xattrs[] = {"trusted.overlay.whiteout", "user.overlay.whiteout"};
-static const char *const private_prefixes[] = {"trusted.overlay.", "user.overlay.", "user.fuseoverlayfs."};
+                                            "user.fuseoverlayfs.opaque"};       /* OPAQUE_XATTRS */
+static const char *const kernel_opaque_xattrs[] = {"trusted.overlay.opaque",
+                                                   "user.overlay.opaque"};      /* KERNEL_OPAQUE_XATTRS */
+static const char *const whiteout_xattrs[] = {"trusted.overlay.whiteout",
+                                              "user.overlay.whiteout"};         /* WHITEOUT_XATTRS */
+static const char *const private_prefixes[] = {"trusted.overlay.", "user.overlay.",
+                                               "user.fuseoverlayfs."};          /* PRIVATE_XATTR_PREFIXES */
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ---- allocations ---------------------------------------------------------------------------- */
@@ -161,6 +169,11 @@ static int xname_cmp(const void *a, const void *b)
     size_t n = x->len < y->len ? x->len : y->len;
     int c = memcmp(x->name, y->name, n);
     return c ? c : (x->len < y->len ? -1 : x->len > y->len);
+}
+
+static int is_value(const char *val, ssize_t len, const char *want)
+{
+    return len >= 0 && (size_t)len == strlen(want) && memcmp(val, want, (size_t)len) == 0;
 }
 
 static int in_list(const char *name, const char *const *list, size_t n)
@@ -309,9 +322,10 @@ static int read_xattrs(const struct xsrc *src, struct xattrs *out)
                 mb_free(val);
             continue;
         }
-        if (vl == 1 && val[0] == 'y' && in_list(name, opaque_xattrs, NELEM(opaque_xattrs)))
+        if (is_value(val, vl, OPAQUE_VALUE) && in_list(name, opaque_xattrs, NELEM(opaque_xattrs)))
             out->opaque = 1;
-        if (vl == 1 && val[0] == 'x' && in_list(name, kernel_opaque_xattrs, NELEM(kernel_opaque_xattrs)))
+        if (is_value(val, vl, XATTR_WHITEOUTS_VALUE) &&
+            in_list(name, kernel_opaque_xattrs, NELEM(kernel_opaque_xattrs)))
             out->holds_x = 1;
         if (in_list(name, whiteout_xattrs, NELEM(whiteout_xattrs)))
             out->whiteout = 1;
@@ -548,7 +562,7 @@ static int fail(struct builder *b, int err, const char *a, const char *c, const 
 }
 
 /* The format's offsets into the blob are 32-bit, its counts too: refuse what would not fit
- * (the Python reference raised struct.error there; the casts of old cut offsets silently).
+ * (the Python oracle raises struct.error there; casts would cut offsets silently).
  * -EFBIG with b->err unset means this, not a system call's EFBIG. */
 static int too_big(struct builder *b)
 {
@@ -1106,7 +1120,46 @@ static PyMethodDef mergebuild_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static int add_strings(PyObject *module, const char *name, const char *const *items, size_t n)
+{
+    PyObject *t = PyTuple_New((Py_ssize_t)n);
+    if (t == NULL)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        PyObject *item = PyUnicode_FromString(items[i]);
+        if (item == NULL) {
+            Py_DECREF(t);
+            return -1;
+        }
+        PyTuple_SET_ITEM(t, (Py_ssize_t)i, item);
+    }
+    int rc = PyModule_AddObjectRef(module, name, t);
+    Py_DECREF(t);
+    return rc;
+}
+
+static int add_bytes(PyObject *module, const char *name, const char *value)
+{
+    PyObject *b = PyBytes_FromString(value);
+    if (b == NULL)
+        return -1;
+    int rc = PyModule_AddObjectRef(module, name, b);
+    Py_DECREF(b);
+    return rc;
+}
+
 int layerfs_init_mergebuild(PyObject *module)
 {
-    return PyModule_AddFunctions(module, mergebuild_methods);
+    if (PyModule_AddFunctions(module, mergebuild_methods) < 0 ||
+        PyModule_AddStringConstant(module, "WHITEOUT_PREFIX", WH_PREFIX) < 0 ||
+        PyModule_AddStringConstant(module, "META_PREFIX", WH_META_PREFIX) < 0 ||
+        PyModule_AddStringConstant(module, "OPAQUE_MARKER", WH_OPAQUE) < 0 ||
+        add_bytes(module, "OPAQUE_VALUE", OPAQUE_VALUE) < 0 ||
+        add_bytes(module, "XATTR_WHITEOUTS_VALUE", XATTR_WHITEOUTS_VALUE) < 0 ||
+        add_strings(module, "OPAQUE_XATTRS", opaque_xattrs, NELEM(opaque_xattrs)) < 0 ||
+        add_strings(module, "KERNEL_OPAQUE_XATTRS", kernel_opaque_xattrs, NELEM(kernel_opaque_xattrs)) < 0 ||
+        add_strings(module, "WHITEOUT_XATTRS", whiteout_xattrs, NELEM(whiteout_xattrs)) < 0 ||
+        add_strings(module, "PRIVATE_XATTR_PREFIXES", private_prefixes, NELEM(private_prefixes)) < 0)
+        return -1;
+    return 0;
 }

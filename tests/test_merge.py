@@ -20,10 +20,12 @@ import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import _merge_oracle as _oracle
 import pytest
 from _trees import Entry, Tree, assert_same_tree, snapshot
 from conftest import require_root
 
+from layerfs._mount import index as _index
 from layerfs._mount import merge as _merge
 from layerfs._mount.index import Index
 
@@ -229,13 +231,13 @@ def test_rule_matches_kernel_overlay(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("kernel_form", [False, True], ids=["oci-form", "kernel-form"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_c_build_equals_python_reference(name: str, kernel_form: bool, tmp_path: Path) -> None:
-    """csrc/mergebuild.c writes the very bytes of the Python reference, in both marker forms."""
+    """csrc/mergebuild.c writes the very bytes of the Python oracle, in both marker forms."""
     if kernel_form:
         require_root()  # trusted.overlay.* xattrs
     layers = build_stack(tmp_path, CASES[name], kernel_form=kernel_form)
     _merge.build(layers)  # the first listing of a new dir updates its atime (relatime): settle it
     data, stats = _merge.build(layers, key="k")
-    ref, ref_stats = _merge._build_python(layers, key="k")
+    ref, ref_stats = _oracle.build(layers, key="k")
     assert data == ref
     assert (stats.nodes, stats.dents, stats.hidden) == (ref_stats.nodes, ref_stats.dents, ref_stats.hidden)
 
@@ -245,8 +247,6 @@ def test_c_build_equals_python_reference(name: str, kernel_form: bool, tmp_path:
 def test_c_build_without_xattrat_equals_python_reference(name: str, tmp_path: Path) -> None:
     """Kernels before 6.13 have no listxattrat/getxattrat: the walk then reads xattrs through
     /proc/self/fd, with the same result."""
-    from layerfs._mount import index as _index
-
     require_root()  # trusted.overlay.* xattrs
     layers = build_stack(tmp_path, CASES[name], kernel_form=True)
     _merge.build(layers)  # the first listing of a new dir updates its atime (relatime): settle it
@@ -255,7 +255,7 @@ def test_c_build_without_xattrat_equals_python_reference(name: str, tmp_path: Pa
         data, _ = _merge.build(layers, key="k")
     finally:
         _index._use_xattrat_fallback(False)
-    assert data == _merge._build_python(layers, key="k")[0]
+    assert data == _oracle.build(layers, key="k")[0]
 
 
 def test_c_build_errors(tmp_path: Path) -> None:
@@ -320,7 +320,7 @@ def test_malformed_index_is_refused(tmp_path: Path) -> None:
     data, _ = _merge.build(layers, key="k")
     bad = bytearray(data)
     # point the first dent at a node that does not exist
-    off_dents = _merge.HEADER.unpack_from(bad)[6]
+    off_dents = _oracle.HEADER.unpack_from(bad)[6]
     bad[off_dents + 8:off_dents + 12] = (10**6).to_bytes(4, "little")
     path = tmp_path / "bad.idx"
     path.write_bytes(bytes(bad))
@@ -343,10 +343,10 @@ class _Parsed:
     XATTR_OFF, XATTR_LEN, TARGET_OFF, TARGET_LEN = 16, 17, 18, 19
 
     def __init__(self, data: bytes) -> None:
-        self.header = list(_merge.HEADER.unpack_from(data))
+        self.header = list(_oracle.HEADER.unpack_from(data))
         n_nodes, n_dents, off_nodes, off_dents, off_blob, blob_size = (self.header[i] for i in (3, 4, 5, 6, 7, 8))
-        self.nodes = [list(_merge.NODE.unpack_from(data, off_nodes + i * _merge.NODE.size)) for i in range(n_nodes)]
-        self.dents = [list(_merge.DENT.unpack_from(data, off_dents + i * _merge.DENT.size)) for i in range(n_dents)]
+        self.nodes = [list(_oracle.NODE.unpack_from(data, off_nodes + i * _oracle.NODE.size)) for i in range(n_nodes)]
+        self.dents = [list(_oracle.DENT.unpack_from(data, off_dents + i * _oracle.DENT.size)) for i in range(n_dents)]
         self.blob = bytearray(data[off_blob:off_blob + blob_size])
 
     def dent_of(self, dir_ino: int, name: bytes) -> list[int]:
@@ -359,12 +359,12 @@ class _Parsed:
     def pack(self) -> bytes:
         h = self.header
         h[3], h[4] = len(self.nodes), len(self.dents)
-        h[5] = _merge.HEADER.size
-        h[6] = h[5] + _merge.NODE.size * len(self.nodes)
-        h[7] = h[6] + _merge.DENT.size * len(self.dents)
+        h[5] = _oracle.HEADER.size
+        h[6] = h[5] + _oracle.NODE.size * len(self.nodes)
+        h[7] = h[6] + _oracle.DENT.size * len(self.dents)
         h[8] = len(self.blob)
-        return b"".join([_merge.HEADER.pack(*h), *(_merge.NODE.pack(*n) for n in self.nodes),
-                         *(_merge.DENT.pack(*d) for d in self.dents), bytes(self.blob)])
+        return b"".join([_oracle.HEADER.pack(*h), *(_oracle.NODE.pack(*n) for n in self.nodes),
+                         *(_oracle.DENT.pack(*d) for d in self.dents), bytes(self.blob)])
 
 
 def _set_name(p: _Parsed, ino: int, value: bytes) -> None:
@@ -602,8 +602,6 @@ def test_bad_arguments_raise_the_first_error(good_index: tuple[bytes, dict[str, 
 def test_a_build_that_runs_out_of_memory_frees_all_it_had(tmp_path: Path) -> None:
     """Fail the 1st, 2nd, ... allocation of a build in turn: each failed build raises MemoryError
     and leaves no block allocated (csrc/mergebuild.c counts them), until one needs no more."""
-    from layerfs._mount import index as _index
-
     many = [f"f d/many/f{i:03d} {i}" for i in range(150)]  # grows every table past its first size
     layers = build_stack(tmp_path, [["f a x", "h b a", "x a user.one=1", "x a user.two=2", "l s a", "f d/e/f 1",
                                      "X d/x", "d d/e"],
@@ -634,12 +632,10 @@ def test_an_index_beyond_the_format_limits_is_refused(tmp_path: Path) -> None:
     """Offsets into the blob are 32-bit: a stack whose names, targets and xattrs exceed that is
     refused with EFBIG, never written with offsets cut to 32 bits.  (4 GiB of names is too much
     for a test: the limit is lowered to the size of this small stack's blob.)"""
-    from layerfs._mount import index as _index
-
     layers = build_stack(tmp_path, [["f a 1", "f d/b 2", "l s target", "x a user.k=value"]], kernel_form=False)
     _merge.build(layers)  # the first listing of a new dir updates its atime (relatime): settle it
     data, stats = _merge.build(layers, key="k")
-    blob_size = _merge.HEADER.unpack_from(data)[8]
+    blob_size = _oracle.HEADER.unpack_from(data)[8]
     assert _index._set_blob_limit(blob_size) == 2**32 - 1
     try:
         assert _merge.build(layers, key="k")[0] == data  # exactly at the limit: fine
@@ -701,3 +697,38 @@ def test_the_walk_never_follows_a_directory_swapped_for_a_symlink(tmp_path: Path
     finally:
         os.close(inotify)
     assert err.value.errno == errno.ELOOP and str(err.value.filename).endswith("/d/"), err.value
+
+
+def test_the_format_is_defined_once(tmp_path: Path) -> None:
+    """csrc/merge.h defines the format; Python reads it from the extension (``_mount.index``),
+    the oracle's struct layouts have its sizes, and the C build writes what it says."""
+    assert (_oracle.HEADER.size, _oracle.NODE.size, _oracle.DENT.size) == (
+        _index.HEADER_SIZE, _index.NODE_SIZE, _index.DENT_SIZE)
+    layers = build_stack(tmp_path, [["f a 1"]], kernel_form=False)
+    data, _ = _merge.build(layers, key="k")
+    magic, version = _oracle.HEADER.unpack_from(data)[:2]
+    assert (magic, version) == (_index.MAGIC, _index.FORMAT_VERSION)
+    path = tmp_path / "i.idx"
+    path.write_bytes(data)
+    assert _merge.is_current(path, "k")
+    parsed = _Parsed(data)
+    parsed.header[1] = _index.FORMAT_VERSION + 1
+    path.write_bytes(parsed.pack())
+    assert not _merge.is_current(path, "k")
+    with pytest.raises(ValueError, match=f"format {_index.FORMAT_VERSION}"):
+        Index(path)
+
+
+def test_ensure_rebuilds_a_damaged_index(good_index: tuple[bytes, dict[str, int]], tmp_path: Path) -> None:
+    """An index whose header and key are right but whose body is damaged (here: a parent cycle,
+    which made a request thread of the C engine loop forever) is rebuilt, never served."""
+    layers = build_stack(tmp_path, _GOOD_STACK, kernel_form=False)
+    path = tmp_path / "state" / "x.idx"
+    assert _merge.ensure(path, layers, key="k") is not None
+    parsed = _Parsed(path.read_bytes())
+    CORRUPTIONS["two nodes each other's parent"][1](parsed, good_index[1].__getitem__)
+    path.write_bytes(parsed.pack())
+    assert not _merge.is_current(path, "k")
+    assert _merge.ensure(path, layers, key="k") is not None
+    assert _merge.is_current(path, "k")
+    assert _merge.ensure(path, layers, key="k") is None

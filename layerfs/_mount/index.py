@@ -17,8 +17,35 @@ from .. import _native  # type: ignore[attr-defined]  # the C extension (csrc/),
 #: (ino, mode, nlink, uid, gid, rdev, size, blocks, atime_ns, mtime_ns, ctime_ns)
 Attr = tuple[int, int, int, int, int, int, int, int, int, int, int]
 
-ROOT_INO = 1
-NAME_MAX = 255
+# The index format, defined once in csrc/merge.h and read here from the extension.
+#: The first 8 bytes of every index file.
+MAGIC: bytes = _native.INDEX_MAGIC
+#: Bumped whenever the format or the rules change, so that older index files are rebuilt.
+FORMAT_VERSION: int = _native.INDEX_VERSION
+#: Sizes of the header and of one node and one entry record.
+HEADER_SIZE: int = _native.INDEX_HEADER_SIZE
+NODE_SIZE: int = _native.INDEX_NODE_SIZE
+DENT_SIZE: int = _native.INDEX_DENT_SIZE
+#: The root's inode number; node 0 is unused.
+ROOT_INO: int = _native.INDEX_ROOT_INO
+#: Node flags: a directory merged from more than one layer; one that cuts off the layers below.
+FLAG_MERGED: int = _native.INDEX_FLAG_MERGED
+FLAG_OPAQUE: int = _native.INDEX_FLAG_OPAQUE
+#: The longest name a directory entry may have.
+NAME_MAX: int = _native.INDEX_NAME_MAX
+#: The most bytes of names, symlink targets and xattrs one index can hold (32-bit offsets).
+BLOB_MAX: int = _native.INDEX_BLOB_MAX
+
+#: The names of the marker forms the C walk exports (their Python home is ``_layer.whiteout``).
+MARKER_FORMS = ("WHITEOUT_PREFIX", "META_PREFIX", "OPAQUE_MARKER", "OPAQUE_VALUE", "XATTR_WHITEOUTS_VALUE",
+                "OPAQUE_XATTRS", "KERNEL_OPAQUE_XATTRS", "WHITEOUT_XATTRS", "PRIVATE_XATTR_PREFIXES")
+
+
+def marker_forms() -> dict[str, str | bytes | tuple[str, ...]]:
+    """The whiteout and opaque marker forms ``csrc/mergebuild.c`` reads, by their names in
+    ``layerfs._layer.whiteout`` (tests check the two are equal)."""
+    forms: dict[str, str | bytes | tuple[str, ...]] = {name: getattr(_native, name) for name in MARKER_FORMS}
+    return forms
 
 
 def build(layer_dirs: list[str], key: str) -> tuple[bytes, int, int, int]:
