@@ -7,6 +7,8 @@
  * the small part of a request; this keeps it at a few hundred ns and allocation-light).
  *
  * GIL: every method holds it; none blocks (the map is of a local file, populated at load).
+ * __init__ maps and validates with the GIL released, into a struct of its own: a second
+ * __init__ swaps the maps only once it holds the GIL again, so readers never see half of one.
  * Errors: OSError(ENOENT / ENOTDIR / ENAMETOOLONG / ENODATA / EINVAL / ESTALE) with errno set, so
  * the handlers' single translation point (layerfs/_mount/handlers.py) turns them into FUSE replies;
  * ValueError for a malformed index file at load.
@@ -261,22 +263,27 @@ static int Index_init(IndexObject *self, PyObject *args, PyObject *kw)
     PyObject *path = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O&", kwlist, PyUnicode_FSConverter, &path))
         return -1;
-    lfs_index_close(&self->ix);
-    Py_XSETREF(self->path, path);
+    /* Map the file into a local struct with the GIL released: other threads may be reading
+     * self->ix meanwhile (a second __init__), so it changes only below, with the GIL held. */
+    struct lfs_index ix;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = lfs_index_open(&self->ix, PyBytes_AS_STRING(path));
+    rc = lfs_index_open(&ix, PyBytes_AS_STRING(path));
     Py_END_ALLOW_THREADS
-    if (rc == -EINVAL) {
+    if (rc == -EINVAL)
         PyErr_Format(PyExc_ValueError, "%s: not a layerfs merged index of format %d: %s",
-                     PyBytes_AS_STRING(path), LFS_VERSION, self->ix.why);
-        return -1;
-    }
-    if (rc < 0) {
+                     PyBytes_AS_STRING(path), LFS_VERSION, ix.why);
+    else if (rc < 0) {
         errno = -rc;
         PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+    }
+    if (rc < 0) {
+        Py_DECREF(path);
         return -1;
     }
+    lfs_index_close(&self->ix);
+    self->ix = ix;
+    Py_XSETREF(self->path, path);
     return 0;
 }
 

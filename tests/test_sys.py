@@ -189,7 +189,19 @@ def build(n):
     for k in range(20):
         native.merge_build([f"{work}/layer"], "k")
 
-threads = [threading.Thread(target=f, args=(n,)) for f in (xattrs, build) for n in range(3)]
+data = native.merge_build([f"{work}/layer"], "k")[0]
+with open(f"{work}/index", "wb") as f:
+    f.write(data)
+index = native.MergedIndex(f"{work}/index")
+
+def reload(n):  # __init__ again (the GIL released while it maps) while others read the index
+    for k in range(100):
+        if n == 0:
+            index.__init__(f"{work}/index")
+        else:
+            index.getattr(1), index.readdir(1, 0, 10), index.path(2)
+
+threads = [threading.Thread(target=f, args=(n,)) for f in (xattrs, build, reload) for n in range(3)]
 for t in threads:
     t.start()
 for t in threads:
@@ -200,7 +212,8 @@ print("driven")
 
 def test_native_code_has_no_data_race(tmp_path: Path) -> None:
     """Calls that release the GIL share no unsynchronised state (sys.c's "do the *xattrat
-    system calls exist" flag, mergebuild.c's allocation counters)."""
+    system calls exist" flag, mergebuild.c's allocation counters, a MergedIndex mapped again
+    by ``__init__`` while other threads read it)."""
     from conftest import REPO, require, require_tool
 
     require_tool("gcc", "pkg-config")
