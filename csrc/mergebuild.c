@@ -1033,8 +1033,11 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
             PyObject *msg = PyUnicode_FromFormat(
                 "the merged index would exceed its format's limits (%llu bytes of names, symlink "
                 "targets and xattrs; 2^32 - 1 nodes and entries)", (unsigned long long)b.blob_max);
-            if (msg != NULL)
-                PyErr_SetObject(PyExc_OSError, Py_BuildValue("(iN)", EFBIG, msg));
+            PyObject *exc_args = msg ? Py_BuildValue("(iN)", EFBIG, msg) : NULL;
+            if (exc_args != NULL) {
+                PyErr_SetObject(PyExc_OSError, exc_args);
+                Py_DECREF(exc_args);
+            }
         }
         else {
             errno = b.err;
