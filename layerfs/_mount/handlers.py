@@ -250,10 +250,11 @@ class Handlers(pyfuse3.Operations):
     async def open(self, inode: InodeT, flags: int, ctx: RequestContext) -> FileInfo:
         """Open the backing file read-only, inside its layer's root; keep its page cache.
 
-        The path is resolved with ``openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`` relative
-        to the layer's dir fd (``_sys.open_in_root``), and its last component is never followed:
-        a ``lowerdir=`` tree is the caller's and may change under the daemon, and a directory
-        swapped for a symlink must not lead the open out of the layer.
+        The path is resolved with ``openat2(RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS)`` relative to
+        the layer's dir fd, as the C engine does: every directory on the path is a real directory
+        of the layer (the index only descends through them), but a ``lowerdir=`` tree is the
+        caller's and may change under the daemon: a directory swapped for a symlink fails the
+        open (ELOOP) instead of leading it elsewhere.
 
         Raises EROFS for any write intent (the kernel already refuses on a ``ro`` mount).
         """
@@ -261,7 +262,8 @@ class Handlers(pyfuse3.Operations):
             raise OSError(errno.EROFS, "read-only mount")
         if self._ix.getattr(inode)[1] & _S_IFMT != _S_IFREG:
             raise OSError(errno.EINVAL, "not a regular file")
-        fd = _sys.open_in_root(self._layer_fds[self._ix.layer(inode)], self._ix.path(inode), self._open_flags)
+        fd = _sys.openat2(self._layer_fds[self._ix.layer(inode)], self._ix.path(inode), self._open_flags, 0,
+                          _sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS | _sys.RESOLVE_NO_SYMLINKS)
         self._open.add(fd)
         return FileInfo(fh=FileHandleT(fd), keep_cache=self._policy.keep_cache)
 
