@@ -7,6 +7,8 @@
  * the small part of a request; this keeps it at a few hundred ns and allocation-light).
  *
  * GIL: every method holds it; none blocks (the map is of a local file, populated at load).
+ * __init__ maps and validates with the GIL released, into a struct of its own: a second
+ * __init__ swaps the maps only once it holds the GIL again, so readers never see half of one.
  * Errors: OSError(ENOENT / ENOTDIR / ENAMETOOLONG / ENODATA / EINVAL / ESTALE) with errno set, so
  * the handlers' single translation point (layerfs/_mount/handlers.py) turns them into FUSE replies;
  * ValueError for a malformed index file at load.
@@ -29,6 +31,139 @@ static int in_blob(const struct lfs_header *h, uint64_t off, uint64_t len)
     return off <= h->blob_size && len <= h->blob_size - off;
 }
 
+/* Whether blob[off, off+len) is a name a directory can hold: 1..NAME_MAX bytes, no '/' and no
+ * NUL, neither "." nor "..".  The engines pass these names to the kernel (readdir, lookup) and
+ * join them into paths opened under a layer root: anything else could name another place. */
+static int valid_name(const char *blob, uint32_t off, uint32_t len)
+{
+    const char *s = blob + off;
+    if (len == 0 || len > LFS_NAME_MAX || memchr(s, '/', len) != NULL || memchr(s, '\0', len) != NULL)
+        return 0;
+    return !(s[0] == '.' && (len == 1 || (len == 2 && s[1] == '.')));
+}
+
+/* The order of directory entries (lfs_lookup's binary search): bytes, then length. */
+static int name_cmp(const char *blob, const struct lfs_dent *a, const struct lfs_dent *b)
+{
+    uint32_t n = a->name_len < b->name_len ? a->name_len : b->name_len;
+    int c = memcmp(blob + a->name_off, blob + b->name_off, n);
+    return c ? c : (a->name_len < b->name_len ? -1 : a->name_len > b->name_len);
+}
+
+static int known_type(uint32_t mode)
+{
+    switch (mode & S_IFMT) {
+    case S_IFREG: case S_IFDIR: case S_IFLNK: case S_IFCHR: case S_IFBLK: case S_IFIFO: case S_IFSOCK:
+        return 1;
+    }
+    return 0;
+}
+
+/* Check one node (i >= 1) on its own: ranges, names, parent order, payloads.  NULL or the reason. */
+static const char *check_node(const struct lfs_index *ix, uint32_t i, uint64_t *dents_seen)
+{
+    const struct lfs_header *h = ix->h;
+    const struct lfs_node *n = &ix->nodes[i];
+    int is_dir = (n->mode & S_IFMT) == S_IFDIR;
+    if (!known_type(n->mode))
+        return "a node has an unknown file type";
+    if (n->layer >= h->n_layers)
+        return "a node names a layer beyond the stack";
+    if (!in_blob(h, n->name_off, n->name_len) || !in_blob(h, n->xattr_off, n->xattr_len) ||
+        !in_blob(h, n->target_off, n->target_len))
+        return "a node's name, xattrs or target lie outside the blob";
+    if (i == LFS_ROOT_INO) {
+        if (!is_dir || n->parent != LFS_ROOT_INO || n->name_len != 0)
+            return "the root is not a nameless directory that is its own parent";
+    } else {
+        /* Parents are numbered before their children (breadth-first numbering), so every
+         * chain of parent links descends strictly and ends at the root: no cycle is possible. */
+        if (n->parent < LFS_ROOT_INO || n->parent >= i)
+            return "a node's parent is not numbered before it";
+        if ((ix->nodes[n->parent].mode & S_IFMT) != S_IFDIR)
+            return "a node's parent is not a directory";
+        if (!valid_name(ix->blob, n->name_off, n->name_len))
+            return "a node's name is empty, too long, '.', '..' or holds '/' or NUL";
+    }
+    if (is_dir) {
+        /* Directories' entry ranges follow each other in node order and cover every entry once. */
+        if (n->first_dent != *dents_seen || n->n_dents > h->n_dents - *dents_seen)
+            return "a directory's entry range does not follow the previous directory's";
+        *dents_seen += n->n_dents;
+    } else if (n->n_dents != 0) {
+        return "a non-directory lists entries";
+    }
+    if ((n->mode & S_IFMT) == S_IFLNK) {
+        if (n->target_len == 0 || n->target_len >= LFS_TARGET_MAX ||
+            memchr(ix->blob + n->target_off, '\0', n->target_len) != NULL)
+            return "a symlink's target is empty, too long or holds NUL";
+    } else if (n->target_len != 0) {
+        return "a node that is not a symlink has a target";
+    }
+    /* xattr records must tile their range exactly; names as listxattr(2) returns them */
+    uint64_t off = n->xattr_off, end = (uint64_t)n->xattr_off + n->xattr_len;
+    while (off < end) {
+        uint32_t nl, vl;
+        if (end - off < 8)
+            return "a node's xattr records do not tile their range";
+        memcpy(&nl, ix->blob + off, 4);
+        memcpy(&vl, ix->blob + off + 4, 4);
+        if ((uint64_t)nl + vl > end - off - 8)
+            return "a node's xattr records do not tile their range";
+        if (nl == 0 || nl > LFS_XATTR_NAME_MAX || vl > LFS_XATTR_SIZE_MAX ||
+            memchr(ix->blob + off + 8, '\0', nl) != NULL)
+            return "an xattr name is empty, too long or holds NUL, or its value is too long";
+        off += 8 + (uint64_t)nl + vl;
+    }
+    return NULL;
+}
+
+/* Check the whole index once, so that every accessor and every walk over it (parent chains,
+ * directory trees) is a bounded array access that terminates.  NULL, or the reason it is bad. */
+static const char *check_index(const struct lfs_index *ix)
+{
+    const struct lfs_header *h = ix->h;
+    uint64_t dents_seen = 0;
+    for (uint32_t i = LFS_ROOT_INO; i < h->n_nodes; i++) {
+        const char *why = check_node(ix, i, &dents_seen);
+        if (why != NULL)
+            return why;
+    }
+    if (dents_seen != h->n_dents)
+        return "some entries belong to no directory";
+    /* Entries that name a node of this directory under the node's own name.  Each node has at
+     * most one (its parent lists a name once); if every node but the root has one, a path built
+     * from parent links leads to the node. */
+    uint64_t own_names = 0;
+    for (uint32_t i = LFS_ROOT_INO; i < h->n_nodes; i++) {
+        const struct lfs_node *dir = &ix->nodes[i];
+        if ((dir->mode & S_IFMT) != S_IFDIR)
+            continue;
+        for (uint32_t k = dir->first_dent; k < dir->first_dent + dir->n_dents; k++) {
+            const struct lfs_dent *d = &ix->dents[k];
+            if (d->ino <= LFS_ROOT_INO || d->ino >= h->n_nodes || !in_blob(h, d->name_off, d->name_len))
+                return "an entry names no node, or the root";
+            const struct lfs_node *child = &ix->nodes[d->ino];
+            int own = child->parent == i && child->name_len == d->name_len &&
+                      (child->name_off == d->name_off ||
+                       memcmp(ix->blob + child->name_off, ix->blob + d->name_off, d->name_len) == 0);
+            /* the node's own name was checked with the node */
+            if (!own && !valid_name(ix->blob, d->name_off, d->name_len))
+                return "an entry's name is empty, too long, '.', '..' or holds '/' or NUL";
+            if (k > dir->first_dent && name_cmp(ix->blob, &ix->dents[k - 1], d) >= 0)
+                return "a directory's entries are not sorted or repeat a name";
+            /* a directory is listed once, by its parent, under its name: the directory tree is
+             * the tree of parent links, so a walk down the entries ends */
+            if ((child->mode & S_IFMT) == S_IFDIR && !own)
+                return "a directory is listed by a directory that is not its parent, or by another name";
+            own_names += own;
+        }
+    }
+    if (own_names != h->n_nodes - 2)
+        return "a node is not listed by its parent under its name";
+    return NULL;
+}
+
 int lfs_index_open(struct lfs_index *ix, const char *path)
 {
     memset(ix, 0, sizeof *ix);
@@ -41,62 +176,45 @@ int lfs_index_open(struct lfs_index *ix, const char *path)
         close(fd);
         return -e;
     }
-    if ((size_t)st.st_size < sizeof(struct lfs_header)) {
+    if ((uint64_t)st.st_size < sizeof(struct lfs_header) || (uint64_t)st.st_size > SIZE_MAX) {
         close(fd);
+        ix->why = "the file is shorter than a header";
         return -EINVAL;
     }
-    void *map = mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
     int e = errno;
     close(fd);
     if (map == MAP_FAILED)
         return -e;
     ix->map = map;
-    ix->map_len = st.st_size;
+    ix->map_len = (size_t)st.st_size;
     const struct lfs_header *h = map;
-    uint64_t size = st.st_size;
-    if (memcmp(h->magic, LFS_MAGIC, 8) != 0 || h->version != LFS_VERSION || h->n_nodes < 2)
-        goto bad;
-    if (h->off_nodes > size || (uint64_t)h->n_nodes * sizeof(struct lfs_node) > size - h->off_nodes ||
-        h->off_dents > size || (uint64_t)h->n_dents * sizeof(struct lfs_dent) > size - h->off_dents ||
-        h->off_blob > size || h->blob_size > size - h->off_blob || (h->off_nodes % 8) != 0 ||
-        (h->off_dents % 4) != 0)
-        goto bad;
-    ix->h = h;
-    ix->nodes = (const struct lfs_node *)((const char *)map + h->off_nodes);
-    ix->dents = (const struct lfs_dent *)((const char *)map + h->off_dents);
-    ix->blob = (const char *)map + h->off_blob;
-    ix->n_nodes = h->n_nodes;
-    if (!in_blob(h, h->key_off, h->key_len))
-        goto bad;
-    for (uint32_t i = 1; i < h->n_nodes; i++) {
-        const struct lfs_node *n = &ix->nodes[i];
-        if (n->parent < 1 || n->parent >= h->n_nodes || !in_blob(h, n->name_off, n->name_len) ||
-            !in_blob(h, n->xattr_off, n->xattr_len) || !in_blob(h, n->target_off, n->target_len) ||
-            (uint64_t)n->first_dent + n->n_dents > h->n_dents || n->layer >= h->n_layers)
-            goto bad;
-        /* xattr records must tile their range exactly */
-        uint64_t off = n->xattr_off, end = (uint64_t)n->xattr_off + n->xattr_len;
-        while (off < end) {
-            uint32_t nl, vl;
-            if (end - off < 8)
-                goto bad;
-            memcpy(&nl, ix->blob + off, 4);
-            memcpy(&vl, ix->blob + off + 4, 4);
-            if ((uint64_t)nl + vl > end - off - 8)
-                goto bad;
-            off += 8 + (uint64_t)nl + vl;
-        }
+    uint64_t size = (uint64_t)st.st_size;
+    const char *why = NULL;
+    if (memcmp(h->magic, LFS_MAGIC, 8) != 0 || h->version != LFS_VERSION)
+        why = "another magic or format version";
+    else if (h->n_nodes < 2 || h->n_layers < 1)
+        why = "no root node or no layer";
+    else if (h->off_nodes > size || (uint64_t)h->n_nodes * sizeof(struct lfs_node) > size - h->off_nodes ||
+             h->off_dents > size || (uint64_t)h->n_dents * sizeof(struct lfs_dent) > size - h->off_dents ||
+             h->off_blob > size || h->blob_size > size - h->off_blob || (h->off_nodes % 8) != 0 ||
+             (h->off_dents % 4) != 0)
+        why = "a table lies outside the file or is misaligned";
+    else if (!in_blob(h, h->key_off, h->key_len))
+        why = "the key lies outside the blob";
+    if (why == NULL) {
+        ix->h = h;
+        ix->nodes = (const struct lfs_node *)((const char *)map + h->off_nodes);
+        ix->dents = (const struct lfs_dent *)((const char *)map + h->off_dents);
+        ix->blob = (const char *)map + h->off_blob;
+        ix->n_nodes = h->n_nodes;
+        why = check_index(ix);
     }
-    for (uint32_t i = 0; i < h->n_dents; i++) {
-        const struct lfs_dent *d = &ix->dents[i];
-        if (d->ino < 1 || d->ino >= h->n_nodes || !in_blob(h, d->name_off, d->name_len) ||
-            d->name_len == 0 || d->name_len > LFS_NAME_MAX)
-            goto bad;
-    }
-    return 0;
-bad:
-    munmap(map, st.st_size);
+    if (why == NULL)
+        return 0;
+    munmap(map, (size_t)st.st_size);
     memset(ix, 0, sizeof *ix);
+    ix->why = why;
     return -EINVAL;
 }
 
@@ -145,22 +263,27 @@ static int Index_init(IndexObject *self, PyObject *args, PyObject *kw)
     PyObject *path = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O&", kwlist, PyUnicode_FSConverter, &path))
         return -1;
-    lfs_index_close(&self->ix);
-    Py_XSETREF(self->path, path);
+    /* Map the file into a local struct with the GIL released: other threads may be reading
+     * self->ix meanwhile (a second __init__), so it changes only below, with the GIL held. */
+    struct lfs_index ix;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = lfs_index_open(&self->ix, PyBytes_AS_STRING(path));
+    rc = lfs_index_open(&ix, PyBytes_AS_STRING(path));
     Py_END_ALLOW_THREADS
-    if (rc == -EINVAL) {
-        PyErr_Format(PyExc_ValueError, "%s: not a layerfs merged index (version %d)",
-                     PyBytes_AS_STRING(path), LFS_VERSION);
-        return -1;
-    }
-    if (rc < 0) {
+    if (rc == -EINVAL)
+        PyErr_Format(PyExc_ValueError, "%s: not a layerfs merged index of format %d: %s",
+                     PyBytes_AS_STRING(path), LFS_VERSION, ix.why);
+    else if (rc < 0) {
         errno = -rc;
         PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, path);
+    }
+    if (rc < 0) {
+        Py_DECREF(path);
         return -1;
     }
+    lfs_index_close(&self->ix);
+    self->ix = ix;
+    Py_XSETREF(self->path, path);
     return 0;
 }
 
@@ -188,7 +311,8 @@ static PyObject *Index_lookup(IndexObject *self, PyObject *const *args, Py_ssize
         return NULL;
     if ((dir->mode & S_IFMT) != S_IFDIR)
         return os_error(ENOTDIR);
-    PyBytes_AsStringAndSize(args[1], &name, &len);
+    if (PyBytes_AsStringAndSize(args[1], &name, &len) < 0)
+        return NULL;
     if (len > LFS_NAME_MAX)
         return os_error(ENAMETOOLONG);
     if (len == 1 && name[0] == '.')
@@ -227,10 +351,10 @@ static PyObject *Index_readdir(IndexObject *self, PyObject *const *args, Py_ssiz
     unsigned long long ino, start, count;
     if (!_PyArg_CheckPositional("readdir", nargs, 3, 3))
         return NULL;
-    ino = PyLong_AsUnsignedLongLong(args[0]);
-    start = PyLong_AsUnsignedLongLong(args[1]);
-    count = PyLong_AsUnsignedLongLong(args[2]);
-    if (PyErr_Occurred())
+    /* one at a time: no C API call may run with an exception pending */
+    if (((ino = PyLong_AsUnsignedLongLong(args[0])) == (unsigned long long)-1 && PyErr_Occurred()) ||
+        ((start = PyLong_AsUnsignedLongLong(args[1])) == (unsigned long long)-1 && PyErr_Occurred()) ||
+        ((count = PyLong_AsUnsignedLongLong(args[2])) == (unsigned long long)-1 && PyErr_Occurred()))
         return NULL;
     const struct lfs_node *dir = get_node(self, ino);
     if (dir == NULL)
@@ -410,8 +534,28 @@ static PyTypeObject IndexType = {
     .tp_getset = Index_getset,
 };
 
+/* Add value (a new reference, or NULL with an exception set) to the module; value is released. */
+static int add_owned(PyObject *module, const char *name, PyObject *value)
+{
+    int rc = PyModule_AddObjectRef(module, name, value);
+    Py_XDECREF(value);
+    return rc;
+}
+
 int layerfs_init_merge(PyObject *module)
 {
+    /* the format, defined once (merge.h): layerfs/_mount/index.py reads these */
+    if (add_owned(module, "INDEX_MAGIC", PyBytes_FromStringAndSize(LFS_MAGIC, 8)) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_VERSION", LFS_VERSION) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_HEADER_SIZE", sizeof(struct lfs_header)) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_NODE_SIZE", sizeof(struct lfs_node)) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_DENT_SIZE", sizeof(struct lfs_dent)) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_ROOT_INO", LFS_ROOT_INO) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_FLAG_MERGED", LFS_FLAG_MERGED) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_FLAG_OPAQUE", LFS_FLAG_OPAQUE) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_NAME_MAX", LFS_NAME_MAX) < 0 ||
+        add_owned(module, "INDEX_BLOB_MAX", PyLong_FromUnsignedLong(LFS_BLOB_MAX)) < 0)
+        return -1;
     if (PyType_Ready(&IndexType) < 0)
         return -1;
     Py_INCREF(&IndexType);

@@ -1,8 +1,25 @@
-/* merge.h: the merged-tree index file (written by layerfs/_mount/merge.py) as C sees it.
+/* merge.h: the merged-tree index file (written by csrc/mergebuild.c), as C reads it.
  *
- * The layout must match layerfs/_mount/merge.py's HEADER / NODE / DENT structs (little-endian, packed as
- * declared; the static asserts in merge.c check the sizes).  A loaded index is an mmap of the
- * file, validated once at load, so every accessor below is a bounds-check-free array access.
+ * The one definition of the format: magic, version, the three structs (little-endian, packed
+ * as declared; the static asserts in merge.c check the sizes).  The native module exports
+ * these constants (layerfs/_mount/index.py reads them); layerfs/_mount/merge.py documents
+ * the rules and the layout in prose.
+ *
+ * A loaded index is an mmap of the file, validated once at load (lfs_index_open), so every
+ * accessor below is a bounds-check-free array access and every walk over it terminates.  What
+ * the validation guarantees, beyond "every offset and range lies inside its table":
+ *   - node 1 is the root: a directory, its own parent, with an empty name;
+ *   - every other node's parent is a directory numbered before it (so parent chains are
+ *     acyclic and end at the root), and its name is a valid component (1..255 bytes, no '/'
+ *     or NUL, not "." or "..");
+ *   - directories' entry ranges follow each other in node order and cover every entry once;
+ *     non-directories list nothing; each directory's entries are valid names, sorted by
+ *     bytes with no repeat, and never name the root;
+ *   - an entry naming a directory is that directory's name in its parent (so each directory is
+ *     listed exactly once and the directory tree is the tree of parent links), and every node
+ *     is listed by its parent under its own name (so a path built from parents leads to it);
+ *   - only symlinks have targets (1..4095 bytes, no NUL); xattr records tile their range,
+ *     with names of 1..255 bytes without NUL and values of at most 64 KiB.
  */
 #ifndef LAYERFS_MERGE_H
 #define LAYERFS_MERGE_H
@@ -16,7 +33,11 @@
 #define LFS_ROOT_INO 1
 #define LFS_FLAG_MERGED 1
 #define LFS_FLAG_OPAQUE 2
-#define LFS_NAME_MAX 255
+#define LFS_NAME_MAX 255         /* a name component (NAME_MAX) */
+#define LFS_TARGET_MAX 4096      /* a symlink target is shorter (PATH_MAX) */
+#define LFS_XATTR_NAME_MAX 255   /* XATTR_NAME_MAX */
+#define LFS_XATTR_SIZE_MAX 65536 /* XATTR_SIZE_MAX */
+#define LFS_BLOB_MAX 0xffffffffu /* blob offsets are 32-bit: at most 4 GiB - 1 of names etc. */
 
 struct lfs_header {
     char magic[8];
@@ -46,9 +67,11 @@ struct lfs_index {
     const struct lfs_dent *dents;
     const char *blob;
     uint32_t n_nodes;
+    const char *why; /* after a failed lfs_index_open with -EINVAL: what is malformed */
 };
 
-/* Open and validate an index file.  Returns 0, or -errno (EINVAL for a malformed file). */
+/* Open and validate an index file (see above).  Returns 0, or -errno (EINVAL for a malformed
+ * file, ix->why then says how). */
 int lfs_index_open(struct lfs_index *ix, const char *path);
 void lfs_index_close(struct lfs_index *ix);
 

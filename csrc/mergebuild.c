@@ -2,14 +2,24 @@
  *
  * What it does: `merge_build(layer_dirs, key) -> (index bytes, nodes, dents, hidden)` walks the
  * layer dirs (base first) breadth-first with getdents (fdopendir/readdir), fstatat, readlinkat
- * and l{list,get}xattr, applies the overlay rules and returns the same bytes as the Python
- * reference `_merge._build_python` (tests/test_merge.py checks byte equality on every rule
- * case).  The rules, the numbering and the file format are documented once, in _merge.py; the
- * marker names below are those of layerfs/_layer/whiteout.py (the one list of them), repeated here.
+ * and listxattrat/getxattrat, applies the overlay rules and returns the same bytes as the
+ * Python oracle tests/_merge_oracle.py (tests/test_merge.py checks byte equality on every
+ * rule case).  The rules, the numbering and the file format are documented once, in
+ * layerfs/_mount/merge.py; the format is defined in merge.h, the marker forms below.
+ *
+ * Paths: each layer root is opened once; every directory below it is opened with openat2
+ * (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) relative to that fd, and every entry is read
+ * relative to its directory's fd.  A -o lowerdir= tree belongs to the caller and may change
+ * while it is walked: a directory swapped for a symlink fails the build (ELOOP) instead of
+ * leading the walk, and the mount, elsewhere.
  *
  * Why: a `-o lowerdir=` mount must rebuild the index at every mount (plain dirs are not content
  * addressed), and the Python walk costs ~8 us per entry (~200 ms for 25k entries), most of it
  * interpreter work around the system calls.  Measured: see the _merge docstring.
+ *
+ * Memory: every allocation goes through mb_malloc & co., which count live blocks and can be made
+ * to fail (tests/test_merge.py fails each allocation of a build in turn and checks that nothing
+ * stays allocated).
  *
  * GIL: released for the whole walk.  Errors: OSError (with the path) when a layer dir, an entry's
  * lstat or a symlink target cannot be read; unreadable xattrs count as none (as in Python).
@@ -20,22 +30,89 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#define WH_PREFIX ".wh."
-#define WH_META_PREFIX ".wh..wh."
-#define WH_OPAQUE ".wh..wh..opq"
+/* The whiteout and opaque marker forms the walk reads.  Their one definition for Python is
+ * layerfs/_layer/whiteout.py (what each means is documented there); these are exported by the
+ * module under the same names, and tests/test_whiteout.py checks that they are equal. */
+#define WH_PREFIX ".wh."                /* WHITEOUT_PREFIX */
+#define WH_META_PREFIX ".wh..wh."       /* META_PREFIX */
+#define WH_OPAQUE ".wh..wh..opq"        /* OPAQUE_MARKER */
+#define OPAQUE_VALUE "y"                /* OPAQUE_VALUE */
+#define XATTR_WHITEOUTS_VALUE "x"       /* XATTR_WHITEOUTS_VALUE */
 static const char *const opaque_xattrs[] = {"trusted.overlay.opaque", "user.overlay.opaque",
-                                            "user.fuseoverlayfs.opaque"};
-static const char *const kernel_opaque_xattrs[] = {"trusted.overlay.opaque", "user.overlay.opaque"};
-static const char *const whiteout_xattrs[] = {"trusted.overlay.whiteout", "user.overlay.whiteout"};
-static const char *const private_prefixes[] = {"trusted.overlay.", "user.overlay.", "user.fuseoverlayfs."};
+                                            "user.fuseoverlayfs.opaque"};       /* OPAQUE_XATTRS */
+static const char *const kernel_opaque_xattrs[] = {"trusted.overlay.opaque",
+                                                   "user.overlay.opaque"};      /* KERNEL_OPAQUE_XATTRS */
+static const char *const whiteout_xattrs[] = {"trusted.overlay.whiteout",
+                                              "user.overlay.whiteout"};         /* WHITEOUT_XATTRS */
+static const char *const private_prefixes[] = {"trusted.overlay.", "user.overlay.",
+                                               "user.fuseoverlayfs."};          /* PRIVATE_XATTR_PREFIXES */
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- allocations ---------------------------------------------------------------------------- */
+
+/* Every allocation of a build goes through these, so that a test can make the nth one fail and
+ * check that the failed build freed all it had (merge_build_faults below).  Both counters are
+ * shared by threads that run builds without the GIL: relaxed atomics. */
+static long live_blocks;    /* blocks allocated and not yet freed */
+static long fail_countdown; /* 0: never fail; n: the nth allocation from now fails */
+/* The most bytes of names, targets and xattrs an index may hold: LFS_BLOB_MAX, lowered by tests. */
+static uint64_t blob_limit = LFS_BLOB_MAX;
+
+static int injected_failure(void)
+{
+    long n = __atomic_load_n(&fail_countdown, __ATOMIC_RELAXED);
+    while (n > 0)
+        if (__atomic_compare_exchange_n(&fail_countdown, &n, n - 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            return n == 1;
+    return 0;
+}
+
+static void *counted(void *p)
+{
+    if (p != NULL)
+        __atomic_add_fetch(&live_blocks, 1, __ATOMIC_RELAXED);
+    return p;
+}
+
+static void *mb_malloc(size_t size)
+{
+    return injected_failure() ? NULL : counted(malloc(size));
+}
+
+static void *mb_calloc(size_t n, size_t size)
+{
+    return injected_failure() ? NULL : counted(calloc(n, size));
+}
+
+static char *mb_strdup(const char *s)
+{
+    return injected_failure() ? NULL : counted(strdup(s));
+}
+
+/* realloc: p == NULL allocates a block; on failure p stays allocated (and counted). */
+static void *mb_realloc(void *p, size_t size)
+{
+    if (injected_failure())
+        return NULL;
+    void *q = realloc(p, size);
+    return p == NULL ? counted(q) : q;
+}
+
+static void mb_free(void *p)
+{
+    if (p != NULL)
+        __atomic_sub_fetch(&live_blocks, 1, __ATOMIC_RELAXED);
+    free(p);
+}
 
 /* ---- growable buffers ---------------------------------------------------------------------- */
 
@@ -51,7 +128,7 @@ static int buf_reserve(struct buf *b, size_t more)
     size_t cap = b->cap ? b->cap : 4096;
     while (cap < b->len + more)
         cap *= 2;
-    char *p = realloc(b->data, cap);
+    char *p = mb_realloc(b->data, cap);
     if (p == NULL)
         return -ENOMEM;
     b->data = p;
@@ -94,6 +171,11 @@ static int xname_cmp(const void *a, const void *b)
     return c ? c : (x->len < y->len ? -1 : x->len > y->len);
 }
 
+static int is_value(const char *val, ssize_t len, const char *want)
+{
+    return len >= 0 && (size_t)len == strlen(want) && memcmp(val, want, (size_t)len) == 0;
+}
+
 static int in_list(const char *name, const char *const *list, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -102,24 +184,102 @@ static int in_list(const char *name, const char *const *list, size_t n)
     return 0;
 }
 
-/* Read every xattr of path (not following symlinks).  Failures count as "no xattrs". */
-static int read_xattrs(const char *path, struct xattrs *out)
+/* Where xattrs are read from: a directory of the walk (its fd), or the entry `name` of one,
+ * not following a final symlink.  Entries go through listxattrat(2) / getxattrat(2) (Linux
+ * 6.13), else through the path "/proc/self/fd/N/name" and the l*xattr calls: either way the
+ * directory is the fd, so no component on the way can be swapped for a symlink. */
+struct xsrc {
+    int fd;
+    const char *name; /* NULL: the fd itself */
+};
+
+#ifndef __NR_getxattrat
+#define __NR_getxattrat 464
+#endif
+#ifndef __NR_listxattrat
+#define __NR_listxattrat 465
+#endif
+
+/* struct xattr_args of <linux/xattr.h> (6.13); bookworm's headers predate it. */
+struct mb_xattr_args {
+    uint64_t value __attribute__((aligned(8)));
+    uint32_t size;
+    uint32_t flags;
+};
+
+/* Whether the *xattrat calls exist: 0 unknown, 1 yes, -1 no (ENOSYS seen).  Shared by threads
+ * without the GIL: a relaxed atomic (a hint; both paths give the same answer). */
+static int have_xattrat;
+
+/* "/proc/self/fd/N/" + a name of at most NAME_MAX bytes + NUL */
+#define ENTRY_PATH_MAX (sizeof "/proc/self/fd/" + 10 + 1 + LFS_NAME_MAX + 1)
+
+static int entry_path(char *buf, size_t size, int dfd, const char *name)
+{
+    int n = snprintf(buf, size, "/proc/self/fd/%d/%s", dfd, name);
+    if (n < 0 || (size_t)n >= size) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    return 0;
+}
+
+static int use_xattrat(long r)
+{
+    if (r >= 0 || errno != ENOSYS) {
+        if (__atomic_load_n(&have_xattrat, __ATOMIC_RELAXED) != 1)
+            __atomic_store_n(&have_xattrat, 1, __ATOMIC_RELAXED);
+        return 1;
+    }
+    __atomic_store_n(&have_xattrat, -1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static ssize_t xsrc_list(const struct xsrc *s, char *buf, size_t size)
+{
+    if (s->name == NULL)
+        return flistxattr(s->fd, buf, size);
+    if (__atomic_load_n(&have_xattrat, __ATOMIC_RELAXED) >= 0) {
+        long r = syscall(__NR_listxattrat, s->fd, s->name, AT_SYMLINK_NOFOLLOW, buf, size);
+        if (use_xattrat(r))
+            return r;
+    }
+    char path[ENTRY_PATH_MAX];
+    return entry_path(path, sizeof path, s->fd, s->name) < 0 ? -1 : llistxattr(path, buf, size);
+}
+
+static ssize_t xsrc_get(const struct xsrc *s, const char *name, void *buf, size_t size)
+{
+    if (s->name == NULL)
+        return fgetxattr(s->fd, name, buf, size);
+    if (__atomic_load_n(&have_xattrat, __ATOMIC_RELAXED) >= 0) {
+        struct mb_xattr_args args = {.value = (uint64_t)(uintptr_t)buf, .size = (uint32_t)size};
+        long r = syscall(__NR_getxattrat, s->fd, s->name, AT_SYMLINK_NOFOLLOW, name, &args, sizeof args);
+        if (use_xattrat(r))
+            return r;
+    }
+    char path[ENTRY_PATH_MAX];
+    return entry_path(path, sizeof path, s->fd, s->name) < 0 ? -1 : lgetxattr(path, name, buf, size);
+}
+
+/* Read every xattr of src.  Failures count as "no xattrs" (as in Python). */
+static int read_xattrs(const struct xsrc *src, struct xattrs *out)
 {
     memset(out, 0, sizeof *out);
     char stackbuf[1024], *names = stackbuf;
-    ssize_t n = llistxattr(path, stackbuf, sizeof stackbuf);
+    ssize_t n = xsrc_list(src, stackbuf, sizeof stackbuf);
     if (n < 0 && errno == ERANGE) {
-        ssize_t want = llistxattr(path, NULL, 0);
+        ssize_t want = xsrc_list(src, NULL, 0);
         if (want <= 0)
             return 0;
-        names = malloc(want);
+        names = mb_malloc(want);
         if (names == NULL)
             return -ENOMEM;
-        n = llistxattr(path, names, want);
+        n = xsrc_list(src, names, want);
     }
     if (n <= 0) {
         if (names != stackbuf)
-            free(names);
+            mb_free(names);
         return 0;
     }
     struct xname list[256], *xl = list;
@@ -127,12 +287,12 @@ static int read_xattrs(const char *path, struct xattrs *out)
     for (ssize_t i = 0; i < n;) {
         size_t len = strnlen(names + i, n - i);
         if (count == cap) {
-            struct xname *bigger = malloc(sizeof *bigger * cap * 2);
+            struct xname *bigger = mb_malloc(sizeof *bigger * cap * 2);
             if (bigger == NULL)
                 goto nomem;
             memcpy(bigger, xl, sizeof *xl * count);
             if (xl != list)
-                free(xl);
+                mb_free(xl);
             xl = bigger;
             cap *= 2;
         }
@@ -147,24 +307,25 @@ static int read_xattrs(const char *path, struct xattrs *out)
     for (size_t i = 0; i < count; i++) {
         const char *name = xl[i].name;
         char *val = valbuf;
-        ssize_t vl = lgetxattr(path, name, valbuf, sizeof valbuf);
+        ssize_t vl = xsrc_get(src, name, valbuf, sizeof valbuf);
         if (vl < 0 && errno == ERANGE) {
-            ssize_t want = lgetxattr(path, name, NULL, 0);
+            ssize_t want = xsrc_get(src, name, NULL, 0);
             if (want < 0)
                 continue;
-            val = malloc(want ? want : 1);
+            val = mb_malloc(want ? want : 1);
             if (val == NULL)
                 goto nomem_vis;
-            vl = lgetxattr(path, name, val, want);
+            vl = xsrc_get(src, name, val, want);
         }
         if (vl < 0) {
             if (val != valbuf)
-                free(val);
+                mb_free(val);
             continue;
         }
-        if (vl == 1 && val[0] == 'y' && in_list(name, opaque_xattrs, NELEM(opaque_xattrs)))
+        if (is_value(val, vl, OPAQUE_VALUE) && in_list(name, opaque_xattrs, NELEM(opaque_xattrs)))
             out->opaque = 1;
-        if (vl == 1 && val[0] == 'x' && in_list(name, kernel_opaque_xattrs, NELEM(kernel_opaque_xattrs)))
+        if (is_value(val, vl, XATTR_WHITEOUTS_VALUE) &&
+            in_list(name, kernel_opaque_xattrs, NELEM(kernel_opaque_xattrs)))
             out->holds_x = 1;
         if (in_list(name, whiteout_xattrs, NELEM(whiteout_xattrs)))
             out->whiteout = 1;
@@ -177,27 +338,35 @@ static int read_xattrs(const char *path, struct xattrs *out)
             if (buf_add(&vis, head, 8, NULL) < 0 || buf_add(&vis, name, xl[i].len, NULL) < 0 ||
                 buf_add(&vis, val, vl, NULL) < 0) {
                 if (val != valbuf)
-                    free(val);
+                    mb_free(val);
                 goto nomem_vis;
             }
         }
         if (val != valbuf)
-            free(val);
+            mb_free(val);
+    }
+    if (vis.len > UINT32_MAX) { /* 2^16 names of 64 KiB values: the format cannot say it */
+        mb_free(vis.data);
+        if (xl != list)
+            mb_free(xl);
+        if (names != stackbuf)
+            mb_free(names);
+        return -EFBIG;
     }
     out->visible = vis.data;
     out->visible_len = (uint32_t)vis.len;
     if (xl != list)
-        free(xl);
+        mb_free(xl);
     if (names != stackbuf)
-        free(names);
+        mb_free(names);
     return 0;
 nomem_vis:
-    free(vis.data);
+    mb_free(vis.data);
 nomem:
     if (xl != list)
-        free(xl);
+        mb_free(xl);
     if (names != stackbuf)
-        free(names);
+        mb_free(names);
     return -ENOMEM;
 }
 
@@ -216,7 +385,7 @@ static int layers_add(struct layers *l, int li, int holds_x)
 {
     if (l->n == l->cap) {
         int cap = l->cap ? l->cap * 2 : 4;
-        struct lay *p = realloc(l->v, sizeof *p * cap);
+        struct lay *p = mb_realloc(l->v, sizeof *p * cap);
         if (p == NULL)
             return -ENOMEM;
         l->v = p;
@@ -236,6 +405,8 @@ struct child {
     int open;             /* a directory still merging with lower layers */
     struct stat st;
     struct xattrs xa;
+    char *target;         /* symlinks: the target, read while the directory was open */
+    uint32_t target_len;
     struct layers layers; /* dirs: (layer, holds xattr whiteouts), top first */
 };
 
@@ -248,6 +419,7 @@ struct dirjob {
 
 struct builder {
     char **roots;
+    int *root_fds; /* each layer's root dir, opened once; every other open is relative to one */
     int n_roots;
     struct buf nodes, dents, blob;
     uint32_t n_nodes, n_dents, hidden;
@@ -261,6 +433,7 @@ struct builder {
     size_t ch_len, ch_cap;
     uint32_t *ch_hash; /* index + 1, 0 = empty */
     size_t ch_hash_cap;
+    uint64_t blob_max; /* the blob may not grow beyond this (LFS_BLOB_MAX but in tests) */
     char err_path[PATH_MAX];
     int err;
 };
@@ -275,7 +448,7 @@ static uint64_t hash_bytes(const char *s, size_t n)
 
 static int ch_rehash(struct builder *b, size_t cap)
 {
-    uint32_t *t = calloc(cap, sizeof *t);
+    uint32_t *t = mb_calloc(cap, sizeof *t);
     if (t == NULL)
         return -ENOMEM;
     for (size_t i = 0; i < b->ch_len; i++) {
@@ -284,7 +457,7 @@ static int ch_rehash(struct builder *b, size_t cap)
             h = (h + 1) & (cap - 1);
         t[h] = (uint32_t)i + 1;
     }
-    free(b->ch_hash);
+    mb_free(b->ch_hash);
     b->ch_hash = t;
     b->ch_hash_cap = cap;
     return 0;
@@ -308,7 +481,7 @@ static struct child *ch_add(struct builder *b, const char *name, size_t len)
 {
     if (b->ch_len == b->ch_cap) {
         size_t cap = b->ch_cap ? b->ch_cap * 2 : 64;
-        struct child *p = realloc(b->ch, sizeof *p * cap);
+        struct child *p = mb_realloc(b->ch, sizeof *p * cap);
         if (p == NULL)
             return NULL;
         b->ch = p;
@@ -319,7 +492,7 @@ static struct child *ch_add(struct builder *b, const char *name, size_t len)
         return NULL;
     struct child *c = &b->ch[b->ch_len];
     memset(c, 0, sizeof *c);
-    c->name = malloc(len + 1);
+    c->name = mb_malloc(len + 1);
     if (c->name == NULL)
         return NULL;
     memcpy(c->name, name, len + 1);
@@ -335,9 +508,10 @@ static struct child *ch_add(struct builder *b, const char *name, size_t len)
 static void ch_clear(struct builder *b)
 {
     for (size_t i = 0; i < b->ch_len; i++) {
-        free(b->ch[i].name);
-        free(b->ch[i].xa.visible);
-        free(b->ch[i].layers.v);
+        mb_free(b->ch[i].name);
+        mb_free(b->ch[i].xa.visible);
+        mb_free(b->ch[i].target);
+        mb_free(b->ch[i].layers.v);
     }
     b->ch_len = 0;
     if (b->ch_hash)
@@ -348,7 +522,7 @@ static int link_find(struct builder *b, uint32_t layer, const struct stat *st, u
 {
     if (b->links_len * 2 >= b->links_cap) {
         size_t cap = b->links_cap ? b->links_cap * 2 : 256;
-        struct link *t = calloc(cap, sizeof *t);
+        struct link *t = mb_calloc(cap, sizeof *t);
         if (t == NULL)
             return -ENOMEM;
         for (size_t i = 0; i < b->links_cap; i++) {
@@ -359,7 +533,7 @@ static int link_find(struct builder *b, uint32_t layer, const struct stat *st, u
                 h = (h + 1) & (cap - 1);
             t[h] = b->links[i];
         }
-        free(b->links);
+        mb_free(b->links);
         b->links = t;
         b->links_cap = cap;
     }
@@ -387,8 +561,27 @@ static int fail(struct builder *b, int err, const char *a, const char *c, const 
     return -err;
 }
 
+/* The format's offsets into the blob are 32-bit, its counts too: refuse what would not fit
+ * (the Python oracle raises struct.error there; casts would cut offsets silently).
+ * -EFBIG with b->err unset means this, not a system call's EFBIG. */
+static int too_big(struct builder *b)
+{
+    return -EFBIG;
+}
+
+static int blob_add(struct builder *b, const void *data, size_t len, uint32_t *off)
+{
+    if (len > b->blob_max || b->blob.len > b->blob_max - len)
+        return too_big(b);
+    uint64_t at;
+    if (buf_add(&b->blob, data, len, &at) < 0)
+        return -ENOMEM;
+    *off = (uint32_t)at;
+    return 0;
+}
+
 static int add_node(struct builder *b, const struct stat *st, int layer, uint32_t parent,
-                    uint64_t name_off, uint32_t name_len, const struct xattrs *xa, const char *target,
+                    uint32_t name_off, uint32_t name_len, const struct xattrs *xa, const char *target,
                     uint32_t target_len)
 {
     struct lfs_node n;
@@ -405,17 +598,16 @@ static int add_node(struct builder *b, const struct stat *st, int layer, uint32_
     n.ctime_ns = (int64_t)st->st_ctim.tv_sec * 1000000000LL + st->st_ctim.tv_nsec;
     n.layer = layer;
     n.parent = parent;
-    n.name_off = (uint32_t)name_off;
+    n.name_off = name_off;
     n.name_len = name_len;
-    uint64_t off = 0;
-    if (xa->visible_len && buf_add(&b->blob, xa->visible, xa->visible_len, &off) < 0)
-        return -ENOMEM;
-    n.xattr_off = (uint32_t)off;
+    int rc;
+    if (b->n_nodes == UINT32_MAX)
+        return too_big(b);
+    if (xa->visible_len && (rc = blob_add(b, xa->visible, xa->visible_len, &n.xattr_off)) < 0)
+        return rc;
     n.xattr_len = xa->visible_len;
-    off = 0;
-    if (target_len && buf_add(&b->blob, target, target_len, &off) < 0)
-        return -ENOMEM;
-    n.target_off = (uint32_t)off;
+    if (target_len && (rc = blob_add(b, target, target_len, &n.target_off)) < 0)
+        return rc;
     n.target_len = target_len;
     if (buf_add(&b->nodes, &n, sizeof n, NULL) < 0)
         return -ENOMEM;
@@ -427,7 +619,7 @@ static int q_push(struct builder *b, uint32_t ino, char *rel, struct layers laye
 {
     if (b->q_len == b->q_cap) {
         size_t cap = b->q_cap ? b->q_cap * 2 : 256;
-        struct dirjob *p = realloc(b->q, sizeof *p * cap);
+        struct dirjob *p = mb_realloc(b->q, sizeof *p * cap);
         if (p == NULL)
             return -ENOMEM;
         b->q = p;
@@ -452,109 +644,150 @@ static int is_whiteout(const struct stat *st, const struct xattrs *xa, int paren
     return parent_holds_x && S_ISREG(st->st_mode) && st->st_size == 0 && xa != NULL && xa->whiteout;
 }
 
+/* Open directory `rel` ("" or "a/b/") of layer li: beneath the layer's root, through real
+ * directories only.  The layer may be changing under us (-o lowerdir= trees are the caller's):
+ * a directory swapped for a symlink fails with ELOOP instead of leading elsewhere. */
+static int open_layer_dir(const struct builder *b, int li, const char *rel)
+{
+    struct open_how how = {.flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC,
+                           .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS};
+    for (int tries = 0;; tries++) {
+        long fd = syscall(SYS_openat2, b->root_fds[li], rel[0] ? rel : ".", &how, sizeof how);
+        if (fd >= 0 || errno != EAGAIN || tries == 8) /* EAGAIN: a rename raced the lookup */
+            return (int)fd;
+    }
+}
+
+static int has_prefix(const char *name, size_t len, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return len >= n && memcmp(name, prefix, n) == 0;
+}
+
+/* Read the target of symlink c (in directory dfd) into c->target. */
+static int read_target(struct builder *b, struct child *c, int dfd, const char *root, const char *rel)
+{
+    char buf[LFS_TARGET_MAX];
+    ssize_t n = readlinkat(dfd, c->name, buf, sizeof buf);
+    if (n < 0)
+        return fail(b, errno, root, rel, c->name);
+    if ((size_t)n == sizeof buf) /* longer than a symlink can be: it was cut */
+        return fail(b, ENAMETOOLONG, root, rel, c->name);
+    if ((c->target = mb_malloc(n ? (size_t)n : 1)) == NULL)
+        return -ENOMEM;
+    memcpy(c->target, buf, (size_t)n);
+    c->target_len = (uint32_t)n;
+    return 0;
+}
+
+/* Read one layer's listing of a directory into b->ch (a name first seen here is the topmost
+ * object of that name), its .wh.X names into *whiteouts (NUL-separated), and set *cut if it
+ * holds the OCI opaque marker.  Returns 0 or a negative errno. */
+static int list_layer(struct builder *b, const struct dirjob *job, int li, int holds_x,
+                      struct buf *whiteouts, int *cut)
+{
+    const char *root = b->roots[li];
+    int dfd = open_layer_dir(b, li, job->rel);
+    if (dfd < 0)
+        return fail(b, errno, root, job->rel, NULL);
+    DIR *d = fdopendir(dfd);
+    if (d == NULL) {
+        int e = errno;
+        close(dfd);
+        return fail(b, e, root, job->rel, NULL);
+    }
+    int rc = 0;
+    for (;;) {
+        errno = 0; /* the end of a listing and a failed read differ only by errno */
+        struct dirent *de = readdir(d);
+        if (de == NULL) {
+            if (errno != 0)
+                rc = fail(b, errno, root, job->rel, NULL);
+            break;
+        }
+        const char *name = de->d_name;
+        if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0')))
+            continue;
+        size_t len = strlen(name);
+        if (has_prefix(name, len, WH_PREFIX)) {
+            size_t plen = strlen(WH_PREFIX);
+            if (strcmp(name, WH_OPAQUE) == 0)
+                *cut = 1;
+            else if (!has_prefix(name, len, WH_META_PREFIX) && len > plen &&
+                     buf_add(whiteouts, name + plen, len - plen + 1, NULL) < 0) {
+                rc = -ENOMEM;
+                break;
+            }
+            continue;
+        }
+        struct child *c = ch_find(b, name, len);
+        if (c != NULL && !c->open)
+            continue;
+        struct stat st;
+        if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+            rc = fail(b, errno, root, job->rel, name);
+            break;
+        }
+        int is_dir = S_ISDIR(st.st_mode);
+        struct xattrs xa = {0};
+        int have_xa = is_dir || holds_x || c == NULL;
+        if (have_xa) {
+            struct xsrc src = {dfd, name};
+            if ((rc = read_xattrs(&src, &xa)) < 0)
+                break;
+        }
+        if (c == NULL) {
+            if ((c = ch_add(b, name, len)) == NULL) {
+                mb_free(xa.visible);
+                rc = -ENOMEM;
+                break;
+            }
+            c->layer = li;
+            if (is_whiteout(&st, &xa, holds_x)) {
+                c->hidden = 1;
+                mb_free(xa.visible);
+                continue;
+            }
+            c->st = st;
+            c->xa = xa;
+            c->open = is_dir && !xa.opaque;
+            if (S_ISLNK(st.st_mode) && (rc = read_target(b, c, dfd, root, job->rel)) < 0)
+                break;
+            if (is_dir && layers_add(&c->layers, li, xa.holds_x) < 0) {
+                rc = -ENOMEM;
+                break;
+            }
+        } else if (is_dir && !is_whiteout(&st, &xa, holds_x)) {
+            int add = layers_add(&c->layers, li, xa.holds_x);
+            if (xa.opaque)
+                c->open = 0;
+            mb_free(xa.visible);
+            if (add < 0) {
+                rc = -ENOMEM;
+                break;
+            }
+        } else {
+            if (have_xa)
+                mb_free(xa.visible);
+            c->open = 0; /* a whiteout or a non-directory ends the merge */
+        }
+    }
+    closedir(d); /* a directory read only: its close has nothing to report */
+    return rc;
+}
+
 /* Merge one directory (all its layers), append its entries and queue its subdirectories. */
 static int merge_dir(struct builder *b, struct dirjob *job)
 {
-    char path[PATH_MAX];
     int used = 0, opaque_below = 0, rc;
     ch_clear(b);
     struct buf whiteouts = {0}; /* NUL-separated names */
     for (int k = 0; k < job->layers.n; k++) {
-        int li = job->layers.v[k].li, holds_x = job->layers.v[k].holds_x, cut = 0;
+        int li = job->layers.v[k].li, cut = 0;
         used++;
         whiteouts.len = 0;
-        const char *root = b->roots[li];
-        if (snprintf(path, sizeof path, "%s/%s", root, job->rel) >= (int)sizeof path)
-            return free(whiteouts.data), fail(b, ENAMETOOLONG, root, job->rel, NULL);
-        int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0)
-            return free(whiteouts.data), fail(b, errno, root, job->rel, NULL);
-        DIR *d = fdopendir(dfd);
-        if (d == NULL) {
-            close(dfd);
-            return free(whiteouts.data), fail(b, errno, root, job->rel, NULL);
-        }
-        size_t plen = strlen(path);
-        struct dirent *de;
-        rc = 0;
-        errno = 0;
-        while ((de = readdir(d)) != NULL) {
-            const char *name = de->d_name;
-            if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0')))
-                continue;
-            size_t len = strlen(name);
-            if (strncmp(name, WH_PREFIX, 4) == 0) {
-                if (strcmp(name, WH_OPAQUE) == 0)
-                    cut = 1;
-                else if (strncmp(name, WH_META_PREFIX, 8) != 0 && len > 4 &&
-                         buf_add(&whiteouts, name + 4, len - 4 + 1, NULL) < 0) {
-                    rc = -ENOMEM;
-                    break;
-                }
-                continue;
-            }
-            struct child *c = ch_find(b, name, len);
-            if (c != NULL && !c->open)
-                continue;
-            struct stat st;
-            if (fstatat(dirfd(d), name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-                rc = fail(b, errno, root, job->rel, name);
-                break;
-            }
-            int is_dir = S_ISDIR(st.st_mode);
-            struct xattrs xa = {0};
-            int have_xa = is_dir || holds_x || c == NULL;
-            if (have_xa) {
-                if (plen + len + 1 >= sizeof path) {
-                    rc = fail(b, ENAMETOOLONG, root, job->rel, name);
-                    break;
-                }
-                memcpy(path + plen, name, len + 1);
-                rc = read_xattrs(path, &xa);
-                path[plen] = '\0';
-                if (rc < 0)
-                    break;
-            }
-            if (c == NULL) {
-                if ((c = ch_add(b, name, len)) == NULL) {
-                    free(xa.visible);
-                    rc = -ENOMEM;
-                    break;
-                }
-                c->layer = li;
-                if (is_whiteout(&st, &xa, holds_x)) {
-                    c->hidden = 1;
-                    free(xa.visible);
-                    continue;
-                }
-                c->st = st;
-                c->xa = xa;
-                c->open = is_dir && !xa.opaque;
-                if (is_dir && layers_add(&c->layers, li, xa.holds_x) < 0) {
-                    rc = -ENOMEM;
-                    break;
-                }
-            } else if (is_dir && !is_whiteout(&st, &xa, holds_x)) {
-                int add = layers_add(&c->layers, li, xa.holds_x);
-                if (xa.opaque)
-                    c->open = 0;
-                free(xa.visible);
-                if (add < 0) {
-                    rc = -ENOMEM;
-                    break;
-                }
-            } else {
-                if (have_xa)
-                    free(xa.visible);
-                c->open = 0; /* a whiteout or a non-directory ends the merge */
-            }
-            errno = 0;
-        }
-        if (rc == 0 && de == NULL && errno != 0)
-            rc = fail(b, errno, root, job->rel, NULL);
-        closedir(d);
-        if (rc < 0) {
-            free(whiteouts.data);
+        if ((rc = list_layer(b, job, li, job->layers.v[k].holds_x, &whiteouts, &cut)) < 0) {
+            mb_free(whiteouts.data);
             return rc;
         }
         for (size_t off = 0; off < whiteouts.len;) { /* .wh.X hides X in the layers below only */
@@ -563,7 +796,7 @@ static int merge_dir(struct builder *b, struct dirjob *job)
             struct child *c = ch_find(b, name, len);
             if (c == NULL) {
                 if ((c = ch_add(b, name, len)) == NULL) {
-                    free(whiteouts.data);
+                    mb_free(whiteouts.data);
                     return -ENOMEM;
                 }
                 c->layer = li;
@@ -578,7 +811,7 @@ static int merge_dir(struct builder *b, struct dirjob *job)
             break;
         }
     }
-    free(whiteouts.data);
+    mb_free(whiteouts.data);
     /* the hash refers to positions: sorting invalidates it, so it is cleared by ch_clear next */
     qsort(b->ch, b->ch_len, sizeof *b->ch, child_cmp);
     uint32_t first = b->n_dents;
@@ -588,9 +821,9 @@ static int merge_dir(struct builder *b, struct dirjob *job)
             b->hidden++;
             continue;
         }
-        uint64_t name_off;
-        if (buf_add(&b->blob, c->name, c->name_len, &name_off) < 0)
-            return -ENOMEM;
+        uint32_t name_off;
+        if ((rc = blob_add(b, c->name, c->name_len, &name_off)) < 0)
+            return rc;
         uint32_t child_ino = 0, *slot = NULL;
         int is_dir = S_ISDIR(c->st.st_mode);
         if (!is_dir && c->st.st_nlink > 1) {
@@ -602,27 +835,13 @@ static int merge_dir(struct builder *b, struct dirjob *job)
         }
         if (child_ino == 0) {
             child_ino = b->n_nodes;
-            char target[PATH_MAX];
-            ssize_t tlen = 0;
-            if (S_ISLNK(c->st.st_mode)) {
-                if (snprintf(path, sizeof path, "%s/%s", b->roots[c->layer], job->rel) >= (int)sizeof path)
-                    return fail(b, ENAMETOOLONG, b->roots[c->layer], job->rel, c->name);
-                int dfd = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
-                if (dfd < 0)
-                    return fail(b, errno, b->roots[c->layer], job->rel, NULL);
-                tlen = readlinkat(dfd, c->name, target, sizeof target);
-                int e = errno;
-                close(dfd);
-                if (tlen < 0)
-                    return fail(b, e, b->roots[c->layer], job->rel, c->name);
-            }
-            rc = add_node(b, &c->st, c->layer, job->ino, name_off, (uint32_t)c->name_len, &c->xa, target,
-                          (uint32_t)tlen);
+            rc = add_node(b, &c->st, c->layer, job->ino, name_off, (uint32_t)c->name_len, &c->xa, c->target,
+                          c->target_len);
             if (rc < 0)
                 return rc;
             if (is_dir) {
                 size_t rl = strlen(job->rel);
-                char *rel = malloc(rl + c->name_len + 2);
+                char *rel = mb_malloc(rl + c->name_len + 2);
                 if (rel == NULL)
                     return -ENOMEM;
                 memcpy(rel, job->rel, rl);
@@ -631,7 +850,7 @@ static int merge_dir(struct builder *b, struct dirjob *job)
                 rel[rl + c->name_len + 1] = '\0';
                 rc = q_push(b, child_ino, rel, c->layers, 0);
                 if (rc < 0) {
-                    free(rel);
+                    mb_free(rel);
                     return rc;
                 }
                 c->layers = (struct layers){0}; /* moved into the queue */
@@ -639,7 +858,9 @@ static int merge_dir(struct builder *b, struct dirjob *job)
                 *slot = child_ino;
             }
         }
-        struct lfs_dent dent = {(uint32_t)name_off, (uint32_t)c->name_len, child_ino};
+        struct lfs_dent dent = {name_off, (uint32_t)c->name_len, child_ino};
+        if (b->n_dents == UINT32_MAX)
+            return too_big(b);
         if (buf_add(&b->dents, &dent, sizeof dent, NULL) < 0)
             return -ENOMEM;
         b->n_dents++;
@@ -655,74 +876,92 @@ static int merge_dir(struct builder *b, struct dirjob *job)
 
 static int build(struct builder *b, const char *key, size_t key_len)
 {
-    uint64_t off;
-    if (buf_add(&b->blob, key, key_len, &off) < 0)
-        return -ENOMEM;
+    uint32_t off;
+    int rc;
+    if ((rc = blob_add(b, key, key_len, &off)) < 0)
+        return rc;
     struct lfs_node zero;
     memset(&zero, 0, sizeof zero);
     if (buf_add(&b->nodes, &zero, sizeof zero, NULL) < 0)
         return -ENOMEM;
     b->n_nodes = 1;
-    int top = b->n_roots - 1, rc;
+    /* The roots are the caller's paths (followed like any path it gives); below them the walk
+     * opens nothing but relative to these fds. */
+    for (int li = 0; li < b->n_roots; li++)
+        if ((b->root_fds[li] = open(b->roots[li], O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+            return fail(b, errno, b->roots[li], "", NULL);
+    int top = b->n_roots - 1;
     struct layers root_layers = {0};
+    struct xattrs top_xa = {0};
     for (int li = top; li >= 0; li--) {
         struct xattrs xa;
-        if ((rc = read_xattrs(b->roots[li], &xa)) < 0)
-            return rc;
-        free(xa.visible);
-        if (layers_add(&root_layers, li, xa.holds_x) < 0)
-            return -ENOMEM;
+        struct xsrc src = {b->root_fds[li], NULL};
+        if ((rc = read_xattrs(&src, &xa)) < 0)
+            goto out;
+        if (li == top)
+            top_xa = xa;
+        else
+            mb_free(xa.visible);
+        if ((rc = layers_add(&root_layers, li, xa.holds_x)) < 0)
+            goto out;
     }
     struct stat st;
-    if (lstat(b->roots[top], &st) < 0) {
-        free(root_layers.v);
-        return fail(b, errno, b->roots[top], "", NULL);
+    if (fstat(b->root_fds[top], &st) < 0) {
+        rc = fail(b, errno, b->roots[top], "", NULL);
+        goto out;
     }
-    struct xattrs xa;
-    if ((rc = read_xattrs(b->roots[top], &xa)) < 0) {
-        free(root_layers.v);
-        return rc;
+    if ((rc = add_node(b, &st, top, LFS_ROOT_INO, 0, 0, &top_xa, NULL, 0)) < 0)
+        goto out;
+    char *rel = mb_strdup("");
+    if (rel == NULL) {
+        rc = -ENOMEM;
+        goto out;
     }
-    rc = add_node(b, &st, top, LFS_ROOT_INO, 0, 0, &xa, NULL, 0);
-    free(xa.visible);
-    if (rc < 0 || (rc = q_push(b, LFS_ROOT_INO, NULL, root_layers, 1)) < 0) {
-        free(root_layers.v);
-        return rc;
+    if ((rc = q_push(b, LFS_ROOT_INO, rel, root_layers, 1)) < 0) {
+        mb_free(rel);
+        goto out;
     }
-    b->q[0].rel = strdup("");
-    if (b->q[0].rel == NULL)
-        return -ENOMEM;
+    root_layers = (struct layers){0}; /* moved into the queue */
     while (b->q_head < b->q_len) {
         struct dirjob job = b->q[b->q_head++];
         rc = merge_dir(b, &job);
-        free(job.rel);
-        free(job.layers.v);
+        mb_free(job.rel);
+        mb_free(job.layers.v);
         b->q[b->q_head - 1].rel = NULL;
         b->q[b->q_head - 1].layers.v = NULL;
         if (rc < 0)
-            return rc;
+            goto out;
     }
-    return 0;
+out:
+    mb_free(root_layers.v);
+    mb_free(top_xa.visible);
+    return rc;
 }
 
 static void builder_free(struct builder *b)
 {
     ch_clear(b);
-    free(b->ch);
-    free(b->ch_hash);
+    mb_free(b->ch);
+    mb_free(b->ch_hash);
     for (size_t i = b->q_head; i < b->q_len; i++) {
-        free(b->q[i].rel);
-        free(b->q[i].layers.v);
+        mb_free(b->q[i].rel);
+        mb_free(b->q[i].layers.v);
     }
-    free(b->q);
-    free(b->links);
-    free(b->nodes.data);
-    free(b->dents.data);
-    free(b->blob.data);
+    mb_free(b->q);
+    mb_free(b->links);
+    mb_free(b->nodes.data);
+    mb_free(b->dents.data);
+    mb_free(b->blob.data);
     if (b->roots) {
         for (int i = 0; i < b->n_roots; i++)
-            free(b->roots[i]);
-        free(b->roots);
+            mb_free(b->roots[i]);
+        mb_free(b->roots);
+    }
+    if (b->root_fds) {
+        for (int i = 0; i < b->n_roots; i++)
+            if (b->root_fds[i] >= 0)
+                close(b->root_fds[i]);
+        mb_free(b->root_fds);
     }
 }
 
@@ -738,18 +977,28 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
         return NULL;
     struct builder b;
     memset(&b, 0, sizeof b);
+    b.blob_max = __atomic_load_n(&blob_limit, __ATOMIC_RELAXED);
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     if (n == 0) {
         Py_DECREF(seq);
         PyErr_SetString(PyExc_ValueError, "a merged tree needs at least one layer");
         return NULL;
     }
-    b.roots = calloc(n, sizeof *b.roots);
-    if (b.roots == NULL) {
+    if (n > INT32_MAX) {
         Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "too many layers");
+        return NULL;
+    }
+    b.roots = mb_calloc(n, sizeof *b.roots);
+    b.root_fds = mb_malloc(sizeof *b.root_fds * n);
+    b.n_roots = (int)n;
+    for (Py_ssize_t i = 0; b.root_fds != NULL && i < n; i++)
+        b.root_fds[i] = -1; /* none open yet */
+    if (b.roots == NULL || b.root_fds == NULL) {
+        Py_DECREF(seq);
+        builder_free(&b);
         return PyErr_NoMemory();
     }
-    b.n_roots = (int)n;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *p = NULL;
         if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(seq, i), &p)) {
@@ -757,7 +1006,7 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
             builder_free(&b);
             return NULL;
         }
-        b.roots[i] = strdup(PyBytes_AS_STRING(p));
+        b.roots[i] = mb_strdup(PyBytes_AS_STRING(p));
         Py_DECREF(p);
         if (b.roots[i] == NULL) {
             Py_DECREF(seq);
@@ -766,7 +1015,7 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
         }
     }
     Py_DECREF(seq);
-    char *keycopy = malloc(key_len + 1);
+    char *keycopy = mb_malloc(key_len + 1);
     if (keycopy == NULL) {
         builder_free(&b);
         return PyErr_NoMemory();
@@ -776,10 +1025,20 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     rc = build(&b, keycopy, (size_t)key_len);
     Py_END_ALLOW_THREADS
-    free(keycopy);
+    mb_free(keycopy);
     if (rc < 0) {
         if (rc == -ENOMEM)
             PyErr_NoMemory();
+        else if (rc == -EFBIG && b.err == 0) {
+            PyObject *msg = PyUnicode_FromFormat(
+                "the merged index would exceed its format's limits (%llu bytes of names, symlink "
+                "targets and xattrs; 2^32 - 1 nodes and entries)", (unsigned long long)b.blob_max);
+            PyObject *exc_args = msg ? Py_BuildValue("(iN)", EFBIG, msg) : NULL;
+            if (exc_args != NULL) {
+                PyErr_SetObject(PyExc_OSError, exc_args);
+                Py_DECREF(exc_args);
+            }
+        }
         else {
             errno = b.err;
             PyErr_SetFromErrnoWithFilename(PyExc_OSError, b.err_path);
@@ -817,14 +1076,93 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
     return res;
 }
 
+/* For the tests: arm the nth allocation from now to fail (0 disarms); returns the blocks live now. */
+static PyObject *merge_build_faults(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    __atomic_store_n(&fail_countdown, n < 0 ? 0 : n, __ATOMIC_RELAXED);
+    return PyLong_FromLong(__atomic_load_n(&live_blocks, __ATOMIC_RELAXED));
+}
+
+/* For the tests: the most bytes of names, targets and xattrs an index may hold (0: the format's
+ * own, LFS_BLOB_MAX); returns the limit that was in force. */
+static PyObject *merge_build_blob_limit(PyObject *self, PyObject *arg)
+{
+    unsigned long long n = PyLong_AsUnsignedLongLong(arg);
+    if (n == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (n == 0 || n > LFS_BLOB_MAX)
+        n = LFS_BLOB_MAX;
+    return PyLong_FromUnsignedLongLong(__atomic_exchange_n(&blob_limit, (uint64_t)n, __ATOMIC_RELAXED));
+}
+
+/* For the tests: take the /proc path of kernels without listxattrat/getxattrat (true) or not. */
+static PyObject *merge_build_xattrat_fallback(PyObject *self, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0)
+        return NULL;
+    __atomic_store_n(&have_xattrat, on ? -1 : 0, __ATOMIC_RELAXED);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef mergebuild_methods[] = {
+    {"_merge_build_xattrat_fallback", merge_build_xattrat_fallback, METH_O,
+     "_merge_build_xattrat_fallback(on): read entry xattrs through /proc as before Linux 6.13; tests only"},
+    {"_merge_build_blob_limit", merge_build_blob_limit, METH_O,
+     "_merge_build_blob_limit(n) -> previous: lower the blob size limit of merge_build (0: the "
+     "format's); tests only"},
+    {"_merge_build_faults", merge_build_faults, METH_O,
+     "_merge_build_faults(n) -> blocks live: the nth allocation of merge_build from now fails "
+     "(0: none); tests only"},
     {"merge_build", merge_build, METH_VARARGS,
      "merge_build(layer_dirs, key) -> (index bytes, nodes, dents, hidden): the merged index of a "
      "stack (base layer first), as layerfs/_mount/merge.py documents it"},
     {NULL, NULL, 0, NULL},
 };
 
+static int add_strings(PyObject *module, const char *name, const char *const *items, size_t n)
+{
+    PyObject *t = PyTuple_New((Py_ssize_t)n);
+    if (t == NULL)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        PyObject *item = PyUnicode_FromString(items[i]);
+        if (item == NULL) {
+            Py_DECREF(t);
+            return -1;
+        }
+        PyTuple_SET_ITEM(t, (Py_ssize_t)i, item);
+    }
+    int rc = PyModule_AddObjectRef(module, name, t);
+    Py_DECREF(t);
+    return rc;
+}
+
+static int add_bytes(PyObject *module, const char *name, const char *value)
+{
+    PyObject *b = PyBytes_FromString(value);
+    if (b == NULL)
+        return -1;
+    int rc = PyModule_AddObjectRef(module, name, b);
+    Py_DECREF(b);
+    return rc;
+}
+
 int layerfs_init_mergebuild(PyObject *module)
 {
-    return PyModule_AddFunctions(module, mergebuild_methods);
+    if (PyModule_AddFunctions(module, mergebuild_methods) < 0 ||
+        PyModule_AddStringConstant(module, "WHITEOUT_PREFIX", WH_PREFIX) < 0 ||
+        PyModule_AddStringConstant(module, "META_PREFIX", WH_META_PREFIX) < 0 ||
+        PyModule_AddStringConstant(module, "OPAQUE_MARKER", WH_OPAQUE) < 0 ||
+        add_bytes(module, "OPAQUE_VALUE", OPAQUE_VALUE) < 0 ||
+        add_bytes(module, "XATTR_WHITEOUTS_VALUE", XATTR_WHITEOUTS_VALUE) < 0 ||
+        add_strings(module, "OPAQUE_XATTRS", opaque_xattrs, NELEM(opaque_xattrs)) < 0 ||
+        add_strings(module, "KERNEL_OPAQUE_XATTRS", kernel_opaque_xattrs, NELEM(kernel_opaque_xattrs)) < 0 ||
+        add_strings(module, "WHITEOUT_XATTRS", whiteout_xattrs, NELEM(whiteout_xattrs)) < 0 ||
+        add_strings(module, "PRIVATE_XATTR_PREFIXES", private_prefixes, NELEM(private_prefixes)) < 0)
+        return -1;
+    return 0;
 }

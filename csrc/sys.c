@@ -12,6 +12,8 @@
  *   showed ~7 Python-level calls per file).  A file it fails to finish is unlinked again.
  *
  * GIL: released around every system call; buffers are held with the buffer protocol meanwhile.
+ * The one state shared by calls (whether the *xattrat syscalls exist) is a relaxed atomic, so
+ * threads running without the GIL do not race on it (tests/test_sys.py runs ThreadSanitizer).
  * Errors: OSError with errno and the path (PyErr_SetFromErrnoWithFilenameObject); TypeError /
  * OverflowError from argument parsing.
  */
@@ -41,8 +43,21 @@ struct layerfs_xattr_args {
     uint32_t flags;
 };
 
-/* 0 until a call tells: 1 = the *xattrat syscalls exist, -1 = ENOSYS seen. */
+/* 0 until a call tells: 1 = the *xattrat syscalls exist, -1 = ENOSYS seen.  Threads read and
+ * write it without the GIL, so only through these two (relaxed atomics: it is a hint, and every
+ * value gives a correct result). */
 static int have_xattrat = 0;
+
+static int xattrat_known(void)
+{
+    return __atomic_load_n(&have_xattrat, __ATOMIC_RELAXED);
+}
+
+static void xattrat_learn(int value)
+{
+    if (xattrat_known() != value)
+        __atomic_store_n(&have_xattrat, value, __ATOMIC_RELAXED);
+}
 
 static PyObject *py_openat2(PyObject *self, PyObject *args, PyObject *kw)
 {
@@ -65,7 +80,10 @@ static PyObject *py_openat2(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     }
     Py_DECREF(path_obj);
-    return PyLong_FromLong(fd);
+    PyObject *result = PyLong_FromLong(fd);
+    if (result == NULL)
+        close((int)fd); /* nobody else can own it */
+    return result;
 }
 
 /* Open `path` (relative to dirfd; "" = dirfd itself, returned as is) as O_PATH for the /proc
@@ -89,16 +107,16 @@ static long do_setxattrat(int dirfd, const char *path, const char *name, const v
                           size_t size, int follow, int xflags)
 {
     int at = (follow ? 0 : AT_SYMLINK_NOFOLLOW) | (path[0] == '\0' ? AT_EMPTY_PATH : 0);
-    if (have_xattrat >= 0) {
+    if (xattrat_known() >= 0) {
         struct layerfs_xattr_args xa = {.value = (uint64_t)(uintptr_t)value, .size = size,
                                         .flags = xflags};
         long r = syscall(__NR_setxattrat, dirfd, path, at, name, &xa, sizeof xa);
         if (r == 0 || errno != ENOSYS) {
-            have_xattrat = 1;
+            xattrat_learn(1);
             if (r == 0 || errno != EBADF || path[0] != '\0')
                 return r;   /* EBADF with an empty path: an O_PATH fd, use /proc */
         } else {
-            have_xattrat = -1;
+            xattrat_learn(-1);
         }
     }
     if (path[0] == '\0') {
@@ -121,16 +139,16 @@ static long do_getxattrat(int dirfd, const char *path, const char *name, void *v
                           int follow)
 {
     int at = (follow ? 0 : AT_SYMLINK_NOFOLLOW) | (path[0] == '\0' ? AT_EMPTY_PATH : 0);
-    if (have_xattrat >= 0) {
+    if (xattrat_known() >= 0) {
         struct layerfs_xattr_args xa = {.value = (uint64_t)(uintptr_t)value, .size = size,
                                         .flags = 0};
         long r = syscall(__NR_getxattrat, dirfd, path, at, name, &xa, sizeof xa);
         if (r >= 0 || errno != ENOSYS) {
-            have_xattrat = 1;
+            xattrat_learn(1);
             if (r >= 0 || errno != EBADF || path[0] != '\0')
                 return r;   /* EBADF with an empty path: an O_PATH fd, use /proc */
         } else {
-            have_xattrat = -1;
+            xattrat_learn(-1);
         }
     }
     if (path[0] == '\0') {
@@ -269,8 +287,12 @@ static PyObject *py_create_file(PyObject *self, PyObject *args, PyObject *kw)
             close(fd);
             unlinkat(dirfd, name, 0);
             errno = saved;
-        } else if (!keep_open) {
-            close(fd);
+        } else if (!keep_open && close(fd) < 0) {
+            /* the data may not have reached the file (close(2) releases the fd even so) */
+            failed = 2;
+            saved = errno;
+            unlinkat(dirfd, name, 0);
+            errno = saved;
         }
     }
     Py_END_ALLOW_THREADS
@@ -281,8 +303,12 @@ static PyObject *py_create_file(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     }
     Py_DECREF(name_obj);
-    if (keep_open)
-        return PyLong_FromLong(fd);
+    if (keep_open) {
+        PyObject *result = PyLong_FromLong(fd);
+        if (result == NULL)
+            close(fd); /* nobody else can own it; the file stays, as after a failed close */
+        return result;
+    }
     return Py_NewRef(Py_None);
 }
 
@@ -292,7 +318,7 @@ static PyObject *py_xattrat_fallback(PyObject *self, PyObject *arg)
     int on = PyObject_IsTrue(arg);
     if (on < 0)
         return NULL;
-    have_xattrat = on ? -1 : 0;
+    __atomic_store_n(&have_xattrat, on ? -1 : 0, __ATOMIC_RELAXED);
     return Py_NewRef(Py_None);
 }
 

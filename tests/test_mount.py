@@ -14,9 +14,12 @@ unmount in teardown, and a failure if a daemon outlives its mount.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -26,7 +29,7 @@ from pathlib import Path
 import pytest
 from _images import BuiltImage, edge_image, edge_tar_layers  # noqa: F401
 from _trees import assert_same_tree, snapshot
-from conftest import require_fuse, require_root, run_layerfs
+from conftest import require_fuse, require_root, require_tool, run_layerfs
 from test_merge import CASES, LONG, build_stack
 
 from layerfs import Image, MountError, Store, _proc
@@ -446,3 +449,123 @@ def test_non_root_user_mounts_through_fusermount(tmp_path: Path) -> None:
         assert not _is_mounted(mnt)
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backing files are opened inside their layer; a damaged stored index is rebuilt, not served.
+
+def test_backing_files_are_opened_inside_their_layer(mounts: Mounts, tmp_path: Path) -> None:
+    """A ``lowerdir=`` tree is the caller's and may change under a root daemon: a directory
+    swapped for a symlink after the mount must not lead an open out of the layer."""
+    layer, outside = tmp_path / "layer", tmp_path / "outside"
+    (layer / "d").mkdir(parents=True)
+    (layer / "d" / "f").write_text("inside\n")
+    outside.mkdir()
+    (outside / "f").write_text("OUTSIDE\n")
+    mounts.mount([layer], tmp_path / "mnt")
+    assert os.listdir(tmp_path / "mnt" / "d") == ["f"]  # the kernel now knows d/f
+    os.rename(layer / "d", tmp_path / "d.moved")
+    os.symlink(outside, layer / "d")
+    with pytest.raises(OSError) as err:  # before: "OUTSIDE" (cut to the 7 bytes the index says)
+        (tmp_path / "mnt" / "d" / "f").read_text()
+    assert err.value.errno == errno.ELOOP  # the layer changed under the mount: refused
+
+
+# ---------------------------------------------------------------------------------------------
+# Setuid bits and device nodes of an image are inert unless asked for (-o suid, -o dev).
+
+@contextlib.contextmanager
+def _public_dir(tag: str) -> Iterator[Path]:
+    """A directory every user can reach (tmp_path's parents are root's alone), removed after."""
+    base = Path(f"/tmp/layerfs-{tag}-{os.getpid()}")
+    base.mkdir(mode=0o755)
+    try:
+        os.chmod(base, 0o755)
+        yield base
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(base)], check=False)
+
+
+def _privileged_layer(base: Path) -> Path:
+    """A layer holding a setuid-root ``id`` and a character device (1:3, the null device)."""
+    layer = base / "layer"
+    (layer / "bin").mkdir(parents=True)
+    (layer / "dev").mkdir()
+    shutil.copy2("/usr/bin/id", layer / "bin" / "id")
+    os.chown(layer / "bin" / "id", 0, 0)
+    os.chmod(layer / "bin" / "id", 0o4755)
+    os.mknod(layer / "dev" / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    return layer
+
+
+def _effective_uid_as_nobody(program: Path) -> str:
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(program), "-u"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def _mount_flags(mnt: Path) -> set[str]:
+    real = os.path.realpath(mnt)
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == real:
+                return set(fields[5].split(","))
+    raise AssertionError(f"{mnt} is not mounted")
+
+
+@pytest.mark.parametrize("how", ["default", "-o suid,dev"])
+def test_setuid_and_devices_of_an_image(how: str, mounts: Mounts) -> None:
+    """By default (``nosuid,nodev``, as for untrusted media) the setuid bit shows but gives no
+    privilege, and a device node cannot be opened; ``-o suid,dev`` allow both (chroot use)."""
+    require_tool("setpriv")
+    with _public_dir("privileges") as base:
+        layer, mnt = _privileged_layer(base), base / "mnt"
+        mnt.mkdir()
+        args = ["-o", f"lowerdir={layer}", str(mnt)] + (["-o", "suid,dev"] if how != "default" else [])
+        run_layerfs("mount", *args, root=mounts.store.root)
+        mounts.track(mnt)
+        try:
+            allowed = how != "default"
+            flags = _mount_flags(mnt)
+            assert ("nosuid" in flags, "nodev" in flags) == (not allowed, not allowed), flags
+            assert os.stat(mnt / "bin" / "id").st_mode & stat.S_ISUID
+            assert _effective_uid_as_nobody(layer / "bin" / "id") == "0"  # the binary does what it says
+            assert _effective_uid_as_nobody(mnt / "bin" / "id") == ("0" if allowed else "65534")
+            if allowed:
+                with open(mnt / "dev" / "null", "rb") as f:
+                    assert f.read() == b""
+            else:
+                with pytest.raises(OSError) as err:
+                    open(mnt / "dev" / "null", "rb")
+                assert err.value.errno in (errno.EACCES, errno.EPERM, errno.ENXIO)
+        finally:
+            _mount.umount(mnt, store=mounts.store)
+
+
+def test_suid_and_dev_are_explained_in_help(tmp_path: Path) -> None:
+    helptext = run_layerfs("mount", "--help", root=tmp_path).stdout
+    assert "nosuid" in helptext and "-o suid" in helptext and "-o dev" in helptext
+
+
+def test_mount_options_keep_suid_and_dev_off_unless_asked() -> None:
+    from layerfs._mount import cache as _cache
+
+    assert {"nosuid", "nodev", "allow_other"} <= _cache.mount_options(fsname="x", euid=0)
+    assert {"suid", "dev"} <= _cache.mount_options(fsname="x", euid=0, suid=True, dev=True)
+    user = _cache.mount_options(fsname="x", euid=1000)
+    assert {"nosuid", "nodev"} <= user and "allow_other" not in user
+    with pytest.raises(MountError, match="-o suid: only root"):
+        _cache.mount_options(fsname="x", euid=1000, suid=True)
+
+
+@pytest.mark.parametrize("values,expected", [
+    ([], (False, False)), (["suid"], (True, False)), (["dev,ro"], (False, True)), (["suid,dev"], (True, True)),
+    (["suid", "nosuid"], (False, False)), (["nodev,dev"], (False, True)),
+])
+def test_suid_and_dev_options_parse_as_mount_8_does(values: list[str], expected: tuple[bool, bool]) -> None:
+    from layerfs._cli.mount import _parse_options
+
+    opts = _parse_options(values)
+    assert (opts.suid, opts.dev) == expected and opts.lowerdir is None

@@ -159,3 +159,78 @@ def test_create_file_removes_what_it_could_not_finish(tmp_path: Path) -> None:
                           timeout=60)
     assert proc.stdout.strip() == str(errno.EFBIG), proc.stderr
     assert not (tmp_path / "f").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Data races in the C extension, found by ThreadSanitizer: the extension is built again with
+# -fsanitize=thread and driven from several threads, which run the C code with the GIL released.
+
+_TSAN_DRIVER = r"""
+import importlib.machinery, importlib.util, os, sys, threading
+loader = importlib.machinery.ExtensionFileLoader("layerfs._native", sys.argv[1])
+spec = importlib.util.spec_from_loader("layerfs._native", loader)
+native = importlib.util.module_from_spec(spec)
+loader.exec_module(native)
+work = sys.argv[2]
+fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+for i in range(4):
+    os.makedirs(f"{work}/layer/d{i}", exist_ok=True)
+    open(f"{work}/layer/d{i}/f", "w").close()
+
+def xattrs(n):
+    for k in range(200):
+        native.setxattrat(fd, "", "user.t%d" % n, b"v")
+        try:
+            native.getxattrat(fd, "", "user.none")
+        except OSError:
+            pass
+
+def build(n):
+    for k in range(20):
+        native.merge_build([f"{work}/layer"], "k")
+
+data = native.merge_build([f"{work}/layer"], "k")[0]
+with open(f"{work}/index", "wb") as f:
+    f.write(data)
+index = native.MergedIndex(f"{work}/index")
+
+def reload(n):  # __init__ again (the GIL released while it maps) while others read the index
+    for k in range(100):
+        if n == 0:
+            index.__init__(f"{work}/index")
+        else:
+            index.getattr(1), index.readdir(1, 0, 10), index.path(2)
+
+threads = [threading.Thread(target=f, args=(n,)) for f in (xattrs, build, reload) for n in range(3)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("driven")
+"""
+
+
+def test_native_code_has_no_data_race(tmp_path: Path) -> None:
+    """Calls that release the GIL share no unsynchronised state (sys.c's "do the *xattrat
+    system calls exist" flag, mergebuild.c's allocation counters, a MergedIndex mapped again
+    by ``__init__`` while other threads read it)."""
+    from conftest import REPO, require, require_tool
+
+    require_tool("gcc", "pkg-config")
+    tsan = os.path.realpath(subprocess.run(["gcc", "-print-file-name=libtsan.so"], capture_output=True,
+                                           text=True, check=True).stdout.strip())
+    require(os.path.exists(tsan), "ThreadSanitizer's runtime (libtsan, with gcc)")
+    import sysconfig
+
+    lib = tmp_path / "_native_tsan.so"
+    fuse = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True, text=True,
+                          check=True).stdout.split()
+    subprocess.run(["gcc", "-std=gnu11", "-O1", "-g", "-fsanitize=thread", "-fPIC", "-shared",
+                    f"-I{sysconfig.get_paths()['include']}", *sorted(str(p) for p in (REPO / "csrc").glob("*.c")),
+                    *fuse, "-lpthread", "-o", str(lib)], check=True, capture_output=True, timeout=300)
+    (tmp_path / "work").mkdir()
+    proc = subprocess.run([sys.executable, "-c", _TSAN_DRIVER, str(lib), str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, LD_PRELOAD=tsan, TSAN_OPTIONS="halt_on_error=0"))
+    assert proc.returncode == 0 and "driven" in proc.stdout, proc.stderr[-3000:]
+    assert "ThreadSanitizer" not in proc.stderr, proc.stderr[-6000:]

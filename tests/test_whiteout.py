@@ -203,3 +203,36 @@ def test_kernel_whiteouts_read_and_ours_obeyed(tmp_path: Path) -> None:
         assert os.listdir(mnt / "d") == ["new"]
     finally:
         subprocess.run(["umount", str(mnt)], check=True, timeout=30)
+
+
+# ---------------------------------------------------------------------------------------------
+# One home for the marker forms: the C walk of the merged index (csrc/mergebuild.c) reads the
+# forms this module defines, and the Python readers here apply the same rule.
+
+def test_the_merge_reads_the_forms_defined_here() -> None:
+    from layerfs._mount import index as _index
+
+    assert _index.marker_forms() == {name: getattr(_whiteout, name) for name in _index.MARKER_FORMS}
+
+
+def test_fuse_overlayfs_opaque_x_holds_no_xattr_whiteouts(tmp_path: Path) -> None:
+    """``x`` is a value of the kernel's ``overlay.opaque`` only: with fuse-overlayfs's xattr it
+    means nothing, for these readers as for the merge (which kept ``y/x`` rules apart before)."""
+    from layerfs._mount import merge as _merge
+    from layerfs._mount.index import Index
+
+    (tmp_path / "layer").mkdir()
+    d = _opaque_dir(tmp_path / "layer", "d", "xattr user.fuseoverlayfs.opaque=x")
+    (d / "uxw").write_bytes(b"")
+    os.setxattr(d / "uxw", "user.overlay.whiteout", b"")
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert not _whiteout.is_opaque(fd)
+        assert not _whiteout.holds_xattr_whiteouts(fd)
+        assert _whiteout.whited_out_names(fd) == set()
+    finally:
+        os.close(fd)
+    data, _ = _merge.build([tmp_path / "layer"])
+    (tmp_path / "i.idx").write_bytes(data)
+    index = Index(tmp_path / "i.idx")
+    assert index.lookup(index.lookup(1, b"d"), b"uxw") > 0  # an ordinary file in the merged view

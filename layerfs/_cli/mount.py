@@ -33,19 +33,27 @@ overlay takes it; `\\:` escapes a colon) mounts those directories instead of an 
 hold whiteouts in the kernel's forms (0/0 char devices, overlay.opaque xattrs) or as OCI `.wh.`
 files.  Like overlay, the directories must not change while mounted.
 
+The mount is nosuid,nodev, as untrusted media are: setuid bits show but give no privilege,
+and device nodes of the image cannot be opened.  As root, `-o suid` lets the image's setuid
+programs run with their owner's rights and `-o dev` lets its device nodes reach the host's
+devices (a block device 8:0 is the host's disk): only for a chroot of an image you trust.
+
 The mount point must exist, be an empty directory and not already be a mount point.  As a
 non-root user the mount goes through fusermount3.
 
 examples:
   layerfs mount busybox:latest ./rootfs
   layerfs mount --foreground alpine /mnt/alpine       serve in front, log to the terminal
-  layerfs mount -o lowerdir=/l/top:/l/mid:/l/base ./merged""")
+  layerfs mount -o lowerdir=/l/top:/l/mid:/l/base ./merged
+  layerfs mount -o suid,dev debian:12 ./rootfs         as root, for `chroot ./rootfs` to run su""")
     p.add_argument("args", nargs="+", metavar="[IMAGE] MOUNTPOINT",
                    help="the image and the mount point; with -o lowerdir= only the mount point "
                         "(a leading source argument, as mount(8) passes it, is ignored)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
-                   help="comma-separated mount options: lowerdir=A:B:C (top first); ro is implied; "
-                        "others are ignored with a warning")
+                   help="comma-separated mount options: lowerdir=A:B:C (top first); suid (the image's "
+                        "setuid bits take effect) and dev (its device nodes open host devices), root "
+                        "only, for chroots of trusted images; ro, nosuid, nodev are the default; others "
+                        "are ignored with a warning")
     p.add_argument("--read-only", action="store_true",
                    help="read-only (the default and, for now, the only kind of mount)")
     p.add_argument("-f", "--foreground", action="store_true",
@@ -89,9 +97,24 @@ examples:
     p.set_defaults(handler=cmd_mount_stats)
 
 
-def _parse_options(values: list[str]) -> list[str] | None:
-    """The lowerdir list (top first) from ``-o`` values, or None; unknown options are ignored."""
+@dataclasses.dataclass(frozen=True)
+class MountOptions:
+    """What ``-o`` asked for: the lowerdir list (top first) or None; setuid bits and devices."""
+
+    lowerdir: list[str] | None = None
+    suid: bool = False
+    dev: bool = False
+
+
+def _parse_options(values: list[str]) -> MountOptions:
+    """Read ``-o`` values, as mount(8) does: the last of ``suid``/``nosuid`` (``dev``/``nodev``)
+    wins; options that change nothing here are accepted, unknown ones ignored with a warning.
+
+    Raises:
+        MountError: ``upperdir=`` / ``workdir=`` (writable mounts are not supported yet).
+    """
     lower: list[str] | None = None
+    flags = {"suid": False, "dev": False}
     for value in values:
         for opt in value.split(","):
             key, _, arg = opt.partition("=")
@@ -99,15 +122,20 @@ def _parse_options(values: list[str]) -> list[str] | None:
                 lower = _mount.parse_lowerdir(arg)
             elif key in ("upperdir", "workdir"):
                 raise MountError(f"-o {key}=: writable mounts are not supported yet")
-            elif key in ("ro", "rw", "", "nodev", "nosuid", "noatime", "dev", "suid", "exec"):
+            elif key in flags:
+                flags[key] = True
+            elif key in ("nosuid", "nodev"):
+                flags[key[2:]] = False
+            elif key in ("ro", "rw", "", "noatime", "exec"):
                 continue
             else:
                 log.warning("mount option %r ignored", opt)
-    return lower
+    return MountOptions(lower, suid=flags["suid"], dev=flags["dev"])
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    lower = _parse_options(args.options)
+    opts = _parse_options(args.options)
+    lower = opts.lowerdir
     store = Store(args.root)
     if lower is not None:
         if not lower:
@@ -122,7 +150,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         image, mountpoint = args.args
         _ensure_image(store, image)
         source = image
-    _mount.mount(store, source, mountpoint, foreground=args.foreground, debug=args.debug, engine=args.engine)
+    _mount.mount(store, source, mountpoint, foreground=args.foreground, debug=args.debug, engine=args.engine,
+                 suid=opts.suid, dev=opts.dev)
     return 0
 
 

@@ -1,5 +1,9 @@
 """Every whiteout and opaque-directory marker form, in one place (fuse-overlayfs ``whiteout.rs``).
 
+This module is the one definition of the forms for Python.  The C walk that builds a mount's
+merged index (``csrc/mergebuild.c``) reads the same forms and exports them under the names used
+here (``layerfs._mount.index.marker_forms``); ``tests/test_whiteout.py`` checks they are equal.
+
 The forms (docs/overlay.rst "Whiteouts and opaque directories"):
 
 ========================================  ==========================================  ===============
@@ -45,6 +49,10 @@ OPAQUE_MARKER = ".wh..wh..opq"
 
 #: Opaque-directory xattrs, in the order fuse-overlayfs tests them; value ``y`` means opaque.
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque")
+#: The value of any of :data:`OPAQUE_XATTRS` that makes its directory opaque.
+OPAQUE_VALUE = b"y"
+#: The kernel's own opaque xattrs: only these take the value :data:`XATTR_WHITEOUTS_VALUE`.
+KERNEL_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 #: The overlay.opaque value that means "this dir may hold xattr whiteouts" (not opaque).
 XATTR_WHITEOUTS_VALUE = b"x"
 #: xattrs that turn an empty regular file into a whiteout (kernel, userspace-written only).
@@ -172,9 +180,9 @@ def is_whiteout(st: os.stat_result, *, dirfd: int | None = None, name: str | Non
     return any(_sys.getxattrat(dirfd, name, attr) is not None for attr in WHITEOUT_XATTRS)
 
 
-def _opaque_values(fd: int) -> list[bytes]:
+def _opaque_values(fd: int, attrs: tuple[str, ...] = OPAQUE_XATTRS) -> list[bytes]:
     values = []
-    for attr in OPAQUE_XATTRS:
+    for attr in attrs:
         try:
             value = _sys.getxattrat(fd, "", attr)
         except PermissionError:
@@ -193,7 +201,7 @@ def is_opaque(fd: int) -> bool:
     Raises:
         OSError: on I/O errors (missing xattrs are not errors).
     """
-    if any(value == b"y" for value in _opaque_values(fd)):
+    if any(value == OPAQUE_VALUE for value in _opaque_values(fd)):
         return True
     try:
         os.stat(OPAQUE_MARKER, dir_fd=fd, follow_symlinks=False)
@@ -205,9 +213,10 @@ def is_opaque(fd: int) -> bool:
 
 
 def holds_xattr_whiteouts(fd: int) -> bool:
-    """True if directory ``fd`` carries ``overlay.opaque=x``: its empty files with
-    ``overlay.whiteout`` are whiteouts (and the dir itself is not opaque)."""
-    return any(value == XATTR_WHITEOUTS_VALUE for value in _opaque_values(fd))
+    """True if directory ``fd`` carries the kernel's ``overlay.opaque=x``
+    (:data:`KERNEL_OPAQUE_XATTRS`): its empty files with ``overlay.whiteout`` are whiteouts (and
+    the dir itself is not opaque)."""
+    return any(value == XATTR_WHITEOUTS_VALUE for value in _opaque_values(fd, KERNEL_OPAQUE_XATTRS))
 
 
 def whited_out_names(fd: int) -> set[str]:

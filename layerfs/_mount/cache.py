@@ -59,6 +59,7 @@ import os
 from dataclasses import dataclass
 
 from .. import _proc
+from .._errors import MountError
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +134,28 @@ def apply_read_ahead(mountpoint: str, policy: CachePolicy = POLICY) -> bool:
         return False
 
 
-def mount_options(*, fsname: str, euid: int | None = None) -> set[str]:
+def mount_options(*, fsname: str, euid: int | None = None, suid: bool = False, dev: bool = False) -> set[str]:
     """The FUSE mount options of a read-only layerfs mount.
 
     ``ro`` and ``default_permissions`` (the kernel checks modes against our attributes, so no
-    ACCESS requests); ``noatime`` (lowers are immutable); as root also ``allow_other``, ``dev`` and
-    ``suid``, as a container rootfs needs (fuse-overlayfs adds the same:
-    docs/peers.rst "fuse-overlayfs").
+    ACCESS requests); ``noatime`` (lowers are immutable); as root also ``allow_other``.  An
+    image is untrusted media: ``nosuid`` and ``nodev`` unless ``suid`` / ``dev`` ask otherwise,
+    so that a setuid-root binary or a device node (say, the host's disk as block device 8:0)
+    that an image carries gives no user anything (as mount(8)'s ``user`` option implies them).
+    ``suid`` and ``dev`` are for chroots that need them (``layerfs mount -o suid,dev``;
+    fuse-overlayfs, made for a container's rootfs, adds ``suid`` as root: docs/peers.rst
+    "fuse-overlayfs"); only root may ask (fusermount3 mounts every user's FUSE file system
+    ``nosuid,nodev``).
+
+    Raises:
+        MountError: ``suid`` or ``dev`` asked for by a user other than root.
     """
-    opts = {"ro", "default_permissions", "noatime", f"fsname={fsname}", "subtype=layerfs"}
-    if (os.geteuid() if euid is None else euid) == 0:
-        opts |= {"allow_other", "dev", "suid"}
+    root = (os.geteuid() if euid is None else euid) == 0
+    if (suid or dev) and not root:
+        asked = ",".join(name for name, on in (("suid", suid), ("dev", dev)) if on)
+        raise MountError(f"-o {asked}: only root may mount with {asked} (fusermount3 mounts nosuid,nodev)")
+    opts = {"ro", "default_permissions", "noatime", f"fsname={fsname}", "subtype=layerfs",
+            "suid" if suid else "nosuid", "dev" if dev else "nodev"}
+    if root:
+        opts.add("allow_other")
     return opts

@@ -290,7 +290,8 @@ def parse_lowerdir(value: str) -> list[str]:
 
 def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
           mountpoint: str | os.PathLike[str], *, foreground: bool = False, debug: bool = False,
-          engine: str = DEFAULT_ENGINE, upper: _upper.Upper | None = None) -> MountHandle:
+          engine: str = DEFAULT_ENGINE, suid: bool = False, dev: bool = False,
+          upper: _upper.Upper | None = None) -> MountHandle:
     """Mount an image of the store or a stack of plain dirs at ``mountpoint``.
 
     Args:
@@ -300,6 +301,8 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         foreground: serve from this process and return only after the mount ends.
         debug: log every failed request (daemon log) at debug level.
         engine: "c" or "pyfuse3" (see :data:`ENGINES`).
+        suid, dev: honour setuid bits and device nodes (root only; ``nosuid,nodev`` otherwise:
+            see ``_cache.mount_options``).
         upper: the checked upper and work directories of a writable mount (``_mount.upper.check``);
             None for a read-only mount.  Only the C engine writes.
 
@@ -327,6 +330,9 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         stack = _lowerdir_stack(source, rundir)
     if upper is not None:
         stack = dataclasses.replace(stack, upper=upper)
+    options = _cache.mount_options(fsname=f"layerfs:{stack.source}"[:200].replace(",", "_"), suid=suid, dev=dev)
+    if upper is not None:
+        options.discard("ro")
     t0 = time.perf_counter()
     built = _merge.ensure(stack.index_path, stack.layer_dirs, key=stack.key)
     if built is not None:
@@ -341,7 +347,7 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         record["pid"] = os.getpid()
         _register(store, stack, mnt, os.getpid())
         try:
-            _daemon(stack, mnt, rundir, record, None, started, index_seconds, debug, engine)
+            _daemon(stack, mnt, rundir, record, None, started, index_seconds, debug, engine, options)
         finally:
             _unregister(store, mnt)
         return MountHandle(mnt, os.getpid(), stack.source, record["image_id"], rundir)  # type: ignore[arg-type]
@@ -359,7 +365,7 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
             os.closerange(wfd + 1, os.sysconf("SC_OPEN_MAX"))
             _detach_stdio(rundir / "daemon.log", debug)
             record["pid"] = os.getpid()
-            code = _daemon(stack, mnt, rundir, record, wfd, started, index_seconds, debug, engine)
+            code = _daemon(stack, mnt, rundir, record, wfd, started, index_seconds, debug, engine, options)
             _unregister(store, mnt)
         except BaseException as err:  # noqa: B036 - the child must never return into the caller
             with contextlib.suppress(BaseException):
@@ -435,11 +441,12 @@ def _detach_stdio(log_path: Path, debug: bool) -> None:
 
 
 def _daemon(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, object], ready_fd: int | None,
-            started: float, index_seconds: float, debug: bool, engine: str = DEFAULT_ENGINE) -> int:
-    """Mount, signal readiness, serve until the session ends; always close.  Returns the status."""
+            started: float, index_seconds: float, debug: bool, engine: str, options: set[str]) -> int:
+    """Mount with ``options`` (``_cache.mount_options``), signal readiness, serve until the
+    session ends; always close.  Returns the status."""
     if engine == "c":
-        return _serve_native(stack, mnt, rundir, record, ready_fd, started, index_seconds, debug)
-    return _serve_pyfuse3(stack, mnt, rundir, record, ready_fd, started, index_seconds, debug)
+        return _serve_native(stack, mnt, rundir, record, ready_fd, started, index_seconds, debug, options)
+    return _serve_pyfuse3(stack, mnt, rundir, record, ready_fd, started, index_seconds, debug, options)
 
 
 def _ready(ready_fd: int | None, stack: _Stack, mnt: Path) -> None:
@@ -467,7 +474,7 @@ def _abort_connection(device: str | None) -> None:
 
 
 def _serve_native(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, object], ready_fd: int | None,
-                  started: float, index_seconds: float, debug: bool) -> int:
+                  started: float, index_seconds: float, debug: bool, options: set[str]) -> int:
     """The C engine: libfuse's loop runs in a thread with the GIL released (itself running
     ``_cache.NATIVE_THREADS`` request threads); this (main) thread only handles signals:
     SIGTERM/SIGINT/SIGHUP unmount, SIGUSR1 writes ``stats.json``.
@@ -506,11 +513,9 @@ def _serve_native(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obje
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, on_signal)
-    options = _cache.mount_options(fsname=f"layerfs:{stack.source}"[:200].replace(",", "_"))
     up = stack.upper
     work_lock = -1
     if up is not None:
-        options.discard("ro")
         work_lock = _upper.prepare(up)  # held (flock) until this process exits
     try:
         session = NativeSession(stack.index_path, [str(d) for d in stack.layer_dirs], str(mnt), options,
@@ -555,7 +560,7 @@ def _serve_native(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obje
 
 
 def _serve_pyfuse3(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, object], ready_fd: int | None,
-                   started: float, index_seconds: float, debug: bool) -> int:
+                   started: float, index_seconds: float, debug: bool, options: set[str]) -> int:
     """The pyfuse3 engine: ``_handlers`` on trio (the base of the writable upper to come)."""
     import pyfuse3
     import trio
@@ -565,9 +570,8 @@ def _serve_pyfuse3(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obj
 
     index = Index(stack.index_path)
     handlers = Handlers(index, stack.layer_dirs)
-    options = _cache.mount_options(fsname=f"layerfs:{stack.source}"[:200].replace(",", "_"))
     if debug:
-        options.add("debug")
+        options = options | {"debug"}
     try:
         pyfuse3.init(handlers, str(mnt), options)
     except RuntimeError as err:

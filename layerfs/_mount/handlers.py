@@ -4,7 +4,8 @@ Every handler body is a few calls into the loaded index (``_index``, served from
 call on a layer file; none awaits, so requests are served one at a time by one worker task
 (docs/fuse.rst "The pyfuse3 request loop": a second worker would only add scheduling cost).
 Metadata requests (lookup, getattr, readdir, readlink, getxattr, listxattr, statfs) read no layer
-directory; open opens the backing file relative to its layer's directory fd; read is one ``pread``.
+directory; open opens the backing file inside its layer's root (``openat2``, relative to the
+layer's dir fd); read is one ``pread``.
 
 The one error translation point is :func:`_handler`: ``OSError`` becomes ``FUSEError(errno)``,
 anything else is logged with its traceback and answered ``EIO``; the daemon never dies of a
@@ -29,6 +30,7 @@ from typing import ParamSpec, TypeVar
 import pyfuse3
 from pyfuse3 import EntryAttributes, FileHandleT, FileInfo, InodeT, ReaddirToken, RequestContext
 
+from .. import _sys
 from .cache import POLICY, CachePolicy
 from .index import NAME_MAX, Index
 
@@ -246,7 +248,13 @@ class Handlers(pyfuse3.Operations):
 
     @_handler
     async def open(self, inode: InodeT, flags: int, ctx: RequestContext) -> FileInfo:
-        """Open the backing file read-only, relative to its layer's dir fd; keep its page cache.
+        """Open the backing file read-only, inside its layer's root; keep its page cache.
+
+        The path is resolved with ``openat2(RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS)`` relative to
+        the layer's dir fd, as the C engine does: every directory on the path is a real directory
+        of the layer (the index only descends through them), but a ``lowerdir=`` tree is the
+        caller's and may change under the daemon: a directory swapped for a symlink fails the
+        open (ELOOP) instead of leading it elsewhere.
 
         Raises EROFS for any write intent (the kernel already refuses on a ``ro`` mount).
         """
@@ -254,9 +262,8 @@ class Handlers(pyfuse3.Operations):
             raise OSError(errno.EROFS, "read-only mount")
         if self._ix.getattr(inode)[1] & _S_IFMT != _S_IFREG:
             raise OSError(errno.EINVAL, "not a regular file")
-        # Every directory on the path is a real directory of that layer (the index only descends
-        # through them), and layers are immutable: no component can be a symlink.
-        fd = os.open(self._ix.path(inode), self._open_flags, dir_fd=self._layer_fds[self._ix.layer(inode)])
+        fd = _sys.openat2(self._layer_fds[self._ix.layer(inode)], self._ix.path(inode), self._open_flags, 0,
+                          _sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS | _sys.RESOLVE_NO_SYMLINKS)
         self._open.add(fd)
         return FileInfo(fh=FileHandleT(fd), keep_cache=self._policy.keep_cache)
 

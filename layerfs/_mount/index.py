@@ -17,8 +17,35 @@ from .. import _native  # type: ignore[attr-defined]  # the C extension (csrc/),
 #: (ino, mode, nlink, uid, gid, rdev, size, blocks, atime_ns, mtime_ns, ctime_ns)
 Attr = tuple[int, int, int, int, int, int, int, int, int, int, int]
 
-ROOT_INO = 1
-NAME_MAX = 255
+# The index format, defined once in csrc/merge.h and read here from the extension.
+#: The first 8 bytes of every index file.
+MAGIC: bytes = _native.INDEX_MAGIC
+#: Bumped whenever the format or the rules change, so that older index files are rebuilt.
+FORMAT_VERSION: int = _native.INDEX_VERSION
+#: Sizes of the header and of one node and one entry record.
+HEADER_SIZE: int = _native.INDEX_HEADER_SIZE
+NODE_SIZE: int = _native.INDEX_NODE_SIZE
+DENT_SIZE: int = _native.INDEX_DENT_SIZE
+#: The root's inode number; node 0 is unused.
+ROOT_INO: int = _native.INDEX_ROOT_INO
+#: Node flags: a directory merged from more than one layer; one that cuts off the layers below.
+FLAG_MERGED: int = _native.INDEX_FLAG_MERGED
+FLAG_OPAQUE: int = _native.INDEX_FLAG_OPAQUE
+#: The longest name a directory entry may have.
+NAME_MAX: int = _native.INDEX_NAME_MAX
+#: The most bytes of names, symlink targets and xattrs one index can hold (32-bit offsets).
+BLOB_MAX: int = _native.INDEX_BLOB_MAX
+
+#: The names of the marker forms the C walk exports (their Python home is ``_layer.whiteout``).
+MARKER_FORMS = ("WHITEOUT_PREFIX", "META_PREFIX", "OPAQUE_MARKER", "OPAQUE_VALUE", "XATTR_WHITEOUTS_VALUE",
+                "OPAQUE_XATTRS", "KERNEL_OPAQUE_XATTRS", "WHITEOUT_XATTRS", "PRIVATE_XATTR_PREFIXES")
+
+
+def marker_forms() -> dict[str, str | bytes | tuple[str, ...]]:
+    """The whiteout and opaque marker forms ``csrc/mergebuild.c`` reads, by their names in
+    ``layerfs._layer.whiteout`` (tests check the two are equal)."""
+    forms: dict[str, str | bytes | tuple[str, ...]] = {name: getattr(_native, name) for name in MARKER_FORMS}
+    return forms
 
 
 def build(layer_dirs: list[str], key: str) -> tuple[bytes, int, int, int]:
@@ -31,6 +58,29 @@ def build(layer_dirs: list[str], key: str) -> tuple[bytes, int, int, int]:
     """
     data, nodes, dents, hidden = _native.merge_build(layer_dirs, key)
     return bytes(data), int(nodes), int(dents), int(hidden)
+
+
+def _fail_allocation(n: int) -> int:
+    """Tests only: make the ``n``-th allocation of :func:`build` from now fail (0: none).
+
+    Returns:
+        The blocks :func:`build` has allocated and not freed (0 between builds).
+    """
+    live: int = _native._merge_build_faults(n)
+    return live
+
+
+def _use_xattrat_fallback(on: bool) -> None:
+    """Tests only: make :func:`build` read entries' xattrs the way it does on kernels before 6.13
+    (no ``listxattrat``/``getxattrat``: through ``/proc/self/fd/N/name``)."""
+    _native._merge_build_xattrat_fallback(on)
+
+
+def _set_blob_limit(n: int) -> int:
+    """Tests only: the most bytes of names, targets and xattrs :func:`build` may put in an index
+    (0: the format's own, 4 GiB - 1).  Returns the limit that was in force."""
+    previous: int = _native._merge_build_blob_limit(n)
+    return previous
 
 
 @dataclass(frozen=True)
