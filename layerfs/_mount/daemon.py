@@ -65,8 +65,8 @@ from .. import _proc
 from .._errors import MountError
 from .._store.store import Image, Store
 from . import cache as _cache
-from . import upper as _upper
 from . import merge as _merge
+from . import upper as _upper
 
 log = logging.getLogger(__name__)
 
