@@ -20,13 +20,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from _images import BuiltImage, edge_image, edge_tar_layers  # noqa: F401
 from _trees import assert_same_tree, snapshot
-from conftest import require_fuse, require_root, run_layerfs
+from conftest import require_fuse, require_root, require_tool, run_layerfs
 from test_merge import CASES, LONG, build_stack
 
 from layerfs import Image, MountError, Store, _proc
@@ -446,3 +446,74 @@ def test_non_root_user_mounts_through_fusermount(tmp_path: Path) -> None:
         assert not _is_mounted(mnt)
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The store's side of a mount's life: records, leases, failures, other namespaces (issue 8)
+
+@pytest.fixture
+def lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mounts]:
+    """Like ``mounts``, on the C engine only: these tests are about the life around the daemon."""
+    require_root()
+    require_fuse()
+    monkeypatch.setenv("LAYERFS_ENGINE", "c")
+    m = Mounts(Store(tmp_path / "store"), "c")
+    yield m
+    problems = m.teardown()
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
+
+
+def _small_image(store: Store, tmp_path: Path, tag: str = "1.0") -> Image:
+    from test_store import BASE, make_layout
+
+    make_layout(tmp_path / f"app-{tag}", [BASE, {"app/main": b"app"}], tag=tag)
+    (image,) = load(store, f"oci:{tmp_path / f'app-{tag}'}")
+    return image
+
+
+def _layerfs(root: Path, *args: str, strace: Sequence[str] = ()) -> subprocess.Popen[str]:
+    """Start the CLI (under ``strace`` with the given arguments, if any)."""
+    argv = [sys.executable, "-m", "layerfs", "--root", str(root), *args]
+    if strace:
+        argv = ["strace", "-o", "/dev/null", *strace, *argv]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(what: str, condition: Callable[[], object], proc: subprocess.Popen[str] | None = None,
+              timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the command ended before {what}: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def test_a_writers_clean_up_spares_the_index_a_mount_is_writing(lifecycle: Mounts, tmp_path: Path) -> None:
+    """The first mount of an image writes its merged index without the store lock; a writer
+    cleaning up meanwhile must leave that temporary file alone.  strace holds each rename of the
+    mount command for 1.5 s, so the temporary index is there while the writer cleans."""
+    require_tool("strace")
+    store = lifecycle.store
+    image = _small_image(store, tmp_path)
+    final = f"{image.chain_ids[-1][7:]}.idx"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    lifecycle.points.append(mnt)
+    delay = ["-e", "trace=rename,renameat,renameat2", "-e", "inject=rename,renameat,renameat2:delay_enter=1500000"]
+    proc = _layerfs(store.root, "mount", image.id, str(mnt), strace=delay)
+
+    def temp_index() -> bool:
+        names = [n for d in ("tmp", "state/merged") if (store.root / d).is_dir() for n in os.listdir(store.root / d)]
+        return any(".idx" in n and n != final for n in names)
+
+    _wait_for("the temporary index", temp_index, proc)
+    with store.writer():
+        pass
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lifecycle.track(mnt)
+    assert (mnt / "app" / "main").read_bytes() == b"app"
+    assert os.listdir(store.state_dir("merged")) == [final]

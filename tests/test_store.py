@@ -337,3 +337,33 @@ def test_compressed_docker_archives_load_like_docker_load(store: Store, tmp_path
     bad.write_bytes(gzip.compress(b"not a tar"))
     proc = run_layerfs("load", str(bad), root=store.root, check=False)
     assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+# -- leases: temporary names, holds and the lock (issue 8 items 4, 7, 14) ----------------------
+
+
+def _hold_temp_names(store: Store) -> subprocess.Popen[str]:
+    """A process that makes a leased temp file and a leased temp dir in the store, says where, and
+    waits (until its stdin closes, or it is killed)."""
+    script = ("import sys; from layerfs import Store; s = Store(sys.argv[1]); "
+              "f = s.temp_file('x.idx'); f.write_all(b'half'); d = s.temp_dir('layer'); "
+              "(d.path / 'diff').mkdir(); print(f.path.name, d.path.name, flush=True); sys.stdin.read()")
+    return subprocess.Popen([sys.executable, "-c", script, str(store.root)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_clean_up_removes_temp_names_only_when_their_owner_is_gone(store: Store) -> None:
+    owner = _hold_temp_names(store)
+    assert owner.stdout is not None
+    names = owner.stdout.readline().split()
+    assert len(names) == 2
+    try:
+        with store.writer():
+            pass
+        assert sorted(os.listdir(store.tmp_dir)) == sorted(names), "a live owner's temp names were removed"
+    finally:
+        owner.kill()
+        owner.wait()
+    with store.writer():  # the owner is gone: its leftovers go at once
+        pass
+    assert os.listdir(store.tmp_dir) == []

@@ -12,7 +12,8 @@ How a mount runs:
 1. The caller checks the mount point (missing, not a directory, already mounted, not empty, a
    dead mount: :class:`MountError` with one clear line), then makes sure the merged index exists:
    for an image it is kept in ``store.state_dir("merged")/<top chain ID hex>.idx`` and built only
-   the first time (``_merge.ensure``); for ``lowerdir=`` dirs it is built at every mount into the
+   the first time (``_ensure_index``; written through ``Store.put_state``, whose leased temporary
+   name a writer's clean-up leaves alone); for ``lowerdir=`` dirs it is built at every mount into the
    mount's runtime dir (plain dirs are not content-addressed), by the C walk of
    ``csrc/mergebuild.c`` (~90 ms for the 25k-entry bench image, two system calls per entry).
 
@@ -320,7 +321,7 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
     else:
         stack = _lowerdir_stack(source, rundir)
     t0 = time.perf_counter()
-    built = _merge.ensure(stack.index_path, stack.layer_dirs, key=stack.key)
+    built = _ensure_index(store, stack)
     if built is not None:
         log.info("merged index of %s: %d nodes from %d layers in %.3f s", stack.source, built.nodes,
                  built.layers, built.seconds)
@@ -367,6 +368,23 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         raise MountError(f"mount {stack.source} on {mnt}: {reply}")
     _register(store, stack, mnt, pid)
     return MountHandle(mnt, pid, stack.source, stack.image.id if stack.image else None, rundir)
+
+
+def _ensure_index(store: Store | None, stack: _Stack) -> _merge.MergeStatistics | None:
+    """Build the merged index of the stack unless the saved one is current; None if it was.
+
+    An image's index goes into the store through :meth:`Store.put_state` (a leased temporary
+    name, so that a writer cleaning up meanwhile leaves it alone); a ``lowerdir=`` index into the
+    mount's own runtime directory.
+    """
+    if _merge.is_current(stack.index_path, stack.key):
+        return None
+    data, stats = _merge.build(stack.layer_dirs, key=stack.key)
+    if store is not None and stack.image is not None:
+        store.put_state(stack.index_path.parent.name, stack.index_path.name, data)
+    else:
+        _merge.write_atomic(stack.index_path, data)
+    return stats
 
 
 def _register(store: Store | None, stack: _Stack, mnt: Path, pid: int) -> None:

@@ -41,6 +41,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -51,6 +52,7 @@ from .._oci import digest as _digest
 from .._oci import manifest as _manifest
 from .._oci.reference import Reference
 from .._oci.reference import parse as parse_reference
+from . import lease as _lease
 
 log = logging.getLogger(__name__)
 
@@ -386,12 +388,7 @@ class Store:
         Entering cleans what crashed writers left behind.  The lock is an flock(2) on
         ``ROOT/lock``: another layerfs command that writes waits for it.
         """
-        for sub in ("tmp", "blobs/sha256", "layers", "chains", "images", "mounts", "state"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with self._locked():
             writer = Writer(self)
             writer.collect_garbage()
             try:
@@ -399,6 +396,99 @@ class Store:
             except BaseException:
                 writer.roll_back()
                 raise
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the store's write lock, and nothing more (no clean-up on entry, no roll-back)."""
+        self._ensure_layout()
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _ensure_layout(self) -> None:
+        for sub in ("tmp", "blobs/sha256", "layers", "chains", "images", "mounts", "state"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+
+    # -- temporary names (leased: see _store.lease) -------------------------------------------
+
+    def temp_file(self, hint: str) -> _lease.Lease:
+        """A new empty file under ``tmp/``, leased to the caller until it releases it.
+
+        Clean-up never removes it while the lease is held; once released (or the process
+        dies) it is a leftover, removed by the next writer unless the caller renamed it away.
+        """
+        self._ensure_layout()
+        return _lease.new_file(self.tmp_dir, hint)
+
+    def temp_dir(self, hint: str) -> _lease.Lease:
+        """A new empty directory under ``tmp/``, leased like :meth:`temp_file`."""
+        self._ensure_layout()
+        return _lease.new_dir(self.tmp_dir, hint)
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        """Write ``data`` to ``path``: a leased file under ``tmp/``, fsync, rename, fsync of the directory.
+
+        Raises:
+            OSError: nothing is left behind (the temporary file is removed).
+        """
+        with self.temp_file(path.name) as lease:
+            try:
+                lease.write_all(data)
+                os.rename(lease.path, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(lease.path)
+                raise
+        _fsync_dir(path.parent)
+
+    def put_state(self, name: str, filename: str, data: bytes) -> Path:
+        """Write derived data (e.g. a merged index) to ``state/<name>/<filename>``; no lock needed.
+
+        The file is written under ``tmp/`` with a lease and renamed into place, so a writer's
+        clean-up running meanwhile neither removes it half-written nor sees a partial file.
+        Name it after the ChainID (hex) it derives from (see :meth:`state_dir`).
+
+        Returns:
+            The path written.
+        Raises:
+            ValueError: ``filename`` is not a plain name.
+            OSError: it cannot be written; nothing is left behind.
+        """
+        if not filename or "/" in filename or filename.startswith("."):
+            raise ValueError(f"bad state file name {filename!r}")
+        path = self.state_dir(name) / filename
+        self._write_atomic(path, data)
+        return path
+
+    def _remove_tree(self, path: Path) -> None:
+        """Remove a file, or a tree in a way a crash cannot leave half-removed in place.
+
+        A directory is leased and renamed into ``tmp/`` first: if the process dies while
+        removing it, the next writer finds an unowned leftover there and finishes the job.
+        """
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(path)
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            # Blocking: only a command that waited for a layer's stage may hold it, for an instant.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            trash = self.tmp_dir / f"trash-{secrets.token_hex(8)}"
+            try:
+                os.rename(path, trash)
+                path = trash
+            except OSError as err:
+                if err.errno != errno.EXDEV:
+                    raise
+            _remove_now(path)
         finally:
             os.close(fd)
 
@@ -445,19 +535,9 @@ class Writer:
 
     # -- primitives --------------------------------------------------------------------------
 
-    def temp_path(self, hint: str) -> Path:
-        """A fresh name under ``tmp/``; nothing is created."""
-        return self.store.tmp_dir / f"{hint}-{secrets.token_hex(8)}"
-
     def write_file(self, path: Path, data: bytes) -> None:
-        """Write ``data`` to ``path`` atomically: temp name, fsync, rename, fsync of the directory."""
-        tmp = self.temp_path(path.name)
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        """Write ``data`` to ``path`` atomically: leased temp name, fsync, rename, fsync of the directory."""
+        self.store._write_atomic(path, data)
 
     # -- blobs -------------------------------------------------------------------------------
 
@@ -505,15 +585,15 @@ class Writer:
                 yield LayerRecord(diff_id, self.store.layer_dir(diff_id), int(info.get("size", 0)),  # type: ignore[call-overload]
                                   int(info.get("entries", 0)), existed=True)  # type: ignore[call-overload]
                 return
-            work = self.temp_path(f"layer-{_hex(diff_id)[:12]}")
-            work.mkdir(mode=0o700)
-            stage = LayerStage(diff_id, work)
-            try:
-                (work / "diff").mkdir(mode=0o700)
-                yield stage
-            finally:
-                if not stage.published:
-                    _remove_tree(work, self)
+            with self.store.temp_dir(f"layer-{_hex(diff_id)[:12]}") as lease:
+                work = lease.path
+                stage = LayerStage(diff_id, work)
+                try:
+                    (work / "diff").mkdir(mode=0o700)
+                    yield stage
+                finally:
+                    if not stage.published:
+                        _remove_now(work)
 
     def publish_layer(self, stage: LayerStage, *, size: int, entries: int, digests: Sequence[str] = (),
                       media_type: str | None = None) -> LayerRecord:
@@ -533,7 +613,7 @@ class Writer:
             f.write(_json_bytes(meta))
             os.fsync(f.fileno())
         if final.exists():  # a layer dir without layer.json: a leftover, replace it
-            _remove_tree(final, self)
+            self.store._remove_tree(final)
         os.rename(work, final)
         stage.published = True
         _fsync_dir(final.parent)
@@ -663,7 +743,7 @@ class Writer:
         files that no image uses.  Returns the diff IDs of the layers removed."""
         store = self.store
         for entry in os.listdir(store.tmp_dir):
-            _remove_tree(store.tmp_dir / entry, self, rename_first=False)
+            _lease.reap(store.tmp_dir / entry, _remove_now)  # only what no live command owns
         live_mounts = {store._mount_record_path(m.mountpoint).name for m in store.mounts()}
         for entry in os.listdir(store.root / "mounts"):
             if entry not in live_mounts:
@@ -691,7 +771,7 @@ class Writer:
         removed = []
         for entry in sorted(os.listdir(store.root / "layers")):
             if entry not in used_layers:
-                _remove_tree(store.root / "layers" / entry, self)
+                store._remove_tree(store.root / "layers" / entry)
                 removed.append(f"sha256:{entry}")
         for entry in os.listdir(store.root / "chains"):
             if entry.removesuffix(".json") not in used_chains:
@@ -705,7 +785,7 @@ class Writer:
         for state in os.listdir(store.root / "state"):
             for entry in os.listdir(store.root / "state" / state):
                 if entry[:64] not in used_chains:
-                    _remove_tree(store.root / "state" / state / entry, self)
+                    store._remove_tree(store.root / "state" / state / entry)
         return removed
 
     def roll_back(self) -> None:
@@ -721,27 +801,14 @@ class Writer:
         self.collect_garbage()
 
 
-def _remove_tree(path: Path, writer: Writer, *, rename_first: bool = True) -> None:
-    """Remove a file or tree; a tree is first renamed under ``tmp/`` so that a crash halfway
-    leaves no half-removed layer in place (the next writer finishes the removal)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not os.path.isdir(path) or os.path.islink(path):
-        os.unlink(path)
-        return
-    del st
-    if rename_first:
-        trash = writer.temp_path("trash")
-        try:
-            os.rename(path, trash)
-            path = trash
-        except OSError as err:
-            if err.errno != errno.EXDEV:
-                raise
-    _make_removable(path)
-    shutil.rmtree(path)
+def _remove_now(path: Path) -> None:
+    """Remove a file or a whole tree in place (layers keep 0555 directories: made writable first)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        _make_removable(path)
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _make_removable(path: Path) -> None:
