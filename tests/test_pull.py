@@ -124,6 +124,12 @@ def build_big(work: Path) -> BuiltImage:
     return write_layout(work / "layout", "big", [_random_layer(i, 10 << 20) for i in range(3)])
 
 
+def build_shared(work: Path, big: BuiltImage) -> BuiltImage:
+    """An image whose base layer is ``big``'s, then a small layer and a 10 MB one of its own."""
+    base = (blob_path(big.layout, big.layer_digests[0]).read_bytes(), big.diff_ids[0])
+    return write_layout(work / "layout", "shared", [base, _random_layer(10, 4096), _random_layer(11, 10 << 20)])
+
+
 def build_corrupt(work: Path) -> BuiltImage:
     """An image with a layer of its own (so corrupting it in the registry harms no other image)."""
     tar = tar_bytes([TarEntry("etc/", tarfile.DIRTYPE, mode=0o755),
@@ -149,6 +155,7 @@ class Registries:
     big: BuiltImage
     corrupt: BuiltImage
     bad_diff_id: BuiltImage
+    shared: BuiltImage
 
 
 @pytest.fixture(scope="session")
@@ -185,6 +192,8 @@ def registries(tmp_path_factory: pytest.TempPathFactory, edge_image: BuiltImage,
         push(f"oci:{multi.layout}:multi", f"{host}/public/multi:docker", "--all", "--format", "v2s2")
         big = build_big(work / "big")
         push(big.source, f"{host}/public/big:latest")
+        shared = build_shared(work / "shared", big)
+        push(shared.source, f"{host}/public/shared:latest")
         corrupt = build_corrupt(work / "corrupt")
         push(corrupt.source, f"{host}/public/bad:corrupt")
         data = Registry.blob_data_path(anon, storage, corrupt.layer_digests[0])
@@ -194,7 +203,7 @@ def registries(tmp_path_factory: pytest.TempPathFactory, edge_image: BuiltImage,
         bad = build_hostile("bad-diff-id", work / "bad-diff-id", outside=work / "outside").image
         push(bad.source, f"{host}/public/bad:diffid")
         yield Registries(storage, anon, basic, token, redirect, tokens, files, edge_image, edge_copies, multi, big,
-                         corrupt, bad)
+                         corrupt, bad, shared)
     finally:
         for server in reversed(started):
             server.stop()
@@ -708,3 +717,69 @@ def test_retries_run_out(registries: Registries, tmp_path: Path) -> None:
         assert not (root / "images").exists() or list((root / "images").iterdir()) == []
     finally:
         flaky.stop()
+
+
+# -- many commands at once (issue 8 item 7) ----------------------------------------------------------
+
+
+def _layer_published(root: Path, diff_id: str) -> bool:
+    return (root / "layers" / diff_id[7:] / "layer.json").is_file()
+
+
+def test_a_pull_blocks_no_other_command(registries: Registries, tmp_path: Path) -> None:
+    """While a pull downloads (throttled to 1 MB/s), tag and rm go through at once; the rm's clean-up
+    spares the layer the pull found already there (its only image is the one removed) and the layer
+    it published that no image references yet; the pull then ends right."""
+    host, shared = registries.anon.host, registries.shared
+    root = tmp_path / "store"
+    run_layerfs("pull", "-q", f"{host}/public/big:latest", root=root)  # holds shared's base layer
+    run_layerfs("pull", "-q", f"{host}/public/multi:oci", root=root)  # something to tag
+    proxy = Proxy.start("127.0.0.1", registries.anon.port, rate=1 << 20)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "layerfs", "--root", str(root), "pull", "-q",
+                                 f"{proxy.host}/public/shared:latest"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not (_layer_published(root, shared.diff_ids[1]) and proxy.bytes_down > 1 << 20):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the pull never got going"
+            time.sleep(0.02)
+        started = time.monotonic()
+        run_layerfs("tag", f"{host}/public/multi:oci", "other:1", root=root)
+        run_layerfs("rm", f"{host}/public/big:latest", root=root)
+        took = time.monotonic() - started
+        assert proc.poll() is None, "the pull ended before the other commands did: they waited for it"
+        assert took < 5, f"tag and rm took {took:.1f} s during a pull"
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    finally:
+        proxy.stop()
+    store = Store(root)
+    assert out.strip() == shared.config_digest
+    assert [store.has_layer(d) for d in shared.diff_ids] == [True, True, True]
+    assert not any(store.has_layer(d) for d in registries.big.diff_ids[1:])  # rm did remove big's own layers
+    assert (store.layer_dirs(store.get(shared.config_digest))[2] / "data11/random.bin").stat().st_size == 10 << 20
+    assert list((root / "tmp").iterdir()) == []
+
+
+def test_two_pulls_sharing_a_layer_fetch_it_once(registries: Registries, tmp_path: Path) -> None:
+    """big and shared have one base layer; pulled at once, its bytes cross the wire once."""
+    proxy = Proxy.start("127.0.0.1", registries.anon.port, rate=4 << 20)
+    root = tmp_path / "store"
+    try:
+        procs = [subprocess.Popen([sys.executable, "-m", "layerfs", "--root", str(root), "pull", "-q",
+                                   f"{proxy.host}/public/{name}:latest"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name in ("big", "shared")]
+        outs = [p.communicate(timeout=180) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+    finally:
+        proxy.stop()
+    big, shared = registries.big, registries.shared
+    assert [o.strip() for o, _ in outs] == [big.config_digest, shared.config_digest]
+    sizes = {d: blob_path(img.layout, d).stat().st_size for img in (big, shared) for d in img.layer_digests}
+    once = sum(sizes.values())
+    assert once < proxy.bytes_down < once + (2 << 20), "a shared layer was fetched twice"
+    store = Store(root)
+    _check_big(store, big.config_digest, big)
+    assert store.get(shared.config_digest).diff_ids[0] == big.diff_ids[0]

@@ -2,11 +2,14 @@
 
 Layout of a store root (``--root``)::
 
-    lock                     flock(2): held exclusively by every command that writes
-    tmp/                     temporary names; whatever a crashed command left here is removed
+    lock                     flock(2): held exclusively by a command while it changes what others see
+    tmp/                     temporary names, each leased by its owner (see _store.lease):
+        layer-<hex>/           a layer being unpacked (one name per diff ID: made once)
+        hold-*                 a command's hold on the layers of the image it is building
+        trash-*/               a tree being removed; any other name: a file being written
     blobs/sha256/<hex>       exact bytes of manifests, indexes and configs
     layers/<hex>/            one per diff ID, shared by every image that uses it:
-        diff/                  the unpacked tree, in overlay form (see _unpack, _whiteout)
+        diff/                  the unpacked tree, in overlay form (see _layer)
         layer.json             diff_id, size, entries, compressed digests seen
     chains/<hex>.json        one per ChainID: its diff_id and parent ChainID
     images/<hex>.json        one per image ID (= config digest): manifest and index digests
@@ -14,18 +17,20 @@ Layout of a store root (``--root``)::
     mounts/<key>.json        a mount that uses an image (image ID, mount point, pid, since)
     state/<name>/            derived data kept beside the layers (e.g. the merged index)
 
-Rules that keep it consistent after a crash at any point:
+Rules that keep it consistent after a crash at any point, with many commands at once:
 
 - every file is written under ``tmp/`` and renamed into place; every layer is unpacked under
   ``tmp/`` and its directory renamed into place once its digests are verified;
 - an image record is written only after its config and all its layers are in place, and removed
   before any of them; references are rewritten atomically;
-- readers take no lock: they see either the old or the new file.  Writers hold ``lock``; on entry
-  they remove leftovers of crashed writers (``tmp/``, and layers, chains and blobs no image uses),
-  and a writer that fails removes what it added.
+- readers take no lock: they see either the old or the new file.  Writers hold ``lock`` only
+  while they change records (a pull downloads and unpacks without it, and takes it to rename a
+  layer into place and to record the image); on entry they remove leftovers of crashed commands
+  (what no live owner leases in ``tmp/``, and layers, chains and blobs no image uses nor a
+  live hold keeps), and a writer that fails removes what it added.
 
 Reference counts are derived, never stored: a layer is in use while an image record lists its
-diff ID, and an image is in use while a live mount record names it.
+diff ID or a command holds it, and an image is in use while a live mount record names it.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import secrets
 import shutil
 import stat
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .. import _proc
@@ -102,10 +107,11 @@ class LayerRecord:
 
 @dataclasses.dataclass
 class LayerStage:
-    """A layer being made under ``tmp/`` (see :meth:`Writer.stage_layer`): fill ``diff``, then publish."""
+    """A layer being made under ``tmp/`` (see :meth:`Store.stage_layer`): fill ``diff``, then publish."""
 
     diff_id: str
     path: Path
+    lease: _lease.Lease
     published: bool = False
 
     @property
@@ -379,6 +385,133 @@ class Store:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._mount_record_path(mountpoint))
 
+    # -- layers: stage, then publish (no writer needed) -----------------------------------------
+
+    @contextlib.contextmanager
+    def hold(self, diff_ids: Iterable[str]) -> Iterator[None]:
+        """Keep the layers ``diff_ids`` from being collected while a command builds an image on them.
+
+        A pull or a load takes a hold on every layer of the image before it looks at which ones
+        the store has: those stay (even if the only image using them is removed meanwhile), and
+        those it publishes stay although no image lists them yet.  The hold is a leased file
+        ``tmp/hold-*`` listing the diff IDs, written under the store lock (clean-up reads holds
+        under it, so a hold is either seen by a clean-up or taken after it ended); it ends with
+        the block, or with the process.
+
+        Raises:
+            InvalidReference: a diff ID is not a digest.
+            OSError: the hold cannot be written (no space): nothing is held.
+        """
+        ids = sorted({_digest.check_digest(d) for d in diff_ids})
+        with self._locked():
+            lease = self.temp_file("hold")
+            try:
+                lease.write_all(_json_bytes({"layers": ids, "pid": os.getpid()}))
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(lease.path)
+                lease.release()
+                raise
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(lease.path)
+            lease.release()
+
+    def _layer_record(self, diff_id: str, *, existed: bool) -> LayerRecord:
+        info = self.layer_info(diff_id)
+        return LayerRecord(diff_id, self.layer_dir(diff_id), int(info.get("size", 0)),  # type: ignore[call-overload]
+                           int(info.get("entries", 0)), existed=existed)  # type: ignore[call-overload]
+
+    @contextlib.contextmanager
+    def stage_layer(self, diff_id: str, *,
+                    cancelled: Callable[[], bool] | None = None) -> Iterator[LayerStage | LayerRecord]:
+        """Stage a layer for ``diff_id``: "stage, then publish", without the store lock.
+
+        Yields the existing :class:`LayerRecord` (``existed`` true) when the store has the layer;
+        otherwise a :class:`LayerStage` whose empty ``diff`` directory the caller fills (the
+        unpacker, a commit) and then hands to :meth:`publish_layer`.  The stage is the leased
+        directory ``tmp/layer-<diff ID hex>``: one name per layer, so that two commands (or two
+        threads) staging one layer make it once: the second waits for the first and then sees the
+        layer published, or takes over the stage if the first failed or died.  A stage that is
+        not published is removed when the block ends, whatever happened.  Call it under a
+        :meth:`hold` of the layer.
+
+        Args:
+            diff_id: the layer's diff ID.
+            cancelled: asked while waiting for another stager; true ends the wait.
+        Raises:
+            InvalidReference: ``diff_id`` is not a digest.
+            LayerfsError: cancelled while waiting.
+            OSError: the stage cannot be made.
+        """
+        _digest.check_digest(diff_id)
+        while True:
+            if self.has_layer(diff_id):
+                yield self._layer_record(diff_id, existed=True)
+                return
+            self._ensure_layout()
+            try:
+                lease, created = _lease.claim_dir(self.tmp_dir / f"layer-{_hex(diff_id)}", cancelled=cancelled)
+            except InterruptedError:
+                raise LayerfsError(f"layer {diff_id}: cancelled") from None
+            if not self.has_layer(diff_id):
+                break
+            with lease:  # published by another stager while we waited: this one is not needed
+                _remove_now(lease.path)
+        stage = LayerStage(diff_id, lease.path, lease)
+        try:
+            if not created:  # the leftover of a stager that died: start afresh
+                for child in os.listdir(stage.path):
+                    _remove_now(stage.path / child)
+            stage.diff.mkdir(mode=0o700)
+            yield stage
+        finally:
+            if not stage.published:
+                _remove_now(stage.path)
+            lease.release()
+
+    def publish_layer(self, stage: LayerStage, *, size: int, entries: int, digests: Sequence[str] = (),
+                      media_type: str | None = None) -> LayerRecord:
+        """Move a filled, verified stage into ``layers/<diff ID>`` and record what it holds.
+
+        Takes the store lock only for the rename.  Until an image lists the layer, only a
+        :meth:`hold` keeps clean-up from removing it.
+
+        Args:
+            stage: from :meth:`stage_layer`; its ``diff`` directory is complete.
+            size, entries: the sum of its regular files' sizes and its tar entry count.
+            digests: the compressed blob digests it is known under.
+            media_type: the media type it came as.
+        Raises:
+            OSError: nothing is published (the stage is removed when its block ends).
+        """
+        diff_id, work = stage.diff_id, stage.path
+        meta = {"diff_id": diff_id, "size": size, "entries": entries, "digests": sorted(set(digests)),
+                "media_type": media_type, "added": _now()}
+        with open(work / "layer.json", "xb") as f:
+            f.write(_json_bytes(meta))
+            os.fsync(f.fileno())
+        final = self.layer_path(diff_id)
+        with self._locked():
+            if final.exists():  # a layer dir without layer.json: a leftover, replace it
+                self._remove_tree(final)
+            os.rename(work, final)
+            stage.published = True
+            _fsync_dir(final.parent)
+        return LayerRecord(diff_id, final / "diff", size, entries)
+
+    def collect_garbage(self) -> list[str]:
+        """Take the write lock just to clean up (as every writer does on entry): remove leftovers of
+        failed or killed commands, and layers, chains and blobs no image uses nor any command holds.
+
+        Returns:
+            The diff IDs of the layers removed.
+        """
+        with self._locked():
+            return Writer(self).collect_garbage()
+
     # -- writing -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -522,16 +655,14 @@ def _history_comment(config: Mapping[str, object]) -> str:
 class Writer:
     """What a holder of the store lock may do.  Made by :meth:`Store.writer` only.
 
-    ``stage_layer`` / ``publish_layer`` may be called from several threads at once; everything else from one.
+    ``put_blob`` may be called from several threads at once; everything else from one.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._added_blobs: list[str] = []
-        self._added_layers: list[str] = []
         self._added_images: list[str] = []
         self._mutex = threading.Lock()
-        self._layer_locks: dict[str, threading.Lock] = {}
 
     # -- primitives --------------------------------------------------------------------------
 
@@ -560,66 +691,6 @@ class Writer:
             with self._mutex:
                 self._added_blobs.append(digest)
         return digest
-
-    # -- layers ------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def stage_layer(self, diff_id: str) -> Iterator[LayerStage | LayerRecord]:
-        """Stage a layer for ``diff_id``: "stage, then publish".  Safe from several threads.
-
-        Yields the existing :class:`LayerRecord` (``existed`` true) when the store already has the
-        layer; otherwise a :class:`LayerStage` whose empty ``diff`` directory the caller fills (the
-        unpacker, a commit) and then hands to :meth:`publish_layer`.  Two threads staging one
-        diff ID are serialised, so the second sees the layer the first published.  A stage that is
-        not published is removed when the block ends, whatever happened.
-
-        Raises:
-            InvalidReference: ``diff_id`` is not a digest.
-        """
-        _digest.check_digest(diff_id)
-        with self._mutex:
-            lock = self._layer_locks.setdefault(diff_id, threading.Lock())
-        with lock:
-            if self.store.has_layer(diff_id):
-                info = self.store.layer_info(diff_id)
-                yield LayerRecord(diff_id, self.store.layer_dir(diff_id), int(info.get("size", 0)),  # type: ignore[call-overload]
-                                  int(info.get("entries", 0)), existed=True)  # type: ignore[call-overload]
-                return
-            with self.store.temp_dir(f"layer-{_hex(diff_id)[:12]}") as lease:
-                work = lease.path
-                stage = LayerStage(diff_id, work)
-                try:
-                    (work / "diff").mkdir(mode=0o700)
-                    yield stage
-                finally:
-                    if not stage.published:
-                        _remove_now(work)
-
-    def publish_layer(self, stage: LayerStage, *, size: int, entries: int, digests: Sequence[str] = (),
-                      media_type: str | None = None) -> LayerRecord:
-        """Move a filled, verified stage into ``layers/<diff ID>`` and record what it holds.
-
-        Args:
-            stage: from :meth:`stage_layer`; its ``diff`` directory is complete.
-            size, entries: the sum of its regular files' sizes and its tar entry count.
-            digests: the compressed blob digests it is known under.
-            media_type: the media type it came as.
-        """
-        diff_id, work = stage.diff_id, stage.path
-        final = self.store.layer_path(diff_id)
-        meta = {"diff_id": diff_id, "size": size, "entries": entries, "digests": sorted(set(digests)),
-                "media_type": media_type, "added": _now()}
-        with open(work / "layer.json", "xb") as f:
-            f.write(_json_bytes(meta))
-            os.fsync(f.fileno())
-        if final.exists():  # a layer dir without layer.json: a leftover, replace it
-            self.store._remove_tree(final)
-        os.rename(work, final)
-        stage.published = True
-        _fsync_dir(final.parent)
-        with self._mutex:
-            self._added_layers.append(diff_id)
-        return LayerRecord(diff_id, final / "diff", size, entries)
 
     # -- images and references ---------------------------------------------------------------
 
@@ -739,11 +810,18 @@ class Writer:
     # -- consistency -------------------------------------------------------------------------
 
     def collect_garbage(self) -> list[str]:
-        """Remove leftovers: ``tmp/``, stale mount records, and layers, chains, blobs and state
-        files that no image uses.  Returns the diff IDs of the layers removed."""
+        """Remove leftovers: what no live command owns in ``tmp/``, stale mount records, and layers,
+        chains, blobs and state files that no image uses (nor, for layers, a live :meth:`Store.hold`).
+        Returns the diff IDs of the layers removed."""
         store = self.store
+        held: set[str] = set()
         for entry in os.listdir(store.tmp_dir):
-            _lease.reap(store.tmp_dir / entry, _remove_now)  # only what no live command owns
+            if _lease.reap(store.tmp_dir / entry, _remove_now):  # only what no live command owns
+                continue
+            if entry.startswith("hold-"):
+                with contextlib.suppress(OSError, ValueError):
+                    layers = json.loads((store.tmp_dir / entry).read_bytes()).get("layers", [])
+                    held.update(_hex(d) for d in layers if isinstance(d, str) and _digest.is_digest(d))
         live_mounts = {store._mount_record_path(m.mountpoint).name for m in store.mounts()}
         for entry in os.listdir(store.root / "mounts"):
             if entry not in live_mounts:
@@ -770,7 +848,7 @@ class Writer:
                     used_blobs.add(_hex(value))
         removed = []
         for entry in sorted(os.listdir(store.root / "layers")):
-            if entry not in used_layers:
+            if entry not in used_layers and entry not in held:
                 store._remove_tree(store.root / "layers" / entry)
                 removed.append(f"sha256:{entry}")
         for entry in os.listdir(store.root / "chains"):
