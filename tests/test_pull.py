@@ -43,6 +43,7 @@ from _images import edge_copies as edge_copies  # noqa: F401
 from _images import edge_image as edge_image  # noqa: F401
 from _oracles import blob_path, kernel_overlay, tar_layer_dirs, umoci_unpack
 from _registry_server import (
+    Drip,
     FileServer,
     Proxy,
     Registry,
@@ -783,3 +784,72 @@ def test_two_pulls_sharing_a_layer_fetch_it_once(registries: Registries, tmp_pat
     store = Store(root)
     _check_big(store, big.config_digest, big)
     assert store.get(shared.config_digest).diff_ids[0] == big.diff_ids[0]
+
+
+# -- stalls (issue 13 item 5) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["env", "option"])
+def test_a_stalled_download_fails_naming_the_blob(registries: Registries, tmp_path: Path, how: str) -> None:
+    """A registry sending a layer at one byte a second: with a stall timeout of 1 s (from
+    LAYERFS_STALL_TIMEOUT or --stall-timeout) the pull resumes twice, then fails in seconds naming
+    the blob, and leaves nothing behind."""
+    drip = Drip.start(registries.anon.port)
+    root = tmp_path / "store"
+    ref = f"{drip.host}/public/shared:latest"
+    option = ["--stall-timeout", "1"] if how == "option" else []
+    env = {**os.environ, "LAYERFS_STALL_TIMEOUT": "1" if how == "env" else "60"}
+    try:
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "layerfs", "--root", str(root), "pull", *option, ref],
+                              capture_output=True, text=True, timeout=120, env=env)
+        took = time.monotonic() - started
+    finally:
+        drip.stop()
+    assert proc.returncode == 1, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    big_layers = [d for d, size in zip(registries.shared.layer_digests, (10 << 20, 4096, 10 << 20)) if size > 4096]
+    assert line.startswith(f"Error: pull {ref}: "), line
+    assert any(f"blob {d}: stalled" in line for d in big_layers), line
+    assert took < 30, f"the stalled pull took {took:.0f} s to fail"
+    assert list((root / "tmp").iterdir()) == []
+    assert list((root / "layers").iterdir()) == []
+
+
+def test_the_next_command_cleans_what_a_killed_pull_left_at_once(registries: Registries, tmp_path: Path) -> None:
+    """A pull killed while its layers drip in leaves tmp/layer-*; the next command that writes (a tag)
+    removes it at once, while it spares those of a pull still running."""
+    drip = Drip.start(registries.anon.port)
+    root = tmp_path / "store"
+    run_layerfs("pull", "-q", f"{registries.anon.host}/public/multi:oci", root=root)
+    pulls = []
+
+    def stages() -> set[str]:
+        return {p.name for p in (root / "tmp").iterdir() if p.name.startswith("layer-")}
+
+    try:
+        for name in ("big", "shared"):
+            before = stages()
+            pulls.append(subprocess.Popen([sys.executable, "-m", "layerfs", "--root", str(root), "pull",
+                                           f"{drip.host}/public/{name}:latest"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            deadline = time.monotonic() + 60
+            while not stages() - before or drip.dripping < (3 if name == "big" else 4):
+                assert time.monotonic() < deadline, "the pull never started its layers"
+                time.sleep(0.02)
+        killed, running = pulls
+        killed_stages = {f"layer-{d[7:]}" for d in registries.big.diff_ids[1:]}
+        running_stages = {f"layer-{registries.shared.diff_ids[2][7:]}"}
+        assert killed_stages | running_stages <= stages()
+        killed.kill()
+        killed.wait()
+        run_layerfs("tag", f"{registries.anon.host}/public/multi:oci", "other:1", root=root)
+        left = stages()
+        assert not killed_stages & left, "the killed pull's stages were not removed"
+        assert running_stages <= left, "a running pull's stage was removed"
+        assert running.poll() is None
+    finally:
+        for proc in pulls:
+            proc.kill()
+            proc.wait()
+        drip.stop()

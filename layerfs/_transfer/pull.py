@@ -234,7 +234,8 @@ class _Pull:
 
 def pull(store: Store, ref: Reference | str, *, platform: _platform.Platform | str | None = None,
          progress: Progress | None = None, insecure_registries: Iterable[str] = (),
-         client: RegistryClient | None = None, max_concurrent_downloads: int = MAX_CONCURRENT_DOWNLOADS) -> Image:
+         client: RegistryClient | None = None, max_concurrent_downloads: int = MAX_CONCURRENT_DOWNLOADS,
+         stall_timeout: float | None = None) -> Image:
     """Pull an image from its registry into ``store``, like ``docker pull``.
 
     Args:
@@ -246,6 +247,9 @@ def pull(store: Store, ref: Reference | str, *, platform: _platform.Platform | s
         insecure_registries: hosts to reach over plain HTTP (localhost always is).
         client: a registry client to use (its ``statistics()`` then count this pull); default a new one.
         max_concurrent_downloads: layers downloaded at once.
+        stall_timeout: seconds without (almost) any byte after which a transfer is stalled (see
+            :mod:`layerfs._registry.client`); default ``$LAYERFS_STALL_TIMEOUT`` or 30.  Only for a
+            client made here.
     Returns:
         The image, tagged with ``ref`` and with the repo digest of what was pulled.
     Raises:
@@ -255,10 +259,10 @@ def pull(store: Store, ref: Reference | str, *, platform: _platform.Platform | s
     parsed = parse_reference(ref) if isinstance(ref, str) else ref
     wanted = _platform.parse(platform) if isinstance(platform, str) else platform
     own = client is None
-    if client is None:
-        client = RegistryClient(insecure_registries=insecure_registries)
     progress = progress or QuietProgress()
     try:
+        if client is None:
+            client = RegistryClient(insecure_registries=insecure_registries, stall_timeout=stall_timeout)
         return _Pull(store, parsed, client, progress, wanted, max_concurrent_downloads).run()
     except LayerfsError as err:
         raise err.with_context(f"pull {parsed.familiar()}") from err
@@ -270,5 +274,5 @@ def pull(store: Store, ref: Reference | str, *, platform: _platform.Platform | s
         raise LayerfsError(f"pull {parsed.familiar()}: {cause}{where}") from err
     finally:
         progress.close()
-        if own:
+        if own and client is not None:
             client.close()
