@@ -7,6 +7,7 @@ milliseconds; tests/test_load.py covers real images built with umoci and skopeo.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -367,3 +368,62 @@ def test_clean_up_removes_temp_names_only_when_their_owner_is_gone(store: Store)
     with store.writer():  # the owner is gone: its leftovers go at once
         pass
     assert os.listdir(store.tmp_dir) == []
+
+
+def _fill(path: Path) -> None:
+    """Write ``path`` until its file system is full (a size-limited tmpfs)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        for size in (64 << 10, 512):
+            try:
+                while os.write(fd, b"\0" * size):
+                    pass
+            except OSError as err:
+                assert err.errno == errno.ENOSPC, err
+    finally:
+        os.close(fd)
+    assert os.statvfs(path).f_bavail == 0
+
+
+def test_rm_works_with_zero_bytes_free(tmp_path: Path) -> None:
+    """Issue 8 item 14: on a full store, rm by tag, rm -f by ID and untagging all work; with no
+    room at all for a write, the error says which step failed."""
+    require_root()
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    try:
+        store = Store(small / "store")
+        make_layout(tmp_path / "a", [BASE, {"a": os.urandom(256 << 10)}], tag="a")
+        make_layout(tmp_path / "b", [BASE, {"b": os.urandom(256 << 10)}], tag="b")
+        make_layout(tmp_path / "c", [BASE, {"c": os.urandom(256 << 10)}], tag="c")
+        [a] = load(store, f"oci:{tmp_path / 'a'}")
+        [b] = load(store, f"oci:{tmp_path / 'b'}", tags=["other/b:1"])
+        [c] = load(store, f"oci:{tmp_path / 'c'}", tags=["c:2"])
+        filler = small / "filler"
+        _fill(filler)
+        proc = run_layerfs("rm", "a:a", root=store.root, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[:2] == ["Untagged: a:a", f"Deleted: {a.id}"]
+        _fill(filler)
+        proc = run_layerfs("rm", "-f", b.id, root=store.root, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert f"Deleted: {b.id}" in proc.stdout.splitlines()
+        _fill(filler)
+        proc = run_layerfs("rm", "c:2", root=store.root, check=False)  # only untags: frees nothing
+        assert (proc.returncode, proc.stdout) == (0, "Untagged: c:2\n"), proc.stderr
+        assert [i.repo_tags for i in store.images()] == [("c:c",)]
+        # No room at all (no reserve either): the error names the step.
+        filler.unlink()
+        run_layerfs("tag", "c:c", "c:3", root=store.root)
+        assert (store.root / "reserve").is_file()  # a writer that succeeds keeps the reserve
+        os.unlink(store.root / "reserve")
+        _fill(filler)
+        proc = run_layerfs("rm", "c:3", root=store.root, check=False)
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == "Error: rm c:3: write repositories.json: No space left on device"
+        assert sorted(store.get(c.id).repo_tags) == ["c:3", "c:c"]
+        filler.unlink()
+        assert os.listdir(store.tmp_dir) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -16,6 +16,7 @@ Layout of a store root (``--root``)::
     repositories.json        {"Repositories": {repo: {"repo:tag" | "repo@digest": image ID}}}
     mounts/<key>.json        a mount that uses an image (image ID, mount point, pid, since)
     state/<name>/            derived data kept beside the layers (e.g. the merged index)
+    reserve                  space kept so that ``rm`` can write repositories.json on a full disk
 
 Rules that keep it consistent after a crash at any point, with many commands at once:
 
@@ -62,6 +63,10 @@ from . import lease as _lease
 log = logging.getLogger(__name__)
 
 _JsonDict = dict[str, object]
+
+#: The size of ``reserve``, the space kept for removals on a full disk (a repositories.json of some
+#: 7,000 references, written to a temporary name before the old one goes).
+RESERVE_BYTES = 1 << 20
 
 #: Only small JSON documents are kept as blobs (docs/oci.rst "Size limits": manifests and configs
 #: are capped at 4 MiB).
@@ -144,6 +149,24 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _step(what: str) -> Iterator[None]:
+    """Name the step an OSError happened in: ``<what>: <cause>`` (see :func:`_doing`)."""
+    try:
+        yield
+    except OSError as err:
+        raise OSError(err.errno, f"{what}: {err.strerror or err}") from err
+
+
+@contextlib.contextmanager
+def _doing(command: str) -> Iterator[None]:
+    """Turn an OSError into the one-line error of ``command``: ``<command>: <step>: <cause>``."""
+    try:
+        yield
+    except OSError as err:
+        raise LayerfsError(f"{command}: {err.strerror or err}") from err
 
 
 def _load_json(path: Path) -> _JsonDict:
@@ -333,14 +356,26 @@ class Store:
     # -- the public verbs (thin: the work is in Writer; pull and load live in _transfer) --------
 
     def remove(self, name: str, *, force: bool = False) -> list[str]:
-        """``layerfs rm``: untag or delete an image; returns docker's ``Untagged:``/``Deleted:`` lines."""
-        with self.writer() as w:
+        """``layerfs rm``: untag or delete an image; returns docker's ``Untagged:``/``Deleted:`` lines.
+
+        Works on a full disk (see :meth:`Writer.remove`).
+
+        Raises:
+            ImageNotFound, Conflict: as :meth:`Writer.remove`.
+            LayerfsError: a system call failed: ``rm NAME: <step>: <cause>``.
+        """
+        with _doing(f"rm {name}"), self.writer() as w:
             return w.remove(name, force=force)
 
     def tag(self, name: str, ref: str) -> None:
-        """``layerfs tag``: point the reference ``ref`` at the image ``name``."""
+        """``layerfs tag``: point the reference ``ref`` at the image ``name``.
+
+        Raises:
+            ImageNotFound, InvalidReference: as docker says them.
+            LayerfsError: a system call failed: ``tag NAME REF: <step>: <cause>``.
+        """
         target = parse_reference(ref)
-        with self.writer() as w:
+        with _doing(f"tag {name} {ref}"), self.writer() as w:
             w.tag(self.get(name), target)
 
     # -- mounts ------------------------------------------------------------------------------
@@ -523,12 +558,14 @@ class Store:
         """
         with self._locked():
             writer = Writer(self)
-            writer.collect_garbage()
+            with _step("clean up"):
+                writer.collect_garbage()
             try:
                 yield writer
             except BaseException:
                 writer.roll_back()
                 raise
+            self._keep_reserve()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -540,6 +577,30 @@ class Store:
             yield
         finally:
             os.close(fd)
+
+    def _keep_reserve(self) -> None:
+        """Make sure ``reserve`` holds :data:`RESERVE_BYTES` (best effort: not on a full disk)."""
+        path = self.root / "reserve"
+        try:
+            if os.stat(path).st_size >= RESERVE_BYTES:
+                return
+        except FileNotFoundError:
+            pass
+        with contextlib.suppress(OSError), self.temp_file("reserve") as lease:
+            try:
+                os.posix_fallocate(lease.fd, 0, RESERVE_BYTES)
+                os.rename(lease.path, path)
+            except OSError:
+                os.unlink(lease.path)
+                raise
+
+    def _spend_reserve(self) -> bool:
+        """Free the reserve for a removal that must write on a full disk; False if there is none."""
+        try:
+            os.unlink(self.root / "reserve")
+        except FileNotFoundError:
+            return False
+        return True
 
     def _ensure_layout(self) -> None:
         for sub in ("tmp", "blobs/sha256", "layers", "chains", "images", "mounts", "state"):
@@ -663,12 +724,25 @@ class Writer:
         self._added_blobs: list[str] = []
         self._added_images: list[str] = []
         self._mutex = threading.Lock()
+        self._removing = False  # a removal may spend the reserve
 
     # -- primitives --------------------------------------------------------------------------
 
     def write_file(self, path: Path, data: bytes) -> None:
-        """Write ``data`` to ``path`` atomically: leased temp name, fsync, rename, fsync of the directory."""
-        self.store._write_atomic(path, data)
+        """Write ``data`` to ``path`` atomically: leased temp name, fsync, rename, fsync of the directory.
+
+        During a removal, a full disk spends the store's reserve and tries once more.
+
+        Raises:
+            OSError: ``write <name>: <cause>``; nothing is left behind.
+        """
+        with _step(f"write {path.name}"):
+            try:
+                self.store._write_atomic(path, data)
+            except OSError as err:
+                if err.errno != errno.ENOSPC or not self._removing or not self.store._spend_reserve():
+                    raise
+                self.store._write_atomic(path, data)
 
     # -- blobs -------------------------------------------------------------------------------
 
@@ -757,10 +831,15 @@ class Writer:
         needs ``force``.  An image used by a live mount is never removed.  Layers that no other
         image uses are deleted with it.
 
+        Works with zero bytes free: an image is deleted (its record, then its layers) before
+        ``repositories.json`` is rewritten, and a write that still finds the disk full spends the
+        store's ``reserve`` (kept by every writer that succeeds).
+
         Returns:
             The lines docker prints: ``Untagged: …`` and ``Deleted: …``.
         Raises:
             ImageNotFound, Conflict (docker's words: "conflict: unable to delete …").
+            OSError: ``<step>: <cause>``.
         """
         store = self.store
         image_id = store._resolve(name)
@@ -786,6 +865,7 @@ class Writer:
                     lines.append(f"Untagged: {_familiar(key)}")
             refs = [(r, k) for r, m in repos.items() for k, i in m.items() if i == image_id]
             if refs:
+                self._removing = True  # untagging frees nothing: on a full disk it spends the reserve
                 self._write_repositories(repos)
                 return lines
         else:
@@ -800,11 +880,17 @@ class Writer:
         for repo, key in refs:
             repos[repo].pop(key, None)
             lines.append(f"Untagged: {_familiar(key)}")
-        self._write_repositories(repos)
-        os.unlink(store.root / "images" / f"{_hex(image_id)}.json")
-        _fsync_dir(store.root / "images")
+        # Delete first, write last, so that a full disk has room by the time something is written.
+        # A crash in between leaves references to a missing image: readers ignore them, and the
+        # next writer's clean-up drops them.
+        with _step(f"remove image record {image_id}"):
+            os.unlink(store.root / "images" / f"{_hex(image_id)}.json")
+            _fsync_dir(store.root / "images")
         lines.append(f"Deleted: {image_id}")
-        lines += [f"Deleted: {d}" for d in self.collect_garbage()]
+        with _step("remove unused layers"):
+            lines += [f"Deleted: {d}" for d in self.collect_garbage()]
+        self._removing = True
+        self._write_repositories(repos)
         return lines
 
     # -- consistency -------------------------------------------------------------------------
@@ -846,6 +932,12 @@ class Writer:
                 value = record.get(key)
                 if isinstance(value, str) and _digest.is_digest(value):
                     used_blobs.add(_hex(value))
+        repos = store._repositories()
+        live = set(store._image_ids())
+        if any(i not in live for m in repos.values() for i in m.values()):
+            # references to an image whose removal was cut short (see remove)
+            with contextlib.suppress(OSError):
+                self._write_repositories({r: {k: i for k, i in m.items() if i in live} for r, m in repos.items()})
         removed = []
         for entry in sorted(os.listdir(store.root / "layers")):
             if entry not in used_layers and entry not in held:
