@@ -517,3 +517,86 @@ def test_a_writers_clean_up_spares_the_index_a_mount_is_writing(lifecycle: Mount
     lifecycle.track(mnt)
     assert (mnt / "app" / "main").read_bytes() == b"app"
     assert os.listdir(store.state_dir("merged")) == [final]
+
+
+def _waits_for_lock(pid: int) -> bool:
+    """Whether ``pid`` is blocked in flock(2) (a ``->`` line of /proc/locks)."""
+    with open("/proc/locks") as f:
+        return any(line.split()[1:3] == ["->", "FLOCK"] and line.split()[5] == str(pid) for line in f)
+
+
+def _daemons_of(mnt: Path) -> list[int]:
+    """Live processes whose command line names ``mnt`` (a mount daemon keeps its parent's)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if os.fsencode(str(mnt)) in argv and _alive(int(name)):
+                out.append(int(name))
+    return out
+
+
+def test_rm_during_a_mount_never_orphans_it(lifecycle: Mounts, tmp_path: Path) -> None:
+    """Issue 8 item 5.  The test holds the store lock while `layerfs mount` runs; once the command
+    waits for it, the image is removed under that lock.  The command must then end either with a
+    recorded mount of an image still there, or failed with no mount and no daemon: never with a
+    daemon serving layers that are gone, recorded nowhere."""
+    from layerfs import Conflict
+
+    store = lifecycle.store
+    image = _small_image(store, tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    lifecycle.points.append(mnt)
+    with store.writer() as w:
+        proc = _layerfs(store.root, "mount", image.id, str(mnt))
+        _wait_for("the mount command to wait for the store lock", lambda: _waits_for_lock(proc.pid), proc)
+        try:
+            w.remove(image.id)
+            removed = True
+        except Conflict:
+            removed = False
+    out, err = proc.communicate(timeout=60)
+    if removed:
+        assert proc.returncode == 1 and err.startswith("Error: ") and "No such image" in err, err
+        assert not _is_mounted(mnt), "a mount of a removed image is still served"
+        assert _daemons_of(mnt) == []
+        assert store.mounts() == []
+    else:
+        assert proc.returncode == 0, err
+        lifecycle.track(mnt)
+        assert [m.image_id for m in store.mounts()] == [image.id]
+
+
+def test_a_mount_that_fails_leaves_no_mount(lifecycle: Mounts, tmp_path: Path) -> None:
+    """Issue 8 item 12: with the store full, `layerfs mount` of an image mounted before fails in
+    one line, and leaves no mount, no daemon and no record."""
+    from test_store import _fill
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    mnt = tmp_path / "mnt"
+    try:
+        lifecycle.store = store = Store(small / "store")
+        image = _small_image(store, tmp_path)
+        lifecycle.mount(image.id, mnt)  # the merged index is made now: the next mount writes only its record
+        _mount.umount(mnt, store=store)
+        (store.root / "reserve").unlink()
+        _fill(small / "filler")
+        proc = run_layerfs("mount", image.id, str(mnt), root=store.root, check=False)
+        assert proc.returncode == 1
+        [line] = proc.stderr.strip().splitlines()
+        assert line.startswith(f"Error: mount {image.id} on {mnt}: ") and "No space left on device" in line, line
+        assert not _is_mounted(mnt)
+        assert _daemons_of(mnt) == []
+        assert store.mounts() == [] and os.listdir(store.root / "mounts") == []
+    finally:
+        if _is_mounted(mnt):
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+        for pid in _daemons_of(mnt):
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run(["umount", str(small)], check=True)

@@ -10,7 +10,10 @@ Public API::
 How a mount runs:
 
 1. The caller checks the mount point (missing, not a directory, already mounted, not empty, a
-   dead mount: :class:`MountError` with one clear line), then makes sure the merged index exists:
+   dead mount: :class:`MountError` with one clear line) and, for an image, records the mount in
+   the store under its own pid (``Store.register_mount``: from now on ``rm`` refuses the image;
+   an ``rm`` that went first makes the mount fail, "No such image").  Then it makes sure the
+   merged index exists:
    for an image it is kept in ``store.state_dir("merged")/<top chain ID hex>.idx`` and built only
    the first time (``_ensure_index``; written through ``Store.put_state``, whose leased temporary
    name a writer's clean-up leaves alone); for ``lowerdir=`` dirs it is built at every mount into the
@@ -23,12 +26,15 @@ How a mount runs:
    ``lowerdir=``: the walk, 100-160 ms); fork to ready ~8 ms.  trio, pyfuse3, httpx and tarfile
    are never imported on the C-engine path (``_serve_pyfuse3`` imports them), nor
    ``subprocess`` (``umount`` only).
-2. It forks the daemon (no new interpreter: a remount of a known image takes milliseconds).  The
-   daemon starts a session (``setsid``), sends its stdio to ``daemon.log`` in the runtime dir,
-   maps the index, mounts (the C session, or ``pyfuse3.init``; ``fusermount3`` for non-root users), raises the
+2. It forks the daemon (no new interpreter: a remount of a known image takes milliseconds) and
+   hands it the store's record (``Store.hand_over_mount``); only then does the daemon go on (a
+   command that dies before leaves a child that exits without mounting).  The daemon starts a
+   session (``setsid``), sends its stdio to ``daemon.log`` in the runtime dir, maps the index,
+   mounts (the C session, or ``pyfuse3.init``; ``fusermount3`` for non-root users), raises the
    read-ahead (``_cache``), and writes ``ok`` to a pipe; on failure it writes the error line
-   instead.  The caller returns once it reads ``ok``, and records an image mount in the store
-   (so the image counts as in use).  ``foreground=True`` runs the same daemon in the caller.
+   instead.  The caller returns once it reads ``ok``.  Any failure after the fork (the record,
+   the daemon's error, a signal) stops the daemon and removes its mount and the record: a failed
+   ``mount`` leaves nothing behind.  ``foreground=True`` runs the same daemon in the caller.
 3. The daemon serves requests (``_handlers``) until the kernel ends the session (``umount``,
    ``fusermount3 -u``), or SIGTERM / SIGINT / SIGHUP arrive: then ``pyfuse3.terminate()``, and
    always ``pyfuse3.close(unmount=True)`` (docs/fuse.rst "Errors and termination": a mount copied
@@ -58,12 +64,12 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import _proc
-from .._errors import MountError
+from .._errors import LayerfsError, MountError
 from .._store.store import Image, Store
 from . import cache as _cache
 from . import merge as _merge
@@ -313,32 +319,75 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
     started = time.perf_counter()
     mnt = check_mountpoint(mountpoint)
     rundir = runtime_dir(mnt)
-    rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    rundir.mkdir(exist_ok=True, mode=0o700)
     if isinstance(source, str):
         if store is None:
             raise MountError(f"image {source}: no store given")
         stack = _image_stack(store, source, rundir)
     else:
         stack = _lowerdir_stack(source, rundir)
-    t0 = time.perf_counter()
-    built = _ensure_index(store, stack)
-    if built is not None:
-        log.info("merged index of %s: %d nodes from %d layers in %.3f s", stack.source, built.nodes,
-                 built.layers, built.seconds)
-    index_seconds = time.perf_counter() - t0
-    record: dict[str, object] = {
-        "mountpoint": str(mnt), "source": stack.source, "image_id": stack.image.id if stack.image else None,
-        "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "index": str(stack.index_path), "layers": [str(d) for d in stack.layer_dirs]}
-    if foreground:
-        record["pid"] = os.getpid()
+    what = f"mount {stack.source} on {mnt}"
+    # The image is in use from here on: a concurrent rm either went first (then this fails: No
+    # such image) or finds the record and refuses.  No daemon exists before the record does.
+    with _failing(what):
         _register(store, stack, mnt, os.getpid())
-        try:
-            _daemon(stack, mnt, rundir, record, None, started, index_seconds, debug, engine)
-        finally:
-            _unregister(store, mnt)
-        return MountHandle(mnt, os.getpid(), stack.source, record["image_id"], rundir)  # type: ignore[arg-type]
-    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    try:
+        with _failing(what):
+            t0 = time.perf_counter()
+            built = _ensure_index(store, stack)
+            if built is not None:
+                log.info("merged index of %s: %d nodes from %d layers in %.3f s", stack.source, built.nodes,
+                         built.layers, built.seconds)
+            index_seconds = time.perf_counter() - t0
+            record: dict[str, object] = {
+                "mountpoint": str(mnt), "source": stack.source,
+                "image_id": stack.image.id if stack.image else None,
+                "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "index": str(stack.index_path), "layers": [str(d) for d in stack.layer_dirs]}
+            if foreground:
+                record["pid"] = os.getpid()
+                try:
+                    _daemon(stack, mnt, rundir, record, None, started, index_seconds, debug, engine)
+                finally:
+                    _unregister(store, mnt, os.getpid())
+                return MountHandle(mnt, os.getpid(), stack.source, stack.image.id if stack.image else None, rundir)
+            pid = _start_daemon(store, stack, mnt, rundir, record, started, index_seconds, debug, engine)
+    except BaseException:
+        _unregister(store, mnt, os.getpid())  # unless handed over to a daemon (that one is gone too)
+        if not (rundir / "mount.json").exists():
+            _remove_runtime(rundir)
+        raise
+    return MountHandle(mnt, pid, stack.source, stack.image.id if stack.image else None, rundir)
+
+
+@contextlib.contextmanager
+def _failing(what: str) -> Iterator[None]:
+    """Give an error of the mount one line naming it: ``mount SOURCE on MNT: <cause>``."""
+    try:
+        yield
+    except LayerfsError as err:
+        raise err.with_context(what) from err
+    except OSError as err:
+        raise MountError(f"{what}: {err.strerror or err}") from err
+
+
+def _start_daemon(store: Store | None, stack: _Stack, mnt: Path, rundir: Path, record: dict[str, object],
+                  started: float, index_seconds: float, debug: bool, engine: str) -> int:
+    """Fork the daemon, hand it the mount record, let it mount, wait until it is ready.
+
+    The child waits on a pipe until the record of the mount names it (so that no daemon serves an
+    image the store does not count as in use, even if this command dies meanwhile: the child
+    then reads EOF and exits without mounting).  On any failure here (the record, the daemon's
+    error, a signal) the daemon is stopped and its mount, if it made one, removed.
+
+    Returns:
+        The daemon's pid.
+    Raises:
+        MountError: the daemon reported an error (its line) or did not get ready.
+        OSError, LayerfsError: handing over the record failed.
+    """
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)  # the daemon's "ok" or error line
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)  # the command's go-ahead, once the record names the daemon
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -346,6 +395,10 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         code = 1
         try:
             os.close(rfd)
+            os.close(go_w)
+            if os.read(go_r, 1) != b"g":
+                os._exit(1)  # the command failed or died before handing the mount over
+            os.close(go_r)
             os.setsid()
             # Nothing the caller held open (a pipe it writes to, a lock) may outlive it in us.
             os.closerange(3, wfd)
@@ -353,7 +406,7 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
             _detach_stdio(rundir / "daemon.log", debug)
             record["pid"] = os.getpid()
             code = _daemon(stack, mnt, rundir, record, wfd, started, index_seconds, debug, engine)
-            _unregister(store, mnt)
+            _unregister(store, mnt, os.getpid())
         except BaseException as err:  # noqa: B036 - the child must never return into the caller
             with contextlib.suppress(BaseException):
                 log.exception("daemon failed")
@@ -361,13 +414,54 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         finally:
             os._exit(code)
     os.close(wfd)
-    reply = _read_ready(rfd, pid)
-    if reply != "ok":
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        raise MountError(f"mount {stack.source} on {mnt}: {reply}")
-    _register(store, stack, mnt, pid)
-    return MountHandle(mnt, pid, stack.source, stack.image.id if stack.image else None, rundir)
+    os.close(go_r)
+    try:
+        try:
+            if store is not None and stack.image is not None:
+                store.hand_over_mount(str(mnt), os.getpid(), pid)
+            os.write(go_w, b"g")
+        finally:
+            os.close(go_w)
+        fd, rfd = rfd, -1
+        reply = _read_ready(fd, pid)  # closes fd
+        if reply != "ok":
+            raise MountError(reply)
+    except BaseException:
+        if rfd >= 0:
+            os.close(rfd)
+        _stop_daemon(pid, mnt)
+        _unregister(store, mnt, pid)
+        raise
+    return pid
+
+
+def _stop_daemon(pid: int, mnt: Path) -> None:
+    """Stop a daemon this command just started and must not leave behind; remove its mount.
+
+    SIGTERM asks it to unmount and exit; one that does not within :data:`EXIT_TIMEOUT` is killed,
+    and a mount it leaves (dead, then) is detached.
+    """
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + EXIT_TIMEOUT
+    while _proc.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if _proc.pid_alive(pid):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    entry = _proc.mountpoints().get(str(mnt))
+    if entry is not None and _is_layerfs(entry):
+        import subprocess
+
+        argv = ["umount", "-l", str(mnt)] if os.geteuid() == 0 else ["fusermount3", "-uz", str(mnt)]
+        subprocess.run(argv, capture_output=True, check=False)
+
+
+def _is_layerfs(entry: _proc.MountEntry) -> bool:
+    """Whether a mount is one of layerfs's (its type, as ``_cache.mount_options`` sets it)."""
+    return entry.fstype == "fuse.layerfs"
 
 
 def _ensure_index(store: Store | None, stack: _Stack) -> _merge.MergeStatistics | None:
@@ -388,14 +482,16 @@ def _ensure_index(store: Store | None, stack: _Stack) -> _merge.MergeStatistics 
 
 
 def _register(store: Store | None, stack: _Stack, mnt: Path, pid: int) -> None:
+    """Record an image mount in the store (the image is in use while ``pid`` lives)."""
     if store is not None and stack.image is not None:
         store.register_mount(stack.image.id, str(mnt), pid)
 
 
-def _unregister(store: Store | None, mnt: Path) -> None:
+def _unregister(store: Store | None, mnt: Path, pid: int) -> None:
+    """Remove the store's record of the mount at ``mnt`` if it names ``pid``."""
     if store is not None:
         with contextlib.suppress(OSError):
-            store.unregister_mount(str(mnt))
+            store.unregister_mount(str(mnt), pid)
 
 
 def _read_ready(rfd: int, pid: int) -> str:
@@ -661,7 +757,7 @@ def umount(mountpoint: str | os.PathLike[str], *, store: Store | None = None,
     if pid and not _wait_exit(pid, timeout):
         raise MountError(f"{mnt}: unmounted, but daemon {pid} did not exit (killed)")
     if store is not None:
-        store.unregister_mount(real)
+        store.unregister_mount(real, pid or None)
     _remove_runtime(rundir)
 
 

@@ -384,41 +384,108 @@ class Store:
         key = hashlib.sha256(os.path.abspath(mountpoint).encode("utf-8", "surrogateescape")).hexdigest()[:32]
         return self.root / "mounts" / f"{key}.json"
 
+    def _read_mount(self, path: Path) -> tuple[MountRecord, int | None]:
+        """A mount record and the start time of its process (None in records of layerfs 0.1).
+
+        Raises:
+            OSError, ValueError, KeyError, BadImage: unreadable.
+        """
+        data = _load_json(path)
+        rec = MountRecord(str(data["image_id"]), str(data["mountpoint"]), int(data["pid"]),  # type: ignore[call-overload]
+                          str(data["since"]))
+        start = data.get("start")
+        return rec, start if isinstance(start, int) else None
+
     def mounts(self) -> list[MountRecord]:
-        """Live mounts; a record whose daemon died or whose mount point is gone is not listed."""
+        """The mounts that keep images in use: records whose process lives.
+
+        A record names the command starting a mount until its daemon exists, then the daemon,
+        which serves until the last mount of it is gone, in every mount namespace.  A pid counts
+        only with the start time recorded with it (a reused pid is another process).
+        """
         try:
             names = sorted(os.listdir(self.root / "mounts"))
         except FileNotFoundError:
             return []
-        mounted = _proc.mountpoints()
+        mounted: dict[str, _proc.MountEntry] | None = None
         out = []
         for name in names:
             with contextlib.suppress(OSError, ValueError, KeyError, BadImage):
-                data = _load_json(self.root / "mounts" / name)
-                rec = MountRecord(str(data["image_id"]), str(data["mountpoint"]), int(data["pid"]),  # type: ignore[call-overload]
-                                  str(data["since"]))
-                if _proc.pid_alive(rec.pid) and rec.mountpoint in mounted:
+                rec, start = self._read_mount(self.root / "mounts" / name)
+                if not _proc.pid_alive(rec.pid):
+                    continue
+                if start is None:  # an older record: alive while its mount point is mounted
+                    mounted = _proc.mountpoints() if mounted is None else mounted
+                    if rec.mountpoint in mounted:
+                        out.append(rec)
+                elif _proc.start_time(rec.pid) == start:
                     out.append(rec)
         return out
 
-    def register_mount(self, image_id: str, mountpoint: str, pid: int) -> MountRecord:
-        """Record that ``pid`` serves a mount of ``image_id`` at ``mountpoint``.
+    def _write_mount(self, rec: MountRecord) -> None:
+        start = _proc.start_time(rec.pid)
+        if start is None:
+            raise ProcessLookupError(errno.ESRCH, f"process {rec.pid} is gone")
+        with _step("record the mount in the store"):
+            self._write_atomic(self._mount_record_path(rec.mountpoint),
+                               _json_bytes({**dataclasses.asdict(rec), "start": start}))
 
-        Takes the store lock briefly, so that it cannot race with ``remove``.
+    def register_mount(self, image_id: str, mountpoint: str, pid: int) -> MountRecord:
+        """Record that ``pid`` mounts (or is about to mount) ``image_id`` at ``mountpoint``.
+
+        From now on, while ``pid`` lives, the image counts as in use: ``rm`` refuses it.  A mount
+        registers before it starts its daemon, then hands the record over to it
+        (:meth:`hand_over_mount`), so that no daemon ever serves an image the store does not know
+        to be in use.  Takes the store lock briefly (no clean-up), so it cannot race with ``rm``.
 
         Raises:
-            ImageNotFound: the image is no longer in the store.
+            ImageNotFound: the image is not (or no longer) in the store.
+            Conflict: another live mount is recorded at ``mountpoint``.
+            OSError: ``record the mount in the store: <cause>`` (nothing is recorded).
         """
-        with self.writer() as w:
+        rec = MountRecord(image_id, os.path.abspath(mountpoint), pid, _now())
+        with self._locked():
             if image_id not in self._image_ids():
                 raise ImageNotFound(f"No such image: {image_id}")
-            rec = MountRecord(image_id, os.path.abspath(mountpoint), pid, _now())
-            w.write_file(self._mount_record_path(mountpoint), _json_bytes(dataclasses.asdict(rec)))
-            return rec
+            for other in self.mounts():
+                if other.mountpoint == rec.mountpoint:
+                    raise Conflict(f"{rec.mountpoint}: process {other.pid} is mounting or serving "
+                                   f"{other.image_id} there")
+            self._write_mount(rec)
+        return rec
 
-    def unregister_mount(self, mountpoint: str) -> None:
+    def hand_over_mount(self, mountpoint: str, from_pid: int, to_pid: int) -> MountRecord:
+        """Pass the record of the mount at ``mountpoint`` from ``from_pid`` (the command) to
+        ``to_pid`` (the daemon it started, before that mounts anything).
+
+        Raises:
+            LayerfsError: the record is gone or names another process.
+            OSError: ``record the mount in the store: <cause>`` (the record is unchanged).
+        """
+        path = self._mount_record_path(mountpoint)
+        with self._locked():
+            try:
+                rec, _ = self._read_mount(path)
+            except (OSError, ValueError, KeyError, BadImage):
+                raise LayerfsError(f"{mountpoint}: the mount record is gone") from None
+            if rec.pid != from_pid:
+                raise LayerfsError(f"{mountpoint}: the mount record names process {rec.pid}, not {from_pid}")
+            new = dataclasses.replace(rec, pid=to_pid)
+            self._write_mount(new)
+        return new
+
+    def unregister_mount(self, mountpoint: str, pid: int | None = None) -> None:
+        """Remove the record of the mount at ``mountpoint`` (only if it names ``pid``, if given)."""
+        path = self._mount_record_path(mountpoint)
+        if pid is not None:
+            try:
+                rec, _ = self._read_mount(path)
+            except (OSError, ValueError, KeyError, BadImage):
+                return
+            if rec.pid != pid:
+                return
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._mount_record_path(mountpoint))
+            os.unlink(path)
 
     # -- layers: stage, then publish (no writer needed) -----------------------------------------
 
