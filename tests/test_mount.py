@@ -600,3 +600,78 @@ def test_a_mount_that_fails_leaves_no_mount(lifecycle: Mounts, tmp_path: Path) -
         for pid in _daemons_of(mnt):
             os.kill(pid, signal.SIGKILL)
         subprocess.run(["umount", str(small)], check=True)
+
+
+@pytest.mark.parametrize("kind", ["tmpfs", "fuse-overlayfs"])
+def test_umount_refuses_what_is_not_a_layerfs_mount(lifecycle: Mounts, tmp_path: Path, kind: str) -> None:
+    """Issue 8 item 11: `layerfs umount` of a tmpfs or a fuse-overlayfs mount fails and leaves it."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if kind == "tmpfs":
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mnt)], check=True)
+    else:
+        require_tool("fuse-overlayfs")
+        (tmp_path / "lower").mkdir()
+        subprocess.run(["fuse-overlayfs", "-o", f"lowerdir={tmp_path / 'lower'}", str(mnt)], check=True)
+    try:
+        proc = run_layerfs("umount", str(mnt), root=lifecycle.store.root, check=False)
+        assert proc.returncode == 1
+        assert proc.stderr.startswith(f"Error: {mnt}: not a layerfs mount"), proc.stderr
+        assert _is_mounted(mnt)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("where", ["other namespace", "this namespace, with fusectl"])
+def test_umount_leaves_the_mounts_of_other_namespaces_served(lifecycle: Mounts, tmp_path: Path, where: str) -> None:
+    """Issue 8 item 13: unmounting in one mount namespace must not take the file system from
+    another.  `umount` returns at once, says the daemon stays, and never stops it; the daemon
+    exits when the kernel closes the connection (the last mount of it gone).
+
+    "other namespace": a process in a copy of our namespace reads the mount before and after our
+    umount.  "this namespace, with fusectl": umount runs in a copy where /sys/fs/fuse/connections
+    is mounted (the kernel's own record of live connections) and the test's namespace keeps it.
+    """
+    require_tool("unshare")
+    layers = build_stack(tmp_path, [["f a 1"]], kernel_form=False)
+    mnt = tmp_path / "mnt"
+    handle = lifecycle.mount(layers, mnt)
+    layerfs = [sys.executable, "-m", "layerfs", "--root", str(lifecycle.store.root)]
+    inner = None
+    if where == "other namespace":
+        script = ("import sys; print(open(sys.argv[1]).read().strip(), flush=True); sys.stdin.readline(); "
+                  "print(open(sys.argv[1]).read().strip(), flush=True)")
+        inner = subprocess.Popen(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", script,
+                                  str(mnt / "a")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert inner.stdout is not None and inner.stdout.readline().strip() == "1"
+        argv = [*layerfs, "umount", str(mnt)]
+    else:
+        shell = 'mount -t fusectl none /sys/fs/fuse/connections && exec "$@"'
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", shell, "sh", *layerfs, "umount", str(mnt)]
+    try:
+        started = time.monotonic()
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        took = time.monotonic() - started
+        assert proc.returncode == 0, proc.stderr
+        assert took < 5, f"umount took {took:.1f} s"
+        assert f"daemon (pid {handle.pid}) keeps serving" in proc.stderr, proc.stderr
+        assert _alive(handle.pid)
+        if inner is not None:
+            assert not _is_mounted(mnt)
+            again = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            assert again.returncode == 1 and "not mounted in this mount namespace" in again.stderr, again.stderr
+            assert _alive(handle.pid)
+            out, _ = inner.communicate("\n", timeout=30)
+            assert (inner.returncode, out.strip()) == (0, "1"), "the other namespace lost the mount"
+            inner = None
+        else:
+            assert _is_mounted(mnt) and (mnt / "a").read_text() == "1\n"
+            _mount.umount(mnt, store=lifecycle.store)
+        deadline = time.monotonic() + DAEMON_EXIT_TIMEOUT
+        while _alive(handle.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _alive(handle.pid), "the daemon outlived the last mount of it"
+    finally:
+        if inner is not None:
+            inner.kill()
+            inner.wait()

@@ -59,7 +59,12 @@ examples:
                        help="unmount a layerfs mount and wait for its daemon to exit",
                        description="""\
 Unmount a layerfs mount and wait until its daemon has exited; the image no longer counts as in
-use.  Fails with "busy" while a process has a file open or its working directory inside.
+use.  Fails with "busy" while a process has a file open or its working directory inside, and
+refuses a mount that is not layerfs's.
+
+Only this mount namespace's mount goes.  If another namespace (a container, `unshare --mount`)
+still holds a copy of it, the daemon keeps serving that one, and the image stays in use, until
+the last copy is gone: umount says so and returns.
 
 examples:
   layerfs umount ./rootfs""")
@@ -137,7 +142,10 @@ def _ensure_image(store: Store, name: str) -> None:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    _mount.umount(args.mountpoint, store=Store(args.root))
+    done = _mount.umount(args.mountpoint, store=Store(args.root))
+    if done.daemon_stays:
+        print(f"layerfs: {done.mountpoint} is unmounted here; its daemon (pid {done.pid}) keeps serving the "
+              f"mounts of it in other mount namespaces, and exits with the last of them", file=sys.stderr)
     return 0
 
 

@@ -5,7 +5,7 @@ Public API::
     handle = mount(store, "busybox:latest", "rootfs/")          # an image of the store
     handle = mount(store, ["/l3", "/l2", "/l1"], "mnt/")        # plain dirs, TOP FIRST (lowerdir=)
     handle.statistics()                                          # requests per opcode, from the daemon
-    umount("rootfs/")                                            # unmount, wait for the daemon
+    umount("rootfs/")                                            # unmount here, wait for the daemon
 
 How a mount runs:
 
@@ -40,6 +40,12 @@ How a mount runs:
    always ``pyfuse3.close(unmount=True)`` (docs/fuse.rst "Errors and termination": a mount copied
    into another namespace would otherwise keep the daemon waiting forever).  It unregisters the
    mount on the way out.
+
+Unmounting (:func:`umount`) removes this mount namespace's mount, and refuses a mount that is not
+layerfs's.  A copy of the mount in another namespace (a container, ``unshare --mount``) keeps
+the FUSE connection open, and the daemon serves it until the kernel closes the connection with
+the last copy; umount then returns at once and says so, and never stops a daemon that still
+serves a mount.  The device (``major:minor``) noted in ``mount.json`` names the connection.
 
 Runtime records: every mount has a directory ``<runtime>/<sha256(mount point)[:16]>/`` holding
 ``mount.json`` (mount point, pid, source, image ID, since), ``daemon.log``, ``stats.json`` and,
@@ -123,8 +129,8 @@ class MountHandle:
     def statistics(self, timeout: float = 5.0) -> MountStatistics:
         return statistics(self.mountpoint, timeout=timeout)
 
-    def umount(self, timeout: float = EXIT_TIMEOUT) -> None:
-        umount(self.mountpoint, timeout=timeout)
+    def umount(self, timeout: float = EXIT_TIMEOUT) -> Unmounted:
+        return umount(self.mountpoint, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,10 +149,18 @@ def runtime_root() -> Path:
     return Path(f"/tmp/layerfs-{os.geteuid()}")
 
 
-def runtime_dir(mountpoint: str | os.PathLike[str]) -> Path:
-    """The runtime directory of the mount at ``mountpoint`` (absolute, symlinks resolved)."""
+def runtime_dir(mountpoint: str | os.PathLike[str], *, create: bool = False) -> Path:
+    """The runtime directory of the mount at ``mountpoint`` (absolute, symlinks resolved).
+
+    Args:
+        create: make it (mode 0700) and the runtime root if missing.
+    """
     key = hashlib.sha256(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:16]
-    return runtime_root() / key
+    root = runtime_root()
+    if create:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (root / key).mkdir(exist_ok=True, mode=0o700)
+    return root / key
 
 
 def _write_json(path: Path, data: object) -> None:
@@ -318,8 +332,7 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         raise MountError(f"unknown engine {engine!r} (one of {', '.join(ENGINES)})")
     started = time.perf_counter()
     mnt = check_mountpoint(mountpoint)
-    rundir = runtime_dir(mnt)
-    rundir.mkdir(exist_ok=True, mode=0o700)
+    rundir = runtime_dir(mnt, create=True)
     if isinstance(source, str):
         if store is None:
             raise MountError(f"image {source}: no store given")
@@ -426,6 +439,7 @@ def _start_daemon(store: Store | None, stack: _Stack, mnt: Path, rundir: Path, r
         reply = _read_ready(fd, pid)  # closes fd
         if reply != "ok":
             raise MountError(reply)
+        _note_device(rundir, mnt)
     except BaseException:
         if rfd >= 0:
             os.close(rfd)
@@ -433,6 +447,16 @@ def _start_daemon(store: Store | None, stack: _Stack, mnt: Path, rundir: Path, r
         _unregister(store, mnt, pid)
         raise
     return pid
+
+
+def _note_device(rundir: Path, mnt: Path) -> None:
+    """Add the mount's device (``major:minor``, which names its FUSE connection) to ``mount.json``,
+    so that :func:`umount` can tell later whether the daemon still serves another namespace."""
+    rec = _read_json(rundir / "mount.json")
+    entry = _proc.mountpoints().get(str(mnt))
+    if rec is None or entry is None or not _is_layerfs(entry):
+        raise MountError("the daemon reported ready, but nothing is mounted")
+    _write_json(rundir / "mount.json", {**rec, "device": entry.device})
 
 
 def _stop_daemon(pid: int, mnt: Path) -> None:
@@ -718,28 +742,58 @@ def _serve_pyfuse3(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obj
 # ---------------------------------------------------------------------------------------------
 # Unmount and statistics
 
+@dataclass(frozen=True)
+class Unmounted:
+    """What :func:`umount` did: this namespace's mount is gone; ``daemon_stays`` when the daemon
+    (``pid``, 0 if unknown) keeps serving mounts of the file system in other mount namespaces."""
+
+    mountpoint: str
+    pid: int
+    daemon_stays: bool
+
+
 def umount(mountpoint: str | os.PathLike[str], *, store: Store | None = None,
-           timeout: float = EXIT_TIMEOUT) -> None:
-    """Unmount a layerfs mount and wait until its daemon has exited.
+           timeout: float = EXIT_TIMEOUT) -> Unmounted:
+    """Unmount a layerfs mount in this mount namespace; wait for its daemon if that was its last.
+
+    A FUSE file system lives as long as its connection: the kernel closes it when the last mount
+    of it is gone, in every mount namespace (a container or an ``unshare --mount`` holds a copy),
+    and only then does the daemon's loop end.  So this removes this namespace's mount; if the
+    connection lives on (:func:`_connection_alive`), the daemon stays to serve the others, and is
+    never stopped; otherwise this waits until the daemon has exited.
 
     Args:
         mountpoint: the mount point.
         store: the store to unregister an image mount from (the daemon also does it on exit).
-        timeout: how long to wait for the daemon; then it gets SIGTERM, and SIGKILL 2 s later.
-
+        timeout: how long to wait for a daemon whose connection is gone; then it serves nothing
+            and gets SIGTERM, and SIGKILL 2 s later.
+    Returns:
+        What happened (see :class:`Unmounted`).
     Raises:
-        MountError: not mounted, busy (a process uses the mount), or a daemon that would not exit.
+        MountError: not mounted here, not a layerfs mount, busy (a process uses the mount), or a
+            daemon that would not exit.
     """
     mnt = os.path.abspath(mountpoint)
     real = os.path.realpath(mnt)
-    rundir = runtime_dir(real)
+    rundir = runtime_dir(real, create=False)
     rec = _read_json(rundir / "mount.json") or {}
     pid = int(rec.get("pid", 0))  # type: ignore[call-overload]
-    if real not in _proc.mountpoints():
+    entry = _proc.mountpoints().get(real)
+    if entry is None:
+        device = rec.get("device")
         if pid and _proc.pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            _wait_exit(pid, timeout)
+            if isinstance(device, str) and _connection_alive(device):
+                raise MountError(f"{mnt}: not mounted in this mount namespace (its daemon, pid {pid}, serves "
+                                 f"the mounts of it in other namespaces)")
+            if isinstance(device, str):  # a daemon whose connection is gone serves nothing
+                _wait_exit(pid, 0)
+        if not pid or not _proc.pid_alive(pid):
+            _remove_runtime(rundir)
         raise MountError(f"{mnt}: not mounted")
+    if not _is_layerfs(entry):
+        raise MountError(f"{mnt}: not a layerfs mount (a {entry.fstype} mount of {entry.source})")
+    if rec.get("mountpoint") != real:
+        pid = 0  # the runtime record is of another mount (or missing): wait for no daemon
     import subprocess  # only here: it costs the mount command ~2.5 ms of imports
 
     proc = subprocess.run(["fusermount3", "-u", real], capture_output=True, text=True)
@@ -748,17 +802,53 @@ def umount(mountpoint: str | os.PathLike[str], *, store: Store | None = None,
         if "busy" in msg.lower():
             raise MountError(f"{mnt}: busy (a process uses it; see `fuser -vm {mnt}`)")
         if os.geteuid() == 0:
-            try:  # not a FUSE mount of this user (or fusermount3 refused): plain umount
+            try:  # fusermount3 refused (a mount it did not make): plain umount
                 subprocess.run(["umount", real], check=True, capture_output=True, text=True)
             except subprocess.CalledProcessError as err:
-                raise MountError(f"{mnt}: {err.stderr.strip() or msg}") from None
+                text = err.stderr.strip() or msg
+                if "busy" in text.lower():
+                    raise MountError(f"{mnt}: busy (a process uses it; see `fuser -vm {mnt}`)") from None
+                raise MountError(f"{mnt}: {text}") from None
         else:
             raise MountError(f"{mnt}: {msg}")
+    if _connection_alive(entry.device):
+        return Unmounted(mnt, pid, True)
     if pid and not _wait_exit(pid, timeout):
         raise MountError(f"{mnt}: unmounted, but daemon {pid} did not exit (killed)")
     if store is not None:
         store.unregister_mount(real, pid or None)
-    _remove_runtime(rundir)
+    if pid:
+        _remove_runtime(rundir)
+    return Unmounted(mnt, pid, False)
+
+
+def _connection_alive(device: str) -> bool:
+    """Whether the FUSE connection of the mount device ``major:minor`` is still open somewhere.
+
+    The kernel lists open connections in ``/sys/fs/fuse/connections/<minor>`` (fusectl) and
+    removes the entry when the last mount goes.  Where fusectl is not mounted, the mount tables
+    of every mount namespace this user can see are asked for the device instead.
+    """
+    minor = device.partition(":")[2]
+    conns = "/sys/fs/fuse/connections"
+    if any(m.fstype == "fusectl" and m.mountpoint == conns for m in _proc.mounts()):
+        with contextlib.suppress(OSError):
+            return os.path.isdir(f"{conns}/{minor}")
+    seen: set[str] = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            ns = os.readlink(f"/proc/{name}/ns/mnt")
+            if ns in seen:
+                continue
+            seen.add(ns)
+            with open(f"/proc/{name}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+                if any(line.split(maxsplit=3)[2] == device for line in f):
+                    return True
+        except (OSError, IndexError):
+            continue  # gone, or not ours to read
+    return False
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:
