@@ -675,3 +675,45 @@ def test_umount_leaves_the_mounts_of_other_namespaces_served(lifecycle: Mounts, 
         if inner is not None:
             inner.kill()
             inner.wait()
+
+
+def test_the_runtime_directory_is_private_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 8 item 8: mount records never go to a predictable name in /tmp; a runtime directory
+    that another user owns is refused, not used; ours is made mode 0700."""
+    require_root()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    monkeypatch.setenv("LAYERFS_RUNTIME_DIR", str(theirs))
+    with pytest.raises(MountError, match="owned by uid 65534"):
+        _mount.runtime_dir(tmp_path / "mnt", create=True)
+    with pytest.raises(MountError, match="owned by uid 65534"):
+        _mount.mounts()
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o755)
+    os.chmod(ours, 0o755)
+    monkeypatch.setenv("LAYERFS_RUNTIME_DIR", str(ours))
+    rundir = _mount.runtime_dir(tmp_path / "mnt", create=True)
+    assert rundir.parent == ours and (os.stat(ours).st_mode & 0o777, os.stat(rundir).st_mode & 0o777) == (0o700, 0o700)
+    os.symlink(theirs, tmp_path / "link")
+    monkeypatch.setenv("LAYERFS_RUNTIME_DIR", str(tmp_path / "link"))
+    with pytest.raises(MountError, match="symbolic link"):
+        _mount.runtime_dir(tmp_path / "mnt", create=True)
+    # A user without $XDG_RUNTIME_DIR: a private directory of theirs, not /tmp/layerfs-<uid>.
+    base = Path(f"/tmp/runtime-test-{os.getpid()}")
+    base.mkdir(mode=0o755)
+    try:
+        home = base / "home"
+        home.mkdir()
+        os.chown(home, 65534, 65534)
+        env = {"PATH": os.environ["PATH"], "HOME": str(home)}
+        script = ("from layerfs._mount import daemon as d; import os; r = d.runtime_dir('/x', create=True).parent; "
+                  "st = os.stat(r); print(r, st.st_uid, oct(st.st_mode & 0o777))")
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                               script], capture_output=True, text=True, env=env, cwd=str(base), timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        where, uid, mode = proc.stdout.split()
+        assert not where.startswith("/tmp/layerfs-") and where.startswith(str(home)), where
+        assert (uid, mode) == ("65534", "0o700")
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)

@@ -50,7 +50,8 @@ serves a mount.  The device (``major:minor``) noted in ``mount.json`` names the 
 Runtime records: every mount has a directory ``<runtime>/<sha256(mount point)[:16]>/`` holding
 ``mount.json`` (mount point, pid, source, image ID, since), ``daemon.log``, ``stats.json`` and,
 for ``lowerdir=`` mounts, ``index.idx``.  ``<runtime>`` is ``$LAYERFS_RUNTIME_DIR``, else
-``/run/layerfs`` for root, else ``$XDG_RUNTIME_DIR/layerfs``, else ``/tmp/layerfs-<uid>``.
+``/run/layerfs`` for root, else ``$XDG_RUNTIME_DIR/layerfs``, else a private directory of the
+user's (:func:`runtime_root`); always mode 0700 and checked to be the user's.
 
 Statistics: SIGUSR1 makes the daemon write ``stats.json`` (temp + rename; ``seq`` counts the
 signals); :func:`statistics` sends it and waits for the new file.  The daemon removes its runtime
@@ -136,17 +137,62 @@ class MountHandle:
 # ---------------------------------------------------------------------------------------------
 # Runtime records
 
-def runtime_root() -> Path:
-    """Where mount records live (see the module docstring)."""
+def runtime_root(*, create: bool = False) -> Path:
+    """Where mount records live, checked to be the user's alone.
+
+    ``$LAYERFS_RUNTIME_DIR``; else ``/run/layerfs`` for root; else ``$XDG_RUNTIME_DIR/layerfs``;
+    else ``/run/user/<uid>/layerfs`` when that directory is the user's; else
+    ``$XDG_CACHE_HOME/layerfs/run`` (``~/.cache/layerfs/run``): never a predictable name in a
+    directory others can write, such as ``/tmp``.
+
+    Args:
+        create: make it (mode 0700, parents too) if missing; an existing one of ours with looser
+            permissions is set to 0700.
+    Returns:
+        The directory (it may not exist when ``create`` is false: then no mount is recorded).
+    Raises:
+        MountError: it is a symbolic link or not a directory, or another user owns it (someone
+            made it first: it is refused, never used).
+    """
     env = os.environ.get("LAYERFS_RUNTIME_DIR")
+    uid = os.geteuid()
     if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/run/layerfs")
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        return Path(xdg) / "layerfs"
-    return Path(f"/tmp/layerfs-{os.geteuid()}")
+        root = Path(env)
+    elif uid == 0:
+        root = Path("/run/layerfs")
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        root = Path(os.environ["XDG_RUNTIME_DIR"]) / "layerfs"
+    elif _owned_dir(Path(f"/run/user/{uid}"), uid):
+        root = Path(f"/run/user/{uid}/layerfs")
+    else:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = Path(cache) / "layerfs" / "run"
+    if create:
+        root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(root, 0o700)
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        return root
+    if stat.S_ISLNK(st.st_mode):
+        raise MountError(f"runtime directory {root}: is a symbolic link: refusing it")
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"runtime directory {root}: is not a directory")
+    if st.st_uid != uid:
+        raise MountError(f"runtime directory {root}: owned by uid {st.st_uid}, not by you (uid {uid}): "
+                         f"refusing it (set LAYERFS_RUNTIME_DIR or XDG_RUNTIME_DIR to a directory of yours)")
+    if create and st.st_mode & 0o077:
+        os.chmod(root, 0o700)
+    return root
+
+
+def _owned_dir(path: Path, uid: int) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022
 
 
 def runtime_dir(mountpoint: str | os.PathLike[str], *, create: bool = False) -> Path:
@@ -156,10 +202,10 @@ def runtime_dir(mountpoint: str | os.PathLike[str], *, create: bool = False) -> 
         create: make it (mode 0700) and the runtime root if missing.
     """
     key = hashlib.sha256(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:16]
-    root = runtime_root()
+    root = runtime_root(create=create)
     if create:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (root / key).mkdir(exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(root / key, 0o700)
     return root / key
 
 
