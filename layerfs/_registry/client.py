@@ -14,7 +14,8 @@ What it does for a pull (docs/oci.rst "Registry endpoints", "Content negotiation
 - **Retries**: 408, 429 (honouring ``Retry-After``), 5xx and dropped connections are retried with
   capped exponential back-off; a refused connection to the registry itself fails at once.
 - **Redirects** (up to 10) are followed by hand so that ``Authorization`` is sent to the registry's
-  host only, never to a storage host it redirects to.
+  origin only (scheme, host and port), never to a storage host it redirects to, nor over plain
+  ``http`` after a redirect from ``https``.
 - **Blobs** stream through :class:`BlobReader`, a file object over the raw (undecoded) body that, when
   the connection drops, asks again with ``Range: bytes=N-`` and continues (206 from N, or 200 and
   skip N bytes).  It does not verify: the store hashes what it reads.
@@ -172,6 +173,13 @@ def _error_detail(body: bytes) -> tuple[str, str]:
     return "", ""
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the port made explicit (RFC 6454 origins)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"https": 443, "http": 80}.get(scheme)
+
+
 def _transport_cause(err: Exception) -> str:
     """docker-like words for a transport failure."""
     seen: Exception | None = err
@@ -204,16 +212,18 @@ class RegistryClient:
         stall_timeout: seconds after which a transfer receiving (almost) nothing is stalled (see
             the module docstring); default :func:`stall_timeout_from_env`.
         max_connections: size of the connection pool.
+        ssl_context: the TLS settings (e.g. trusting a private CA); default the system's CA store.
     """
 
     def __init__(self, *, insecure_registries: Iterable[str] = (),
                  credentials_for: Callable[[str], Credentials | None] = find_credentials,
                  retries: int = 5, backoff: float = 0.5, timeout: float = 30.0, max_connections: int = 16,
-                 read_config: bool = True, stall_timeout: float | None = None) -> None:
+                 read_config: bool = True, stall_timeout: float | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._insecure = set(insecure_registries) | (insecure_from_config() if read_config else set())
         self.stall_timeout = stall_timeout if stall_timeout is not None else stall_timeout_from_env()
         self._client = httpx.Client(
-            follow_redirects=False, trust_env=False,
+            follow_redirects=False, trust_env=False, verify=ssl_context if ssl_context is not None else True,
             timeout=httpx.Timeout(timeout, read=self.stall_timeout, write=self.stall_timeout),
             headers={"User-Agent": USER_AGENT},
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
@@ -270,11 +280,12 @@ class RegistryClient:
 
     def _send_once(self, method: str, url: str, host: str, headers: Mapping[str, str],
                    authorization: str | None) -> httpx.Response:
-        """One request, following redirects by hand; ``Authorization`` only to the registry host."""
-        registry_netloc = urlsplit(self.base_url(host)).netloc
+        """One request, following redirects by hand; ``Authorization`` only to the registry's origin
+        (scheme, host and port: never to another host, nor in clear after an https -> http hop)."""
+        registry = _origin(self.base_url(host))
         for _hop in range(_MAX_REDIRECTS + 1):
             sent = dict(headers)
-            if authorization and urlsplit(url).netloc == registry_netloc:
+            if authorization and _origin(url) == registry:
                 sent["Authorization"] = authorization
             self._count("requests")
             resp = self._client.send(self._client.build_request(method, url, headers=sent), stream=True)
