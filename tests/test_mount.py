@@ -717,3 +717,15 @@ def test_the_runtime_directory_is_private_and_checked(tmp_path: Path, monkeypatc
         assert (uid, mode) == ("65534", "0o700")
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+@pytest.mark.parametrize("name", ["sha256:" + "ab" * 32, "sha256:abab12"])
+def test_mount_of_an_image_id_the_store_lacks_pulls_nothing(tmp_path: Path, name: str) -> None:
+    """Issue 13 item 7: an image ID (full, or a short sha256: one) is never a reference to pull."""
+    (tmp_path / "mnt").mkdir()
+    started = time.monotonic()
+    proc = run_layerfs("mount", name, str(tmp_path / "mnt"), root=tmp_path / "store", check=False,
+                       env={"LAYERFS_STALL_TIMEOUT": "2"})
+    assert proc.returncode == 1
+    assert proc.stderr == f"Error: No such image: {name}\n"
+    assert time.monotonic() - started < 10

@@ -853,3 +853,24 @@ def test_the_next_command_cleans_what_a_killed_pull_left_at_once(registries: Reg
             proc.kill()
             proc.wait()
         drip.stop()
+
+
+# -- clear errors (issue 13 items 6 and 7) ---------------------------------------------------------
+
+
+def test_a_missing_child_manifest_is_named(registries: Registries, tmp_path: Path) -> None:
+    """An index whose manifest for this platform is gone from the registry: the error names it."""
+    import urllib.request
+
+    host, multi = registries.anon.host, registries.multi
+    push(f"oci:{multi.layout}:multi", f"{host}/public/broken:oci", "--all", "--preserve-digests")
+    index = json.loads(blob_path(multi.layout, multi.index_digest).read_bytes())
+    [amd64] = [m["digest"] for m in index["manifests"] if m["platform"]["architecture"] == "amd64"]
+    request = urllib.request.Request(f"http://{host}/v2/public/broken/manifests/{amd64}", method="DELETE")
+    urllib.request.urlopen(request, timeout=30).close()
+    proc = run_layerfs("pull", f"{host}/public/broken:oci", "--platform", "linux/amd64", root=tmp_path / "store",
+                       check=False)
+    assert proc.returncode == 1
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"Error: pull {host}/public/broken:oci: manifest {amd64} not found: manifest"), line
+    assert not line.endswith(":"), line

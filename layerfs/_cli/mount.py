@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import sys
 
 from .._errors import ImageNotFound, MountError
@@ -13,6 +14,9 @@ from .._mount import daemon as _mount
 from .._store.store import Store
 
 log = logging.getLogger(__name__)
+
+#: An image ID, full or short, as ``images --no-trunc`` and ``inspect`` show it.
+_IMAGE_ID_RE = re.compile(r"sha256:[0-9a-f]{1,64}")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -132,10 +136,16 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def _ensure_image(store: Store, name: str) -> None:
-    """Pull ``name`` when the store lacks it, as ``docker run`` does."""
+    """Pull ``name`` when the store lacks it, as ``docker run`` does; an image ID never is pulled.
+
+    Raises:
+        ImageNotFound: ``name`` is an image ID (``sha256:<hex>``) the store does not hold.
+    """
     try:
         store.get(name)
     except ImageNotFound:
+        if _IMAGE_ID_RE.fullmatch(name):
+            raise  # it would parse as the repository "sha256" on Docker Hub: never what is meant
         from .._transfer.pull import pull  # httpx costs ~50 ms to import: only when needed
 
         pull(store, name)

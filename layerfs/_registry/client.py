@@ -355,7 +355,10 @@ class RegistryClient:
         finally:
             resp.close()
         code, message = _error_detail(body)
-        detail = f"{code.lower()}: {message}" if code else f"HTTP {resp.status_code} {resp.reason_phrase}"
+        if code:
+            detail = f"{code.lower()}: {message}" if message.strip() else code.lower()
+        else:
+            detail = f"HTTP {resp.status_code} {resp.reason_phrase}"
         status = resp.status_code
         if status in (401, 403):
             host = urlsplit(str(resp.request.url)).netloc
@@ -425,7 +428,9 @@ class RegistryClient:
         resp = self.request("GET", ref.domain, path, scopes=[self._scope(ref)],
                             headers={"Accept": ", ".join(MANIFEST_TYPES)})
         if resp.status_code != 200:
-            raise self._fail(resp, f"manifest for {ref.familiar()}", ref.familiar_repository)
+            # By digest (an index's child): name that manifest, not the reference that led to it.
+            name = f"manifest {digest}" if digest is not None else f"manifest for {ref.familiar()}"
+            raise self._fail(resp, name, ref.familiar_repository)
         data = self._read_capped(resp, MAX_MANIFEST_BYTES, f"manifest {what}")
         media_type = resp.headers.get("content-type", "").split(";")[0].strip()
         media_type = _check_media_type(media_type, f"manifest {what}", data)
