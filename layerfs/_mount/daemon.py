@@ -13,11 +13,11 @@ How a mount runs:
    dead mount: :class:`MountError` with one clear line) and, for an image, records the mount in
    the store under its own pid (``Store.register_mount``: from now on ``rm`` refuses the image;
    an ``rm`` that went first makes the mount fail, "No such image").  Then it makes sure the
-   merged index exists:
-   for an image it is kept in ``store.state_dir("merged")/<top chain ID hex>.idx`` and built only
-   the first time (``_ensure_index``; written through ``Store.put_state``, whose leased temporary
-   name a writer's clean-up leaves alone); for ``lowerdir=`` dirs it is built at every mount into the
-   mount's runtime dir (plain dirs are not content-addressed), by the C walk of
+   merged index exists: for an image it is kept in ``store.state_dir("merged")/<top chain ID
+   hex>.idx`` and built only the first time (``_ensure_index``; written through
+   ``Store.put_state``, whose leased temporary name a writer's clean-up leaves alone); for
+   ``lowerdir=`` dirs it is built at every mount into the mount's runtime dir (plain dirs are not
+   content-addressed), by the C walk of
    ``csrc/mergebuild.c`` (~90 ms for the 25k-entry bench image, two system calls per entry).
 
    Where a ``layerfs mount`` goes, measured on the bench image (one run, noisy): interpreter
