@@ -378,7 +378,7 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         raise MountError(f"unknown engine {engine!r} (one of {', '.join(ENGINES)})")
     started = time.perf_counter()
     mnt = check_mountpoint(mountpoint)
-    rundir = runtime_dir(mnt, create=True)
+    rundir = runtime_dir(mnt)
     if isinstance(source, str):
         if store is None:
             raise MountError(f"image {source}: no store given")
@@ -392,6 +392,7 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         _register(store, stack, mnt, os.getpid())
     try:
         with _failing(what):
+            runtime_dir(mnt, create=True)
             t0 = time.perf_counter()
             built = _ensure_index(store, stack)
             if built is not None:
