@@ -1,4 +1,4 @@
-"""Facts the kernel publishes in /proc: the mount table and whether a process lives.
+"""Facts the kernel publishes in /proc: the mount table, whether a process lives and since when.
 
 One reader each, shared by the store (is an image's mount still alive?), the mount (is the
 mount point taken?) and the cache policy (which bdi holds the mount's read-ahead).
@@ -62,3 +62,19 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in (b"Z", b"X")
+
+
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (proc(5) ``stat`` field 22); None if it is gone.
+
+    A pid and its start time name one process: a pid reused by a later process has another one.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    try:
+        return int(fields[19])  # fields[0] is field 3 (state)
+    except (IndexError, ValueError):
+        return None

@@ -11,6 +11,7 @@ API::
     tokens = TokenServer.start(work, users={"alice": "pw"}, public=("public/",))
     files = FileServer.start(storage, bind_host)              # serves the storage dir, logs headers
     proxy = Proxy.start("127.0.0.1", port, rate=..., cut_after=...)  # throttles / drops connections
+    drip = Drip.start(port, over=65536)                       # blobs over 64 KiB at one byte a second
     push("oci:LAYOUT:TAG", "127.0.0.1:PORT/repo:tag", "--format", "v2s2")
     write_htpasswd(path, {"alice": "pw"})
 
@@ -26,6 +27,9 @@ API::
   http.server it ignores ``Range`` (answers 200).
 - :class:`Proxy` forwards TCP to a server; it can limit the rate (to make downloads slow enough to
   interrupt) and cut a connection after some bytes (to make clients resume).
+- :class:`Drip` is an HTTP reverse proxy to a registry that answers everything as the registry
+  does, but sends the body of a large blob one byte a second: a transfer that stalls without
+  ever going silent.
 
 Every server binds 127.0.0.1 only and is stopped by its own handle (PID or thread), in ``finally``.
 """
@@ -433,6 +437,86 @@ class Proxy:
                     pass
 
 
+# -- a registry whose large blobs arrive one byte a second -----------------------------------------
+
+
+class Drip:
+    """An HTTP/1.1 reverse proxy to the registry on 127.0.0.1:``target_port``.
+
+    Manifests, small blobs and HEADs pass as they are; the body of a blob GET larger than ``over``
+    bytes is sent one byte every ``interval`` seconds (its headers at once).  ``dripping`` counts
+    the connections dripping right now.
+    """
+
+    def __init__(self, target_port: int, over: int, interval: float) -> None:
+        import http.client
+
+        self.dripping = 0
+        self.dripped = 0
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _relay(self) -> None:
+                conn = http.client.HTTPConnection("127.0.0.1", target_port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "range", "authorization")}
+                conn.request(self.command, self.path, headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                length = resp.getheader("Content-Length", str(len(body))) if self.command == "HEAD" else str(len(body))
+                self.send_header("Content-Length", length)
+                self.end_headers()
+                if self.command == "HEAD":
+                    return
+                if "/blobs/" not in self.path or len(body) <= over:
+                    self.wfile.write(body)
+                    return
+                with outer._lock:
+                    outer.dripping += 1
+                try:
+                    for i in range(len(body)):
+                        if outer._stopped.wait(interval):
+                            break
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        with outer._lock:
+                            outer.dripped += 1
+                except OSError:
+                    pass
+                finally:
+                    with outer._lock:
+                        outer.dripping -= 1
+                    self.close_connection = True
+
+            do_GET = do_HEAD = _relay
+
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @classmethod
+    def start(cls, target_port: int, *, over: int = 65536, interval: float = 1.0) -> Drip:
+        return cls(target_port, over, interval)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
 # -- pushing ----------------------------------------------------------------------------------------
 
 
@@ -459,5 +543,5 @@ def file_sha256(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-__all__ = ["FileServer", "Proxy", "Registry", "TokenServer", "file_sha256", "free_port", "inspect_config_digest",
-           "push", "wait_http", "write_htpasswd"]
+__all__ = ["Drip", "FileServer", "Proxy", "Registry", "TokenServer", "file_sha256", "free_port",
+           "inspect_config_digest", "push", "wait_http", "write_htpasswd"]

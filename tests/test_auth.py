@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
+import ssl
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -234,3 +237,106 @@ def test_basic_challenge_uses_credentials() -> None:
 def test_basic_challenge_without_credentials_gives_up() -> None:
     auth = Authorizer(lambda *a: (500, b""), lambda host: None)
     assert auth.challenge("reg:1", 'Basic realm="x"', []) is False
+
+
+# -- Authorization follows a redirect only to the very same origin (issue 8 item 8) ------------------
+
+
+class _TwoFacedServer:
+    """One port on 127.0.0.2 that speaks TLS (a self-signed certificate) to clients that start a
+    handshake, and plain HTTP to the others.  Over TLS it asks for Basic credentials, then
+    redirects ``/v2/`` to the same host and port over plain ``http``; it records the
+    ``Authorization`` header of every request as (scheme, header)."""
+
+    host = "127.0.0.2"
+
+    def __init__(self, work: Path) -> None:
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.host)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(self.host))]),
+                               critical=False)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(key, hashes.SHA256()))
+        self.cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        (work / "cert.pem").write_bytes(self.cert_pem)
+        (work / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+        self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._tls.load_cert_chain(work / "cert.pem", work / "key.pem")
+        self.seen: list[tuple[str, str | None]] = []
+        self._listener = socket.socket()
+        self._listener.bind((self.host, 0))
+        self._listener.listen(16)
+        self.port = int(self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            conn.settimeout(10)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            first = conn.recv(1, socket.MSG_PEEK)
+            scheme = "https" if first == b"\x16" else "http"
+            sock = self._tls.wrap_socket(conn, server_side=True) if scheme == "https" else conn
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+            auth = headers.get("authorization")
+            self.seen.append((scheme, auth))
+            if scheme == "http":
+                status, extra = "200 OK", ""
+            elif auth is None:
+                status, extra = "401 Unauthorized", 'WWW-Authenticate: Basic realm="test"\r\n'
+            else:
+                status, extra = "307 Temporary Redirect", f"Location: http://{self.host}:{self.port}/v2/\r\n"
+            sock.sendall(f"HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._listener.close()
+
+
+def test_authorization_is_not_sent_after_a_redirect_to_plain_http(tmp_path: Path) -> None:
+    """https://H:P redirecting to http://H:P is another origin: the credentials must not go in clear."""
+    from layerfs._registry.client import RegistryClient
+
+    server = _TwoFacedServer(tmp_path)
+    host = f"{server.host}:{server.port}"
+    try:
+        trust = ssl.create_default_context(cadata=server.cert_pem.decode())
+        with RegistryClient(credentials_for=lambda h: Credentials("alice", "secret"), read_config=False,
+                            ssl_context=trust, retries=0) as client:
+            assert client.base_url(host) == f"https://{host}"
+            client.ping(host)
+    finally:
+        server.stop()
+    assert [scheme for scheme, _ in server.seen] == ["https", "https", "http"]
+    assert server.seen[1][1] == "Basic " + _auth("alice", "secret")  # sent where it was asked for
+    assert server.seen[2][1] is None, "Authorization was sent over plain http"

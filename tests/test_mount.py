@@ -23,7 +23,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -569,3 +569,285 @@ def test_suid_and_dev_options_parse_as_mount_8_does(values: list[str], expected:
 
     opts = _parse_options(values)
     assert (opts.suid, opts.dev) == expected and opts.lowerdir is None
+
+
+# The store's side of a mount's life: records, leases, failures, other namespaces (issue 8)
+
+@pytest.fixture
+def lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mounts]:
+    """Like ``mounts``, on the C engine only: these tests are about the life around the daemon."""
+    require_root()
+    require_fuse()
+    monkeypatch.setenv("LAYERFS_ENGINE", "c")
+    m = Mounts(Store(tmp_path / "store"), "c")
+    yield m
+    problems = m.teardown()
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
+
+
+def _small_image(store: Store, tmp_path: Path, tag: str = "1.0") -> Image:
+    from test_store import BASE, make_layout
+
+    make_layout(tmp_path / f"app-{tag}", [BASE, {"app/main": b"app"}], tag=tag)
+    (image,) = load(store, f"oci:{tmp_path / f'app-{tag}'}")
+    return image
+
+
+def _layerfs(root: Path, *args: str, strace: Sequence[str] = ()) -> subprocess.Popen[str]:
+    """Start the CLI (under ``strace`` with the given arguments, if any)."""
+    argv = [sys.executable, "-m", "layerfs", "--root", str(root), *args]
+    if strace:
+        argv = ["strace", "-o", "/dev/null", *strace, *argv]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(what: str, condition: Callable[[], object], proc: subprocess.Popen[str] | None = None,
+              timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the command ended before {what}: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def test_a_writers_clean_up_spares_the_index_a_mount_is_writing(lifecycle: Mounts, tmp_path: Path) -> None:
+    """The first mount of an image writes its merged index without the store lock; a writer
+    cleaning up meanwhile must leave that temporary file alone.  strace holds each rename of the
+    mount command for 1.5 s, so the temporary index is there while the writer cleans."""
+    require_tool("strace")
+    store = lifecycle.store
+    image = _small_image(store, tmp_path)
+    final = f"{image.chain_ids[-1][7:]}.idx"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    lifecycle.points.append(mnt)
+    delay = ["-e", "trace=rename,renameat,renameat2", "-e", "inject=rename,renameat,renameat2:delay_enter=1500000"]
+    proc = _layerfs(store.root, "mount", image.id, str(mnt), strace=delay)
+
+    def temp_index() -> bool:
+        names = [n for d in ("tmp", "state/merged") if (store.root / d).is_dir() for n in os.listdir(store.root / d)]
+        return any(".idx" in n and n != final for n in names)
+
+    _wait_for("the temporary index", temp_index, proc)
+    with store.writer():
+        pass
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lifecycle.track(mnt)
+    assert (mnt / "app" / "main").read_bytes() == b"app"
+    assert os.listdir(store.state_dir("merged")) == [final]
+
+
+def _waits_for_lock(pid: int) -> bool:
+    """Whether ``pid`` is blocked in flock(2) (a ``->`` line of /proc/locks)."""
+    with open("/proc/locks") as f:
+        return any(line.split()[1:3] == ["->", "FLOCK"] and line.split()[5] == str(pid) for line in f)
+
+
+def _daemons_of(mnt: Path) -> list[int]:
+    """Live processes whose command line names ``mnt`` (a mount daemon keeps its parent's)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if os.fsencode(str(mnt)) in argv and _alive(int(name)):
+                out.append(int(name))
+    return out
+
+
+def test_rm_during_a_mount_never_orphans_it(lifecycle: Mounts, tmp_path: Path) -> None:
+    """Issue 8 item 5.  The test holds the store lock while `layerfs mount` runs; once the command
+    waits for it, the image is removed under that lock.  The command must then end either with a
+    recorded mount of an image still there, or failed with no mount and no daemon: never with a
+    daemon serving layers that are gone, recorded nowhere."""
+    from layerfs import Conflict
+
+    store = lifecycle.store
+    image = _small_image(store, tmp_path)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    lifecycle.points.append(mnt)
+    with store.writer() as w:
+        proc = _layerfs(store.root, "mount", image.id, str(mnt))
+        _wait_for("the mount command to wait for the store lock", lambda: _waits_for_lock(proc.pid), proc)
+        try:
+            w.remove(image.id)
+            removed = True
+        except Conflict:
+            removed = False
+    out, err = proc.communicate(timeout=60)
+    if removed:
+        assert proc.returncode == 1 and err.startswith("Error: ") and "No such image" in err, err
+        assert not _is_mounted(mnt), "a mount of a removed image is still served"
+        assert _daemons_of(mnt) == []
+        assert store.mounts() == []
+    else:
+        assert proc.returncode == 0, err
+        lifecycle.track(mnt)
+        assert [m.image_id for m in store.mounts()] == [image.id]
+
+
+def test_a_mount_that_fails_leaves_no_mount(lifecycle: Mounts, tmp_path: Path) -> None:
+    """Issue 8 item 12: with the store full, `layerfs mount` of an image mounted before fails in
+    one line, and leaves no mount, no daemon and no record."""
+    from test_store import _fill
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    mnt = tmp_path / "mnt"
+    try:
+        lifecycle.store = store = Store(small / "store")
+        image = _small_image(store, tmp_path)
+        lifecycle.mount(image.id, mnt)  # the merged index is made now: the next mount writes only its record
+        _mount.umount(mnt, store=store)
+        (store.root / "reserve").unlink()
+        _fill(small / "filler")
+        proc = run_layerfs("mount", image.id, str(mnt), root=store.root, check=False)
+        assert proc.returncode == 1
+        [line] = proc.stderr.strip().splitlines()
+        assert line.startswith(f"Error: mount {image.id} on {mnt}: ") and "No space left on device" in line, line
+        assert not _is_mounted(mnt)
+        assert _daemons_of(mnt) == []
+        assert store.mounts() == [] and os.listdir(store.root / "mounts") == []
+    finally:
+        if _is_mounted(mnt):
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+        for pid in _daemons_of(mnt):
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run(["umount", str(small)], check=True)
+
+
+@pytest.mark.parametrize("kind", ["tmpfs", "fuse-overlayfs"])
+def test_umount_refuses_what_is_not_a_layerfs_mount(lifecycle: Mounts, tmp_path: Path, kind: str) -> None:
+    """Issue 8 item 11: `layerfs umount` of a tmpfs or a fuse-overlayfs mount fails and leaves it."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if kind == "tmpfs":
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mnt)], check=True)
+    else:
+        require_tool("fuse-overlayfs")
+        (tmp_path / "lower").mkdir()
+        subprocess.run(["fuse-overlayfs", "-o", f"lowerdir={tmp_path / 'lower'}", str(mnt)], check=True)
+    try:
+        proc = run_layerfs("umount", str(mnt), root=lifecycle.store.root, check=False)
+        assert proc.returncode == 1
+        assert proc.stderr.startswith(f"Error: {mnt}: not a layerfs mount"), proc.stderr
+        assert _is_mounted(mnt)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("where", ["other namespace", "this namespace, with fusectl"])
+def test_umount_leaves_the_mounts_of_other_namespaces_served(lifecycle: Mounts, tmp_path: Path, where: str) -> None:
+    """Issue 8 item 13: unmounting in one mount namespace must not take the file system from
+    another.  `umount` returns at once, says the daemon stays, and never stops it; the daemon
+    exits when the kernel closes the connection (the last mount of it gone).
+
+    "other namespace": a process in a copy of our namespace reads the mount before and after our
+    umount.  "this namespace, with fusectl": umount runs in a copy where /sys/fs/fuse/connections
+    is mounted (the kernel's own record of live connections) and the test's namespace keeps it.
+    """
+    require_tool("unshare")
+    layers = build_stack(tmp_path, [["f a 1"]], kernel_form=False)
+    mnt = tmp_path / "mnt"
+    handle = lifecycle.mount(layers, mnt)
+    layerfs = [sys.executable, "-m", "layerfs", "--root", str(lifecycle.store.root)]
+    inner = None
+    if where == "other namespace":
+        script = ("import sys; print(open(sys.argv[1]).read().strip(), flush=True); sys.stdin.readline(); "
+                  "print(open(sys.argv[1]).read().strip(), flush=True)")
+        inner = subprocess.Popen(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", script,
+                                  str(mnt / "a")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert inner.stdout is not None and inner.stdout.readline().strip() == "1"
+        argv = [*layerfs, "umount", str(mnt)]
+    else:
+        shell = 'mount -t fusectl none /sys/fs/fuse/connections && exec "$@"'
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", shell, "sh", *layerfs, "umount", str(mnt)]
+    try:
+        started = time.monotonic()
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        took = time.monotonic() - started
+        assert proc.returncode == 0, proc.stderr
+        assert took < 5, f"umount took {took:.1f} s"
+        assert f"daemon (pid {handle.pid}) keeps serving" in proc.stderr, proc.stderr
+        assert _alive(handle.pid)
+        if inner is not None:
+            assert not _is_mounted(mnt)
+            again = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            assert again.returncode == 1 and "not mounted in this mount namespace" in again.stderr, again.stderr
+            assert _alive(handle.pid)
+            out, _ = inner.communicate("\n", timeout=30)
+            assert (inner.returncode, out.strip()) == (0, "1"), "the other namespace lost the mount"
+            inner = None
+        else:
+            assert _is_mounted(mnt) and (mnt / "a").read_text() == "1\n"
+            _mount.umount(mnt, store=lifecycle.store)
+        deadline = time.monotonic() + DAEMON_EXIT_TIMEOUT
+        while _alive(handle.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _alive(handle.pid), "the daemon outlived the last mount of it"
+    finally:
+        if inner is not None:
+            inner.kill()
+            inner.wait()
+
+
+def test_the_runtime_directory_is_private_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 8 item 8: mount records never go to a predictable name in /tmp; a runtime directory
+    that another user owns is refused, not used; ours is made mode 0700."""
+    require_root()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    monkeypatch.setenv("LAYERFS_RUNTIME_DIR", str(theirs))
+    with pytest.raises(MountError, match="owned by uid 65534"):
+        _mount.runtime_dir(tmp_path / "mnt", create=True)
+    with pytest.raises(MountError, match="owned by uid 65534"):
+        _mount.mounts()
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o755)
+    os.chmod(ours, 0o755)
+    monkeypatch.setenv("LAYERFS_RUNTIME_DIR", str(ours))
+    rundir = _mount.runtime_dir(tmp_path / "mnt", create=True)
+    assert rundir.parent == ours and (os.stat(ours).st_mode & 0o777, os.stat(rundir).st_mode & 0o777) == (0o700, 0o700)
+    os.symlink(theirs, tmp_path / "link")
+    monkeypatch.setenv("LAYERFS_RUNTIME_DIR", str(tmp_path / "link"))
+    with pytest.raises(MountError, match="symbolic link"):
+        _mount.runtime_dir(tmp_path / "mnt", create=True)
+    # A user without $XDG_RUNTIME_DIR: a private directory of theirs, not /tmp/layerfs-<uid>.
+    base = Path(f"/tmp/runtime-test-{os.getpid()}")
+    base.mkdir(mode=0o755)
+    try:
+        home = base / "home"
+        home.mkdir()
+        os.chown(home, 65534, 65534)
+        env = {"PATH": os.environ["PATH"], "HOME": str(home)}
+        script = ("from layerfs._mount import daemon as d; import os; r = d.runtime_dir('/x', create=True).parent; "
+                  "st = os.stat(r); print(r, st.st_uid, oct(st.st_mode & 0o777))")
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                               script], capture_output=True, text=True, env=env, cwd=str(base), timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        where, uid, mode = proc.stdout.split()
+        assert not where.startswith("/tmp/layerfs-") and where.startswith(str(home)), where
+        assert (uid, mode) == ("65534", "0o700")
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+@pytest.mark.parametrize("name", ["sha256:" + "ab" * 32, "sha256:abab12"])
+def test_mount_of_an_image_id_the_store_lacks_pulls_nothing(tmp_path: Path, name: str) -> None:
+    """Issue 13 item 7: an image ID (full, or a short sha256: one) is never a reference to pull."""
+    (tmp_path / "mnt").mkdir()
+    started = time.monotonic()
+    proc = run_layerfs("mount", name, str(tmp_path / "mnt"), root=tmp_path / "store", check=False,
+                       env={"LAYERFS_STALL_TIMEOUT": "2"})
+    assert proc.returncode == 1
+    assert proc.stderr == f"Error: No such image: {name}\n"
+    assert time.monotonic() - started < 10

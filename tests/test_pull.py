@@ -43,6 +43,7 @@ from _images import edge_copies as edge_copies  # noqa: F401
 from _images import edge_image as edge_image  # noqa: F401
 from _oracles import blob_path, kernel_overlay, tar_layer_dirs, umoci_unpack
 from _registry_server import (
+    Drip,
     FileServer,
     Proxy,
     Registry,
@@ -124,6 +125,12 @@ def build_big(work: Path) -> BuiltImage:
     return write_layout(work / "layout", "big", [_random_layer(i, 10 << 20) for i in range(3)])
 
 
+def build_shared(work: Path, big: BuiltImage) -> BuiltImage:
+    """An image whose base layer is ``big``'s, then a small layer and a 10 MB one of its own."""
+    base = (blob_path(big.layout, big.layer_digests[0]).read_bytes(), big.diff_ids[0])
+    return write_layout(work / "layout", "shared", [base, _random_layer(10, 4096), _random_layer(11, 10 << 20)])
+
+
 def build_corrupt(work: Path) -> BuiltImage:
     """An image with a layer of its own (so corrupting it in the registry harms no other image)."""
     tar = tar_bytes([TarEntry("etc/", tarfile.DIRTYPE, mode=0o755),
@@ -149,6 +156,7 @@ class Registries:
     big: BuiltImage
     corrupt: BuiltImage
     bad_diff_id: BuiltImage
+    shared: BuiltImage
 
 
 @pytest.fixture(scope="session")
@@ -185,6 +193,8 @@ def registries(tmp_path_factory: pytest.TempPathFactory, edge_image: BuiltImage,
         push(f"oci:{multi.layout}:multi", f"{host}/public/multi:docker", "--all", "--format", "v2s2")
         big = build_big(work / "big")
         push(big.source, f"{host}/public/big:latest")
+        shared = build_shared(work / "shared", big)
+        push(shared.source, f"{host}/public/shared:latest")
         corrupt = build_corrupt(work / "corrupt")
         push(corrupt.source, f"{host}/public/bad:corrupt")
         data = Registry.blob_data_path(anon, storage, corrupt.layer_digests[0])
@@ -194,7 +204,7 @@ def registries(tmp_path_factory: pytest.TempPathFactory, edge_image: BuiltImage,
         bad = build_hostile("bad-diff-id", work / "bad-diff-id", outside=work / "outside").image
         push(bad.source, f"{host}/public/bad:diffid")
         yield Registries(storage, anon, basic, token, redirect, tokens, files, edge_image, edge_copies, multi, big,
-                         corrupt, bad)
+                         corrupt, bad, shared)
     finally:
         for server in reversed(started):
             server.stop()
@@ -629,9 +639,10 @@ def test_progress_plain_and_quiet(registries: Registries, tmp_path: Path) -> Non
 
 
 class _Flaky:
-    """A reverse proxy to a registry that answers the first requests with an error status."""
+    """A reverse proxy to a registry that answers the first requests with an error status; with
+    ``blank_messages``, the registry's error bodies lose their messages (as some registries send)."""
 
-    def __init__(self, target_port: int, statuses: list[int]) -> None:
+    def __init__(self, target_port: int, statuses: list[int], *, blank_messages: bool = False) -> None:
         import http.client
         import http.server
         import threading
@@ -660,6 +671,9 @@ class _Flaky:
                 conn.request(self.command, self.path, headers=headers)
                 resp = conn.getresponse()
                 body = resp.read()
+                if blank_messages and resp.status >= 400 and body:
+                    doc = json.loads(body)
+                    body = json.dumps({"errors": [{**e, "message": ""} for e in doc["errors"]]}).encode()
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("content-length", "transfer-encoding", "connection"):
@@ -708,3 +722,164 @@ def test_retries_run_out(registries: Registries, tmp_path: Path) -> None:
         assert not (root / "images").exists() or list((root / "images").iterdir()) == []
     finally:
         flaky.stop()
+
+
+# -- many commands at once (issue 8 item 7) ----------------------------------------------------------
+
+
+def _layer_published(root: Path, diff_id: str) -> bool:
+    return (root / "layers" / diff_id[7:] / "layer.json").is_file()
+
+
+def test_a_pull_blocks_no_other_command(registries: Registries, tmp_path: Path) -> None:
+    """While a pull downloads (throttled to 1 MB/s), tag and rm go through at once; the rm's clean-up
+    spares the layer the pull found already there (its only image is the one removed) and the layer
+    it published that no image references yet; the pull then ends right."""
+    host, shared = registries.anon.host, registries.shared
+    root = tmp_path / "store"
+    run_layerfs("pull", "-q", f"{host}/public/big:latest", root=root)  # holds shared's base layer
+    run_layerfs("pull", "-q", f"{host}/public/multi:oci", root=root)  # something to tag
+    proxy = Proxy.start("127.0.0.1", registries.anon.port, rate=1 << 20)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "layerfs", "--root", str(root), "pull", "-q",
+                                 f"{proxy.host}/public/shared:latest"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not (_layer_published(root, shared.diff_ids[1]) and proxy.bytes_down > 1 << 20):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the pull never got going"
+            time.sleep(0.02)
+        started = time.monotonic()
+        run_layerfs("tag", f"{host}/public/multi:oci", "other:1", root=root)
+        run_layerfs("rm", f"{host}/public/big:latest", root=root)
+        took = time.monotonic() - started
+        assert proc.poll() is None, "the pull ended before the other commands did: they waited for it"
+        assert took < 5, f"tag and rm took {took:.1f} s during a pull"
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    finally:
+        proxy.stop()
+    store = Store(root)
+    assert out.strip() == shared.config_digest
+    assert [store.has_layer(d) for d in shared.diff_ids] == [True, True, True]
+    assert not any(store.has_layer(d) for d in registries.big.diff_ids[1:])  # rm did remove big's own layers
+    assert (store.layer_dirs(store.get(shared.config_digest))[2] / "data11/random.bin").stat().st_size == 10 << 20
+    assert list((root / "tmp").iterdir()) == []
+
+
+def test_two_pulls_sharing_a_layer_fetch_it_once(registries: Registries, tmp_path: Path) -> None:
+    """big and shared have one base layer; pulled at once, its bytes cross the wire once."""
+    proxy = Proxy.start("127.0.0.1", registries.anon.port, rate=4 << 20)
+    root = tmp_path / "store"
+    try:
+        procs = [subprocess.Popen([sys.executable, "-m", "layerfs", "--root", str(root), "pull", "-q",
+                                   f"{proxy.host}/public/{name}:latest"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for name in ("big", "shared")]
+        outs = [p.communicate(timeout=180) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+    finally:
+        proxy.stop()
+    big, shared = registries.big, registries.shared
+    assert [o.strip() for o, _ in outs] == [big.config_digest, shared.config_digest]
+    sizes = {d: blob_path(img.layout, d).stat().st_size for img in (big, shared) for d in img.layer_digests}
+    once = sum(sizes.values())
+    assert once < proxy.bytes_down < once + (2 << 20), "a shared layer was fetched twice"
+    store = Store(root)
+    _check_big(store, big.config_digest, big)
+    assert store.get(shared.config_digest).diff_ids[0] == big.diff_ids[0]
+
+
+# -- stalls (issue 13 item 5) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["env", "option"])
+def test_a_stalled_download_fails_naming_the_blob(registries: Registries, tmp_path: Path, how: str) -> None:
+    """A registry sending a layer at one byte a second: with a stall timeout of 1 s (from
+    LAYERFS_STALL_TIMEOUT or --stall-timeout) the pull resumes twice, then fails in seconds naming
+    the blob, and leaves nothing behind."""
+    drip = Drip.start(registries.anon.port)
+    root = tmp_path / "store"
+    ref = f"{drip.host}/public/shared:latest"
+    option = ["--stall-timeout", "1"] if how == "option" else []
+    env = {**os.environ, "LAYERFS_STALL_TIMEOUT": "1" if how == "env" else "60"}
+    try:
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "layerfs", "--root", str(root), "pull", *option, ref],
+                              capture_output=True, text=True, timeout=120, env=env)
+        took = time.monotonic() - started
+    finally:
+        drip.stop()
+    assert proc.returncode == 1, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    big_layers = [d for d, size in zip(registries.shared.layer_digests, (10 << 20, 4096, 10 << 20)) if size > 4096]
+    assert line.startswith(f"Error: pull {ref}: "), line
+    assert any(f"blob {d}: stalled" in line for d in big_layers), line
+    assert took < 30, f"the stalled pull took {took:.0f} s to fail"
+    assert list((root / "tmp").iterdir()) == []
+    assert list((root / "layers").iterdir()) == []
+
+
+def test_the_next_command_cleans_what_a_killed_pull_left_at_once(registries: Registries, tmp_path: Path) -> None:
+    """A pull killed while its layers drip in leaves tmp/layer-*; the next command that writes (a tag)
+    removes it at once, while it spares those of a pull still running."""
+    drip = Drip.start(registries.anon.port)
+    root = tmp_path / "store"
+    run_layerfs("pull", "-q", f"{registries.anon.host}/public/multi:oci", root=root)
+    pulls = []
+
+    def stages() -> set[str]:
+        return {p.name for p in (root / "tmp").iterdir() if p.name.startswith("layer-")}
+
+    try:
+        for name in ("big", "shared"):
+            before = stages()
+            pulls.append(subprocess.Popen([sys.executable, "-m", "layerfs", "--root", str(root), "pull",
+                                           f"{drip.host}/public/{name}:latest"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            deadline = time.monotonic() + 60
+            while not stages() - before or drip.dripping < (3 if name == "big" else 4):
+                assert time.monotonic() < deadline, "the pull never started its layers"
+                time.sleep(0.02)
+        killed, running = pulls
+        killed_stages = {f"layer-{d[7:]}" for d in registries.big.diff_ids[1:]}
+        running_stages = {f"layer-{registries.shared.diff_ids[2][7:]}"}
+        assert killed_stages | running_stages <= stages()
+        killed.kill()
+        killed.wait()
+        run_layerfs("tag", f"{registries.anon.host}/public/multi:oci", "other:1", root=root)
+        left = stages()
+        assert not killed_stages & left, "the killed pull's stages were not removed"
+        assert running_stages <= left, "a running pull's stage was removed"
+        assert running.poll() is None
+    finally:
+        for proc in pulls:
+            proc.kill()
+            proc.wait()
+        drip.stop()
+
+
+# -- clear errors (issue 13 items 6 and 7) ---------------------------------------------------------
+
+
+def test_a_missing_child_manifest_is_named(registries: Registries, tmp_path: Path) -> None:
+    """An index whose manifest for this platform is gone from the registry: the error names it."""
+    import urllib.request
+
+    host, multi = registries.anon.host, registries.multi
+    push(f"oci:{multi.layout}:multi", f"{host}/public/broken:oci", "--all", "--preserve-digests")
+    index = json.loads(blob_path(multi.layout, multi.index_digest).read_bytes())
+    [amd64] = [m["digest"] for m in index["manifests"] if m["platform"]["architecture"] == "amd64"]
+    request = urllib.request.Request(f"http://{host}/v2/public/broken/manifests/{amd64}", method="DELETE")
+    urllib.request.urlopen(request, timeout=30).close()
+    blank = _Flaky(registries.anon.port, [], blank_messages=True)  # a registry that says only the code
+    try:
+        for where in (host, f"127.0.0.1:{blank.port}"):
+            proc = run_layerfs("pull", f"{where}/public/broken:oci", "--platform", "linux/amd64",
+                               root=tmp_path / "store", check=False)
+            assert proc.returncode == 1
+            [line] = proc.stderr.strip().splitlines()
+            assert line.startswith(f"Error: pull {where}/public/broken:oci: manifest {amd64} not found: "), line
+            assert line.endswith(("manifest unknown", "manifest_unknown")), line
+    finally:
+        blank.stop()

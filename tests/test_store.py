@@ -7,6 +7,7 @@ milliseconds; tests/test_load.py covers real images built with umoci and skopeo.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -180,14 +181,13 @@ def test_removing_one_of_several_tags_only_untags(store: Store, tmp_path: Path) 
 
 
 def test_an_image_in_use_by_a_mount_cannot_be_removed(store: Store, tmp_path: Path) -> None:
-    require_root()
+    """A mount record keeps its image while its process lives (the command starting a mount, then
+    its daemon, which serves until its last mount in any namespace is gone); no longer after."""
     make_layout(tmp_path / "app", [BASE], tag="1.0")
     [image] = load(store, f"oci:{tmp_path / 'app'}")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mnt)], check=True)
+    owner = subprocess.Popen(["sleep", "60"])
     try:
-        store.register_mount(image.id, str(mnt), os.getpid())
+        store.register_mount(image.id, str(tmp_path / "mnt"), owner.pid)
         assert [m.image_id for m in store.mounts()] == [image.id]
         before = store_contents(store)
         for force in (False, True):
@@ -195,11 +195,13 @@ def test_an_image_in_use_by_a_mount_cannot_be_removed(store: Store, tmp_path: Pa
                 w.remove("app:1.0", force=force)
         assert store_contents(store) == before
     finally:
-        subprocess.run(["umount", str(mnt)], check=True)
-    # The mount is gone, so the record is stale: it no longer protects the image.
+        owner.kill()
+        owner.wait()
+    # The process is gone, so the record is stale: it no longer protects the image.
     assert store.mounts() == []
     with store.writer() as w:
         assert f"Deleted: {image.id}" in w.remove("app:1.0")
+    assert os.listdir(store.root / "mounts") == []
 
 
 @pytest.mark.parametrize("case", ["wrong_diff_id", "corrupt_layer"])
@@ -337,3 +339,92 @@ def test_compressed_docker_archives_load_like_docker_load(store: Store, tmp_path
     bad.write_bytes(gzip.compress(b"not a tar"))
     proc = run_layerfs("load", str(bad), root=store.root, check=False)
     assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+# -- leases: temporary names, holds and the lock (issue 8 items 4, 7, 14) ----------------------
+
+
+def _hold_temp_names(store: Store) -> subprocess.Popen[str]:
+    """A process that makes a leased temp file and a leased temp dir in the store, says where, and
+    waits (until its stdin closes, or it is killed)."""
+    script = ("import sys; from layerfs import Store; s = Store(sys.argv[1]); "
+              "f = s.temp_file('x.idx'); f.write_all(b'half'); d = s.temp_dir('layer'); "
+              "(d.path / 'diff').mkdir(); print(f.path.name, d.path.name, flush=True); sys.stdin.read()")
+    return subprocess.Popen([sys.executable, "-c", script, str(store.root)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_clean_up_removes_temp_names_only_when_their_owner_is_gone(store: Store) -> None:
+    owner = _hold_temp_names(store)
+    assert owner.stdout is not None
+    names = owner.stdout.readline().split()
+    assert len(names) == 2
+    try:
+        with store.writer():
+            pass
+        assert sorted(os.listdir(store.tmp_dir)) == sorted(names), "a live owner's temp names were removed"
+    finally:
+        owner.kill()
+        owner.wait()
+    with store.writer():  # the owner is gone: its leftovers go at once
+        pass
+    assert os.listdir(store.tmp_dir) == []
+
+
+def _fill(path: Path) -> None:
+    """Write ``path`` until its file system is full (a size-limited tmpfs)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        for size in (64 << 10, 512):
+            try:
+                while os.write(fd, b"\0" * size):
+                    pass
+            except OSError as err:
+                assert err.errno == errno.ENOSPC, err
+    finally:
+        os.close(fd)
+    assert os.statvfs(path).f_bavail == 0
+
+
+def test_rm_works_with_zero_bytes_free(tmp_path: Path) -> None:
+    """Issue 8 item 14: on a full store, rm by tag, rm -f by ID and untagging all work; with no
+    room at all for a write, the error says which step failed."""
+    require_root()
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    try:
+        store = Store(small / "store")
+        make_layout(tmp_path / "a", [BASE, {"a": os.urandom(256 << 10)}], tag="a")
+        make_layout(tmp_path / "b", [BASE, {"b": os.urandom(256 << 10)}], tag="b")
+        make_layout(tmp_path / "c", [BASE, {"c": os.urandom(256 << 10)}], tag="c")
+        [a] = load(store, f"oci:{tmp_path / 'a'}")
+        [b] = load(store, f"oci:{tmp_path / 'b'}", tags=["other/b:1"])
+        [c] = load(store, f"oci:{tmp_path / 'c'}", tags=["c:2"])
+        filler = small / "filler"
+        _fill(filler)
+        proc = run_layerfs("rm", "a:a", root=store.root, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[:2] == ["Untagged: a:a", f"Deleted: {a.id}"]
+        _fill(filler)
+        proc = run_layerfs("rm", "-f", b.id, root=store.root, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert f"Deleted: {b.id}" in proc.stdout.splitlines()
+        _fill(filler)
+        proc = run_layerfs("rm", "c:2", root=store.root, check=False)  # only untags: frees nothing
+        assert (proc.returncode, proc.stdout) == (0, "Untagged: c:2\n"), proc.stderr
+        assert [i.repo_tags for i in store.images()] == [("c:c",)]
+        # No room at all (no reserve either): the error names the step.
+        filler.unlink()
+        run_layerfs("tag", "c:c", "c:3", root=store.root)
+        assert (store.root / "reserve").is_file()  # a writer that succeeds keeps the reserve
+        os.unlink(store.root / "reserve")
+        _fill(filler)
+        proc = run_layerfs("rm", "c:3", root=store.root, check=False)
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == "Error: rm c:3: write repositories.json: No space left on device"
+        assert sorted(store.get(c.id).repo_tags) == ["c:3", "c:c"]
+        filler.unlink()
+        assert os.listdir(store.tmp_dir) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import sys
 
 from .._errors import ImageNotFound, MountError
@@ -13,6 +14,9 @@ from .._mount import daemon as _mount
 from .._store.store import Store
 
 log = logging.getLogger(__name__)
+
+#: An image ID, full or short, as ``images --no-trunc`` and ``inspect`` show it.
+_IMAGE_ID_RE = re.compile(r"sha256:[0-9a-f]{1,64}")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -67,7 +71,12 @@ examples:
                        help="unmount a layerfs mount and wait for its daemon to exit",
                        description="""\
 Unmount a layerfs mount and wait until its daemon has exited; the image no longer counts as in
-use.  Fails with "busy" while a process has a file open or its working directory inside.
+use.  Fails with "busy" while a process has a file open or its working directory inside, and
+refuses a mount that is not layerfs's.
+
+Only this mount namespace's mount goes.  If another namespace (a container, `unshare --mount`)
+still holds a copy of it, the daemon keeps serving that one, and the image stays in use, until
+the last copy is gone: umount says so and returns.
 
 examples:
   layerfs umount ./rootfs""")
@@ -156,17 +165,26 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def _ensure_image(store: Store, name: str) -> None:
-    """Pull ``name`` when the store lacks it, as ``docker run`` does."""
+    """Pull ``name`` when the store lacks it, as ``docker run`` does; an image ID never is pulled.
+
+    Raises:
+        ImageNotFound: ``name`` is an image ID (``sha256:<hex>``) the store does not hold.
+    """
     try:
         store.get(name)
     except ImageNotFound:
+        if _IMAGE_ID_RE.fullmatch(name):
+            raise  # it would parse as the repository "sha256" on Docker Hub: never what is meant
         from .._transfer.pull import pull  # httpx costs ~50 ms to import: only when needed
 
         pull(store, name)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    _mount.umount(args.mountpoint, store=Store(args.root))
+    done = _mount.umount(args.mountpoint, store=Store(args.root))
+    if done.daemon_stays:
+        print(f"layerfs: {done.mountpoint} is unmounted here; its daemon (pid {done.pid}) keeps serving the "
+              f"mounts of it in other mount namespaces, and exits with the last of them", file=sys.stderr)
     return 0
 
 

@@ -48,6 +48,10 @@ examples:
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
     p.add_argument("--max-concurrent-downloads", type=int, default=None, metavar="N",
                    help="layers downloaded at once (default 3, as docker)")
+    p.add_argument("--stall-timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="a transfer that receives less than 1 KiB in this time is stalled: it is resumed twice, "
+                        "then the pull fails naming the blob (default 30; env LAYERFS_STALL_TIMEOUT, which "
+                        "`layerfs mount` also uses when it pulls)")
     p.set_defaults(handler=cmd_pull)
 
     p = sub.add_parser("login", formatter_class=fmt, help="save credentials for a registry",
@@ -78,13 +82,23 @@ examples:
     p.set_defaults(handler=cmd_logout)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"want a number of seconds above 0, not {text!r}")
+    return value
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     ref = parse_reference(args.reference)  # before anything else: a bad reference fails at once
     from .._transfer.pull import MAX_CONCURRENT_DOWNLOADS, pull  # httpx costs ~50 ms to import: only here
 
     progress = for_stream(sys.stdout, quiet=args.quiet)
     image = pull(Store(args.root), ref, platform=args.platform, progress=progress,
-                 insecure_registries=args.insecure_registry,
+                 insecure_registries=args.insecure_registry, stall_timeout=args.stall_timeout,
                  max_concurrent_downloads=args.max_concurrent_downloads or MAX_CONCURRENT_DOWNLOADS)
     print(image.id if args.quiet else ref.familiar() if ref.digest else str(ref))
     return 0

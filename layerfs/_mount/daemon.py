@@ -5,15 +5,19 @@ Public API::
     handle = mount(store, "busybox:latest", "rootfs/")          # an image of the store
     handle = mount(store, ["/l3", "/l2", "/l1"], "mnt/")        # plain dirs, TOP FIRST (lowerdir=)
     handle.statistics()                                          # requests per opcode, from the daemon
-    umount("rootfs/")                                            # unmount, wait for the daemon
+    umount("rootfs/")                                            # unmount here, wait for the daemon
 
 How a mount runs:
 
 1. The caller checks the mount point (missing, not a directory, already mounted, not empty, a
-   dead mount: :class:`MountError` with one clear line), then makes sure the merged index exists:
-   for an image it is kept in ``store.state_dir("merged")/<top chain ID hex>.idx`` and built only
-   the first time (``_merge.ensure``); for ``lowerdir=`` dirs it is built at every mount into the
-   mount's runtime dir (plain dirs are not content-addressed), by the C walk of
+   dead mount: :class:`MountError` with one clear line) and, for an image, records the mount in
+   the store under its own pid (``Store.register_mount``: from now on ``rm`` refuses the image;
+   an ``rm`` that went first makes the mount fail, "No such image").  Then it makes sure the
+   merged index exists: for an image it is kept in ``store.state_dir("merged")/<top chain ID
+   hex>.idx`` and built only the first time (``_ensure_index``; written through
+   ``Store.put_state``, whose leased temporary name a writer's clean-up leaves alone); for
+   ``lowerdir=`` dirs it is built at every mount into the mount's runtime dir (plain dirs are not
+   content-addressed), by the C walk of
    ``csrc/mergebuild.c`` (~90 ms for the 25k-entry bench image, two system calls per entry).
 
    Where a ``layerfs mount`` goes, measured on the bench image (one run, noisy): interpreter
@@ -22,22 +26,32 @@ How a mount runs:
    ``lowerdir=``: the walk, 100-160 ms); fork to ready ~8 ms.  trio, pyfuse3, httpx and tarfile
    are never imported on the C-engine path (``_serve_pyfuse3`` imports them), nor
    ``subprocess`` (``umount`` only).
-2. It forks the daemon (no new interpreter: a remount of a known image takes milliseconds).  The
-   daemon starts a session (``setsid``), sends its stdio to ``daemon.log`` in the runtime dir,
-   maps the index, mounts (the C session, or ``pyfuse3.init``; ``fusermount3`` for non-root users), raises the
+2. It forks the daemon (no new interpreter: a remount of a known image takes milliseconds) and
+   hands it the store's record (``Store.hand_over_mount``); only then does the daemon go on (a
+   command that dies before leaves a child that exits without mounting).  The daemon starts a
+   session (``setsid``), sends its stdio to ``daemon.log`` in the runtime dir, maps the index,
+   mounts (the C session, or ``pyfuse3.init``; ``fusermount3`` for non-root users), raises the
    read-ahead (``_cache``), and writes ``ok`` to a pipe; on failure it writes the error line
-   instead.  The caller returns once it reads ``ok``, and records an image mount in the store
-   (so the image counts as in use).  ``foreground=True`` runs the same daemon in the caller.
+   instead.  The caller returns once it reads ``ok``.  Any failure after the fork (the record,
+   the daemon's error, a signal) stops the daemon and removes its mount and the record: a failed
+   ``mount`` leaves nothing behind.  ``foreground=True`` runs the same daemon in the caller.
 3. The daemon serves requests (``_handlers``) until the kernel ends the session (``umount``,
    ``fusermount3 -u``), or SIGTERM / SIGINT / SIGHUP arrive: then ``pyfuse3.terminate()``, and
    always ``pyfuse3.close(unmount=True)`` (docs/fuse.rst "Errors and termination": a mount copied
    into another namespace would otherwise keep the daemon waiting forever).  It unregisters the
    mount on the way out.
 
+Unmounting (:func:`umount`) removes this mount namespace's mount, and refuses a mount that is not
+layerfs's.  A copy of the mount in another namespace (a container, ``unshare --mount``) keeps
+the FUSE connection open, and the daemon serves it until the kernel closes the connection with
+the last copy; umount then returns at once and says so, and never stops a daemon that still
+serves a mount.  The device (``major:minor``) noted in ``mount.json`` names the connection.
+
 Runtime records: every mount has a directory ``<runtime>/<sha256(mount point)[:16]>/`` holding
 ``mount.json`` (mount point, pid, source, image ID, since), ``daemon.log``, ``stats.json`` and,
 for ``lowerdir=`` mounts, ``index.idx``.  ``<runtime>`` is ``$LAYERFS_RUNTIME_DIR``, else
-``/run/layerfs`` for root, else ``$XDG_RUNTIME_DIR/layerfs``, else ``/tmp/layerfs-<uid>``.
+``/run/layerfs`` for root, else ``$XDG_RUNTIME_DIR/layerfs``, else a private directory of the
+user's (:func:`runtime_root`); always mode 0700 and checked to be the user's.
 
 Statistics: SIGUSR1 makes the daemon write ``stats.json`` (temp + rename; ``seq`` counts the
 signals); :func:`statistics` sends it and waits for the new file.  The daemon removes its runtime
@@ -57,12 +71,12 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import _proc
-from .._errors import MountError
+from .._errors import LayerfsError, MountError
 from .._store.store import Image, Store
 from . import cache as _cache
 from . import merge as _merge
@@ -117,30 +131,83 @@ class MountHandle:
     def statistics(self, timeout: float = 5.0) -> MountStatistics:
         return statistics(self.mountpoint, timeout=timeout)
 
-    def umount(self, timeout: float = EXIT_TIMEOUT) -> None:
-        umount(self.mountpoint, timeout=timeout)
+    def umount(self, timeout: float = EXIT_TIMEOUT) -> Unmounted:
+        return umount(self.mountpoint, timeout=timeout)
 
 
 # ---------------------------------------------------------------------------------------------
 # Runtime records
 
-def runtime_root() -> Path:
-    """Where mount records live (see the module docstring)."""
+def runtime_root(*, create: bool = False) -> Path:
+    """Where mount records live, checked to be the user's alone.
+
+    ``$LAYERFS_RUNTIME_DIR``; else ``/run/layerfs`` for root; else ``$XDG_RUNTIME_DIR/layerfs``;
+    else ``/run/user/<uid>/layerfs`` when that directory is the user's; else
+    ``$XDG_CACHE_HOME/layerfs/run`` (``~/.cache/layerfs/run``): never a predictable name in a
+    directory others can write, such as ``/tmp``.
+
+    Args:
+        create: make it (mode 0700, parents too) if missing; an existing one of ours with looser
+            permissions is set to 0700.
+    Returns:
+        The directory (it may not exist when ``create`` is false: then no mount is recorded).
+    Raises:
+        MountError: it is a symbolic link or not a directory, or another user owns it (someone
+            made it first: it is refused, never used).
+    """
     env = os.environ.get("LAYERFS_RUNTIME_DIR")
+    uid = os.geteuid()
     if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/run/layerfs")
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        return Path(xdg) / "layerfs"
-    return Path(f"/tmp/layerfs-{os.geteuid()}")
+        root = Path(env)
+    elif uid == 0:
+        root = Path("/run/layerfs")
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        root = Path(os.environ["XDG_RUNTIME_DIR"]) / "layerfs"
+    elif _owned_dir(Path(f"/run/user/{uid}"), uid):
+        root = Path(f"/run/user/{uid}/layerfs")
+    else:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = Path(cache) / "layerfs" / "run"
+    if create:
+        root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(root, 0o700)
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        return root
+    if stat.S_ISLNK(st.st_mode):
+        raise MountError(f"runtime directory {root}: is a symbolic link: refusing it")
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"runtime directory {root}: is not a directory")
+    if st.st_uid != uid:
+        raise MountError(f"runtime directory {root}: owned by uid {st.st_uid}, not by you (uid {uid}): "
+                         f"refusing it (set LAYERFS_RUNTIME_DIR or XDG_RUNTIME_DIR to a directory of yours)")
+    if create and st.st_mode & 0o077:
+        os.chmod(root, 0o700)
+    return root
 
 
-def runtime_dir(mountpoint: str | os.PathLike[str]) -> Path:
-    """The runtime directory of the mount at ``mountpoint`` (absolute, symlinks resolved)."""
+def _owned_dir(path: Path, uid: int) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022
+
+
+def runtime_dir(mountpoint: str | os.PathLike[str], *, create: bool = False) -> Path:
+    """The runtime directory of the mount at ``mountpoint`` (absolute, symlinks resolved).
+
+    Args:
+        create: make it (mode 0700) and the runtime root if missing.
+    """
     key = hashlib.sha256(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:16]
-    return runtime_root() / key
+    root = runtime_root(create=create)
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(root / key, 0o700)
+    return root / key
 
 
 def _write_json(path: Path, data: object) -> None:
@@ -321,7 +388,6 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
     started = time.perf_counter()
     mnt = check_mountpoint(mountpoint)
     rundir = runtime_dir(mnt)
-    rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if isinstance(source, str):
         if store is None:
             raise MountError(f"image {source}: no store given")
@@ -333,25 +399,70 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
     options = _cache.mount_options(fsname=f"layerfs:{stack.source}"[:200].replace(",", "_"), suid=suid, dev=dev)
     if upper is not None:
         options.discard("ro")
-    t0 = time.perf_counter()
-    built = _merge.ensure(stack.index_path, stack.layer_dirs, key=stack.key)
-    if built is not None:
-        log.info("merged index of %s: %d nodes from %d layers in %.3f s", stack.source, built.nodes,
-                 built.layers, built.seconds)
-    index_seconds = time.perf_counter() - t0
-    record: dict[str, object] = {
-        "mountpoint": str(mnt), "source": stack.source, "image_id": stack.image.id if stack.image else None,
-        "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "index": str(stack.index_path), "layers": [str(d) for d in stack.layer_dirs]}
-    if foreground:
-        record["pid"] = os.getpid()
+    what = f"mount {stack.source} on {mnt}"
+    # The image is in use from here on: a concurrent rm either went first (then this fails: No
+    # such image) or finds the record and refuses.  No daemon exists before the record does.
+    with _failing(what):
         _register(store, stack, mnt, os.getpid())
-        try:
-            _daemon(stack, mnt, rundir, record, None, started, index_seconds, debug, engine, options)
-        finally:
-            _unregister(store, mnt)
-        return MountHandle(mnt, os.getpid(), stack.source, record["image_id"], rundir)  # type: ignore[arg-type]
-    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    try:
+        with _failing(what):
+            runtime_dir(mnt, create=True)
+            t0 = time.perf_counter()
+            built = _ensure_index(store, stack)
+            if built is not None:
+                log.info("merged index of %s: %d nodes from %d layers in %.3f s", stack.source, built.nodes,
+                         built.layers, built.seconds)
+            index_seconds = time.perf_counter() - t0
+            record: dict[str, object] = {
+                "mountpoint": str(mnt), "source": stack.source,
+                "image_id": stack.image.id if stack.image else None,
+                "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "index": str(stack.index_path), "layers": [str(d) for d in stack.layer_dirs]}
+            if foreground:
+                record["pid"] = os.getpid()
+                try:
+                    _daemon(stack, mnt, rundir, record, None, started, index_seconds, debug, engine, options)
+                finally:
+                    _unregister(store, mnt, os.getpid())
+                return MountHandle(mnt, os.getpid(), stack.source, stack.image.id if stack.image else None, rundir)
+            pid = _start_daemon(store, stack, mnt, rundir, record, started, index_seconds, debug, engine,
+                                options)
+    except BaseException:
+        _unregister(store, mnt, os.getpid())  # unless handed over to a daemon (that one is gone too)
+        if not (rundir / "mount.json").exists():
+            _remove_runtime(rundir)
+        raise
+    return MountHandle(mnt, pid, stack.source, stack.image.id if stack.image else None, rundir)
+
+
+@contextlib.contextmanager
+def _failing(what: str) -> Iterator[None]:
+    """Give an error of the mount one line naming it: ``mount SOURCE on MNT: <cause>``."""
+    try:
+        yield
+    except LayerfsError as err:
+        raise err.with_context(what) from err
+    except OSError as err:
+        raise MountError(f"{what}: {err.strerror or err}") from err
+
+
+def _start_daemon(store: Store | None, stack: _Stack, mnt: Path, rundir: Path, record: dict[str, object],
+                  started: float, index_seconds: float, debug: bool, engine: str, options: set[str]) -> int:
+    """Fork the daemon, hand it the mount record, let it mount, wait until it is ready.
+
+    The child waits on a pipe until the record of the mount names it (so that no daemon serves an
+    image the store does not count as in use, even if this command dies meanwhile: the child
+    then reads EOF and exits without mounting).  On any failure here (the record, the daemon's
+    error, a signal) the daemon is stopped and its mount, if it made one, removed.
+
+    Returns:
+        The daemon's pid.
+    Raises:
+        MountError: the daemon reported an error (its line) or did not get ready.
+        OSError, LayerfsError: handing over the record failed.
+    """
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)  # the daemon's "ok" or error line
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)  # the command's go-ahead, once the record names the daemon
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -359,6 +470,10 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         code = 1
         try:
             os.close(rfd)
+            os.close(go_w)
+            if os.read(go_r, 1) != b"g":
+                os._exit(1)  # the command failed or died before handing the mount over
+            os.close(go_r)
             os.setsid()
             # Nothing the caller held open (a pipe it writes to, a lock) may outlive it in us.
             os.closerange(3, wfd)
@@ -366,7 +481,7 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
             _detach_stdio(rundir / "daemon.log", debug)
             record["pid"] = os.getpid()
             code = _daemon(stack, mnt, rundir, record, wfd, started, index_seconds, debug, engine, options)
-            _unregister(store, mnt)
+            _unregister(store, mnt, os.getpid())
         except BaseException as err:  # noqa: B036 - the child must never return into the caller
             with contextlib.suppress(BaseException):
                 log.exception("daemon failed")
@@ -374,24 +489,95 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         finally:
             os._exit(code)
     os.close(wfd)
-    reply = _read_ready(rfd, pid)
-    if reply != "ok":
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        raise MountError(f"mount {stack.source} on {mnt}: {reply}")
-    _register(store, stack, mnt, pid)
-    return MountHandle(mnt, pid, stack.source, stack.image.id if stack.image else None, rundir)
+    os.close(go_r)
+    try:
+        try:
+            if store is not None and stack.image is not None:
+                store.hand_over_mount(str(mnt), os.getpid(), pid)
+            os.write(go_w, b"g")
+        finally:
+            os.close(go_w)
+        fd, rfd = rfd, -1
+        reply = _read_ready(fd, pid)  # closes fd
+        if reply != "ok":
+            raise MountError(reply)
+        _note_device(rundir, mnt)
+    except BaseException:
+        if rfd >= 0:
+            os.close(rfd)
+        _stop_daemon(pid, mnt)
+        _unregister(store, mnt, pid)
+        raise
+    return pid
+
+
+def _note_device(rundir: Path, mnt: Path) -> None:
+    """Add the mount's device (``major:minor``, which names its FUSE connection) to ``mount.json``,
+    so that :func:`umount` can tell later whether the daemon still serves another namespace."""
+    rec = _read_json(rundir / "mount.json")
+    entry = _proc.mountpoints().get(str(mnt))
+    if rec is None or entry is None or not _is_layerfs(entry):
+        raise MountError("the daemon reported ready, but nothing is mounted")
+    _write_json(rundir / "mount.json", {**rec, "device": entry.device})
+
+
+def _stop_daemon(pid: int, mnt: Path) -> None:
+    """Stop a daemon this command just started and must not leave behind; remove its mount.
+
+    SIGTERM asks it to unmount and exit; one that does not within :data:`EXIT_TIMEOUT` is killed,
+    and a mount it leaves (dead, then) is detached.
+    """
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + EXIT_TIMEOUT
+    while _proc.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if _proc.pid_alive(pid):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    entry = _proc.mountpoints().get(str(mnt))
+    if entry is not None and _is_layerfs(entry):
+        import subprocess
+
+        argv = ["umount", "-l", str(mnt)] if os.geteuid() == 0 else ["fusermount3", "-uz", str(mnt)]
+        subprocess.run(argv, capture_output=True, check=False)
+
+
+def _is_layerfs(entry: _proc.MountEntry) -> bool:
+    """Whether a mount is one of layerfs's (its type, as ``_cache.mount_options`` sets it)."""
+    return entry.fstype == "fuse.layerfs"
+
+
+def _ensure_index(store: Store | None, stack: _Stack) -> _merge.MergeStatistics | None:
+    """Build the merged index of the stack unless the saved one is current; None if it was.
+
+    An image's index goes into the store through :meth:`Store.put_state` (a leased temporary
+    name, so that a writer cleaning up meanwhile leaves it alone); a ``lowerdir=`` index into the
+    mount's own runtime directory.
+    """
+    if _merge.is_current(stack.index_path, stack.key):
+        return None
+    data, stats = _merge.build(stack.layer_dirs, key=stack.key)
+    if store is not None and stack.image is not None:
+        store.put_state(stack.index_path.parent.name, stack.index_path.name, data)
+    else:
+        _merge.write_atomic(stack.index_path, data)
+    return stats
 
 
 def _register(store: Store | None, stack: _Stack, mnt: Path, pid: int) -> None:
+    """Record an image mount in the store (the image is in use while ``pid`` lives)."""
     if store is not None and stack.image is not None:
         store.register_mount(stack.image.id, str(mnt), pid)
 
 
-def _unregister(store: Store | None, mnt: Path) -> None:
+def _unregister(store: Store | None, mnt: Path, pid: int) -> None:
+    """Remove the store's record of the mount at ``mnt`` if it names ``pid``."""
     if store is not None:
         with contextlib.suppress(OSError):
-            store.unregister_mount(str(mnt))
+            store.unregister_mount(str(mnt), pid)
 
 
 def _read_ready(rfd: int, pid: int) -> str:
@@ -624,28 +810,58 @@ def _serve_pyfuse3(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obj
 # ---------------------------------------------------------------------------------------------
 # Unmount and statistics
 
+@dataclass(frozen=True)
+class Unmounted:
+    """What :func:`umount` did: this namespace's mount is gone; ``daemon_stays`` when the daemon
+    (``pid``, 0 if unknown) keeps serving mounts of the file system in other mount namespaces."""
+
+    mountpoint: str
+    pid: int
+    daemon_stays: bool
+
+
 def umount(mountpoint: str | os.PathLike[str], *, store: Store | None = None,
-           timeout: float = EXIT_TIMEOUT) -> None:
-    """Unmount a layerfs mount and wait until its daemon has exited.
+           timeout: float = EXIT_TIMEOUT) -> Unmounted:
+    """Unmount a layerfs mount in this mount namespace; wait for its daemon if that was its last.
+
+    A FUSE file system lives as long as its connection: the kernel closes it when the last mount
+    of it is gone, in every mount namespace (a container or an ``unshare --mount`` holds a copy),
+    and only then does the daemon's loop end.  So this removes this namespace's mount; if the
+    connection lives on (:func:`_connection_alive`), the daemon stays to serve the others, and is
+    never stopped; otherwise this waits until the daemon has exited.
 
     Args:
         mountpoint: the mount point.
         store: the store to unregister an image mount from (the daemon also does it on exit).
-        timeout: how long to wait for the daemon; then it gets SIGTERM, and SIGKILL 2 s later.
-
+        timeout: how long to wait for a daemon whose connection is gone; then it serves nothing
+            and gets SIGTERM, and SIGKILL 2 s later.
+    Returns:
+        What happened (see :class:`Unmounted`).
     Raises:
-        MountError: not mounted, busy (a process uses the mount), or a daemon that would not exit.
+        MountError: not mounted here, not a layerfs mount, busy (a process uses the mount), or a
+            daemon that would not exit.
     """
     mnt = os.path.abspath(mountpoint)
     real = os.path.realpath(mnt)
-    rundir = runtime_dir(real)
+    rundir = runtime_dir(real, create=False)
     rec = _read_json(rundir / "mount.json") or {}
     pid = int(rec.get("pid", 0))  # type: ignore[call-overload]
-    if real not in _proc.mountpoints():
+    entry = _proc.mountpoints().get(real)
+    if entry is None:
+        device = rec.get("device")
         if pid and _proc.pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            _wait_exit(pid, timeout)
+            if isinstance(device, str) and _connection_alive(device):
+                raise MountError(f"{mnt}: not mounted in this mount namespace (its daemon, pid {pid}, serves "
+                                 f"the mounts of it in other namespaces)")
+            if isinstance(device, str):  # a daemon whose connection is gone serves nothing
+                _wait_exit(pid, 0)
+        if not pid or not _proc.pid_alive(pid):
+            _remove_runtime(rundir)
         raise MountError(f"{mnt}: not mounted")
+    if not _is_layerfs(entry):
+        raise MountError(f"{mnt}: not a layerfs mount (a {entry.fstype} mount of {entry.source})")
+    if rec.get("mountpoint") != real:
+        pid = 0  # the runtime record is of another mount (or missing): wait for no daemon
     import subprocess  # only here: it costs the mount command ~2.5 ms of imports
 
     proc = subprocess.run(["fusermount3", "-u", real], capture_output=True, text=True)
@@ -654,17 +870,53 @@ def umount(mountpoint: str | os.PathLike[str], *, store: Store | None = None,
         if "busy" in msg.lower():
             raise MountError(f"{mnt}: busy (a process uses it; see `fuser -vm {mnt}`)")
         if os.geteuid() == 0:
-            try:  # not a FUSE mount of this user (or fusermount3 refused): plain umount
+            try:  # fusermount3 refused (a mount it did not make): plain umount
                 subprocess.run(["umount", real], check=True, capture_output=True, text=True)
             except subprocess.CalledProcessError as err:
-                raise MountError(f"{mnt}: {err.stderr.strip() or msg}") from None
+                text = err.stderr.strip() or msg
+                if "busy" in text.lower():
+                    raise MountError(f"{mnt}: busy (a process uses it; see `fuser -vm {mnt}`)") from None
+                raise MountError(f"{mnt}: {text}") from None
         else:
             raise MountError(f"{mnt}: {msg}")
+    if _connection_alive(entry.device):
+        return Unmounted(mnt, pid, True)
     if pid and not _wait_exit(pid, timeout):
         raise MountError(f"{mnt}: unmounted, but daemon {pid} did not exit (killed)")
     if store is not None:
-        store.unregister_mount(real)
-    _remove_runtime(rundir)
+        store.unregister_mount(real, pid or None)
+    if pid:
+        _remove_runtime(rundir)
+    return Unmounted(mnt, pid, False)
+
+
+def _connection_alive(device: str) -> bool:
+    """Whether the FUSE connection of the mount device ``major:minor`` is still open somewhere.
+
+    The kernel lists open connections in ``/sys/fs/fuse/connections/<minor>`` (fusectl) and
+    removes the entry when the last mount goes.  Where fusectl is not mounted, the mount tables
+    of every mount namespace this user can see are asked for the device instead.
+    """
+    minor = device.partition(":")[2]
+    conns = "/sys/fs/fuse/connections"
+    if any(m.fstype == "fusectl" and m.mountpoint == conns for m in _proc.mounts()):
+        with contextlib.suppress(OSError):
+            return os.path.isdir(f"{conns}/{minor}")
+    seen: set[str] = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            ns = os.readlink(f"/proc/{name}/ns/mnt")
+            if ns in seen:
+                continue
+            seen.add(ns)
+            with open(f"/proc/{name}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+                if any(line.split(maxsplit=3)[2] == device for line in f):
+                    return True
+        except (OSError, IndexError):
+            continue  # gone, or not ours to read
+    return False
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:

@@ -14,10 +14,16 @@ What it does for a pull (docs/oci.rst "Registry endpoints", "Content negotiation
 - **Retries**: 408, 429 (honouring ``Retry-After``), 5xx and dropped connections are retried with
   capped exponential back-off; a refused connection to the registry itself fails at once.
 - **Redirects** (up to 10) are followed by hand so that ``Authorization`` is sent to the registry's
-  host only, never to a storage host it redirects to.
+  origin only (scheme, host and port), never to a storage host it redirects to, nor over plain
+  ``http`` after a redirect from ``https``.
 - **Blobs** stream through :class:`BlobReader`, a file object over the raw (undecoded) body that, when
   the connection drops, asks again with ``Range: bytes=N-`` and continues (206 from N, or 200 and
   skip N bytes).  It does not verify: the store hashes what it reads.
+- **Stalls**: every transfer has a stall timeout (``stall_timeout``, default
+  ``$LAYERFS_STALL_TIMEOUT`` or 30 s): a response that sends nothing, or less than
+  :data:`STALL_BYTES`, for that long is stalled.  A stalled blob is resumed (``Range``) twice,
+  then fails naming the blob; a stalled manifest or config fails naming it.  (A connection that
+  goes silent is caught by the read timeout; one that drips a byte a second by the byte count.)
 
 All failures are :class:`~layerfs._errors.RegistryError` with docker's words, without the reference
 (the caller adds it as context).
@@ -58,6 +64,56 @@ USER_AGENT = "layerfs/0.1 (+https://github.com/opencontainers/distribution-spec)
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 _REDIRECTS = (301, 302, 303, 307, 308)
 _MAX_REDIRECTS = 10
+
+#: A transfer that receives fewer bytes than this in ``stall_timeout`` seconds is stalled.
+STALL_BYTES = 1024
+#: How often a stalled blob is resumed before the pull fails.
+STALL_RETRIES = 2
+#: The stall timeout when neither the caller nor ``$LAYERFS_STALL_TIMEOUT`` gives one.
+DEFAULT_STALL_TIMEOUT = 30.0
+
+
+def stall_timeout_from_env() -> float:
+    """``$LAYERFS_STALL_TIMEOUT`` (seconds, > 0), else :data:`DEFAULT_STALL_TIMEOUT`.
+
+    Raises:
+        RegistryError: the variable is set to something else than a positive number.
+    """
+    text = os.environ.get("LAYERFS_STALL_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_STALL_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise RegistryError(f"LAYERFS_STALL_TIMEOUT={text!r}: want a number of seconds above 0")
+    return value
+
+
+class Stalled(Exception):
+    """Raised inside the client when a transfer stalls (turned into a retry or a RegistryError)."""
+
+
+class _Pace:
+    """Watches the bytes a transfer receives: fewer than :data:`STALL_BYTES` in ``timeout`` seconds
+    raises :class:`Stalled`."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.restart()
+
+    def restart(self) -> None:
+        self._since = time.monotonic()
+        self._bytes = 0
+
+    def got(self, n: int) -> None:
+        self._bytes += n
+        now = time.monotonic()
+        if now - self._since >= self.timeout:
+            if self._bytes < STALL_BYTES:
+                raise Stalled(f"stalled: less than {STALL_BYTES} bytes in {self.timeout:g} s")
+            self._since, self._bytes = now, 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +173,13 @@ def _error_detail(body: bytes) -> tuple[str, str]:
     return "", ""
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the port made explicit (RFC 6454 origins)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"https": 443, "http": 80}.get(scheme)
+
+
 def _transport_cause(err: Exception) -> str:
     """docker-like words for a transport failure."""
     seen: Exception | None = err
@@ -145,17 +208,23 @@ class RegistryClient:
         credentials_for: looks up the credentials of a host (default: the credential files).
         retries: attempts after the first one for retryable failures.
         backoff: first back-off delay in seconds (doubles, capped at 10 s).
-        timeout: connect/read timeout in seconds.
+        timeout: connect timeout in seconds.
+        stall_timeout: seconds after which a transfer receiving (almost) nothing is stalled (see
+            the module docstring); default :func:`stall_timeout_from_env`.
         max_connections: size of the connection pool.
+        ssl_context: the TLS settings (e.g. trusting a private CA); default the system's CA store.
     """
 
     def __init__(self, *, insecure_registries: Iterable[str] = (),
                  credentials_for: Callable[[str], Credentials | None] = find_credentials,
                  retries: int = 5, backoff: float = 0.5, timeout: float = 30.0, max_connections: int = 16,
-                 read_config: bool = True) -> None:
+                 read_config: bool = True, stall_timeout: float | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._insecure = set(insecure_registries) | (insecure_from_config() if read_config else set())
+        self.stall_timeout = stall_timeout if stall_timeout is not None else stall_timeout_from_env()
         self._client = httpx.Client(
-            follow_redirects=False, timeout=httpx.Timeout(timeout), trust_env=False,
+            follow_redirects=False, trust_env=False, verify=ssl_context if ssl_context is not None else True,
+            timeout=httpx.Timeout(timeout, read=self.stall_timeout, write=self.stall_timeout),
             headers={"User-Agent": USER_AGENT},
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
         self.retries = retries
@@ -211,11 +280,12 @@ class RegistryClient:
 
     def _send_once(self, method: str, url: str, host: str, headers: Mapping[str, str],
                    authorization: str | None) -> httpx.Response:
-        """One request, following redirects by hand; ``Authorization`` only to the registry host."""
-        registry_netloc = urlsplit(self.base_url(host)).netloc
+        """One request, following redirects by hand; ``Authorization`` only to the registry's origin
+        (scheme, host and port: never to another host, nor in clear after an https -> http hop)."""
+        registry = _origin(self.base_url(host))
         for _hop in range(_MAX_REDIRECTS + 1):
             sent = dict(headers)
-            if authorization and urlsplit(url).netloc == registry_netloc:
+            if authorization and _origin(url) == registry:
                 sent["Authorization"] = authorization
             self._count("requests")
             resp = self._client.send(self._client.build_request(method, url, headers=sent), stream=True)
@@ -285,7 +355,10 @@ class RegistryClient:
         finally:
             resp.close()
         code, message = _error_detail(body)
-        detail = f"{code.lower()}: {message}" if code else f"HTTP {resp.status_code} {resp.reason_phrase}"
+        if code:
+            detail = f"{code.lower()}: {message}" if message.strip() else code.lower()
+        else:
+            detail = f"HTTP {resp.status_code} {resp.reason_phrase}"
         status = resp.status_code
         if status in (401, 403):
             host = urlsplit(str(resp.request.url)).netloc
@@ -355,7 +428,9 @@ class RegistryClient:
         resp = self.request("GET", ref.domain, path, scopes=[self._scope(ref)],
                             headers={"Accept": ", ".join(MANIFEST_TYPES)})
         if resp.status_code != 200:
-            raise self._fail(resp, f"manifest for {ref.familiar()}", ref.familiar_repository)
+            # By digest (an index's child): name that manifest, not the reference that led to it.
+            name = f"manifest {digest}" if digest is not None else f"manifest for {ref.familiar()}"
+            raise self._fail(resp, name, ref.familiar_repository)
         data = self._read_capped(resp, MAX_MANIFEST_BYTES, f"manifest {what}")
         media_type = resp.headers.get("content-type", "").split(";")[0].strip()
         media_type = _check_media_type(media_type, f"manifest {what}", data)
@@ -368,12 +443,18 @@ class RegistryClient:
     def _read_capped(self, resp: httpx.Response, limit: int, what: str) -> bytes:
         chunks: list[bytes] = []
         total = 0
+        pace = _Pace(self.stall_timeout)
         try:
             for chunk in resp.iter_bytes():
                 total += len(chunk)
                 if total > limit:
                     raise BadImage(f"{what}: larger than {limit} bytes")
                 chunks.append(chunk)
+                pace.got(len(chunk))
+        except httpx.ReadTimeout as err:
+            raise RegistryError(f"{what}: stalled: nothing received in {self.stall_timeout:g} s") from err
+        except Stalled as err:
+            raise RegistryError(f"{what}: {err}") from None
         except httpx.HTTPError as err:
             raise RegistryError(f"{what}: {_transport_cause(err)}") from err
         finally:
@@ -430,7 +511,8 @@ class BlobReader:
     Counts the bytes it hands out (``on_bytes``); stops at ``size`` bytes.  A transport error, or a body
     that ends early, re-sends the GET with ``Range: bytes=N-``: a 206 must start at N, a 200 is read and
     N bytes skipped.  After ``client.retries`` attempts without progress it raises
-    :class:`RegistryError`.  Setting ``cancelled`` makes the next read raise.
+    :class:`RegistryError`; a stalled body (see the module docstring) is resumed
+    :data:`STALL_RETRIES` times.  Setting ``cancelled`` makes the next read raise.
     """
 
     def __init__(self, client: RegistryClient, ref: Reference, digest: str, size: int | None, *,
@@ -448,6 +530,8 @@ class BlobReader:
         self._buf = b""
         self._pos = 0
         self._failures = 0
+        self._stalls = 0
+        self._pace = _Pace(client.stall_timeout)
         self.resumes = 0
 
     def readable(self) -> bool:
@@ -484,6 +568,7 @@ class BlobReader:
             raise self._client._fail(resp, f"blob {self.digest}", ref.familiar_repository)
         self._resp = resp
         self._chunks = resp.iter_raw()
+        self._pace.restart()
         while skip:
             chunk = next(self._chunks, b"")
             if not chunk:
@@ -515,9 +600,20 @@ class BlobReader:
                         self.close()
                         return False
                     raise httpx.ReadError(f"body ended at {self.offset} of {self.size} bytes")
+                self._pace.got(len(chunk))
                 self._buf, self._pos = chunk, 0
                 self._failures = 0
                 return True
+            except (Stalled, httpx.ReadTimeout) as err:
+                self.close()
+                why = str(err) if isinstance(err, Stalled) else \
+                    f"stalled: nothing received in {self._client.stall_timeout:g} s"
+                if self._stalls >= STALL_RETRIES:
+                    raise RegistryError(f"blob {self.digest}: {why} (resumed {self._stalls} times)") from None
+                self._stalls += 1
+                self.resumes += 1
+                self._client._count("resumes")
+                log.debug("blob %s: %s at %d; resuming", self.digest, why, self.offset)
             except (httpx.TransportError, httpx.StreamError) as err:
                 self.close()
                 if self._failures >= self._client.retries:

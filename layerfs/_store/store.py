@@ -2,30 +2,36 @@
 
 Layout of a store root (``--root``)::
 
-    lock                     flock(2): held exclusively by every command that writes
-    tmp/                     temporary names; whatever a crashed command left here is removed
+    lock                     flock(2): held exclusively by a command while it changes what others see
+    tmp/                     temporary names, each leased by its owner (see _store.lease):
+        layer-<hex>/           a layer being unpacked (one name per diff ID: made once)
+        hold-*                 a command's hold on the layers of the image it is building
+        trash-*/               a tree being removed; any other name: a file being written
     blobs/sha256/<hex>       exact bytes of manifests, indexes and configs
     layers/<hex>/            one per diff ID, shared by every image that uses it:
-        diff/                  the unpacked tree, in overlay form (see _unpack, _whiteout)
+        diff/                  the unpacked tree, in overlay form (see _layer)
         layer.json             diff_id, size, entries, compressed digests seen
     chains/<hex>.json        one per ChainID: its diff_id and parent ChainID
     images/<hex>.json        one per image ID (= config digest): manifest and index digests
     repositories.json        {"Repositories": {repo: {"repo:tag" | "repo@digest": image ID}}}
     mounts/<key>.json        a mount that uses an image (image ID, mount point, pid, since)
     state/<name>/            derived data kept beside the layers (e.g. the merged index)
+    reserve                  space kept so that ``rm`` can write repositories.json on a full disk
 
-Rules that keep it consistent after a crash at any point:
+Rules that keep it consistent after a crash at any point, with many commands at once:
 
 - every file is written under ``tmp/`` and renamed into place; every layer is unpacked under
   ``tmp/`` and its directory renamed into place once its digests are verified;
 - an image record is written only after its config and all its layers are in place, and removed
   before any of them; references are rewritten atomically;
-- readers take no lock: they see either the old or the new file.  Writers hold ``lock``; on entry
-  they remove leftovers of crashed writers (``tmp/``, and layers, chains and blobs no image uses),
-  and a writer that fails removes what it added.
+- readers take no lock: they see either the old or the new file.  Writers hold ``lock`` only
+  while they change records (a pull downloads and unpacks without it, and takes it to rename a
+  layer into place and to record the image); on entry they remove leftovers of crashed commands
+  (what no live owner leases in ``tmp/``, and layers, chains and blobs no image uses nor a
+  live hold keeps), and a writer that fails removes what it added.
 
 Reference counts are derived, never stored: a layer is in use while an image record lists its
-diff ID, and an image is in use while a live mount record names it.
+diff ID or a command holds it, and an image is in use while a live mount record names it.
 """
 
 from __future__ import annotations
@@ -41,8 +47,9 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .. import _proc
@@ -51,10 +58,15 @@ from .._oci import digest as _digest
 from .._oci import manifest as _manifest
 from .._oci.reference import Reference
 from .._oci.reference import parse as parse_reference
+from . import lease as _lease
 
 log = logging.getLogger(__name__)
 
 _JsonDict = dict[str, object]
+
+#: The size of ``reserve``, the space kept for removals on a full disk (a repositories.json of some
+#: 7,000 references, written to a temporary name before the old one goes).
+RESERVE_BYTES = 1 << 20
 
 #: Only small JSON documents are kept as blobs (docs/oci.rst "Size limits": manifests and configs
 #: are capped at 4 MiB).
@@ -100,10 +112,11 @@ class LayerRecord:
 
 @dataclasses.dataclass
 class LayerStage:
-    """A layer being made under ``tmp/`` (see :meth:`Writer.stage_layer`): fill ``diff``, then publish."""
+    """A layer being made under ``tmp/`` (see :meth:`Store.stage_layer`): fill ``diff``, then publish."""
 
     diff_id: str
     path: Path
+    lease: _lease.Lease
     published: bool = False
 
     @property
@@ -136,6 +149,24 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _step(what: str) -> Iterator[None]:
+    """Name the step an OSError happened in: ``<what>: <cause>`` (see :func:`_doing`)."""
+    try:
+        yield
+    except OSError as err:
+        raise OSError(err.errno, f"{what}: {err.strerror or err}") from err
+
+
+@contextlib.contextmanager
+def _doing(command: str) -> Iterator[None]:
+    """Turn an OSError into the one-line error of ``command``: ``<command>: <step>: <cause>``."""
+    try:
+        yield
+    except OSError as err:
+        raise LayerfsError(f"{command}: {err.strerror or err}") from err
 
 
 def _load_json(path: Path) -> _JsonDict:
@@ -325,14 +356,26 @@ class Store:
     # -- the public verbs (thin: the work is in Writer; pull and load live in _transfer) --------
 
     def remove(self, name: str, *, force: bool = False) -> list[str]:
-        """``layerfs rm``: untag or delete an image; returns docker's ``Untagged:``/``Deleted:`` lines."""
-        with self.writer() as w:
+        """``layerfs rm``: untag or delete an image; returns docker's ``Untagged:``/``Deleted:`` lines.
+
+        Works on a full disk (see :meth:`Writer.remove`).
+
+        Raises:
+            ImageNotFound, Conflict: as :meth:`Writer.remove`.
+            LayerfsError: a system call failed: ``rm NAME: <step>: <cause>``.
+        """
+        with _doing(f"rm {name}"), self.writer() as w:
             return w.remove(name, force=force)
 
     def tag(self, name: str, ref: str) -> None:
-        """``layerfs tag``: point the reference ``ref`` at the image ``name``."""
+        """``layerfs tag``: point the reference ``ref`` at the image ``name``.
+
+        Raises:
+            ImageNotFound, InvalidReference: as docker says them.
+            LayerfsError: a system call failed: ``tag NAME REF: <step>: <cause>``.
+        """
         target = parse_reference(ref)
-        with self.writer() as w:
+        with _doing(f"tag {name} {ref}"), self.writer() as w:
             w.tag(self.get(name), target)
 
     # -- mounts ------------------------------------------------------------------------------
@@ -341,41 +384,235 @@ class Store:
         key = hashlib.sha256(os.path.abspath(mountpoint).encode("utf-8", "surrogateescape")).hexdigest()[:32]
         return self.root / "mounts" / f"{key}.json"
 
+    def _read_mount(self, path: Path) -> tuple[MountRecord, int | None]:
+        """A mount record and the start time of its process (None in records of layerfs 0.1).
+
+        Raises:
+            OSError, ValueError, KeyError, BadImage: unreadable.
+        """
+        data = _load_json(path)
+        rec = MountRecord(str(data["image_id"]), str(data["mountpoint"]), int(data["pid"]),  # type: ignore[call-overload]
+                          str(data["since"]))
+        start = data.get("start")
+        return rec, start if isinstance(start, int) else None
+
     def mounts(self) -> list[MountRecord]:
-        """Live mounts; a record whose daemon died or whose mount point is gone is not listed."""
+        """The mounts that keep images in use: records whose process lives.
+
+        A record names the command starting a mount until its daemon exists, then the daemon,
+        which serves until the last mount of it is gone, in every mount namespace.  A pid counts
+        only with the start time recorded with it (a reused pid is another process).
+        """
         try:
             names = sorted(os.listdir(self.root / "mounts"))
         except FileNotFoundError:
             return []
-        mounted = _proc.mountpoints()
+        mounted: dict[str, _proc.MountEntry] | None = None
         out = []
         for name in names:
             with contextlib.suppress(OSError, ValueError, KeyError, BadImage):
-                data = _load_json(self.root / "mounts" / name)
-                rec = MountRecord(str(data["image_id"]), str(data["mountpoint"]), int(data["pid"]),  # type: ignore[call-overload]
-                                  str(data["since"]))
-                if _proc.pid_alive(rec.pid) and rec.mountpoint in mounted:
+                rec, start = self._read_mount(self.root / "mounts" / name)
+                if not _proc.pid_alive(rec.pid):
+                    continue
+                if start is None:  # an older record: alive while its mount point is mounted
+                    mounted = _proc.mountpoints() if mounted is None else mounted
+                    if rec.mountpoint in mounted:
+                        out.append(rec)
+                elif _proc.start_time(rec.pid) == start:
                     out.append(rec)
         return out
 
-    def register_mount(self, image_id: str, mountpoint: str, pid: int) -> MountRecord:
-        """Record that ``pid`` serves a mount of ``image_id`` at ``mountpoint``.
+    def _write_mount(self, rec: MountRecord) -> None:
+        start = _proc.start_time(rec.pid)
+        if start is None:
+            raise ProcessLookupError(errno.ESRCH, f"process {rec.pid} is gone")
+        with _step("record the mount in the store"):
+            self._write_atomic(self._mount_record_path(rec.mountpoint),
+                               _json_bytes({**dataclasses.asdict(rec), "start": start}))
 
-        Takes the store lock briefly, so that it cannot race with ``remove``.
+    def register_mount(self, image_id: str, mountpoint: str, pid: int) -> MountRecord:
+        """Record that ``pid`` mounts (or is about to mount) ``image_id`` at ``mountpoint``.
+
+        From now on, while ``pid`` lives, the image counts as in use: ``rm`` refuses it.  A mount
+        registers before it starts its daemon, then hands the record over to it
+        (:meth:`hand_over_mount`), so that no daemon ever serves an image the store does not know
+        to be in use.  Takes the store lock briefly (no clean-up), so it cannot race with ``rm``.
 
         Raises:
-            ImageNotFound: the image is no longer in the store.
+            ImageNotFound: the image is not (or no longer) in the store.
+            Conflict: another live mount is recorded at ``mountpoint``.
+            OSError: ``record the mount in the store: <cause>`` (nothing is recorded).
         """
-        with self.writer() as w:
+        rec = MountRecord(image_id, os.path.abspath(mountpoint), pid, _now())
+        with self._locked():
             if image_id not in self._image_ids():
                 raise ImageNotFound(f"No such image: {image_id}")
-            rec = MountRecord(image_id, os.path.abspath(mountpoint), pid, _now())
-            w.write_file(self._mount_record_path(mountpoint), _json_bytes(dataclasses.asdict(rec)))
-            return rec
+            for other in self.mounts():
+                if other.mountpoint == rec.mountpoint:
+                    raise Conflict(f"{rec.mountpoint}: process {other.pid} is mounting or serving "
+                                   f"{other.image_id} there")
+            self._write_mount(rec)
+        return rec
 
-    def unregister_mount(self, mountpoint: str) -> None:
+    def hand_over_mount(self, mountpoint: str, from_pid: int, to_pid: int) -> MountRecord:
+        """Pass the record of the mount at ``mountpoint`` from ``from_pid`` (the command) to
+        ``to_pid`` (the daemon it started, before that mounts anything).
+
+        Raises:
+            LayerfsError: the record is gone or names another process.
+            OSError: ``record the mount in the store: <cause>`` (the record is unchanged).
+        """
+        path = self._mount_record_path(mountpoint)
+        with self._locked():
+            try:
+                rec, _ = self._read_mount(path)
+            except (OSError, ValueError, KeyError, BadImage):
+                raise LayerfsError(f"{mountpoint}: the mount record is gone") from None
+            if rec.pid != from_pid:
+                raise LayerfsError(f"{mountpoint}: the mount record names process {rec.pid}, not {from_pid}")
+            new = dataclasses.replace(rec, pid=to_pid)
+            self._write_mount(new)
+        return new
+
+    def unregister_mount(self, mountpoint: str, pid: int | None = None) -> None:
+        """Remove the record of the mount at ``mountpoint`` (only if it names ``pid``, if given)."""
+        path = self._mount_record_path(mountpoint)
+        if pid is not None:
+            try:
+                rec, _ = self._read_mount(path)
+            except (OSError, ValueError, KeyError, BadImage):
+                return
+            if rec.pid != pid:
+                return
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._mount_record_path(mountpoint))
+            os.unlink(path)
+
+    # -- layers: stage, then publish (no writer needed) -----------------------------------------
+
+    @contextlib.contextmanager
+    def hold(self, diff_ids: Iterable[str]) -> Iterator[None]:
+        """Keep the layers ``diff_ids`` from being collected while a command builds an image on them.
+
+        A pull or a load takes a hold on every layer of the image before it looks at which ones
+        the store has: those stay (even if the only image using them is removed meanwhile), and
+        those it publishes stay although no image lists them yet.  The hold is a leased file
+        ``tmp/hold-*`` listing the diff IDs, written under the store lock (clean-up reads holds
+        under it, so a hold is either seen by a clean-up or taken after it ended); it ends with
+        the block, or with the process.
+
+        Raises:
+            InvalidReference: a diff ID is not a digest.
+            OSError: the hold cannot be written (no space): nothing is held.
+        """
+        ids = sorted({_digest.check_digest(d) for d in diff_ids})
+        with self._locked():
+            lease = self.temp_file("hold")
+            try:
+                lease.write_all(_json_bytes({"layers": ids, "pid": os.getpid()}))
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(lease.path)
+                lease.release()
+                raise
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(lease.path)
+            lease.release()
+
+    def _layer_record(self, diff_id: str, *, existed: bool) -> LayerRecord:
+        info = self.layer_info(diff_id)
+        return LayerRecord(diff_id, self.layer_dir(diff_id), int(info.get("size", 0)),  # type: ignore[call-overload]
+                           int(info.get("entries", 0)), existed=existed)  # type: ignore[call-overload]
+
+    @contextlib.contextmanager
+    def stage_layer(self, diff_id: str, *,
+                    cancelled: Callable[[], bool] | None = None) -> Iterator[LayerStage | LayerRecord]:
+        """Stage a layer for ``diff_id``: "stage, then publish", without the store lock.
+
+        Yields the existing :class:`LayerRecord` (``existed`` true) when the store has the layer;
+        otherwise a :class:`LayerStage` whose empty ``diff`` directory the caller fills (the
+        unpacker, a commit) and then hands to :meth:`publish_layer`.  The stage is the leased
+        directory ``tmp/layer-<diff ID hex>``: one name per layer, so that two commands (or two
+        threads) staging one layer make it once: the second waits for the first and then sees the
+        layer published, or takes over the stage if the first failed or died.  A stage that is
+        not published is removed when the block ends, whatever happened.  Call it under a
+        :meth:`hold` of the layer.
+
+        Args:
+            diff_id: the layer's diff ID.
+            cancelled: asked while waiting for another stager; true ends the wait.
+        Raises:
+            InvalidReference: ``diff_id`` is not a digest.
+            LayerfsError: cancelled while waiting.
+            OSError: the stage cannot be made.
+        """
+        _digest.check_digest(diff_id)
+        while True:
+            if self.has_layer(diff_id):
+                yield self._layer_record(diff_id, existed=True)
+                return
+            self._ensure_layout()
+            try:
+                lease, created = _lease.claim_dir(self.tmp_dir / f"layer-{_hex(diff_id)}", cancelled=cancelled)
+            except InterruptedError:
+                raise LayerfsError(f"layer {diff_id}: cancelled") from None
+            if not self.has_layer(diff_id):
+                break
+            with lease:  # published by another stager while we waited: this one is not needed
+                _remove_now(lease.path)
+        stage = LayerStage(diff_id, lease.path, lease)
+        try:
+            if not created:  # the leftover of a stager that died: start afresh
+                for child in os.listdir(stage.path):
+                    _remove_now(stage.path / child)
+            stage.diff.mkdir(mode=0o700)
+            yield stage
+        finally:
+            if not stage.published:
+                _remove_now(stage.path)
+            lease.release()
+
+    def publish_layer(self, stage: LayerStage, *, size: int, entries: int, digests: Sequence[str] = (),
+                      media_type: str | None = None) -> LayerRecord:
+        """Move a filled, verified stage into ``layers/<diff ID>`` and record what it holds.
+
+        Takes the store lock only for the rename.  Until an image lists the layer, only a
+        :meth:`hold` keeps clean-up from removing it.
+
+        Args:
+            stage: from :meth:`stage_layer`; its ``diff`` directory is complete.
+            size, entries: the sum of its regular files' sizes and its tar entry count.
+            digests: the compressed blob digests it is known under.
+            media_type: the media type it came as.
+        Raises:
+            OSError: nothing is published (the stage is removed when its block ends).
+        """
+        diff_id, work = stage.diff_id, stage.path
+        meta = {"diff_id": diff_id, "size": size, "entries": entries, "digests": sorted(set(digests)),
+                "media_type": media_type, "added": _now()}
+        with open(work / "layer.json", "xb") as f:
+            f.write(_json_bytes(meta))
+            os.fsync(f.fileno())
+        final = self.layer_path(diff_id)
+        with self._locked():
+            if final.exists():  # a layer dir without layer.json: a leftover, replace it
+                self._remove_tree(final)
+            os.rename(work, final)
+            stage.published = True
+            _fsync_dir(final.parent)
+        return LayerRecord(diff_id, final / "diff", size, entries)
+
+    def collect_garbage(self) -> list[str]:
+        """Take the write lock just to clean up (as every writer does on entry): remove leftovers of
+        failed or killed commands, and layers, chains and blobs no image uses nor any command holds.
+
+        Returns:
+            The diff IDs of the layers removed.
+        """
+        with self._locked():
+            return Writer(self).collect_garbage()
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -386,19 +623,133 @@ class Store:
         Entering cleans what crashed writers left behind.  The lock is an flock(2) on
         ``ROOT/lock``: another layerfs command that writes waits for it.
         """
-        for sub in ("tmp", "blobs/sha256", "layers", "chains", "images", "mounts", "state"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with self._locked():
             writer = Writer(self)
-            writer.collect_garbage()
+            with _step("clean up"):
+                writer.collect_garbage()
             try:
                 yield writer
             except BaseException:
                 writer.roll_back()
                 raise
+            self._keep_reserve()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the store's write lock, and nothing more (no clean-up on entry, no roll-back)."""
+        self._ensure_layout()
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _keep_reserve(self) -> None:
+        """Make sure ``reserve`` holds :data:`RESERVE_BYTES` (best effort: not on a full disk)."""
+        path = self.root / "reserve"
+        try:
+            if os.stat(path).st_size >= RESERVE_BYTES:
+                return
+        except FileNotFoundError:
+            pass
+        with contextlib.suppress(OSError), self.temp_file("reserve") as lease:
+            try:
+                os.posix_fallocate(lease.fd, 0, RESERVE_BYTES)
+                os.rename(lease.path, path)
+            except OSError:
+                os.unlink(lease.path)
+                raise
+
+    def _spend_reserve(self) -> bool:
+        """Free the reserve for a removal that must write on a full disk; False if there is none."""
+        try:
+            os.unlink(self.root / "reserve")
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _ensure_layout(self) -> None:
+        for sub in ("tmp", "blobs/sha256", "layers", "chains", "images", "mounts", "state"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+
+    # -- temporary names (leased: see _store.lease) -------------------------------------------
+
+    def temp_file(self, hint: str) -> _lease.Lease:
+        """A new empty file under ``tmp/``, leased to the caller until it releases it.
+
+        Clean-up never removes it while the lease is held; once released (or the process
+        dies) it is a leftover, removed by the next writer unless the caller renamed it away.
+        """
+        self._ensure_layout()
+        return _lease.new_file(self.tmp_dir, hint)
+
+    def temp_dir(self, hint: str) -> _lease.Lease:
+        """A new empty directory under ``tmp/``, leased like :meth:`temp_file`."""
+        self._ensure_layout()
+        return _lease.new_dir(self.tmp_dir, hint)
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        """Write ``data`` to ``path``: a leased file under ``tmp/``, fsync, rename, fsync of the directory.
+
+        Raises:
+            OSError: nothing is left behind (the temporary file is removed).
+        """
+        with self.temp_file(path.name) as lease:
+            try:
+                lease.write_all(data)
+                os.rename(lease.path, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(lease.path)
+                raise
+        _fsync_dir(path.parent)
+
+    def put_state(self, name: str, filename: str, data: bytes) -> Path:
+        """Write derived data (e.g. a merged index) to ``state/<name>/<filename>``; no lock needed.
+
+        The file is written under ``tmp/`` with a lease and renamed into place, so a writer's
+        clean-up running meanwhile neither removes it half-written nor sees a partial file.
+        Name it after the ChainID (hex) it derives from (see :meth:`state_dir`).
+
+        Returns:
+            The path written.
+        Raises:
+            ValueError: ``filename`` is not a plain name.
+            OSError: it cannot be written; nothing is left behind.
+        """
+        if not filename or "/" in filename or filename.startswith("."):
+            raise ValueError(f"bad state file name {filename!r}")
+        path = self.state_dir(name) / filename
+        self._write_atomic(path, data)
+        return path
+
+    def _remove_tree(self, path: Path) -> None:
+        """Remove a file, or a tree in a way a crash cannot leave half-removed in place.
+
+        A directory is leased and renamed into ``tmp/`` first: if the process dies while
+        removing it, the next writer finds an unowned leftover there and finishes the job.
+        """
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(path)
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            # Blocking: only a command that waited for a layer's stage may hold it, for an instant.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            trash = self.tmp_dir / f"trash-{secrets.token_hex(8)}"
+            try:
+                os.rename(path, trash)
+                path = trash
+            except OSError as err:
+                if err.errno != errno.EXDEV:
+                    raise
+            _remove_now(path)
         finally:
             os.close(fd)
 
@@ -432,32 +783,33 @@ def _history_comment(config: Mapping[str, object]) -> str:
 class Writer:
     """What a holder of the store lock may do.  Made by :meth:`Store.writer` only.
 
-    ``stage_layer`` / ``publish_layer`` may be called from several threads at once; everything else from one.
+    ``put_blob`` may be called from several threads at once; everything else from one.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._added_blobs: list[str] = []
-        self._added_layers: list[str] = []
         self._added_images: list[str] = []
         self._mutex = threading.Lock()
-        self._layer_locks: dict[str, threading.Lock] = {}
+        self._removing = False  # a removal may spend the reserve
 
     # -- primitives --------------------------------------------------------------------------
 
-    def temp_path(self, hint: str) -> Path:
-        """A fresh name under ``tmp/``; nothing is created."""
-        return self.store.tmp_dir / f"{hint}-{secrets.token_hex(8)}"
-
     def write_file(self, path: Path, data: bytes) -> None:
-        """Write ``data`` to ``path`` atomically: temp name, fsync, rename, fsync of the directory."""
-        tmp = self.temp_path(path.name)
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        """Write ``data`` to ``path`` atomically: leased temp name, fsync, rename, fsync of the directory.
+
+        During a removal, a full disk spends the store's reserve and tries once more.
+
+        Raises:
+            OSError: ``write <name>: <cause>``; nothing is left behind.
+        """
+        with _step(f"write {path.name}"):
+            try:
+                self.store._write_atomic(path, data)
+            except OSError as err:
+                if err.errno != errno.ENOSPC or not self._removing or not self.store._spend_reserve():
+                    raise
+                self.store._write_atomic(path, data)
 
     # -- blobs -------------------------------------------------------------------------------
 
@@ -480,66 +832,6 @@ class Writer:
             with self._mutex:
                 self._added_blobs.append(digest)
         return digest
-
-    # -- layers ------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def stage_layer(self, diff_id: str) -> Iterator[LayerStage | LayerRecord]:
-        """Stage a layer for ``diff_id``: "stage, then publish".  Safe from several threads.
-
-        Yields the existing :class:`LayerRecord` (``existed`` true) when the store already has the
-        layer; otherwise a :class:`LayerStage` whose empty ``diff`` directory the caller fills (the
-        unpacker, a commit) and then hands to :meth:`publish_layer`.  Two threads staging one
-        diff ID are serialised, so the second sees the layer the first published.  A stage that is
-        not published is removed when the block ends, whatever happened.
-
-        Raises:
-            InvalidReference: ``diff_id`` is not a digest.
-        """
-        _digest.check_digest(diff_id)
-        with self._mutex:
-            lock = self._layer_locks.setdefault(diff_id, threading.Lock())
-        with lock:
-            if self.store.has_layer(diff_id):
-                info = self.store.layer_info(diff_id)
-                yield LayerRecord(diff_id, self.store.layer_dir(diff_id), int(info.get("size", 0)),  # type: ignore[call-overload]
-                                  int(info.get("entries", 0)), existed=True)  # type: ignore[call-overload]
-                return
-            work = self.temp_path(f"layer-{_hex(diff_id)[:12]}")
-            work.mkdir(mode=0o700)
-            stage = LayerStage(diff_id, work)
-            try:
-                (work / "diff").mkdir(mode=0o700)
-                yield stage
-            finally:
-                if not stage.published:
-                    _remove_tree(work, self)
-
-    def publish_layer(self, stage: LayerStage, *, size: int, entries: int, digests: Sequence[str] = (),
-                      media_type: str | None = None) -> LayerRecord:
-        """Move a filled, verified stage into ``layers/<diff ID>`` and record what it holds.
-
-        Args:
-            stage: from :meth:`stage_layer`; its ``diff`` directory is complete.
-            size, entries: the sum of its regular files' sizes and its tar entry count.
-            digests: the compressed blob digests it is known under.
-            media_type: the media type it came as.
-        """
-        diff_id, work = stage.diff_id, stage.path
-        final = self.store.layer_path(diff_id)
-        meta = {"diff_id": diff_id, "size": size, "entries": entries, "digests": sorted(set(digests)),
-                "media_type": media_type, "added": _now()}
-        with open(work / "layer.json", "xb") as f:
-            f.write(_json_bytes(meta))
-            os.fsync(f.fileno())
-        if final.exists():  # a layer dir without layer.json: a leftover, replace it
-            _remove_tree(final, self)
-        os.rename(work, final)
-        stage.published = True
-        _fsync_dir(final.parent)
-        with self._mutex:
-            self._added_layers.append(diff_id)
-        return LayerRecord(diff_id, final / "diff", size, entries)
 
     # -- images and references ---------------------------------------------------------------
 
@@ -606,10 +898,15 @@ class Writer:
         needs ``force``.  An image used by a live mount is never removed.  Layers that no other
         image uses are deleted with it.
 
+        Works with zero bytes free: an image is deleted (its record, then its layers) before
+        ``repositories.json`` is rewritten, and a write that still finds the disk full spends the
+        store's ``reserve`` (kept by every writer that succeeds).
+
         Returns:
             The lines docker prints: ``Untagged: …`` and ``Deleted: …``.
         Raises:
             ImageNotFound, Conflict (docker's words: "conflict: unable to delete …").
+            OSError: ``<step>: <cause>``.
         """
         store = self.store
         image_id = store._resolve(name)
@@ -635,6 +932,7 @@ class Writer:
                     lines.append(f"Untagged: {_familiar(key)}")
             refs = [(r, k) for r, m in repos.items() for k, i in m.items() if i == image_id]
             if refs:
+                self._removing = True  # untagging frees nothing: on a full disk it spends the reserve
                 self._write_repositories(repos)
                 return lines
         else:
@@ -649,21 +947,34 @@ class Writer:
         for repo, key in refs:
             repos[repo].pop(key, None)
             lines.append(f"Untagged: {_familiar(key)}")
-        self._write_repositories(repos)
-        os.unlink(store.root / "images" / f"{_hex(image_id)}.json")
-        _fsync_dir(store.root / "images")
+        # Delete first, write last, so that a full disk has room by the time something is written.
+        # A crash in between leaves references to a missing image: readers ignore them, and the
+        # next writer's clean-up drops them.
+        with _step(f"remove image record {image_id}"):
+            os.unlink(store.root / "images" / f"{_hex(image_id)}.json")
+            _fsync_dir(store.root / "images")
         lines.append(f"Deleted: {image_id}")
-        lines += [f"Deleted: {d}" for d in self.collect_garbage()]
+        with _step("remove unused layers"):
+            lines += [f"Deleted: {d}" for d in self.collect_garbage()]
+        self._removing = True
+        self._write_repositories(repos)
         return lines
 
     # -- consistency -------------------------------------------------------------------------
 
     def collect_garbage(self) -> list[str]:
-        """Remove leftovers: ``tmp/``, stale mount records, and layers, chains, blobs and state
-        files that no image uses.  Returns the diff IDs of the layers removed."""
+        """Remove leftovers: what no live command owns in ``tmp/``, stale mount records, and layers,
+        chains, blobs and state files that no image uses (nor, for layers, a live :meth:`Store.hold`).
+        Returns the diff IDs of the layers removed."""
         store = self.store
+        held: set[str] = set()
         for entry in os.listdir(store.tmp_dir):
-            _remove_tree(store.tmp_dir / entry, self, rename_first=False)
+            if _lease.reap(store.tmp_dir / entry, _remove_now):  # only what no live command owns
+                continue
+            if entry.startswith("hold-"):
+                with contextlib.suppress(OSError, ValueError):
+                    layers = json.loads((store.tmp_dir / entry).read_bytes()).get("layers", [])
+                    held.update(_hex(d) for d in layers if isinstance(d, str) and _digest.is_digest(d))
         live_mounts = {store._mount_record_path(m.mountpoint).name for m in store.mounts()}
         for entry in os.listdir(store.root / "mounts"):
             if entry not in live_mounts:
@@ -688,10 +999,16 @@ class Writer:
                 value = record.get(key)
                 if isinstance(value, str) and _digest.is_digest(value):
                     used_blobs.add(_hex(value))
+        repos = store._repositories()
+        live = set(store._image_ids())
+        if any(i not in live for m in repos.values() for i in m.values()):
+            # references to an image whose removal was cut short (see remove)
+            with contextlib.suppress(OSError):
+                self._write_repositories({r: {k: i for k, i in m.items() if i in live} for r, m in repos.items()})
         removed = []
         for entry in sorted(os.listdir(store.root / "layers")):
-            if entry not in used_layers:
-                _remove_tree(store.root / "layers" / entry, self)
+            if entry not in used_layers and entry not in held:
+                store._remove_tree(store.root / "layers" / entry)
                 removed.append(f"sha256:{entry}")
         for entry in os.listdir(store.root / "chains"):
             if entry.removesuffix(".json") not in used_chains:
@@ -705,7 +1022,7 @@ class Writer:
         for state in os.listdir(store.root / "state"):
             for entry in os.listdir(store.root / "state" / state):
                 if entry[:64] not in used_chains:
-                    _remove_tree(store.root / "state" / state / entry, self)
+                    store._remove_tree(store.root / "state" / state / entry)
         return removed
 
     def roll_back(self) -> None:
@@ -721,27 +1038,14 @@ class Writer:
         self.collect_garbage()
 
 
-def _remove_tree(path: Path, writer: Writer, *, rename_first: bool = True) -> None:
-    """Remove a file or tree; a tree is first renamed under ``tmp/`` so that a crash halfway
-    leaves no half-removed layer in place (the next writer finishes the removal)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not os.path.isdir(path) or os.path.islink(path):
-        os.unlink(path)
-        return
-    del st
-    if rename_first:
-        trash = writer.temp_path("trash")
-        try:
-            os.rename(path, trash)
-            path = trash
-        except OSError as err:
-            if err.errno != errno.EXDEV:
-                raise
-    _make_removable(path)
-    shutil.rmtree(path)
+def _remove_now(path: Path) -> None:
+    """Remove a file or a whole tree in place (layers keep 0555 directories: made writable first)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        _make_removable(path)
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _make_removable(path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bz2
 import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import json
@@ -35,7 +36,7 @@ from .._oci import digest as _digest
 from .._oci import manifest as _manifest
 from .._oci.reference import Reference
 from .._oci.reference import parse as parse_reference
-from .._store.store import Image, Store, Writer
+from .._store.store import Image, Store
 from .._units import human_size
 from .layers import add_layer
 
@@ -247,41 +248,63 @@ def load(store: Store, source: str, *, tags: Sequence[str] = (), progress: Progr
                       else _oci_candidates(files, src))
         if extra and len(candidates) != 1:
             raise BadImage(f"{source}: --tag needs exactly one image, the source holds {len(candidates)}")
-        images = []
-        with store.writer() as w:
-            for cand in candidates:
-                images.append(_load_one(w, files, cand, extra, say))
-        return images
+        return _load_all(store, files, candidates, extra, say)
     except LayerfsError as err:
         raise err.with_context(f"load {source}") from err
     finally:
         files.close()
 
 
-def _load_one(w: Writer, files: _Files, cand: _Candidate, extra: Sequence[Reference], say: Progress) -> Image:
-    config_bytes = files.read(cand.config_path)
-    config_digest = w.put_blob(config_bytes, cand.config_digest)
-    diff_ids = _manifest.diff_ids(config_bytes, config_digest, len(cand.layers))
+def _load_all(store: Store, files: _Files, candidates: Sequence[_Candidate], extra: Sequence[Reference],
+              say: Progress) -> list[Image]:
+    """Verify the configs, add the layers under a hold without the store lock, then record the
+    images in one writer; on failure remove what was added (layers no other command holds)."""
+    configs = []
+    for cand in candidates:
+        data = files.read(cand.config_path)
+        digest = _digest.of_bytes(data, (cand.config_digest or _digest.ALGORITHM).partition(":")[0])
+        if cand.config_digest is not None and digest != cand.config_digest:
+            raise DigestMismatch(f"config {cand.config_path}", cand.config_digest, digest)
+        configs.append((data, digest, _manifest.diff_ids(data, digest, len(cand.layers))))
+    try:
+        with store.hold(d for _, _, diff_ids in configs for d in diff_ids):
+            for cand, (_, _, diff_ids) in zip(candidates, configs):
+                _add_layers(store, files, cand, diff_ids, say)
+            with store.writer() as w:
+                images = []
+                for cand, (data, digest, _) in zip(candidates, configs):
+                    w.put_blob(data, digest)
+                    if cand.manifest_digest:
+                        say(f"Manifest {cand.manifest_digest}")
+                    images.append(w.add_image(digest, manifest_digest=cand.manifest_digest,
+                                              index_digest=cand.index_digest, tags=[*cand.names, *extra],
+                                              record_digests=False))
+                return images
+    except BaseException:
+        with contextlib.suppress(Exception):
+            store.collect_garbage()
+        raise
 
+
+def _add_layers(store: Store, files: _Files, cand: _Candidate, diff_ids: Sequence[str], say: Progress) -> None:
     def one(i: int) -> str:
         path, digest, size, media_type = cand.layers[i]
         diff_id = str(diff_ids[i])
-        if w.store.has_layer(diff_id):
+        if store.has_layer(diff_id):
             say(f"{_digest.short(diff_id)}: Already exists")
             return diff_id
-        say(f"{_digest.short(diff_id)}: Loading layer{f' ({human_size(size)})' if size else ''}")
-        with files.open(path) as stream:
-            rec = add_layer(w, stream, diff_id=diff_id, digest=digest, size=size, media_type=media_type)
+
+        def open_blob() -> BinaryIO:
+            say(f"{_digest.short(diff_id)}: Loading layer{f' ({human_size(size)})' if size else ''}")
+            return files.open(path)
+
+        rec = add_layer(store, open_blob, diff_id=diff_id, digest=digest, size=size, media_type=media_type)
         say(f"{_digest.short(diff_id)}: {'Already exists' if rec.existed else 'Loaded'}")
         return diff_id
 
     with concurrent.futures.ThreadPoolExecutor(PARALLEL_LAYERS) as pool:
         for fut in [pool.submit(one, i) for i in range(len(cand.layers))]:
             fut.result()
-    if cand.manifest_digest:
-        say(f"Manifest {cand.manifest_digest}")
-    return w.add_image(config_digest, manifest_digest=cand.manifest_digest, index_digest=cand.index_digest,
-                       tags=[*cand.names, *extra], record_digests=False)
 
 
 # -- OCI layouts -------------------------------------------------------------------------------

@@ -9,19 +9,26 @@ The steps, in order (docs/oci.rst has the rules each one follows):
    that manifest.  Every manifest's digest and media type are checked.
 4. Fetch the config (verified), check it lists one diff ID per layer, and that an explicitly asked-for
    platform matches it.
-5. Inside one store writer: download the missing layers in parallel (``max_concurrent_downloads``
-   threads, 3 like docker), each thread feeding the streaming, resumable blob body straight into
-   ``layers.add_layer``, which decompresses, unpacks, and verifies the blob digest and the diff ID
-   while the bytes arrive, and renames the layer into place only once verified.  A layer already in
-   the store is not fetched ("Already exists").  Then store the manifest(s) and config and record the
-   image with its tag and repo digest.
-6. On any failure the other downloads are cancelled and the writer rolls back what this pull added:
-   the store is as it was.  Errors are one line, ``pull <ref>: <cause>``.
+5. Hold every layer of the image (:meth:`Store.hold`), so that no other command's clean-up takes
+   one it finds in the store or publishes before the image record exists.  Then, without the store
+   lock, download the missing layers in parallel (``max_concurrent_downloads`` threads, 3 like
+   docker), each thread feeding the streaming, resumable blob body straight into
+   ``layers.add_layer``, which decompresses, unpacks under ``tmp/``, and verifies the blob digest
+   and the diff ID while the bytes arrive, and renames the layer into place (taking the lock for
+   the rename only) once verified.  A layer already in the store is not fetched ("Already
+   exists"); one that another pull is fetching is waited for, not fetched twice.
+6. Take the store lock to store the manifest(s) and config and record the image with its tag and
+   repo digest.  Other commands (tag, rm, mount, another pull) run meanwhile: only steps 5's
+   renames and 6 wait for the lock, and they are short.
+7. On any failure the other downloads are cancelled, and what this pull added is removed (the
+   layers it published, once no other command holds them): the store is as it was.  Errors are
+   one line, ``pull <ref>: <cause>``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import errno
 import threading
@@ -35,7 +42,7 @@ from .._oci.digest import short
 from .._oci.manifest import INDEX_TYPES
 from .._oci.reference import Reference
 from .._oci.reference import parse as parse_reference
-from .._registry.client import RegistryClient
+from .._registry.client import BlobReader, RegistryClient
 from .layers import add_layer
 from .progress import (
     COMPLETE,
@@ -50,7 +57,7 @@ from .progress import (
 )
 
 if TYPE_CHECKING:
-    from .._store.store import Image, Store, Writer
+    from .._store.store import Image, Store
 
 #: docker's ``max-concurrent-downloads`` default.
 MAX_CONCURRENT_DOWNLOADS = 3
@@ -119,15 +126,21 @@ class _Pull:
         except ImageNotFound:
             existed = False
 
-        with self.store.writer() as writer:
-            self._layers(writer, layers)
-            for blob, digest in blobs:
-                writer.put_blob(blob, digest)
-            tags = [ref.with_digest(top.digest)]
-            if ref.tag and not ref.digest:
-                tags.insert(0, ref.with_tag(ref.tag))
-            image = writer.add_image(config_digest, manifest_digest=manifest_digest, index_digest=index_digest,
-                                     tags=tags, record_digests=False)
+        tags = [ref.with_digest(top.digest)]
+        if ref.tag and not ref.digest:
+            tags.insert(0, ref.with_tag(ref.tag))
+        try:
+            with self.store.hold(layer.diff_id for layer in layers):
+                self._layers(layers)
+                with self.store.writer() as writer:
+                    for blob, digest in blobs:
+                        writer.put_blob(blob, digest)
+                    image = writer.add_image(config_digest, manifest_digest=manifest_digest,
+                                             index_digest=index_digest, tags=tags, record_digests=False)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.store.collect_garbage()  # the layers this pull published, unless another holds them
+            raise
         self.progress.line(f"Digest: {top.digest}")
         if existed and not self.downloaded:
             self.progress.line(f"Status: Image is up to date for {ref.familiar()}")
@@ -155,7 +168,7 @@ class _Pull:
                   for layer, diff_id in zip(manifest.layers, diff_ids)]
         return config_digest, config, layers
 
-    def _layers(self, writer: Writer, layers: Iterable[LayerDescriptor]) -> None:
+    def _layers(self, layers: Iterable[LayerDescriptor]) -> None:
         """Download and unpack the missing layers in parallel; cancel the others on the first error."""
         todo: list[LayerDescriptor] = []
         seen: set[str] = set()
@@ -175,7 +188,7 @@ class _Pull:
         errors: list[BaseException] = []
         with concurrent.futures.ThreadPoolExecutor(max_workers=self.workers,
                                                    thread_name_prefix="layerfs-pull") as pool:
-            futures = [pool.submit(self._one_layer, writer, layer) for layer in todo]
+            futures = [pool.submit(self._one_layer, layer) for layer in todo]
             try:
                 for future in concurrent.futures.as_completed(futures):
                     err = future.exception()
@@ -190,7 +203,7 @@ class _Pull:
             real = [e for e in errors if "cancelled" not in str(e)] or errors
             raise real[0]
 
-    def _one_layer(self, writer: Writer, layer: LayerDescriptor) -> None:
+    def _one_layer(self, layer: LayerDescriptor) -> None:
         if self.cancelled.is_set():
             raise LayerfsError("cancelled")
         layer_id = short(layer.digest)
@@ -205,13 +218,15 @@ class _Pull:
             else:
                 self.progress.layer(layer_id, DOWNLOADING, done, layer.size)
 
-        self.progress.layer(layer_id, DOWNLOADING, 0, layer.size)
-        with self.client.open_blob(self.ref, layer.digest, layer.size, on_bytes=on_bytes,
-                                   cancelled=self.cancelled) as reader:
-            # A corrupt blob usually breaks the decompressor first; the unpacker then drains the
-            # blob and names the digest mismatch, as docker does ("digest did not match").
-            record = add_layer(writer, reader, diff_id=layer.diff_id, digest=layer.digest, size=layer.size,
-                                      media_type=layer.media_type)
+        def open_blob() -> BlobReader:
+            self.progress.layer(layer_id, DOWNLOADING, 0, layer.size)
+            return self.client.open_blob(self.ref, layer.digest, layer.size, on_bytes=on_bytes,
+                                         cancelled=self.cancelled)
+
+        # A corrupt blob usually breaks the decompressor first; the unpacker then drains the
+        # blob and names the digest mismatch, as docker does ("digest did not match").
+        record = add_layer(self.store, open_blob, diff_id=layer.diff_id, digest=layer.digest, size=layer.size,
+                           media_type=layer.media_type, cancelled=self.cancelled.is_set)
         if not record.existed:
             self.downloaded += 1
         self.progress.layer(layer_id, EXISTS if record.existed else COMPLETE)
@@ -219,7 +234,8 @@ class _Pull:
 
 def pull(store: Store, ref: Reference | str, *, platform: _platform.Platform | str | None = None,
          progress: Progress | None = None, insecure_registries: Iterable[str] = (),
-         client: RegistryClient | None = None, max_concurrent_downloads: int = MAX_CONCURRENT_DOWNLOADS) -> Image:
+         client: RegistryClient | None = None, max_concurrent_downloads: int = MAX_CONCURRENT_DOWNLOADS,
+         stall_timeout: float | None = None) -> Image:
     """Pull an image from its registry into ``store``, like ``docker pull``.
 
     Args:
@@ -231,6 +247,9 @@ def pull(store: Store, ref: Reference | str, *, platform: _platform.Platform | s
         insecure_registries: hosts to reach over plain HTTP (localhost always is).
         client: a registry client to use (its ``statistics()`` then count this pull); default a new one.
         max_concurrent_downloads: layers downloaded at once.
+        stall_timeout: seconds without (almost) any byte after which a transfer is stalled (see
+            :mod:`layerfs._registry.client`); default ``$LAYERFS_STALL_TIMEOUT`` or 30.  Only for a
+            client made here.
     Returns:
         The image, tagged with ``ref`` and with the repo digest of what was pulled.
     Raises:
@@ -240,10 +259,10 @@ def pull(store: Store, ref: Reference | str, *, platform: _platform.Platform | s
     parsed = parse_reference(ref) if isinstance(ref, str) else ref
     wanted = _platform.parse(platform) if isinstance(platform, str) else platform
     own = client is None
-    if client is None:
-        client = RegistryClient(insecure_registries=insecure_registries)
     progress = progress or QuietProgress()
     try:
+        if client is None:
+            client = RegistryClient(insecure_registries=insecure_registries, stall_timeout=stall_timeout)
         return _Pull(store, parsed, client, progress, wanted, max_concurrent_downloads).run()
     except LayerfsError as err:
         raise err.with_context(f"pull {parsed.familiar()}") from err
@@ -255,5 +274,5 @@ def pull(store: Store, ref: Reference | str, *, platform: _platform.Platform | s
         raise LayerfsError(f"pull {parsed.familiar()}: {cause}{where}") from err
     finally:
         progress.close()
-        if own:
+        if own and client is not None:
             client.close()
