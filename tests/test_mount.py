@@ -709,7 +709,7 @@ def test_a_mount_that_fails_leaves_no_mount(lifecycle: Mounts, tmp_path: Path) -
         _mount.umount(mnt, store=store)
         (store.root / "reserve").unlink()
         _fill(small / "filler")
-        proc = run_layerfs("mount", image.id, str(mnt), root=store.root, check=False)
+        proc = run_layerfs("mount", "--read-only", image.id, str(mnt), root=store.root, check=False)
         assert proc.returncode == 1
         [line] = proc.stderr.strip().splitlines()
         assert line.startswith(f"Error: mount {image.id} on {mnt}: ") and "No space left on device" in line, line

@@ -8,6 +8,7 @@ import sys
 
 from .._errors import ImageNotFound, LayerfsError
 from .._oci.reference import parse as parse_reference
+from .._store import containers as _containers
 from .._store.store import Image, Store
 from .._units import human_size, since
 
@@ -77,16 +78,23 @@ examples:
     p.add_argument("target", metavar="TARGET")
     p.set_defaults(handler=cmd_tag)
 
-    p = sub.add_parser("rm", aliases=["rmi"], formatter_class=fmt, help="remove images, like `docker image rm`",
+    p = sub.add_parser("rm", aliases=["rmi"], formatter_class=fmt,
+                       help="remove containers or images, like `docker rm` / `docker image rm`",
                        description="""\
-Remove images.  Removing name:tag of an image with other tags only untags it; the image goes
-with its last reference, and with it every layer no other image uses.  An image in use by a
-mount (see `layerfs mounts`) is never removed.
+Remove containers and images.  A NAME that names a container (see `layerfs ps`) removes the
+container and its changes; it is refused while the container is mounted.  `rmi` removes images
+only.
+
+Removing name:tag of an image with other tags only untags it; the image goes with its last
+reference, and with it every layer no other image uses.  An image in use by a mount (see
+`layerfs mounts`) is never removed, nor one a container was made from (with -f it is untagged
+and kept for the container).
 
 examples:
   layerfs rm busybox:latest
+  layerfs rm quiet_turing                  a container
   layerfs rm -f 3f57a1b2c3d4""")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="NAME")
     p.add_argument("-f", "--force", action="store_true",
                    help="remove an image tagged in several repositories (never one in use)")
     p.set_defaults(handler=cmd_rm)
@@ -183,8 +191,12 @@ def cmd_tag(args: argparse.Namespace) -> int:
 def cmd_rm(args: argparse.Namespace) -> int:
     store = Store(args.root)
     status = 0
+    images_only = getattr(args, "command", "rm") == "rmi"
     for name in args.images:
         try:
+            if not images_only and _containers.find(store, name) is not None:
+                print(_containers.remove(store, name, force=args.force))
+                continue
             lines = store.remove(name, force=args.force)
         except LayerfsError as err:
             print(f"Error: {err}", file=sys.stderr)

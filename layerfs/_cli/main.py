@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "layerfs._cli.registry",
     "layerfs._cli.image",
     "layerfs._cli.mount",
+    "layerfs._cli.container",
 ]
 
 _DESCRIPTION = """\

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import re
 import sys
+from pathlib import Path
 
-from .._errors import ImageNotFound, MountError
+from .._errors import ImageNotFound, LayerfsError, MountError
 from .._mount import daemon as _mount
+from .._mount import upper as _upper
+from .._store import containers as _containers
 from .._store.store import Store
 
 log = logging.getLogger(__name__)
@@ -22,11 +27,17 @@ _IMAGE_ID_RE = re.compile(r"sha256:[0-9a-f]{1,64}")
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("mount", formatter_class=fmt, help="mount an image as a merged read-only tree",
+    p = sub.add_parser("mount", formatter_class=fmt, help="mount an image as a merged, writable tree",
                        description="""\
-Mount an image's layers as one merged, read-only tree: what `docker run` would see as its root
-filesystem.  The image is pulled first if the store does not hold it.  The command returns once
-the mount is ready; a daemon keeps serving it in the background until `layerfs umount`.
+Mount an image's layers as one merged tree: what `docker run` would see as its root filesystem.
+The image is pulled first if the store does not hold it.  The command returns once the mount is
+ready; a daemon keeps serving it in the background until `layerfs umount`.
+
+The mount is writable: changes go into the upper directory of a container, in the kernel
+overlay's own format, and the image's layers never change.  Every writable mount belongs to a
+container of the store (--name, else a generated name, printed); mounting the same --name again
+continues where it stopped; `layerfs ps` lists containers, `layerfs diff` and `layerfs commit`
+show and keep their changes, `layerfs rm NAME` removes one.  --read-only mounts the image alone.
 
 The merged view is the kernel overlay's: upper layers win, whiteouts hide, opaque directories
 cut off the layers below.  It is computed once per image and kept in the store, so mounting an
@@ -46,8 +57,11 @@ The mount point must exist, be an empty directory and not already be a mount poi
 non-root user the mount goes through fusermount3.
 
 examples:
-  layerfs mount busybox:latest ./rootfs
-  layerfs mount --foreground alpine /mnt/alpine       serve in front, log to the terminal
+  layerfs mount busybox:latest ./rootfs                a new container; prints its name
+  layerfs mount --name web busybox:latest ./rootfs     container "web" (made, or mounted again)
+  layerfs mount --rm alpine ./scratch                  the changes go at `layerfs umount`
+  layerfs mount --read-only alpine /mnt/alpine
+  layerfs mount --foreground alpine /mnt/alpine        serve in front, log to the terminal
   layerfs mount -o lowerdir=/l/top:/l/mid:/l/base ./merged
   layerfs mount -o suid,dev debian:12 ./rootfs         as root, for `chroot ./rootfs` to run su""")
     p.add_argument("args", nargs="+", metavar="[IMAGE] MOUNTPOINT",
@@ -59,7 +73,16 @@ examples:
                         "only, for chroots of trusted images; ro, nosuid, nodev are the default; others "
                         "are ignored with a warning")
     p.add_argument("--read-only", action="store_true",
-                   help="read-only (the default and, for now, the only kind of mount)")
+                   help="mount the image read-only: no container, nothing can change")
+    p.add_argument("--name", metavar="NAME",
+                   help="the container the writable mount belongs to: made if missing (else a generated "
+                        "docker-style name); an existing one is mounted again with its changes")
+    p.add_argument("--rm", action="store_true",
+                   help="remove the container and its changes when the mount ends (as `docker run --rm`)")
+    p.add_argument("--upper", metavar="DIR",
+                   help="keep a new container's upper directory (its changes) in DIR instead of the store")
+    p.add_argument("--work", metavar="DIR",
+                   help="the work directory that goes with --upper (empty, on the same file system)")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="serve in the foreground, logging to the terminal; Ctrl-C unmounts")
     p.add_argument("--engine", choices=_mount.ENGINES, default=_mount.DEFAULT_ENGINE,
@@ -158,9 +181,47 @@ def cmd_mount(args: argparse.Namespace) -> int:
             raise MountError("usage: layerfs mount IMAGE MOUNTPOINT (or -o lowerdir=A:B MOUNTPOINT)")
         image, mountpoint = args.args
         _ensure_image(store, image)
+        if not args.read_only:
+            return _mount_container(store, image, mountpoint, args, opts)
         source = image
     _mount.mount(store, source, mountpoint, foreground=args.foreground, debug=args.debug, engine=args.engine,
                  suid=opts.suid, dev=opts.dev)
+    return 0
+
+
+def _mount_container(store: Store, image_name: str, mountpoint: str, args: argparse.Namespace,
+                     opts: MountOptions) -> int:
+    """A writable mount: of the container ``--name`` names if it exists, else of a new one."""
+    if (args.upper is None) != (args.work is None):
+        raise MountError("--upper and --work go together")
+    image = store.get(image_name)
+    existing = _containers.find(store, args.name) if args.name else None
+    made = None
+    if existing is not None:
+        if existing.image_id != image.id:
+            raise MountError(f"container {existing.name} belongs to image {existing.image_id[7:19]}, "
+                             f"not {image_name}")
+        if args.upper or args.rm:
+            raise MountError(f"container {existing.name} exists: --upper, --work and --rm apply to new "
+                             f"containers only")
+        container = existing
+    else:
+        upper = Path(os.path.abspath(args.upper)) if args.upper else None
+        work = Path(os.path.abspath(args.work)) if args.work else None
+        if upper is not None and work is not None:
+            _upper.check(upper, work)  # before a record names them
+        container = made = _containers.create(store, image.id, name=args.name, upper=upper, work=work,
+                                              remove_on_umount=args.rm)
+    try:
+        _mount.mount(store, image_name, mountpoint, foreground=args.foreground, debug=args.debug,
+                     engine=args.engine, suid=opts.suid, dev=opts.dev, container=container)
+    except BaseException:
+        if made is not None:
+            with contextlib.suppress(LayerfsError, OSError):
+                _containers.remove(store, made.id)
+        raise
+    if made is not None and not args.foreground:
+        print(made.name)
     return 0
 
 
@@ -194,9 +255,10 @@ def cmd_mounts(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(dataclasses.asdict(row)))
         return 0
-    print(f"{'MOUNTPOINT':<32} {'SOURCE':<32} {'PID':>7}  SINCE")
+    print(f"{'MOUNTPOINT':<32} {'SOURCE':<32} {'CONTAINER':<20} {'PID':>7}  SINCE")
     for row in rows:
-        print(f"{row.mountpoint:<32} {row.source:<32} {row.pid:>7}  {row.since}")
+        kind = row.container or ("(upper " + row.upper + ")" if row.upper else "(read-only)")
+        print(f"{row.mountpoint:<32} {row.source:<32} {kind:<20} {row.pid:>7}  {row.since}")
     return 0
 
 

@@ -77,6 +77,8 @@ from pathlib import Path
 
 from .. import _proc
 from .._errors import LayerfsError, MountError
+from .._store import containers as _containers
+from .._store.containers import Container
 from .._store.store import Image, Store
 from . import cache as _cache
 from . import merge as _merge
@@ -233,6 +235,9 @@ class MountInfo:
     source: str
     image_id: str | None
     since: str
+    #: writable mounts: the upper directory, and the container it belongs to (if any)
+    upper: str | None = None
+    container: str | None = None
 
 
 def mounts() -> list[MountInfo]:
@@ -254,8 +259,10 @@ def mounts() -> list[MountInfo]:
                 _remove_runtime(root / name)
             continue
         image_id = rec.get("image_id")
+        upper, container = rec.get("upper"), rec.get("container")
         out.append(MountInfo(mnt, pid, str(rec.get("source")), str(image_id) if image_id else None,
-                             str(rec.get("since"))))
+                             str(rec.get("since")), str(upper) if upper else None,
+                             str(container) if container else None))
     return out
 
 
@@ -311,6 +318,7 @@ class _Stack:
     source: str
     image: Image | None
     upper: _upper.Upper | None = None
+    container: Container | None = None
 
 
 def _image_stack(store: Store, name: str, rundir: Path) -> _Stack:
@@ -358,7 +366,7 @@ def parse_lowerdir(value: str) -> list[str]:
 def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
           mountpoint: str | os.PathLike[str], *, foreground: bool = False, debug: bool = False,
           engine: str = DEFAULT_ENGINE, suid: bool = False, dev: bool = False,
-          upper: _upper.Upper | None = None) -> MountHandle:
+          upper: _upper.Upper | None = None, container: Container | None = None) -> MountHandle:
     """Mount an image of the store or a stack of plain dirs at ``mountpoint``.
 
     Args:
@@ -372,6 +380,9 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
             see ``_cache.mount_options``).
         upper: the checked upper and work directories of a writable mount (``_mount.upper.check``);
             None for a read-only mount.  Only the C engine writes.
+        container: the container (``_store.containers``) this writable mount of an image belongs
+            to: its upper and work, recorded with the mount; removed after the mount ends when it
+            was made with ``--rm``.
 
     Returns:
         The running mount (in the foreground case, the mount that was).
@@ -394,6 +405,10 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         stack = _image_stack(store, source, rundir)
     else:
         stack = _lowerdir_stack(source, rundir)
+    if container is not None:
+        if upper is None:
+            upper = _upper.check(container.upper, container.work)
+        stack = dataclasses.replace(stack, container=container)
     if upper is not None:
         stack = dataclasses.replace(stack, upper=upper)
     options = _cache.mount_options(fsname=f"layerfs:{stack.source}"[:200].replace(",", "_"), suid=suid, dev=dev)
@@ -417,13 +432,16 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
                 "mountpoint": str(mnt), "source": stack.source,
                 "image_id": stack.image.id if stack.image else None,
                 "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "index": str(stack.index_path), "layers": [str(d) for d in stack.layer_dirs]}
+                "index": str(stack.index_path), "layers": [str(d) for d in stack.layer_dirs],
+                "upper": str(stack.upper.upper) if stack.upper else None,
+                "work": str(stack.upper.work) if stack.upper else None,
+                "container": stack.container.name if stack.container else None}
             if foreground:
                 record["pid"] = os.getpid()
                 try:
                     _daemon(stack, mnt, rundir, record, None, started, index_seconds, debug, engine, options)
                 finally:
-                    _unregister(store, mnt, os.getpid())
+                    _unregister(store, mnt, os.getpid(), stack)
                 return MountHandle(mnt, os.getpid(), stack.source, stack.image.id if stack.image else None, rundir)
             pid = _start_daemon(store, stack, mnt, rundir, record, started, index_seconds, debug, engine,
                                 options)
@@ -481,7 +499,7 @@ def _start_daemon(store: Store | None, stack: _Stack, mnt: Path, rundir: Path, r
             _detach_stdio(rundir / "daemon.log", debug)
             record["pid"] = os.getpid()
             code = _daemon(stack, mnt, rundir, record, wfd, started, index_seconds, debug, engine, options)
-            _unregister(store, mnt, os.getpid())
+            _unregister(store, mnt, os.getpid(), stack)
         except BaseException as err:  # noqa: B036 - the child must never return into the caller
             with contextlib.suppress(BaseException):
                 log.exception("daemon failed")
@@ -570,14 +588,22 @@ def _ensure_index(store: Store | None, stack: _Stack) -> _merge.MergeStatistics 
 def _register(store: Store | None, stack: _Stack, mnt: Path, pid: int) -> None:
     """Record an image mount in the store (the image is in use while ``pid`` lives)."""
     if store is not None and stack.image is not None:
-        store.register_mount(stack.image.id, str(mnt), pid)
+        store.register_mount(stack.image.id, str(mnt), pid, stack.container.id if stack.container else None)
 
 
-def _unregister(store: Store | None, mnt: Path, pid: int) -> None:
-    """Remove the store's record of the mount at ``mnt`` if it names ``pid``."""
+def _unregister(store: Store | None, mnt: Path, pid: int, stack: _Stack | None = None) -> None:
+    """Remove the store's record of the mount at ``mnt`` if it names ``pid``; then, for the last
+    mount of a container made with ``--rm``, the container (the daemon does it as it ends)."""
     if store is not None:
         with contextlib.suppress(OSError):
             store.unregister_mount(str(mnt), pid)
+        c = stack.container if stack is not None else None
+        if c is not None and c.remove_on_umount:
+            try:
+                _containers.remove(store, c.id)
+                log.info("container %s removed (--rm)", c.name)
+            except (OSError, LayerfsError) as err:
+                log.warning("container %s (--rm) not removed: %s", c.name, err)
 
 
 def _read_ready(rfd: int, pid: int) -> str:

@@ -14,7 +14,8 @@ Layout of a store root (``--root``)::
     chains/<hex>.json        one per ChainID: its diff_id and parent ChainID
     images/<hex>.json        one per image ID (= config digest): manifest and index digests
     repositories.json        {"Repositories": {repo: {"repo:tag" | "repo@digest": image ID}}}
-    mounts/<key>.json        a mount that uses an image (image ID, mount point, pid, since)
+    mounts/<key>.json        a mount that uses an image (image ID, mount point, pid, since, container)
+    containers/<id>/         a container: its record, upper and work dirs (see _store.containers)
     state/<name>/            derived data kept beside the layers (e.g. the merged index)
     reserve                  space kept so that ``rm`` can write repositories.json on a full disk
 
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import errno
 import fcntl
 import hashlib
@@ -46,7 +46,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -58,7 +57,11 @@ from .._oci import digest as _digest
 from .._oci import manifest as _manifest
 from .._oci.reference import Reference
 from .._oci.reference import parse as parse_reference
+from . import containers as _containers
 from . import lease as _lease
+from .files import json_bytes as _json_bytes
+from .files import now as _now
+from .files import remove_now as _remove_now
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +136,8 @@ class MountRecord:
     mountpoint: str
     pid: int
     since: str
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    #: the container whose writable mount this is (None: a read-only mount of the image)
+    container: str | None = None
 
 
 def _hex(digest: str) -> str:
@@ -391,8 +392,9 @@ class Store:
             OSError, ValueError, KeyError, BadImage: unreadable.
         """
         data = _load_json(path)
+        container = data.get("container")
         rec = MountRecord(str(data["image_id"]), str(data["mountpoint"]), int(data["pid"]),  # type: ignore[call-overload]
-                          str(data["since"]))
+                          str(data["since"]), container if isinstance(container, str) else None)
         start = data.get("start")
         return rec, start if isinstance(start, int) else None
 
@@ -430,7 +432,7 @@ class Store:
             self._write_atomic(self._mount_record_path(rec.mountpoint),
                                _json_bytes({**dataclasses.asdict(rec), "start": start}))
 
-    def register_mount(self, image_id: str, mountpoint: str, pid: int) -> MountRecord:
+    def register_mount(self, image_id: str, mountpoint: str, pid: int, container: str | None = None) -> MountRecord:
         """Record that ``pid`` mounts (or is about to mount) ``image_id`` at ``mountpoint``.
 
         From now on, while ``pid`` lives, the image counts as in use: ``rm`` refuses it.  A mount
@@ -443,7 +445,7 @@ class Store:
             Conflict: another live mount is recorded at ``mountpoint``.
             OSError: ``record the mount in the store: <cause>`` (nothing is recorded).
         """
-        rec = MountRecord(image_id, os.path.abspath(mountpoint), pid, _now())
+        rec = MountRecord(image_id, os.path.abspath(mountpoint), pid, _now(), container)
         with self._locked():
             if image_id not in self._image_ids():
                 raise ImageNotFound(f"No such image: {image_id}")
@@ -451,6 +453,8 @@ class Store:
                 if other.mountpoint == rec.mountpoint:
                     raise Conflict(f"{rec.mountpoint}: process {other.pid} is mounting or serving "
                                    f"{other.image_id} there")
+                if container is not None and other.container == container:
+                    raise Conflict(f"container {container[:12]} is already mounted at {other.mountpoint}")
             self._write_mount(rec)
         return rec
 
@@ -670,7 +674,7 @@ class Store:
         return True
 
     def _ensure_layout(self) -> None:
-        for sub in ("tmp", "blobs/sha256", "layers", "chains", "images", "mounts", "state"):
+        for sub in ("tmp", "blobs/sha256", "layers", "chains", "images", "mounts", "state", "containers"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
 
@@ -756,10 +760,6 @@ class Store:
 
 def _opt_str(value: object) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _json_bytes(value: object) -> bytes:
-    return json.dumps(value, indent=2, sort_keys=True).encode() + b"\n"
 
 
 def _ref_key(ref: Reference) -> str:
@@ -944,9 +944,17 @@ class Writer:
             if mount.image_id == image_id:
                 raise Conflict(f"conflict: unable to delete {image.short_id} (cannot be forced) - image is "
                                f"being used by the mount at {mount.mountpoint} (pid {mount.pid})")
+        users = _containers.users_of_image(store, image_id)
+        if users and not force:
+            raise Conflict(f"conflict: unable to delete {image.short_id} (must be forced) - image is being used "
+                           f"by stopped container {users[0].short_id}")
         for repo, key in refs:
             repos[repo].pop(key, None)
             lines.append(f"Untagged: {_familiar(key)}")
+        if users:  # forced: untagged, but kept for its containers (docker keeps it too)
+            self._removing = True
+            self._write_repositories(repos)
+            return lines
         # Delete first, write last, so that a full disk has room by the time something is written.
         # A crash in between leaves references to a missing image: readers ignore them, and the
         # next writer's clean-up drops them.
@@ -1036,25 +1044,3 @@ class Writer:
             self._write_repositories({r: {k: i for k, i in m.items() if i not in self._added_images}
                                       for r, m in repos.items()})
         self.collect_garbage()
-
-
-def _remove_now(path: Path) -> None:
-    """Remove a file or a whole tree in place (layers keep 0555 directories: made writable first)."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        _make_removable(path)
-        shutil.rmtree(path)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
-def _make_removable(path: Path) -> None:
-    """Give every directory under ``path`` u+rwx so rmtree can empty it (layers keep 0555 dirs)."""
-    for dirpath, dirnames, _ in os.walk(path):
-        for d in dirnames:
-            p = os.path.join(dirpath, d)
-            with contextlib.suppress(OSError):
-                if not os.path.islink(p):
-                    os.chmod(p, 0o700)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o700)
