@@ -25,7 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     "_store": {"_oci"},
     "_transfer": {"_oci", "_registry", "_layer", "_store"},
     "_mount": {"_oci", "_layer", "_store"},
-    "_cli": {"_oci", "_registry", "_layer", "_store", "_transfer", "_mount"},
+    "_run": {"_oci", "_store", "_mount"},
+    "_cli": {"_oci", "_registry", "_layer", "_store", "_transfer", "_mount", "_run"},
     "__init__": {"_oci", "_store"},
     "__main__": {"_cli"},
 }

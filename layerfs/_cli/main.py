@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "layerfs._cli.image",
     "layerfs._cli.mount",
     "layerfs._cli.container",
+    "layerfs._cli.run",
 ]
 
 _DESCRIPTION = """\

@@ -1,0 +1,64 @@
+"""Runtime bundles: a directory with ``config.json`` and ``rootfs/``, the rootfs a writable layerfs
+mount of a container (what ``umoci unpack`` makes, but mounted, not copied).
+
+``make(store, image, container, bundle_dir, opts)`` mounts the container at ``BUNDLE/rootfs``
+(unless it is mounted already: the config then names that mount point), resolves the user inside
+it and writes ``config.json`` atomically.  ``run`` and ``bundle`` are built on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from .._mount import daemon as _mount
+from .._store import containers as _containers
+from .._store.containers import Container
+from .._store.store import Image, Store
+from . import config as _config
+from . import users as _users
+
+
+@dataclasses.dataclass(frozen=True)
+class Bundle:
+    """A bundle made by :func:`make`."""
+
+    path: Path
+    rootfs: Path
+    #: the mount was made for this bundle (and goes with it); False: the container was mounted already
+    mounted_here: bool
+
+
+def make(store: Store, image: Image, container: Container, path: Path, opts: _config.RunOptions, *,
+         rootless: bool, engine: str = "c") -> Bundle:
+    """Mount the container (if it is not) and write the bundle's ``config.json``.
+
+    Raises:
+        MountError, LayerfsError: the mount or the config could not be made (nothing is left
+            mounted by this call then).
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    where = _containers.mounted_at(store, container)
+    mounted_here = not where
+    if where:
+        rootfs = Path(where[0])
+    else:
+        rootfs = path / "rootfs"
+        rootfs.mkdir(exist_ok=True)
+        _mount.mount(store, image.id, rootfs, engine=engine, container=container)
+    try:
+        default_user = str(_config.image_process(image.config).get("User") or "")
+        user = _users.resolve(str(rootfs), opts.user if opts.user is not None else default_user)
+        has = {p: os.path.lexists(rootfs / p.lstrip("/")) for p in ("/etc/resolv.conf", "/etc/hosts")}
+        conf = _config.runtime_config(image.config, str(rootfs), user, opts, container_id=container.id,
+                                      rootless=rootless, image_has=has)
+        tmp = path / ".config.json.tmp"
+        tmp.write_text(json.dumps(conf, indent=2) + "\n")
+        os.replace(tmp, path / "config.json")
+    except BaseException:
+        if mounted_here:
+            _mount.umount(rootfs, store=store)
+        raise
+    return Bundle(path, rootfs, mounted_here)
