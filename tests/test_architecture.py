@@ -26,7 +26,8 @@ ALLOWED: dict[str, set[str]] = {
     "_transfer": {"_oci", "_registry", "_layer", "_store"},
     "_mount": {"_oci", "_layer", "_store"},
     "_run": {"_oci", "_store", "_mount"},
-    "_cli": {"_oci", "_registry", "_layer", "_store", "_transfer", "_mount", "_run"},
+    "_maint": {"_oci", "_store", "_layer", "_mount"},
+    "_cli": {"_oci", "_registry", "_layer", "_store", "_transfer", "_mount", "_run", "_maint"},
     "__init__": {"_oci", "_store"},
     "__main__": {"_cli"},
 }

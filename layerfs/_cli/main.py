@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "layerfs._cli.mount",
     "layerfs._cli.container",
     "layerfs._cli.run",
+    "layerfs._cli.system",
 ]
 
 _DESCRIPTION = """\

@@ -579,7 +579,7 @@ class Store:
             lease.release()
 
     def publish_layer(self, stage: LayerStage, *, size: int, entries: int, digests: Sequence[str] = (),
-                      media_type: str | None = None) -> LayerRecord:
+                      media_type: str | None = None, tree: str | None = None) -> LayerRecord:
         """Move a filled, verified stage into ``layers/<diff ID>`` and record what it holds.
 
         Takes the store lock only for the rename.  Until an image lists the layer, only a
@@ -590,12 +590,13 @@ class Store:
             size, entries: the sum of its regular files' sizes and its tar entry count.
             digests: the compressed blob digests it is known under.
             media_type: the media type it came as.
+            tree: the digest of the unpacked tree (``_layer.tree``), what ``verify`` rechecks.
         Raises:
             OSError: nothing is published (the stage is removed when its block ends).
         """
         diff_id, work = stage.diff_id, stage.path
         meta = {"diff_id": diff_id, "size": size, "entries": entries, "digests": sorted(set(digests)),
-                "media_type": media_type, "added": _now()}
+                "media_type": media_type, "added": _now(), **({"tree": tree} if tree else {})}
         with open(work / "layer.json", "xb") as f:
             f.write(_json_bytes(meta))
             os.fsync(f.fileno())

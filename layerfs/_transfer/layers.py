@@ -11,6 +11,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from .._errors import LayerfsError
+from .._layer import tree as _tree
 from .._layer.unpack import unpack_layer
 from .._oci.digest import Readable
 from .._store.store import LayerRecord, Store
@@ -48,4 +49,5 @@ def add_layer(store: Store, open_blob: Callable[[], AbstractContextManager[Reada
             except LayerfsError as err:
                 raise err.with_context(f"layer {diff_id}") from err
         return store.publish_layer(stage, size=stats.size, entries=stats.entries,
-                                   digests=[d for d in (digest, stats.digest) if d], media_type=media_type)
+                                   digests=[d for d in (digest, stats.digest) if d], media_type=media_type,
+                                   tree=_tree.digest(stage.diff))
