@@ -23,6 +23,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -224,6 +225,24 @@ def test_rule_xattrs_times_and_root(tmp_path: Path, root_only: None) -> None:
     assert pax_time(-1_500_000_000) == "-1.5" and pax_time(3 * 10**9) == "3"
 
 
+def test_rule_devices_and_large_ids(tmp_path: Path, root_only: None) -> None:
+    """Devices keep their numbers; ids past the ustar field (7 octal digits) go into PAX records,
+    and the unpacker restores both."""
+    upper = make_layer(tmp_path / "u", {"f": File(b"f", uid=3_000_000, gid=3_000_001)})
+    os.mknod(upper / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.mknod(upper / "loop", stat.S_IFBLK | 0o660, os.makedev(7, 0))
+    blob, layer = _generate(upper, [])
+    members = {m.name: m for m in _tar(blob)}
+    assert (members["null"].type, members["null"].devmajor, members["null"].devminor) == (tarfile.CHRTYPE, 1, 3)
+    assert (members["loop"].type, members["loop"].devmajor, members["loop"].devminor) == (tarfile.BLKTYPE, 7, 0)
+    assert (members["f"].uid, members["f"].gid) == (3_000_000, 3_000_001)
+    assert members["f"].pax_headers["uid"] == "3000000"
+    new = tmp_path / "new"
+    new.mkdir(mode=0o700)
+    unpack_layer(io.BytesIO(blob), new, diff_id=layer.diff_id)
+    assert_same_tree(snapshot(new), snapshot(upper), names=("unpacked", "upper"))
+
+
 def test_rule_capability_v3_becomes_v2(tmp_path: Path, root_only: None) -> None:
     """moby's ReadSecurityXattrToTarHeader: a namespaced (revision 3) capability is written as
     revision 2, its root uid dropped."""
@@ -366,6 +385,7 @@ SCENARIOS: dict[str, list[Op]] = {
         ("chmod", "big", 0o600), ("chown", "d/f", 12, 34), ("utime", "a", 1_234_567_890_123_456_789),
         ("setxattr", "d/g", "user.new", b"1"), ("removexattr", "d/f", "user.k"), ("chmod", "d", 0o700),
         ("setxattr", "b", "security.capability", CAP_V2), ("chown", "sl", 5, 6), ("chmod", "hl1", 0o640),
+        ("chown", "e/only", 3_000_000, 3_000_000),
         ("utime", "d/sub/x", 1_000_000_000_000_000_000),
     ],
 }
