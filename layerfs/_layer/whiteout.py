@@ -57,6 +57,12 @@ KERNEL_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 XATTR_WHITEOUTS_VALUE = b"x"
 #: xattrs that turn an empty regular file into a whiteout (kernel, userspace-written only).
 WHITEOUT_XATTRS = ("trusted.overlay.whiteout", "user.overlay.whiteout")
+#: xattrs of an upper file whose data is still the lower file's (the kernel's metadata-only
+#: copy-up, docs/overlay.rst "Metadata-only copy-up"); the value does not matter.
+METACOPY_XATTRS = ("trusted.overlay.metacopy", "user.overlay.metacopy")
+#: xattrs naming where an upper object's lower data or directory comes from after a rename
+#: (the kernel's ``redirect_dir``): ``/abs/path`` from the root, or a name in the same directory.
+REDIRECT_XATTRS = ("trusted.overlay.redirect", "user.overlay.redirect")
 #: xattr namespaces private to overlay implementations: never taken from a layer tar, never shown
 #: to users, never copied up (docs/overlay.rst "Private xattrs").
 PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")

@@ -222,8 +222,8 @@ class _Candidate:
     manifest_digest: str | None
     index_digest: str | None
     names: tuple[Reference, ...]
-    #: the verified bytes of its manifest (and index): kept as blobs, for save and push
-    blobs: tuple[tuple[str, bytes], ...] = ()
+    #: the exact bytes of the manifest (and index) it came from, stored as blobs like a pull does
+    documents: tuple[tuple[bytes, str], ...] = ()
 
 
 def load(store: Store, source: str, *, tags: Sequence[str] = (), progress: Progress | None = None) -> list[Image]:
@@ -276,8 +276,8 @@ def _load_all(store: Store, files: _Files, candidates: Sequence[_Candidate], ext
                 images = []
                 for cand, (data, digest, _) in zip(candidates, configs):
                     w.put_blob(data, digest)
-                    for blob_digest, blob in cand.blobs:
-                        w.put_blob(blob, blob_digest)
+                    for document, document_digest in cand.documents:
+                        w.put_blob(document, document_digest)
                     if cand.manifest_digest:
                         say(f"Manifest {cand.manifest_digest}")
                     images.append(w.add_image(digest, manifest_digest=cand.manifest_digest,
@@ -363,21 +363,20 @@ def _oci_candidates(files: _Files, src: Source) -> list[_Candidate]:
         media_type = _manifest.media_type(_manifest.json_object(data, f"manifest {top.digest}"), top.media_type,
                                           f"manifest {top.digest}")
         index_digest, digest = None, top.digest
-        kept: list[tuple[str, bytes]] = []
+        documents = [(data, top.digest)]
         if media_type in _manifest.INDEX_TYPES:
             child = _manifest.choose_platform(data, top.digest, None)
             index_digest, digest = top.digest, child.digest
-            kept.append((top.digest, data))
             data = _read_verified(files, child.digest, child.size)
+            documents.append((data, digest))
             media_type = _manifest.media_type(_manifest.json_object(data, f"manifest {digest}"), child.media_type,
                                               f"manifest {digest}")
             if media_type in _manifest.INDEX_TYPES:
                 raise BadImage(f"manifest {digest}: nested indexes are not supported")
         manifest = _manifest.parse_manifest(data, digest)
-        kept.append((digest, data))
         out.append(_Candidate(_blob_path(manifest.config.digest), manifest.config.digest,
                               tuple((_blob_path(d.digest), d.digest, d.size, d.media_type) for d in manifest.layers),
-                              digest, index_digest, _names(annotations, src), tuple(kept)))
+                              digest, index_digest, _names(annotations, src), tuple(documents)))
     return out
 
 
