@@ -141,3 +141,30 @@ def test_upper_elsewhere_is_the_kernel_format(root: Path, tmp_path: Path) -> Non
         assert_same_tree(snapshot(kmnt), ours, names=("kernel overlay", "layerfs"))
     finally:
         subprocess.run(["umount", str(kmnt)], check=True)
+
+
+def test_diff_and_commit_from_the_command_line(root: Path, tmp_path: Path) -> None:
+    """`diff` prints docker's lines for a container (by name or mount point); `commit` makes an
+    image that, mounted, shows what the container showed."""
+    mnt = _mnt(tmp_path)
+    run_layerfs("mount", "--name", "work", "bb:1", str(mnt), root=root)
+    (mnt / "new").write_text("hi\n")
+    os.unlink(mnt / "etc" / "group")
+    os.mkdir(mnt / "etc" / "x")
+    expected = ["C /etc", "D /etc/group", "A /etc/x", "A /new"]
+    assert run_layerfs("diff", "work", root=root).stdout.splitlines() == expected
+    assert run_layerfs("diff", str(mnt), root=root).stdout.splitlines() == expected
+    container_view = snapshot(mnt)
+    image_id = run_layerfs("commit", "-m", "made in a test", "work", "mine:1", root=root).stdout.strip()
+    assert image_id.startswith("sha256:")
+    run_layerfs("umount", str(mnt), root=root)
+    ro = _mnt(tmp_path, "ro")
+    run_layerfs("mount", "--read-only", "mine:1", str(ro), root=root)
+    try:
+        assert_same_tree(snapshot(ro), container_view, names=("committed image", "container"))
+    finally:
+        run_layerfs("umount", str(ro), root=root)
+    history = json.loads(run_layerfs("inspect", "mine:1", root=root).stdout)[0]["Comment"]
+    assert history == "made in a test"
+    missing = run_layerfs("diff", "nosuch", root=root, check=False)
+    assert missing.returncode == 1 and missing.stderr.strip() == "Error: No such container: nosuch"

@@ -113,7 +113,7 @@ def commit(store: Store, upper: str | os.PathLike[str], lower_image: Image | str
     try:
         config = _manifest.json_object(store.read_blob(base.id), f"config {base.id}")
         base_layers = None
-        if base.manifest_digest is not None:
+        if base.manifest_digest is not None and store.has_blob(base.manifest_digest):
             base_layers = _manifest.parse_manifest(store.read_blob(base.manifest_digest), base.manifest_digest).layers
         for field in _DROPPED_FIELDS:
             config.pop(field, None)
