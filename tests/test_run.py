@@ -207,3 +207,35 @@ def test_bundle_follows_the_image_config_and_runs_by_hand(root: Path, tmp_path: 
     subprocess.run(["runc", "delete", "-f", "byhand-test"], capture_output=True)
     assert r.returncode == 0 and r.stdout == "default command\n", r.stderr
     run_layerfs("umount", str(bundle / "rootfs"), root=root)
+
+
+def test_export_equals_the_merged_view(root: Path, tmp_path: Path) -> None:
+    """`export` of a container (with its changes) and of an image, extracted by GNU tar, equals
+    the mount's tree entry by entry."""
+    from _trees import assert_same_tree, snapshot
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run_layerfs("mount", "--name", "ex", "app:1", str(mnt), root=root)
+    (mnt / "added").write_text("added\n")
+    os.unlink(mnt / "etc" / "group")
+    os.setxattr(mnt / "added", "user.note", b"kept")
+    view = snapshot(mnt)
+    for source, expect in (("ex", view), ("app:1", None)):
+        out = tmp_path / f"{source.replace(':', '_')}.tar"
+        run_layerfs("export", "-o", str(out), source, root=root)
+        extracted = tmp_path / f"x-{source.replace(':', '_')}"
+        extracted.mkdir()
+        subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", str(out), "-C",
+                        str(extracted)], check=True)
+        if expect is None:
+            ro = tmp_path / "ro"
+            ro.mkdir()
+            run_layerfs("mount", "--read-only", "app:1", str(ro), root=root)
+            try:
+                expect = snapshot(ro)
+            finally:
+                run_layerfs("umount", str(ro), root=root)
+        assert_same_tree(snapshot(extracted), expect, names=("export", "mount"))
+    run_layerfs("umount", str(mnt), root=root)
+    assert run_layerfs("export", "nosuch", root=root, check=False).stderr.strip() == "Error: No such image: nosuch"

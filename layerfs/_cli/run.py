@@ -69,6 +69,20 @@ examples:
     _add_run_options(p)
     p.set_defaults(handler=cmd_bundle)
 
+    p = sub.add_parser("export", formatter_class=fmt, help="write the merged tree of a container or image as a tar",
+                       description="""\
+Write the merged tree of a container (its image with its changes) or of an image as one plain tar
+archive, as `docker export` does: to FILE with -o, else to standard output.  Entries keep type,
+mode, owner, times (PAX, to the nanosecond), xattrs, hard links, devices and link targets; no
+whiteouts (it is one tree, not a layer).
+
+examples:
+  layerfs export -o rootfs.tar web
+  layerfs export busybox:latest | tar -tvf -""")
+    p.add_argument("source", metavar="CONTAINER|IMAGE")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: standard output)")
+    p.set_defaults(handler=cmd_export)
+
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", metavar="NAME", help="the container (made if missing; reused with its changes)")
@@ -149,4 +163,48 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         raise
     print(f"{made.path}: config.json and rootfs/ (container {container.name}); run it with "
           f"`runc run -b {made.path} {container.name}`, end it with `layerfs umount {made.rootfs}`")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Mount the source (read-only for an image; a container where it is mounted, or a temporary
+    mount of it), write its tree as a tar, unmount what was mounted for this."""
+    import tempfile
+
+    from .._layer.compress import Compression
+    from .._layer.generate import generate_layer
+
+    store = Store(args.root)
+    container = _containers.find(store, args.source)
+    if container is None:
+        store.get(args.source)  # No such image / container: one line, before anything is made
+    if args.output is None and sys.stdout.isatty():
+        raise LayerfsError("refusing to write a tar archive to a terminal: give -o FILE or redirect the output")
+    where = _containers.mounted_at(store, container) if container else []
+    tmp = None
+    if where:
+        tree = Path(where[0])
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="layerfs-export-"))
+        tree = tmp / "root"
+        tree.mkdir()
+        if container is not None:
+            _mount.mount(store, container.image_id, tree, container=container)
+        else:
+            _mount.mount(store, args.source, tree)
+    try:
+        if args.output:
+            out_path = Path(args.output)
+            part = out_path.with_name(f".{out_path.name}.part")
+            with open(part, "wb") as out:
+                generate_layer(tree, [], out, compression=Compression.PLAIN)
+            os.replace(part, out_path)
+        else:
+            with os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=1 << 20) as out:
+                generate_layer(tree, [], out, compression=Compression.PLAIN)
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(LayerfsError, OSError):
+                _mount.umount(tree, store=store)
+            shutil.rmtree(tmp, ignore_errors=True)
     return 0
