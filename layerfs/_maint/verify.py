@@ -3,7 +3,8 @@
 What is checked, and against what:
 
 - blobs (manifests, indexes, configs): the sha256 of the bytes against the file's name;
-- layers: ``layer.json`` readable and naming its own diff ID; the directory against the *tree
+- layers: ``layer.json`` readable and naming its own diff ID; the kept blob (if any) against its
+  digest; the directory against the *tree
   digest* recorded when the layer was published (``_layer.tree``).  Not against the diff ID: that
   is the digest of the tar stream, which the unpacked directory cannot give back byte for byte
   (entry order and header fields are the builder's); the tree digest covers every name, content
@@ -117,6 +118,17 @@ def verify(store: Store, *, repair: bool = False, progress: Callable[[str], None
             bad_layers.add(diff_id)
             problems.append(Problem(f"layer {diff_id}", f"layer.json is broken: {err}"))
             continue
+        kept = info.get("blob")
+        if isinstance(kept, dict) and isinstance(kept.get("digest"), str):
+            try:
+                actual_blob = _sha256_file(layer_dir / name / "blob")
+            except OSError as err:
+                actual_blob = f"unreadable ({err.strerror})"
+            if actual_blob != kept["digest"]:
+                bad_layers.add(diff_id)
+                problems.append(Problem(f"layer {diff_id}", f"its kept blob does not match {kept['digest']} "
+                                                            f"({actual_blob})"))
+                continue
         recorded = info.get("tree")
         if not isinstance(recorded, str):
             problems.append(Problem(f"layer {diff_id}", "not checked: no tree digest was recorded when it was "

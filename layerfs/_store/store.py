@@ -235,6 +235,24 @@ class Store:
         """The unpacked trees of an image's layers, base layer first."""
         return [self.layer_dir(d) for d in image.diff_ids]
 
+    def layer_blob(self, diff_id: str) -> tuple[Path, str, int, str | None] | None:
+        """The blob a layer came as, when the store kept it: (path, digest, size, media type).
+
+        Returns:
+            None when none was kept (layers of older stores, or ``LAYERFS_KEEP_BLOBS=0``).
+        """
+        try:
+            blob = self.layer_info(diff_id).get("blob")
+        except (OSError, ValueError, BadImage):
+            return None
+        path = self.layer_path(diff_id) / "blob"
+        if not isinstance(blob, dict) or not path.is_file():
+            return None
+        digest, size, media_type = blob.get("digest"), blob.get("size"), blob.get("media_type")
+        if not isinstance(digest, str) or not isinstance(size, int):
+            return None
+        return path, digest, size, media_type if isinstance(media_type, str) else None
+
     def layer_info(self, diff_id: str) -> _JsonDict:
         return _load_json(self.layer_path(diff_id) / "layer.json")
 
@@ -579,7 +597,8 @@ class Store:
             lease.release()
 
     def publish_layer(self, stage: LayerStage, *, size: int, entries: int, digests: Sequence[str] = (),
-                      media_type: str | None = None, tree: str | None = None) -> LayerRecord:
+                      media_type: str | None = None, tree: str | None = None,
+                      blob: Mapping[str, object] | None = None) -> LayerRecord:
         """Move a filled, verified stage into ``layers/<diff ID>`` and record what it holds.
 
         Takes the store lock only for the rename.  Until an image lists the layer, only a
@@ -591,12 +610,15 @@ class Store:
             digests: the compressed blob digests it is known under.
             media_type: the media type it came as.
             tree: the digest of the unpacked tree (``_layer.tree``), what ``verify`` rechecks.
+            blob: the stage holds ``blob``, the layer's blob as it came: its digest, size and media
+                type (kept for ``save`` and ``push``; see :meth:`layer_blob`).
         Raises:
             OSError: nothing is published (the stage is removed when its block ends).
         """
         diff_id, work = stage.diff_id, stage.path
         meta = {"diff_id": diff_id, "size": size, "entries": entries, "digests": sorted(set(digests)),
-                "media_type": media_type, "added": _now(), **({"tree": tree} if tree else {})}
+                "media_type": media_type, "added": _now(), **({"tree": tree} if tree else {}),
+                **({"blob": dict(blob)} if blob else {})}
         with open(work / "layer.json", "xb") as f:
             f.write(_json_bytes(meta))
             os.fsync(f.fileno())
