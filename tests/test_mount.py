@@ -892,6 +892,8 @@ OPTION_CASES = [
     OptCase("escapes: colon in a lowerdir, comma in the upper", [r"lowerdir=/a\:b:/c,upperdir=/u\,v"],
             {"lowerdir": ["/a:b", "/c"], "upperdir": "/u,v"}),
     OptCase("redirect_dir=off is what layerfs does", ["redirect_dir=off,index=off,nfs_export=off"], {}),
+    OptCase("metacopy=off", ["metacopy=off"], {"metacopy": False}),
+    OptCase("data-only lower layers", ["lowerdir=/a::/b"], r"data-only lower layers \(::\) are not supported"),
     OptCase("redirect_dir=on", ["redirect_dir=on"], "redirect_dir=on: not supported yet"),
     OptCase("index=on", ["index=on"], "index=on: overlay's inode index"),
     OptCase("noexec", ["lowerdir=/a,noexec"], "noexec: not supported yet"),
@@ -1024,6 +1026,10 @@ def test_mount_program_errors_are_one_line_and_leave_nothing(lifecycle: Mounts, 
         assert proc.returncode == 1 and proc.stderr.startswith(error), (value, proc.stderr)
         assert len(proc.stderr.splitlines()) == 1 and not _is_mounted(home / "c" / "merged")
         assert os.listdir(home / "c" / "diff") == []
+    # an image's container has the store's upper: its options are not for -o
+    proc = run_layerfs("mount", "-o", "metacopy=off", "busybox:latest", str(home / "c" / "merged"),
+                       root=tmp_path / "store", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("Error: -o userxattr, metacopy=: only with -o lowerdir=")
 
 
 def test_ignored_options_are_noted_with_debug(lifecycle: Mounts, tmp_path: Path) -> None:

@@ -178,8 +178,8 @@ class MountOptions:
     dev: bool = False
     #: ``userxattr``: the upper's markers are ``user.overlay.*``, as the kernel's option says.
     userxattr: bool = False
-    #: ``metacopy=on|off``: metadata-only copy-up (default off, as the kernel's default).
-    metacopy: bool = False
+    #: ``metacopy=on|off``: metadata-only copy-up; None when not given (then off, as the kernel's default).
+    metacopy: bool | None = None
     #: ``debug``: as ``--debug``.
     debug: bool = False
     #: Options accepted that change nothing here, each with why (noted with ``--debug``).
@@ -315,7 +315,8 @@ def _parse_options(values: list[str]) -> MountOptions:
     """
     lower: list[str] | None = None
     upper = work = None
-    flags = {"suid": False, "dev": False, "ro": False, "userxattr": False, "metacopy": False, "debug": False}
+    flags = {"suid": False, "dev": False, "ro": False, "userxattr": False, "debug": False}
+    metacopy: bool | None = None
     ignored: list[tuple[str, str]] = []
     for value in values:
         for opt in _split_options(value):
@@ -323,6 +324,8 @@ def _parse_options(values: list[str]) -> MountOptions:
             if not opt:
                 continue
             if key == "lowerdir" and eq:
+                if re.search(r"(?<!\\)::", arg):
+                    raise MountError(f"-o lowerdir={arg}: data-only lower layers (::) are not supported")
                 lower = _mount.parse_lowerdir(arg)
             elif key == "upperdir" and eq:
                 upper = _unescape(arg)
@@ -335,7 +338,7 @@ def _parse_options(values: list[str]) -> MountOptions:
             elif key == "rw" and not eq:
                 flags["ro"] = False
             elif key == "metacopy" and arg in ("on", "off"):
-                flags["metacopy"] = arg == "on"
+                metacopy = arg == "on"
             elif key in ("uidmapping", "gidmapping") and eq:
                 if not _id_mapping_is_identity(key, arg):
                     raise MountError(f"-o {opt}: ID mappings are not supported, only the identity "
@@ -363,7 +366,7 @@ def _parse_options(values: list[str]) -> MountOptions:
             else:
                 raise MountError(f"-o {opt}: unknown mount option")
     return MountOptions(lower, upper, work, read_only=flags["ro"], suid=flags["suid"], dev=flags["dev"],
-                        userxattr=flags["userxattr"], metacopy=flags["metacopy"], debug=flags["debug"],
+                        userxattr=flags["userxattr"], metacopy=metacopy, debug=flags["debug"],
                         ignored=tuple(ignored))
 
 
@@ -394,6 +397,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         return 0
     if opts.upperdir is not None or opts.workdir is not None:
         raise MountError("-o upperdir=, workdir=: only with -o lowerdir= (plain directories)")
+    if opts.userxattr or opts.metacopy is not None:
+        raise MountError("-o userxattr, metacopy=: only with -o lowerdir= (a container's upper is the store's)")
     if len(args.args) != 2:
         raise MountError("usage: layerfs mount IMAGE MOUNTPOINT (or -o lowerdir=A:B MOUNTPOINT)")
     image, mountpoint = args.args
@@ -479,7 +484,7 @@ def _lowerdir_stack(lower: list[str], opts: MountOptions) -> tuple[list[str], _u
         return [up, *dirs], None
     if opts.userxattr and opts.metacopy:
         raise MountError("-o userxattr,metacopy=on: metadata-only copy-up needs trusted.* xattrs (as the kernel's)")
-    checked = _upper.check(up, work, metacopy=opts.metacopy)
+    checked = _upper.check(up, work, metacopy=bool(opts.metacopy))
     if opts.userxattr:
         checked = dataclasses.replace(checked, privileged=False, metacopy=False)
     return dirs, checked
