@@ -13,7 +13,8 @@ unmounts with ``fusermount3 -u`` (else umount(2)).
   mount; the changes are in the container's upper (``GraphDriver.Data.UpperDir``).
 - ``podman diff`` (containers-storage mounts the container and its image through layerfs and
   compares them), ``podman mount`` / ``podman umount`` (the daemon exits when podman unmounts),
-  ``podman run --rm`` (podman asks for a ``volatile`` mount).
+  ``podman image mount`` (read-only: ``lowerdir=`` alone), ``podman run --rm`` (podman asks for
+  a ``volatile`` mount).
 - After ``podman rm``, no layerfs mount and no layerfs daemon remain.
 
 On these machines podman needs ``--cgroup-manager=cgroupfs`` and ``--runtime runc`` (crun refuses
@@ -85,6 +86,16 @@ class Podman:
 
 def _mounts_under(path: Path) -> list[_proc.MountEntry]:
     return [m for m in _proc.mounts() if m.mountpoint.startswith(str(path) + "/")]
+
+
+def _mount_flags(path: Path) -> set[str]:
+    """The per-mount options of the mount at ``path`` (mountinfo's sixth field)."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == str(path):
+                return set(fields[5].split(","))
+    raise AssertionError(f"{path} is not mounted")
 
 
 def _layerfs_processes(root: Path) -> list[int]:
@@ -188,6 +199,14 @@ def test_podman_runs_a_container_on_layerfs(podman: Podman, tmp_path: Path) -> N
     podman("umount", "c1")
     _wait_gone(f"the daemon of {merged}", lambda: _proc.pid_alive(int(served["pid"])))  # type: ignore[call-overload]
     assert str(merged) not in _proc.mountpoints() and podman.layerfs_mounts() == []
+
+    # an image mount: read-only, `-o lowerdir=ID/diff:l/...` (the image's top layer first)
+    merged = Path(podman("image", "mount", image).stdout.strip())
+    assert (merged / "dir" / "c").read_bytes() == b"c\n" and not (merged / "gone").exists()
+    [served] = podman.layerfs_mounts()
+    assert served["upper"] is None and "ro" in _mount_flags(merged)
+    podman("image", "umount", image)
+    _wait_gone(f"the daemon of {merged}", lambda: _proc.pid_alive(int(served["pid"])))  # type: ignore[call-overload]
 
     # --rm: podman asks for a volatile mount, and removes the container at the end
     out = podman("run", *RUN, "--rm", image, "sh", "-c", "echo x > /x && cat /x /dir/c").stdout
