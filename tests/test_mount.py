@@ -15,6 +15,7 @@ unmount in teardown, and a failure if a daemon outlives its mount.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import shutil
@@ -24,12 +25,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from _images import BuiltImage, edge_image, edge_tar_layers  # noqa: F401
 from _trees import assert_same_tree, snapshot
-from conftest import require_fuse, require_root, require_tool, run_layerfs
+from conftest import require, require_fuse, require_root, require_tool, run_layerfs
 from test_merge import CASES, LONG, build_stack
 
 from layerfs import Image, MountError, Store, _proc
@@ -851,3 +853,278 @@ def test_mount_of_an_image_id_the_store_lacks_pulls_nothing(tmp_path: Path, name
     assert proc.returncode == 1
     assert proc.stderr == f"Error: No such image: {name}\n"
     assert time.monotonic() - started < 10
+
+
+# ---------------------------------------------------------------------------------------------
+# A drop-in for fuse-overlayfs (issue 9): `-o` as mount(8), the kernel overlay, fuse-overlayfs and
+# containers-storage pass it, and the two ways a mount program is called:
+#   layerfs -o OPTIONS TARGET            (containers-storage's mount_program, run in its home dir)
+#   layerfs SOURCE TARGET -o OPTIONS     (mount.fuse3, for mount(8) and fstab)
+
+@dataclass(frozen=True)
+class OptCase:
+    name: str
+    values: list[str]
+    expected: dict[str, object] | str  # the MountOptions fields that differ from the defaults, or the refusal
+
+
+OPTION_CASES = [
+    OptCase("what containers-storage passes for a container (the trailing comma too)",
+            ["lowerdir=/o/l/A:/o/l/B,upperdir=/o/c/diff,workdir=/o/c/work,"],
+            {"lowerdir": ["/o/l/A", "/o/l/B"], "upperdir": "/o/c/diff", "workdir": "/o/c/work"}),
+    OptCase("podman's --rm and fsync=0", ["lowerdir=/a,volatile,fsync=0"], {"lowerdir": ["/a"]}),
+    OptCase("the identity ID mapping",
+            ["lowerdir=/a,uidmapping=0:0:4294967295,gidmapping=0:0:10:10:10:100"], {"lowerdir": ["/a"]}),
+    OptCase("an ID mapping", ["lowerdir=/a,uidmapping=0:100000:65536"], "ID mappings are not supported"),
+    OptCase("a mangled ID mapping", ["uidmapping=0:1"], "not a list of CONTAINER:HOST:SIZE"),
+    OptCase("squash_to_uid", ["squash_to_uid=1000"], "squashing owners is not supported"),
+    OptCase("an SELinux context without SELinux, its comma quoted",
+            ['lowerdir=/a,context="system_u:object_r:container_file_t:s0:c1,c2",ro'],
+            {"lowerdir": ["/a"], "read_only": True}),
+    OptCase("fuse-overlayfs's harmless options",
+            ["static_nlink,noacl,xino=auto,timeout=5,threaded=1,fast_ino=1,noxattrs=1,xattr_permissions=0"], {}),
+    OptCase("mount(8)'s and FUSE's", ["rw,defaults,noatime,nodiratime,nofail,_netdev,x-systemd.automount",
+                                       "default_permissions,allow_other,exec,async"], {}),
+    OptCase("the last of ro/rw wins", ["ro", "rw"], {}),
+    OptCase("userxattr and metacopy", ["userxattr,metacopy=on,metacopy=off,metacopy=on"],
+            {"userxattr": True, "metacopy": True}),
+    OptCase("debug", ["debug"], {"debug": True}),
+    OptCase("escapes: colon in a lowerdir, comma in the upper", [r"lowerdir=/a\:b:/c,upperdir=/u\,v"],
+            {"lowerdir": ["/a:b", "/c"], "upperdir": "/u,v"}),
+    OptCase("redirect_dir=off is what layerfs does", ["redirect_dir=off,index=off,nfs_export=off"], {}),
+    OptCase("metacopy=off", ["metacopy=off"], {"metacopy": False}),
+    OptCase("data-only lower layers", ["lowerdir=/a::/b"], r"data-only lower layers \(::\) are not supported"),
+    OptCase("redirect_dir=on", ["redirect_dir=on"], "redirect_dir=on: not supported yet"),
+    OptCase("index=on", ["index=on"], "index=on: overlay's inode index"),
+    OptCase("noexec", ["lowerdir=/a,noexec"], "noexec: not supported yet"),
+    OptCase("sync", ["sync"], "sync: not supported yet"),
+    OptCase("permissions in xattrs", ["xattr_permissions=2"], "xattr_permissions=2: permissions kept in xattrs"),
+    OptCase("an unknown option", ["lowerdir=/a,bogus=1"], r"-o bogus=1: unknown mount option"),
+    OptCase("a flag given a value", ["ro=1"], r"-o ro=1: unknown mount option"),
+]
+
+
+@pytest.mark.parametrize("case", OPTION_CASES, ids=[c.name for c in OPTION_CASES])
+def test_mount_options_as_podman_mount8_and_fuse_overlayfs_pass_them(case: OptCase) -> None:
+    from layerfs._cli.mount import MountOptions, _parse_options
+
+    if isinstance(case.expected, str):
+        with pytest.raises(MountError, match=case.expected):
+            _parse_options(case.values)
+        return
+    opts = _parse_options(case.values)
+    got = {f.name: getattr(opts, f.name) for f in dataclasses.fields(MountOptions)
+           if f.name != "ignored" and getattr(opts, f.name) != f.default}
+    assert got == case.expected
+    named = {opt.partition("=")[0] for value in case.values for opt in value.split(",")}
+    assert all(why for _, why in opts.ignored) and {o.partition("=")[0] for o, _ in opts.ignored} <= named
+
+
+FORMS = [
+    ("containers-storage", ["-o", "lowerdir=l/A,upperdir=c/diff,workdir=c/work", "c/merged"],
+     ["mount", "-o", "lowerdir=l/A,upperdir=c/diff,workdir=c/work", "c/merged"]),
+    ("fuse-overlayfs's flags", ["-f", "-olowerdir=/a", "-d", "/m"],
+     ["mount", "--foreground", "-olowerdir=/a", "--debug", "--foreground", "/m"]),
+    ("an -o value that looks like a flag", ["-o", "-d", "/m"], ["mount", "-o", "-d", "/m"]),
+    ("mount.fuse3", ["none", "/m", "-o", "rw,lowerdir=/a,dev,suid"],
+     ["mount", "none", "/m", "-o", "rw,lowerdir=/a,dev,suid"]),
+    ("mount.fuse3, an image", ["busybox:latest", "/m", "-o", "rw"], ["mount", "busybox:latest", "/m", "-o", "rw"]),
+    ("global options first", ["--root", "/s", "--debug", "-o", "lowerdir=/a", "/m"],
+     ["--root", "/s", "--debug", "mount", "-o", "lowerdir=/a", "/m"]),
+    ("a command", ["mount", "-o", "lowerdir=/a", "/m"], None),
+    ("a command after --root=", ["--root=/s", "images"], None),
+    ("a mistyped command", ["imagse"], None),
+    ("help", ["--help"], None),
+    ("nothing", [], None),
+]
+
+
+@pytest.mark.parametrize("argv,expected", [f[1:] for f in FORMS], ids=[f[0] for f in FORMS])
+def test_the_ways_a_mount_program_is_called(argv: list[str], expected: list[str] | None) -> None:
+    from layerfs._cli.main import build_parser, mount_program_argv
+
+    assert mount_program_argv(argv, build_parser().get_default("commands")) == expected
+
+
+def _storage_home(tmp_path: Path) -> tuple[Path, str]:
+    """Lower layers as containers-storage's overlay driver keeps them: ``ID/diff`` directories
+    named by links ``l/SHORT -> ../ID/diff`` that the options give relative to its home (the
+    current directory of the mount program), and a second ``diff1`` reached through a link and
+    ``..`` (``l/SHORT/../diff1``).  Returns the home and the ``-o`` value for container ``c``."""
+    from _upper import Dir, File, Link, Whiteout, make_layer
+
+    home = tmp_path / "overlay"
+    make_layer(home / "base" / "diff", {"etc": Dir(), "etc/os": File(b"base\n"), "gone": File(b"x\n"),
+                                        "big": File(b"B" * 100_000, mode=0o755), "sl": Link("etc/os")})
+    make_layer(home / "base" / "diff1", {"extra": File(b"from diff1\n")})
+    make_layer(home / "top" / "diff", {"gone": Whiteout(), "etc/top": File(b"top\n")})
+    (home / "l").mkdir()
+    os.symlink("../base/diff", home / "l" / "BASE")
+    os.symlink("../top/diff", home / "l" / "TOP")
+    for d in ("diff", "work", "merged"):
+        (home / "c" / d).mkdir(parents=True)
+    return home, "lowerdir=l/TOP:l/BASE:l/BASE/../diff1,upperdir=c/diff,workdir=c/work"
+
+
+def _mount_program(args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None,
+                   program: Sequence[str] = (sys.executable, "-m", "layerfs")) -> subprocess.CompletedProcess[str]:
+    """Run layerfs as a mount program is run: no subcommand, no --root."""
+    return subprocess.run([*program, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def _umount_syscall_ends_the_daemon(lifecycle: Mounts, mnt: Path) -> None:
+    """umount(2) as podman's fallback does it (umount(8)): the daemon exits and its record goes."""
+    pid = lifecycle.track(mnt)
+    rundir = _mount.runtime_dir(mnt)
+    subprocess.run(["umount", str(mnt)], check=True, capture_output=True)
+    _wait_for(f"daemon {pid} to exit after umount(2)", lambda: not _alive(pid), timeout=DAEMON_EXIT_TIMEOUT)
+    assert not _is_mounted(mnt) and not rundir.exists()
+
+
+def test_mount_program_form_writes_the_kernel_format_and_ends_with_umount(lifecycle: Mounts, tmp_path: Path) -> None:
+    from _upper import kernel_overlay
+
+    home, opts = _storage_home(tmp_path)
+    proc = _mount_program(["-o", opts + ",fsync=0,volatile,", "c/merged"], cwd=home)
+    assert proc.returncode == 0, proc.stderr
+    mnt = home / "c" / "merged"
+    lifecycle.track(mnt)
+    assert sorted(os.listdir(mnt)) == ["big", "etc", "extra", "sl"]
+    assert (mnt / "sl").read_bytes() == b"base\n" and (mnt / "extra").read_bytes() == b"from diff1\n"
+    (mnt / "new").write_bytes(b"written\n")
+    with open(mnt / "etc" / "os", "ab") as f:
+        f.write(b"appended\n")
+    os.unlink(mnt / "etc" / "top")
+    os.chmod(mnt / "big", 0o700)
+    ours = snapshot(mnt)
+    up = home / "c" / "diff"
+    assert (up / "new").read_bytes() == b"written\n" and (up / "etc" / "os").read_bytes() == b"base\nappended\n"
+    st = os.lstat(up / "etc" / "top")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0, "a whiteout in the kernel's form"
+    # metacopy is off unless asked, as in the kernel: the chmod copied the data too
+    assert (up / "big").stat().st_size == 100_000 and "trusted.overlay.metacopy" not in os.listxattr(up / "big")
+    _umount_syscall_ends_the_daemon(lifecycle, mnt)
+    # the kernel overlay on the same options shows what layerfs showed
+    lowers = [home / "top" / "diff", home / "base" / "diff", home / "base" / "diff1"]
+    with kernel_overlay(lowers, up, home / "c" / "work", tmp_path / "kernel") as kmnt:
+        assert_same_tree(snapshot(kmnt), ours, names=("kernel overlay", "layerfs"))
+
+
+def test_mount_program_errors_are_one_line_and_leave_nothing(lifecycle: Mounts, tmp_path: Path) -> None:
+    home, opts = _storage_home(tmp_path)
+    cases = {
+        f"{opts},bogus": "Error: -o bogus: unknown mount option",
+        f"{opts},uidmapping=0:100000:65536": "Error: -o uidmapping=0:100000:65536: ID mappings are not supported",
+        opts.replace("l/BASE/../diff1", "l/NONE"): "Error: lowerdir l/NONE: No such file or directory",
+        opts.replace("workdir=c/work", "workdir=c/nowork"): "Error: workdir c/nowork: No such file or directory",
+        opts.replace(",workdir=c/work", ""): "Error: -o upperdir=: needs both upperdir= and workdir=",
+        f"{opts},userxattr,metacopy=on": "Error: -o userxattr,metacopy=on: metadata-only copy-up needs trusted",
+    }
+    for value, error in cases.items():
+        proc = _mount_program(["-o", value, "c/merged"], cwd=home)
+        assert proc.returncode == 1 and proc.stderr.startswith(error), (value, proc.stderr)
+        assert len(proc.stderr.splitlines()) == 1 and not _is_mounted(home / "c" / "merged")
+        assert os.listdir(home / "c" / "diff") == []
+    # an image's container has the store's upper: its options are not for -o
+    proc = run_layerfs("mount", "-o", "metacopy=off", "busybox:latest", str(home / "c" / "merged"),
+                       root=tmp_path / "store", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("Error: -o userxattr, metacopy=: only with -o lowerdir=")
+
+
+def test_ignored_options_are_noted_with_debug(lifecycle: Mounts, tmp_path: Path) -> None:
+    home, opts = _storage_home(tmp_path)
+    proc = _mount_program(["--debug", "-o", f"{opts},fsync=0,static_nlink", "c/merged"], cwd=home)
+    assert proc.returncode == 0, proc.stderr
+    lifecycle.track(home / "c" / "merged")
+    assert "mount option 'fsync=0' ignored: layerfs passes every fsync on" in proc.stderr
+    assert "mount option 'static_nlink' ignored: directories show their real link count" in proc.stderr
+
+
+def test_ro_mounts_the_upper_unchanged_on_top(lifecycle: Mounts, tmp_path: Path) -> None:
+    home, opts = _storage_home(tmp_path)
+    (home / "c" / "diff" / "mine").write_bytes(b"in the upper\n")
+    os.mknod(home / "c" / "diff" / "big", stat.S_IFCHR, os.makedev(0, 0))
+    before = snapshot(home / "c")
+    proc = _mount_program(["-o", f"{opts},ro", "c/merged"], cwd=home)
+    assert proc.returncode == 0, proc.stderr
+    mnt = home / "c" / "merged"
+    lifecycle.track(mnt)
+    assert sorted(os.listdir(mnt)) == ["etc", "extra", "mine", "sl"]
+    with pytest.raises(OSError) as err:
+        (mnt / "x").write_bytes(b"")
+    assert err.value.errno == errno.EROFS
+    _umount_syscall_ends_the_daemon(lifecycle, mnt)
+    assert_same_tree(snapshot(home / "c"), before, names=("after", "before"))
+
+
+@pytest.mark.parametrize("option,marker,absent", [
+    ("", "trusted.overlay.opaque", "user.overlay.opaque"),
+    ("userxattr", "user.overlay.opaque", "trusted.overlay.opaque"),
+])
+def test_userxattr_puts_the_markers_in_user_xattrs(lifecycle: Mounts, tmp_path: Path, option: str, marker: str,
+                                                   absent: str) -> None:
+    home, opts = _storage_home(tmp_path)
+    proc = _mount_program(["-o", f"{opts},{option}", "c/merged"], cwd=home)
+    assert proc.returncode == 0, proc.stderr
+    mnt = home / "c" / "merged"
+    lifecycle.track(mnt)
+    shutil.rmtree(mnt / "etc")
+    os.mkdir(mnt / "etc")  # where a lower directory was removed: opaque
+    assert os.listdir(mnt / "etc") == []
+    up = home / "c" / "diff" / "etc"
+    assert os.getxattr(up, marker) == b"y" and absent not in os.listxattr(up)
+    _umount_syscall_ends_the_daemon(lifecycle, mnt)
+
+
+def test_metacopy_on_copies_metadata_only(lifecycle: Mounts, tmp_path: Path) -> None:
+    home, opts = _storage_home(tmp_path)
+    proc = _mount_program(["-o", f"{opts},metacopy=on", "c/merged"], cwd=home)
+    assert proc.returncode == 0, proc.stderr
+    mnt = home / "c" / "merged"
+    lifecycle.track(mnt)
+    os.chmod(mnt / "big", 0o700)
+    assert "trusted.overlay.metacopy" in os.listxattr(home / "c" / "diff" / "big")
+    assert (mnt / "big").read_bytes() == b"B" * 100_000
+    _umount_syscall_ends_the_daemon(lifecycle, mnt)
+
+
+def _console_script() -> Path:
+    """The venv's ``layerfs``, whose shebang names the venv's python: what mount_program and
+    fstab point at."""
+    script = Path(sys.executable).parent / "layerfs"
+    require(script.is_file(), f"the console script {script} (scripts/setup installs it)")
+    return script
+
+
+def test_fstab_line_through_mount_8(lifecycle: Mounts, tmp_path: Path) -> None:
+    """The README's fstab line with the program named in the source (mount(8) runs its helpers
+    with PATH=/usr/local/sbin:...:/bin), mounted from a private fstab (mount -T)."""
+    require_tool("mount.fuse3")
+    home, opts = _storage_home(tmp_path)
+    opts = opts.replace("l/", f"{home}/l/").replace("c/", f"{home}/c/")
+    mnt = home / "c" / "merged"
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{_console_script()}#none  {mnt}  fuse  {opts},nosuid,nodev  0  0\n")
+    subprocess.run(["mount", "-T", str(fstab), str(mnt)], check=True, capture_output=True, timeout=120)
+    lifecycle.track(mnt)
+    assert _mount_flags(mnt) >= {"nosuid", "nodev"}
+    (mnt / "new").write_bytes(b"via fstab\n")
+    assert (home / "c" / "diff" / "new").read_bytes() == b"via fstab\n"
+    _umount_syscall_ends_the_daemon(lifecycle, mnt)
+
+
+def test_mount_fuse3_runs_the_fuse_layerfs_type(lifecycle: Mounts, tmp_path: Path) -> None:
+    """``-t fuse.layerfs``: mount.fuse3 runs ``layerfs none MNT -o OPTIONS,dev,suid`` from PATH;
+    as for any file system mount(8) mounts, suid and dev are on unless nosuid,nodev are given."""
+    require_tool("mount.fuse3")
+    home, opts = _storage_home(tmp_path)
+    mnt = home / "c" / "merged"
+    path = f"{_console_script().parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    proc = subprocess.run(["mount.fuse3", "none", str(mnt), "-t", "fuse.layerfs", "-o", opts], cwd=home,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PATH": path})
+    assert proc.returncode == 0, proc.stderr
+    lifecycle.track(mnt)
+    assert not _mount_flags(mnt) & {"nosuid", "nodev"}
+    assert sorted(os.listdir(mnt)) == ["big", "etc", "extra", "sl"]
+    _umount_syscall_ends_the_daemon(lifecycle, mnt)

@@ -13,7 +13,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from .._errors import LayerfsError
 
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    parser.set_defaults(commands=tuple(sub.choices))  # the names and aliases, for mount_program_argv
     # The global options are accepted after the command too (`layerfs images --root R`).
     for subparser in set(sub.choices.values()):
         subparser.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -71,10 +72,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: fuse-overlayfs's flags that may come with its ``-o`` form, as ``mount`` spells them (libfuse's
+#: ``-d`` is debug output in the foreground).
+_FUSE_FLAGS = {"-f": ["--foreground"], "-d": ["--debug", "--foreground"]}
+
+
+def _is_o(arg: str) -> bool:
+    return arg.startswith("-o")
+
+
+def mount_program_argv(argv: Sequence[str], commands: Collection[str]) -> list[str] | None:
+    """The two ways a mount program is called, as ``layerfs mount`` arguments; None for others.
+
+    - ``layerfs -o OPTIONS TARGET`` (also ``-oOPTIONS``, ``-f``, ``-d``): fuse-overlayfs's form,
+      which containers-storage's overlay driver uses to run its ``mount_program``;
+    - ``layerfs SOURCE TARGET -o OPTIONS``: what mount.fuse3 runs for mount(8) and fstab entries
+      of type ``fuse.layerfs`` (SOURCE is ignored with ``lowerdir=``, else it is the image).
+
+    The global options (``--root DIR``, ``--debug``) may come first.
+    """
+    i = 0
+    while i < len(argv) and (argv[i] in ("--root", "--debug") or argv[i].startswith("--root=")):
+        i += 2 if argv[i] == "--root" else 1
+    if i >= len(argv):
+        return None
+    rest = list(argv[i:])
+    if _is_o(rest[0]) or rest[0] in _FUSE_FLAGS:
+        out, j = [], 0
+        while j < len(rest):
+            if rest[j] == "-o" and j + 1 < len(rest):
+                out += rest[j:j + 2]
+                j += 2
+                continue
+            out += _FUSE_FLAGS.get(rest[j], [rest[j]])
+            j += 1
+        return [*argv[:i], "mount", *out]
+    if not rest[0].startswith("-") and rest[0] not in commands and any(_is_o(a) for a in rest[1:]):
+        return [*argv[:i], "mount", *rest]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns (and, as a console script, exits with) the status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(mount_program_argv(words, parser.get_default("commands")) or words)
     if args.root is None:
         args.root = default_root()
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,

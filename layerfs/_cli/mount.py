@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -43,10 +44,38 @@ The merged view is the kernel overlay's: upper layers win, whiteouts hide, opaqu
 cut off the layers below.  It is computed once per image and kept in the store, so mounting an
 image again takes milliseconds, and looking a path up never reads a layer directory.
 
-Drop-in for fuse-overlayfs on plain directories: `-o lowerdir=A:B:C` (top layer first, as
-overlay takes it; `\\:` escapes a colon) mounts those directories instead of an image.  They may
-hold whiteouts in the kernel's forms (0/0 char devices, overlay.opaque xattrs) or as OCI `.wh.`
-files.  Like overlay, the directories must not change while mounted.
+Drop-in for fuse-overlayfs and the kernel overlay on plain directories: `-o lowerdir=A:B:C`
+(top layer first, as overlay takes it; `\\:` escapes a colon) mounts those directories instead
+of an image, read-only; with `upperdir=U,workdir=W` too (existing directories on one file
+system) the mount is writable: changes go to U in the kernel overlay's own format, so that
+`mount -t overlay` with the same options shows the same tree.  Paths are resolved as the kernel
+resolves them: relative to the current directory, symbolic links followed.  The lower
+directories may hold whiteouts in the kernel's forms (0/0 char devices, overlay.opaque xattrs) or
+as OCI `.wh.` files; like overlay's, they must not change while mounted.
+
+The two ways a mount program is called work too, so layerfs can stand in for fuse-overlayfs:
+  layerfs -o OPTIONS MOUNTPOINT          fuse-overlayfs's form: podman and buildah run their
+                                         storage.conf `mount_program` so (also -f, -d)
+  layerfs SOURCE MOUNTPOINT -o OPTIONS   mount.fuse3's form, for mount(8) and /etc/fstab
+                                         (SOURCE: `none` with lowerdir=, else the image)
+For mount(8), either the type is fuse.layerfs and `layerfs` is in /usr/local/bin or /usr/bin
+(mount(8) runs its helpers with that PATH), or the type is fuse and the source names the
+program: `/path/to/layerfs#none`.  mount.fuse3 adds suid,dev unless nosuid,nodev are given.
+
+Options (-o, comma-separated; the last of a pair such as suid/nosuid wins):
+  lowerdir=, upperdir=, workdir=   the directories, as above
+  ro                 read-only, as --read-only; an upper is then mounted as the top lower layer
+  userxattr          the upper's markers are user.overlay.*, as with the kernel's userxattr
+  metacopy=on|off    chmod, chown, utimes and xattr changes of a lower file copy its metadata
+                     only (root; off by default, as in the kernel: `mount -t overlay` then
+                     needs metacopy=on as well)
+  suid, dev          see below (root only)
+  uidmapping=, gidmapping=   the identity only (files keep their IDs); other mappings are refused
+Options that change nothing in a layerfs mount are accepted, and --debug says why each one is
+ignored: what podman passes (fsync=0, volatile, an SELinux context= on a host without SELinux),
+mount(8)'s (rw, defaults, noatime, nofail, x-*, ...), FUSE's (default_permissions, allow_other
+as root, ...) and fuse-overlayfs's (static_nlink, noacl, xino=, timeout=, ...).  Any other
+option is refused with a line naming it (noexec, sync, squash_to_uid=, redirect_dir=on, ...).
 
 The mount is nosuid,nodev, as untrusted media are: setuid bits show but give no privilege,
 and device nodes of the image cannot be opened.  As root, `-o suid` lets the image's setuid
@@ -63,15 +92,19 @@ examples:
   layerfs mount --read-only alpine /mnt/alpine
   layerfs mount --foreground alpine /mnt/alpine        serve in front, log to the terminal
   layerfs mount -o lowerdir=/l/top:/l/mid:/l/base ./merged
+  layerfs mount -o lowerdir=/l/top:/l/base,upperdir=/c/upper,workdir=/c/work ./merged
+  layerfs -o lowerdir=l/ABC:l/DEF,upperdir=c/diff,workdir=c/work c/merged     as podman runs it
+  mount -t fuse -o lowerdir=/l/top:/l/base,nosuid,nodev /opt/layerfs/bin/layerfs#none ./merged
   layerfs mount -o suid,dev debian:12 ./rootfs         as root, for `chroot ./rootfs` to run su""")
     p.add_argument("args", nargs="+", metavar="[IMAGE] MOUNTPOINT",
                    help="the image and the mount point; with -o lowerdir= only the mount point "
                         "(a leading source argument, as mount(8) passes it, is ignored)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
-                   help="comma-separated mount options: lowerdir=A:B:C (top first); suid (the image's "
-                        "setuid bits take effect) and dev (its device nodes open host devices), root "
-                        "only, for chroots of trusted images; ro, nosuid, nodev are the default; others "
-                        "are ignored with a warning")
+                   help="comma-separated mount options (above): lowerdir=A:B:C (top first), upperdir=, "
+                        "workdir=; suid (the image's setuid bits take effect) and dev (its device nodes "
+                        "open host devices), root only, for chroots of trusted images; ro, nosuid, nodev "
+                        "are the default; harmless ones are ignored (--debug says why), unknown ones "
+                        "refused")
     p.add_argument("--read-only", action="store_true",
                    help="mount the image read-only: no container, nothing can change")
     p.add_argument("--name", metavar="NAME",
@@ -131,60 +164,248 @@ examples:
 
 @dataclasses.dataclass(frozen=True)
 class MountOptions:
-    """What ``-o`` asked for: the lowerdir list (top first) or None; setuid bits and devices."""
+    """What ``-o`` asked for (see :func:`_parse_options`)."""
 
+    #: ``lowerdir=``: the plain directories to mount, top first, as given; None for an image mount.
     lowerdir: list[str] | None = None
+    #: ``upperdir=`` / ``workdir=``: a writable mount of the ``lowerdir=`` directories.
+    upperdir: str | None = None
+    workdir: str | None = None
+    #: ``ro``: read-only even with an upper (which is then mounted as the top lower layer).
+    read_only: bool = False
+    #: ``suid`` / ``dev``: the image's setuid bits and device nodes take effect (root only).
     suid: bool = False
     dev: bool = False
+    #: ``userxattr``: the upper's markers are ``user.overlay.*``, as the kernel's option says.
+    userxattr: bool = False
+    #: ``metacopy=on|off``: metadata-only copy-up; None when not given (then off, as the kernel's default).
+    metacopy: bool | None = None
+    #: ``debug``: as ``--debug``.
+    debug: bool = False
+    #: Options accepted that change nothing here, each with why (noted with ``--debug``).
+    ignored: tuple[tuple[str, str], ...] = ()
+
+
+#: Options accepted and ignored, each with why it changes nothing in a layerfs mount (the note
+#: ``--debug`` prints).  They come from mount(8), FUSE, the kernel overlay and fuse-overlayfs
+#: (its fuse-overlayfs(1)), and from what containers-storage's overlay driver passes to its
+#: ``mount_program`` (its ``mountopt`` setting, ``volatile``, ``fsync=0``).
+_IGNORED: dict[str, str] = {
+    "rw": "the mount is writable with upperdir= and read-only without it, as overlay's",
+    "defaults": "the defaults",
+    "exec": "the default", "async": "the default", "nomand": "the default",
+    "silent": "no meaning for FUSE", "loud": "no meaning for FUSE",
+    "atime": "layerfs mounts are noatime: the layers never change",
+    "noatime": "layerfs mounts are noatime: the layers never change",
+    "relatime": "layerfs mounts are noatime: the layers never change",
+    "strictatime": "layerfs mounts are noatime: the layers never change",
+    "diratime": "layerfs mounts are noatime: the layers never change",
+    "nodiratime": "layerfs mounts are noatime: the layers never change",
+    "default_permissions": "always on: the kernel checks permissions against the attributes",
+    "noacl": "ACLs are kept as xattrs and not enforced: that is already the case",
+    "volatile": "layerfs passes every fsync on to the upper: safer, never less safe",
+    "fsync": "layerfs passes every fsync on to the upper: safer, never less safe",
+    "static_nlink": "directories show their real link count",
+    "noxattrs": "the upper keeps xattrs where its file system can",
+    "timeout": "layerfs's cache policy sets the kernel's timeouts (layerfs/_mount/cache.py)",
+    "kernel_cache": "layerfs's cache policy sets the kernel's caching (layerfs/_mount/cache.py)",
+    "auto_cache": "layerfs's cache policy sets the kernel's caching (layerfs/_mount/cache.py)",
+    "writeback": "layerfs's cache policy sets the kernel's caching (layerfs/_mount/cache.py)",
+    "threaded": "the C engine chooses its threads",
+    "fast_ino": "inode numbers are layerfs's own, stable and unique in the mount",
+    "xino": "inode numbers are layerfs's own, stable and unique in the mount",
+    "uuid": "file handles are not exported",
+    "fsname": "layerfs names its mounts layerfs:SOURCE",
+    "subtype": "layerfs mounts are of type fuse.layerfs",
+    "max_read": "the C engine chooses its request sizes",
+    "max_write": "the C engine chooses its request sizes",
+    "max_readahead": "layerfs's cache policy sets the read-ahead",
+    "splice_read": "the C engine chooses splice where it helps",
+    "splice_write": "the C engine chooses splice where it helps",
+    "splice_move": "the C engine chooses splice where it helps",
+    # what mount(8) and mount.fuse3 leave in for helpers
+    "user": "for mount(8)", "nouser": "for mount(8)", "users": "for mount(8)", "auto": "for mount(8)",
+    "noauto": "for mount(8)", "_netdev": "for mount(8)", "nofail": "for mount(8)",
+}
+
+#: Options refused with the reason: asked for, but not (yet) done by layerfs.
+_REFUSED: dict[str, str] = {
+    "noexec": "not supported yet (programs of the mount can run)",
+    "sync": "not supported yet (writes reach the upper as the upper's file system writes them)",
+    "dirsync": "not supported yet (writes reach the upper as the upper's file system writes them)",
+    "mand": "mandatory locks are not supported",
+    "remount": "remounting is not supported: umount and mount again",
+    "squash_to_root": "squashing owners is not supported",
+    "squash_to_uid": "squashing owners is not supported",
+    "squash_to_gid": "squashing owners is not supported",
+    "ino32_t": "inode numbers may not fit 32 bits",
+    "plugins": "fuse-overlayfs plugins are not supported",
+    "nfs_export": "file handles are not exported",
+    "index": "overlay's inode index is not supported (copy-up breaks hard links, as with index=off)",
+    "allow_root": "not supported (as root the mount is allow_other; a user's mount is the user's alone)",
+}
+
+#: Values of options that are accepted because they are what layerfs does anyway.
+_HARMLESS_VALUES = {
+    "redirect_dir": {"off": "layerfs writes no redirects (renaming a lower directory answers EXDEV)",
+                     "nofollow": "layerfs follows no redirects and writes none"},
+    "index": {"off": "layerfs keeps no inode index: copy-up breaks hard links, as with index=off"},
+    "nfs_export": {"off": "file handles are not exported"},
+    "xattr_permissions": {"0": "permissions are the files' own, not kept in xattrs"},
+}
+
+
+def _split_options(value: str) -> list[str]:
+    r"""Split a ``-o`` value on the commas that separate options: not inside double quotes (an
+    SELinux ``context="...,..."``) nor escaped with a backslash (overlay's ``\,``)."""
+    out, cur, quoted, i = [], [], False, 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and i + 1 < len(value):
+            cur.append(value[i:i + 2])
+            i += 2
+            continue
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    out.append("".join(cur))
+    return out
+
+
+def _unescape(value: str) -> str:
+    """A path of ``upperdir=`` / ``workdir=``: ``\\X`` stands for X (overlay's escapes)."""
+    return re.sub(r"\\(.)", r"\1", value)
+
+
+def _id_mapping_is_identity(key: str, value: str) -> bool:
+    """Whether a ``uidmapping=`` / ``gidmapping=`` value (``CONTAINER:HOST:SIZE`` ranges, joined
+    by ``:`` as containers-storage writes them, or by ``,`` as fuse-overlayfs(1) shows them) maps
+    every ID to itself.
+
+    Raises:
+        MountError: the value is not a list of such ranges.
+    """
+    fields = re.split(r"[:,]", value)
+    if not value or len(fields) % 3 or not all(f.isdigit() for f in fields):
+        raise MountError(f"-o {key}={value}: not a list of CONTAINER:HOST:SIZE ranges")
+    return all(fields[i] == fields[i + 1] for i in range(0, len(fields), 3))
+
+
+def _selinux_enabled() -> bool:
+    """Whether the kernel runs SELinux (it mounts selinuxfs at /sys/fs/selinux then)."""
+    return os.path.exists("/sys/fs/selinux/enforce")
 
 
 def _parse_options(values: list[str]) -> MountOptions:
-    """Read ``-o`` values, as mount(8) does: the last of ``suid``/``nosuid`` (``dev``/``nodev``)
-    wins; options that change nothing here are accepted, unknown ones ignored with a warning.
+    """Read ``-o`` values as mount(8), the kernel overlay and fuse-overlayfs take them.
+
+    The last of ``suid``/``nosuid`` (``dev``/``nodev``, ``ro``/``rw``, ``metacopy=``) wins.
+    Options that change nothing in a layerfs mount are accepted and listed in
+    :attr:`MountOptions.ignored` with why (:data:`_IGNORED`).  An ID mapping is accepted only when
+    it is the identity (the files keep their IDs).  SELinux ``context=`` options are ignored on a
+    host without SELinux (no labels to apply).
 
     Raises:
-        MountError: ``upperdir=`` / ``workdir=`` (writable mounts are not supported yet).
+        MountError: an option layerfs does not know or cannot honour, named with the reason.
     """
     lower: list[str] | None = None
-    flags = {"suid": False, "dev": False}
+    upper = work = None
+    flags = {"suid": False, "dev": False, "ro": False, "userxattr": False, "debug": False}
+    metacopy: bool | None = None
+    ignored: list[tuple[str, str]] = []
     for value in values:
-        for opt in value.split(","):
-            key, _, arg = opt.partition("=")
-            if key == "lowerdir":
-                lower = _mount.parse_lowerdir(arg)
-            elif key in ("upperdir", "workdir"):
-                raise MountError(f"-o {key}=: writable mounts are not supported yet")
-            elif key in flags:
-                flags[key] = True
-            elif key in ("nosuid", "nodev"):
-                flags[key[2:]] = False
-            elif key in ("ro", "rw", "", "noatime", "exec"):
+        for opt in _split_options(value):
+            key, eq, arg = opt.partition("=")
+            if not opt:
                 continue
+            if key == "lowerdir" and eq:
+                if re.search(r"(?<!\\)::", arg):
+                    raise MountError(f"-o lowerdir={arg}: data-only lower layers (::) are not supported")
+                lower = _mount.parse_lowerdir(arg)
+            elif key == "upperdir" and eq:
+                upper = _unescape(arg)
+            elif key == "workdir" and eq:
+                work = _unescape(arg)
+            elif key in ("suid", "dev", "ro", "userxattr", "debug") and not eq:
+                flags[key] = True
+            elif key in ("nosuid", "nodev") and not eq:
+                flags[key[2:]] = False
+            elif key == "rw" and not eq:
+                flags["ro"] = False
+            elif key == "metacopy" and arg in ("on", "off"):
+                metacopy = arg == "on"
+            elif key in ("uidmapping", "gidmapping") and eq:
+                if not _id_mapping_is_identity(key, arg):
+                    raise MountError(f"-o {opt}: ID mappings are not supported, only the identity "
+                                     f"(run the container without --uidmap/--userns, or with the kernel overlay)")
+                ignored.append((opt, "the identity mapping: files keep their IDs"))
+            elif key in ("context", "fscontext", "defcontext", "rootcontext") and eq:
+                if _selinux_enabled():
+                    raise MountError(f"-o {key}=: SELinux labels are not supported yet")
+                ignored.append((opt, "SELinux is not enabled on this host: there is no label to apply"))
+            elif arg in _HARMLESS_VALUES.get(key, {}) and eq:
+                ignored.append((opt, _HARMLESS_VALUES[key][arg]))
+            elif key in _REFUSED:
+                raise MountError(f"-o {opt}: {_REFUSED[key]}")
+            elif key in _IGNORED or key.startswith("x-"):
+                ignored.append((opt, _IGNORED.get(key, "for mount(8) and its helpers")))
+            elif key == "allow_other" and not eq:
+                if os.geteuid() != 0:
+                    raise MountError("-o allow_other: not supported for a user's mount (it is the user's alone)")
+                ignored.append((opt, "always on for root's mounts"))
+            elif key == "redirect_dir" and eq:
+                raise MountError(f"-o {opt}: not supported yet (layerfs writes no redirects: renaming a "
+                                 f"lower directory answers EXDEV; redirect_dir=off)")
+            elif key == "xattr_permissions" and eq:
+                raise MountError(f"-o {opt}: permissions kept in xattrs are not supported (xattr_permissions=0)")
             else:
-                log.warning("mount option %r ignored", opt)
-    return MountOptions(lower, suid=flags["suid"], dev=flags["dev"])
+                raise MountError(f"-o {opt}: unknown mount option")
+    return MountOptions(lower, upper, work, read_only=flags["ro"], suid=flags["suid"], dev=flags["dev"],
+                        userxattr=flags["userxattr"], metacopy=metacopy, debug=flags["debug"],
+                        ignored=tuple(ignored))
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
     opts = _parse_options(args.options)
+    if opts.debug and not args.debug:
+        args.debug = True
+        logging.getLogger().setLevel(logging.DEBUG)
+    for opt, why in opts.ignored:
+        log.debug("mount option %r ignored: %s", opt, why)
     lower = opts.lowerdir
     store = Store(args.root)
+    upper: _upper.Upper | None = None
     if lower is not None:
         if not lower:
             raise MountError("-o lowerdir=: no directories given")
         if len(args.args) not in (1, 2):
             raise MountError("usage: layerfs mount -o lowerdir=A:B:C MOUNTPOINT")
-        source: str | list[str] = lower
+        if args.name or args.rm:
+            raise MountError("--name, --rm: containers are made of images; with -o lowerdir= the changes go "
+                             "to upperdir=")
+        opts = dataclasses.replace(opts, read_only=opts.read_only or args.read_only,
+                                   upperdir=opts.upperdir or args.upper, workdir=opts.workdir or args.work)
+        lower, upper = _lowerdir_stack(lower, opts)
         mountpoint = args.args[-1]
-    else:
-        if len(args.args) != 2:
-            raise MountError("usage: layerfs mount IMAGE MOUNTPOINT (or -o lowerdir=A:B MOUNTPOINT)")
-        image, mountpoint = args.args
-        _ensure_image(store, image)
-        if not args.read_only:
-            return _mount_container(store, image, mountpoint, args, opts)
-        source = image
-    _mount.mount(store, source, mountpoint, foreground=args.foreground, debug=args.debug, engine=args.engine,
+        _mount.mount(None, lower, mountpoint, foreground=args.foreground, debug=args.debug, engine=args.engine,
+                     suid=opts.suid, dev=opts.dev, upper=upper)
+        return 0
+    if opts.upperdir is not None or opts.workdir is not None:
+        raise MountError("-o upperdir=, workdir=: only with -o lowerdir= (plain directories)")
+    if opts.userxattr or opts.metacopy is not None:
+        raise MountError("-o userxattr, metacopy=: only with -o lowerdir= (a container's upper is the store's)")
+    if len(args.args) != 2:
+        raise MountError("usage: layerfs mount IMAGE MOUNTPOINT (or -o lowerdir=A:B MOUNTPOINT)")
+    image, mountpoint = args.args
+    _ensure_image(store, image)
+    if not (args.read_only or opts.read_only):
+        return _mount_container(store, image, mountpoint, args, opts)
+    _mount.mount(store, image, mountpoint, foreground=args.foreground, debug=args.debug, engine=args.engine,
                  suid=opts.suid, dev=opts.dev)
     return 0
 
@@ -223,6 +444,50 @@ def _mount_container(store: Store, image_name: str, mountpoint: str, args: argpa
     if made is not None and not args.foreground:
         print(made.name)
     return 0
+
+
+def _resolve_dir(what: str, path: str) -> str:
+    """Resolve a directory of ``-o`` as the kernel resolves a mount option's path: relative to the
+    current directory, every symbolic link followed, a ``..`` after a link going to the parent of
+    its target (containers-storage passes ``l/ID`` links, and ``l/ID/../diff1``).
+
+    Raises:
+        MountError: it does not exist or is not a directory (named as given).
+    """
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError as err:
+        raise MountError(f"{what} {path}: {err.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"{what} {path}: is not a directory")
+    return real
+
+
+def _lowerdir_stack(lower: list[str], opts: MountOptions) -> tuple[list[str], _upper.Upper | None]:
+    """The lower directories (top first, resolved) and the checked upper of a ``-o lowerdir=``
+    mount.  With ``ro``, an upper is mounted read-only as the top lower layer, as the kernel
+    overlay's ``ro`` leaves the upper unwritten.
+
+    Raises:
+        MountError: a directory that cannot be used, or options that do not go together.
+    """
+    dirs = [_resolve_dir("lowerdir", d) for d in lower]
+    if (opts.upperdir is None) != (opts.workdir is None):
+        given = "upperdir" if opts.upperdir is not None else "workdir"
+        raise MountError(f"-o {given}=: needs both upperdir= and workdir=")
+    if opts.upperdir is None or opts.workdir is None:
+        return dirs, None
+    up = _resolve_dir("upperdir", opts.upperdir)
+    work = _resolve_dir("workdir", opts.workdir)
+    if opts.read_only:
+        return [up, *dirs], None
+    if opts.userxattr and opts.metacopy:
+        raise MountError("-o userxattr,metacopy=on: metadata-only copy-up needs trusted.* xattrs (as the kernel's)")
+    checked = _upper.check(up, work, metacopy=bool(opts.metacopy))
+    if opts.userxattr:
+        checked = dataclasses.replace(checked, privileged=False, metacopy=False)
+    return dirs, checked
 
 
 def _ensure_image(store: Store, name: str) -> None:
