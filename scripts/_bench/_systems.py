@@ -255,7 +255,10 @@ class Layerfs(System):
         self.unavailable = layerfs_has(self.exe, "mount")
 
     def _mount_cmd(self, mnt: Path, upper: Path | None, work: Path | None) -> list[str]:
-        return [str(self.exe), "mount", "-o", self._opts(upper, work), str(mnt)]
+        opts = self._opts(upper, work)
+        if upper is not None:
+            opts += ",metacopy=on"  # layerfs's own default for root's containers: chmod copies no data
+        return [str(self.exe), "mount", "-o", opts, str(mnt)]
 
     def mount(self, writable: bool = False) -> Mounted:
         try:
@@ -275,6 +278,21 @@ class Layerfs(System):
 
     def version(self) -> str:
         return code_version(self.exe)
+
+
+class LayerfsWritable(Layerfs):
+    """``layerfs mount -o lowerdir=…,upperdir=…,workdir=…`` (an empty upper) for the read
+    workloads and the mount time: reads on a writable mount, against the read-only one."""
+
+    key, label = "layerfs-rw", "layerfs (writable)"
+    command = "layerfs mount -o lowerdir=L5:…:L1,upperdir=U,workdir=W MNT (reads on a writable mount)"
+
+    def __init__(self, image: Image, run: RunDir, janitor: Janitor) -> None:
+        super().__init__(image, run, janitor)
+        self.no_writable = "write workloads run in the layerfs (lowerdir=) column, on writable mounts"
+
+    def mount(self, writable: bool = False) -> Mounted:
+        return super().mount(writable=True)
 
 
 class LayerfsImage(Layerfs):
@@ -344,7 +362,8 @@ def layerfs_requests(m: Mounted) -> dict[str, int] | None:
     return None
 
 
-SYSTEMS: dict[str, type[System]] = {c.key: c for c in (Native, KernelOverlay, FuseOverlayfs, Layerfs, LayerfsImage,
+SYSTEMS: dict[str, type[System]] = {c.key: c for c in (Native, KernelOverlay, FuseOverlayfs, Layerfs,
+                                                                LayerfsWritable, LayerfsImage,
                                                        LayerfsBaseline)}
 
 
