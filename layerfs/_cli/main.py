@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "layerfs._cli.container",
     "layerfs._cli.run",
     "layerfs._cli.system",
+    "layerfs._cli.transfer",
 ]
 
 _DESCRIPTION = """\

@@ -31,8 +31,10 @@ All failures are :class:`~layerfs._errors.RegistryError` with docker's words, wi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import os
@@ -43,7 +45,8 @@ import time
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from typing import BinaryIO
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
@@ -199,6 +202,10 @@ def _transport_cause(err: Exception) -> str:
     return text
 
 
+#: A request body, made afresh for each attempt: bytes, or an iterable of chunks (a file's).
+Body = Callable[[], "bytes | Iterable[bytes]"]
+
+
 class RegistryClient:
     """A synchronous, thread-safe client for OCI / Docker v2 registries.
 
@@ -279,7 +286,7 @@ class RegistryClient:
         return resp.status_code, resp.content[: 1 << 20]
 
     def _send_once(self, method: str, url: str, host: str, headers: Mapping[str, str],
-                   authorization: str | None) -> httpx.Response:
+                   authorization: str | None, body: Body | None = None) -> httpx.Response:
         """One request, following redirects by hand; ``Authorization`` only to the registry's origin
         (scheme, host and port: never to another host, nor in clear after an https -> http hop)."""
         registry = _origin(self.base_url(host))
@@ -288,7 +295,9 @@ class RegistryClient:
             if authorization and _origin(url) == registry:
                 sent["Authorization"] = authorization
             self._count("requests")
-            resp = self._client.send(self._client.build_request(method, url, headers=sent), stream=True)
+            content = body() if body is not None else None
+            resp = self._client.send(self._client.build_request(method, url, headers=sent, content=content),
+                                     stream=True)
             location = resp.headers.get("location")
             if resp.status_code not in _REDIRECTS or not location:
                 return resp
@@ -302,8 +311,12 @@ class RegistryClient:
         raise RegistryError(f'{method} "{url}": stopped after {_MAX_REDIRECTS} redirects')
 
     def request(self, method: str, host: str, path: str, *, scopes: Iterable[str] = (),
-                headers: Mapping[str, str] | None = None, retry_connect: bool = False) -> httpx.Response:
+                headers: Mapping[str, str] | None = None, retry_connect: bool = False,
+                body: Body | None = None) -> httpx.Response:
         """Send a request to ``host``'s ``path`` with auth, retries and redirects.
+
+        ``body`` makes the request's content afresh for every attempt and redirect hop (an upload
+        is sent again from its start).
 
         Returns:
             The final response, streaming (the caller reads or closes it); any status.
@@ -317,7 +330,7 @@ class RegistryClient:
         while True:
             authorization = self.auth.header(host, scopes)
             try:
-                resp = self._send_once(method, url, host, headers or {}, authorization)
+                resp = self._send_once(method, url, host, headers or {}, authorization, body)
             except httpx.TransportError as err:
                 refused = isinstance(err, httpx.ConnectError)
                 if attempt >= self.retries or (refused and not retry_connect):
@@ -480,6 +493,127 @@ class RegistryClient:
                   cancelled: threading.Event | None = None) -> BlobReader:
         """A resumable file object over blob ``digest``'s bytes as transferred (not verified)."""
         return BlobReader(self, ref, check_digest(digest), size, on_bytes=on_bytes, cancelled=cancelled)
+
+    # -- push (distribution-spec "Pushing blobs", "Pushing Manifests") -------------------------------
+
+    @staticmethod
+    def _push_scope(ref: Reference) -> str:
+        return f"repository:{ref.path}:pull,push"
+
+    def blob_exists(self, ref: Reference, digest: str) -> bool:
+        """``HEAD /v2/<name>/blobs/<digest>``: whether the repository has the blob (no upload needed)."""
+        resp = self.request("HEAD", ref.domain, f"/v2/{ref.path}/blobs/{check_digest(digest)}",
+                            scopes=[self._push_scope(ref)])
+        resp.close()
+        if resp.status_code == 200:
+            return True
+        if resp.status_code == 404:
+            return False
+        raise self._fail(resp, f"blob {digest}", ref.familiar_repository)
+
+    def mount_blob(self, ref: Reference, digest: str, from_path: str) -> bool:
+        """Cross-repository blob mount: ``POST /v2/<name>/blobs/uploads/?mount=<digest>&from=<repo>``.
+
+        Returns:
+            True when the registry mounted it (201); False when it opened an upload instead
+            (202: the blob is not mountable from there), which is then cancelled.
+        """
+        query = urlencode({"mount": check_digest(digest), "from": from_path})
+        resp = self.request("POST", ref.domain, f"/v2/{ref.path}/blobs/uploads/?{query}",
+                            scopes=[self._push_scope(ref), f"repository:{from_path}:pull"],
+                            headers={"Content-Length": "0"})
+        resp.close()
+        if resp.status_code == 201:
+            return True
+        if resp.status_code == 202:
+            location = resp.headers.get("location")
+            if location:
+                with contextlib.suppress(RegistryError):
+                    self.request("DELETE", ref.domain, self._upload_path(ref, location),
+                                 scopes=[self._push_scope(ref)]).close()
+            return False
+        raise self._fail(resp, f"mount of blob {digest} from {from_path}", ref.familiar_repository)
+
+    def _upload_path(self, ref: Reference, location: str) -> str:
+        """The path (and query) of an upload URL the registry gave, which must be on its own origin."""
+        parts = urlsplit(urljoin(self.base_url(ref.domain) + "/", location))
+        if _origin(parts.geturl()) != _origin(self.base_url(ref.domain)):
+            raise RegistryError(f"the registry sent an upload to another host ({parts.netloc}): not supported")
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+
+    def upload_blob(self, ref: Reference, digest: str, size: int, opener: Callable[[], BinaryIO], *,
+                    chunk_size: int = 0, on_bytes: Callable[[int], None] | None = None) -> None:
+        """Upload a blob: ``POST`` an upload, then one ``PUT ?digest=`` with the whole body
+        (monolithic), or, with ``chunk_size``, ``PATCH`` chunks then the closing ``PUT``.
+
+        Args:
+            opener: opens the blob's bytes from the start (called again for a retried attempt).
+            chunk_size: 0 for a monolithic upload, else the size of each PATCH.
+            on_bytes: called with the number of bytes sent, as they go.
+        Raises:
+            RegistryError: the registry refused or the retries ran out (docker's words).
+        """
+        check_digest(digest)
+        scopes = [self._push_scope(ref)]
+        resp = self.request("POST", ref.domain, f"/v2/{ref.path}/blobs/uploads/", scopes=scopes,
+                            headers={"Content-Length": "0"})
+        resp.close()
+        if resp.status_code != 202 or not resp.headers.get("location"):
+            raise self._fail(resp, f"upload of blob {digest}", ref.familiar_repository)
+        location = self._upload_path(ref, resp.headers["location"])
+
+        def chunks(start: int, length: int) -> Iterator[bytes]:
+            with opener() as f:
+                f.seek(start)
+                left = length
+                while left > 0:
+                    data = f.read(min(1 << 20, left))
+                    if not data:
+                        raise RegistryError(f"blob {digest}: its file ended at {length - left} of {length} bytes")
+                    left -= len(data)
+                    if on_bytes is not None:
+                        on_bytes(len(data))
+                    yield data
+
+        offset = 0
+        if chunk_size > 0:
+            while offset < size:
+                n = min(chunk_size, size - offset)
+                resp = self.request("PATCH", ref.domain, location, scopes=scopes,
+                                    headers={"Content-Type": "application/octet-stream", "Content-Length": str(n),
+                                             "Content-Range": f"{offset}-{offset + n - 1}"},
+                                    body=functools.partial(chunks, offset, n))
+                resp.close()
+                if resp.status_code != 202 or not resp.headers.get("location"):
+                    raise self._fail(resp, f"upload of blob {digest}", ref.familiar_repository)
+                location = self._upload_path(ref, resp.headers["location"])
+                offset += n
+        sep = "&" if "?" in location else "?"
+        final = f"{location}{sep}{urlencode({'digest': digest})}"
+        rest = size - offset
+        resp = self.request("PUT", ref.domain, final, scopes=scopes,
+                            headers={"Content-Type": "application/octet-stream", "Content-Length": str(rest)},
+                            body=(lambda: chunks(offset, rest)) if rest else (lambda: b""))
+        resp.close()
+        if resp.status_code != 201:
+            raise self._fail(resp, f"upload of blob {digest}", ref.familiar_repository)
+        self._count("blob_bytes", size)
+
+    def put_manifest(self, ref: Reference, data: bytes, media_type: str) -> str:
+        """``PUT /v2/<name>/manifests/<tag or digest>``; returns the digest the registry gives
+        (checked against the bytes sent)."""
+        what = ref.digest or ref.tag or "latest"
+        resp = self.request("PUT", ref.domain, f"/v2/{ref.path}/manifests/{what}", scopes=[self._push_scope(ref)],
+                            headers={"Content-Type": media_type, "Content-Length": str(len(data))},
+                            body=lambda: data)
+        resp.close()
+        if resp.status_code != 201:
+            raise self._fail(resp, f"manifest for {ref.familiar()}", ref.familiar_repository)
+        digest = of_bytes(data)
+        given = resp.headers.get("docker-content-digest")
+        if given and given != digest:
+            raise DigestMismatch(f"manifest for {ref.familiar()}", digest, given)
+        return digest
 
 
 #: Content-Types some registries and proxies send for a manifest; the body's ``mediaType`` decides.

@@ -1,0 +1,42 @@
+"""Commands that send images out: ``push`` (to a registry) and ``save`` (to an archive)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .._store.store import Store
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("push", formatter_class=fmt, help="push an image to a registry, like `docker push`",
+                       description="""\
+Upload an image to an OCI / Docker v2 registry as REF (default: the IMAGE name itself, which must
+then name a registry repository), with the credentials pull uses (`layerfs login`).  Blobs the
+repository has are not sent again; blobs another repository of the same registry has are
+mounted from it; the rest are uploaded from the store (which keeps each layer's blob as it was
+pulled or loaded), the manifest last.  A pulled image pushes with its original digests.
+
+examples:
+  layerfs push 127.0.0.1:5000/app:1
+  layerfs push myapp:dev registry.example.com/team/app:dev
+  layerfs push --insecure-registry reg.lan:5000 app reg.lan:5000/app:latest""")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("reference", nargs="?", metavar="REF")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+                   help="talk to this registry over plain HTTP (localhost and 127.0.0.1 always are)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
+    p.set_defaults(handler=cmd_push)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .._transfer.progress import for_stream
+    from .._transfer.push import push
+
+    progress = for_stream(sys.stdout, quiet=args.quiet)
+    digest = push(Store(args.root), args.image, args.reference, progress=progress,
+                  insecure_registries=args.insecure_registry)
+    if args.quiet:
+        print(digest)
+    return 0
