@@ -29,6 +29,23 @@ examples:
     p.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
     p.set_defaults(handler=cmd_push)
 
+    p = sub.add_parser("save", formatter_class=fmt, help="save images to an archive, like `docker save`",
+                       description="""\
+Write images into one archive that `layerfs load`, `skopeo` and `docker load` accept: an OCI
+image layout as a tar (oci-archive, the default) or what `docker save` writes (docker-archive).
+The layers are the blobs the store kept as they were pulled or loaded, so a saved image loads
+back with the same image ID.  To FILE with -o, else to standard output (not a terminal).
+
+examples:
+  layerfs save -o busybox.tar busybox:latest
+  layerfs save --format docker-archive app:1 app:2 | gzip > apps.tar.gz
+  layerfs save -o img.tar app:1 && skopeo inspect oci-archive:img.tar""")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: standard output)")
+    p.add_argument("--format", choices=["oci-archive", "docker-archive"], default="oci-archive",
+                   help="the archive's format (default oci-archive)")
+    p.set_defaults(handler=cmd_save)
+
 
 def cmd_push(args: argparse.Namespace) -> int:
     from .._transfer.progress import for_stream
@@ -39,4 +56,14 @@ def cmd_push(args: argparse.Namespace) -> int:
                   insecure_registries=args.insecure_registry)
     if args.quiet:
         print(digest)
+    return 0
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    from .._errors import LayerfsError
+    from .._transfer.save import save_to
+
+    if args.output is None and sys.stdout.isatty():
+        raise LayerfsError("refusing to write an archive to a terminal: give -o FILE or redirect the output")
+    save_to(Store(args.root), args.images, args.output, fmt=args.format)
     return 0

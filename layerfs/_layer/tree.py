@@ -13,8 +13,9 @@ contributes one record to the hash::
 
     <path>\\0<type><mode>\\0<uid>\\0<gid>\\0<size>\\0<mtime_ns>\\0<rdev>\\0<target or content sha256>\\0<xattrs>\\n
 
-Directory mtimes are left out (a directory's times are the unpacker's to set last, and some file
-systems update them on reads of xattrs); hard links are recorded as their content, like any file.
+Left out: directory mtimes (a directory's times are the unpacker's to set last) and the mtime of
+0/0 whiteout devices (made when the layer is unpacked, not carried by the tar); hard links are
+recorded as their content, like any file.  Two unpacks of one blob give one digest.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def digest(root: str | os.PathLike[str]) -> str:
                 extra = os.fsencode(os.readlink(name, dir_fd=dirfd))
             else:
                 extra = b""
-            mtime = b"" if stat.S_ISDIR(st.st_mode) else str(st.st_mtime_ns).encode()
+            whiteout = stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+            mtime = b"" if stat.S_ISDIR(st.st_mode) or whiteout else str(st.st_mtime_ns).encode()
             h.update(b"\0".join([path, b"%o%o" % (kind >> 12, stat.S_IMODE(st.st_mode)), str(st.st_uid).encode(),
                                  str(st.st_gid).encode(), str(st.st_size if kind == stat.S_IFREG else 0).encode(),
                                  mtime, str(st.st_rdev).encode(), extra, _xattrs(dirfd, name)]) + b"\n")

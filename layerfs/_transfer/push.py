@@ -21,85 +21,22 @@ Credentials and TLS are pull's (``_registry``).  Progress lines follow docker's.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import io
-import json
 from collections.abc import Iterable
-from pathlib import Path
 from typing import BinaryIO
 
 from .._errors import InvalidReference, LayerfsError
-from .._oci import manifest as _manifest
 from .._oci.digest import short
 from .._oci.reference import Reference
 from .._oci.reference import parse as parse_reference
 from .._registry.client import RegistryClient
-from .._store.store import Image, Store
+from .._store.store import Store
+from .outgoing import OCI_CONFIG, Blob, plan, sources
 from .progress import Progress, QuietProgress
 
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 #: Blobs beyond this size go up in chunks of this size (PATCH), smaller ones in one PUT.
 CHUNK = 64 << 20
 MAX_CONCURRENT_UPLOADS = 3
-
-
-@dataclasses.dataclass(frozen=True)
-class _Blob:
-    digest: str
-    size: int
-    media_type: str
-    path: Path | None  # the kept file, or None (only pushable if the registry has it)
-    data: bytes | None = None  # small blobs (the config) in memory
-    what: str = "layer"
-
-
-def _sources(image: Image, target: Reference) -> list[str]:
-    """Repositories of the target's registry the image is known in: where a mount may come from."""
-    out = []
-    for name in (*image.repo_tags, *image.repo_digests):
-        try:
-            ref = parse_reference(name, default_tag=False)
-        except InvalidReference:
-            continue
-        if ref.domain == target.domain and ref.path != target.path and ref.path not in out:
-            out.append(ref.path)
-    return out
-
-
-def _plan(store: Store, image: Image) -> tuple[bytes, str, list[_Blob]]:
-    """The manifest to push (bytes, media type) and the layer blobs it lists."""
-    kept: dict[str, tuple[Path, int, str | None]] = {}
-    for diff_id in image.diff_ids:
-        blob = store.layer_blob(diff_id)
-        if blob is not None:
-            kept[blob[1]] = (blob[0], blob[2], blob[3])
-    if image.manifest_digest is not None and store.has_blob(image.manifest_digest):
-        data = store.read_blob(image.manifest_digest)
-        manifest = _manifest.parse_manifest(data, image.manifest_digest)
-        body = _manifest.json_object(data, f"manifest {image.manifest_digest}")
-        media_type = str(body.get("mediaType") or _manifest.OCI_MANIFEST)
-        del body
-        if manifest.config.digest == image.id:
-            layers = [_Blob(d.digest, d.size, d.media_type, kept[d.digest][0] if d.digest in kept else None)
-                      for d in manifest.layers]
-            return data, media_type, layers
-    # a new OCI manifest of the kept blobs
-    layers = []
-    for diff_id in image.diff_ids:
-        blob = store.layer_blob(diff_id)
-        if blob is None:
-            raise LayerfsError(f"layer {diff_id}: the store did not keep its blob (an image made before blobs "
-                               f"were kept, or LAYERFS_KEEP_BLOBS=0), and the image has no manifest naming "
-                               f"it: pull the image again to push it")
-        path, digest, size, layer_type = blob
-        layers.append(_Blob(digest, size, layer_type or "application/vnd.oci.image.layer.v1.tar+gzip", path))
-    config = store.read_blob(image.id)
-    data = json.dumps({
-        "schemaVersion": 2, "mediaType": _manifest.OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": image.id, "size": len(config)},
-        "layers": [{"mediaType": b.media_type, "digest": b.digest, "size": b.size} for b in layers],
-    }, indent=3).encode()
-    return data, _manifest.OCI_MANIFEST, layers
 
 
 def push(store: Store, name: str, target: str | None = None, *, progress: Progress | None = None,
@@ -131,13 +68,13 @@ def push(store: Store, name: str, target: str | None = None, *, progress: Progre
         client = RegistryClient(insecure_registries=insecure_registries)
     try:
         say.header(f"The push refers to repository [{ref.familiar_repository}]")
-        data, media_type, layers = _plan(store, image)
+        data, media_type, layers = plan(store, image)
         config = store.read_blob(image.id)
-        sources = _sources(image, ref)
-        blobs = [*layers, _Blob(image.id, len(config), OCI_CONFIG, None, config, "config")]
+        mount_from = sources(image, ref)
+        blobs = [*layers, Blob(image.id, len(config), OCI_CONFIG, None, config, "config")]
         workers = max(1, max_concurrent_uploads)
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="layerfs-push") as pool:
-            futures = [pool.submit(_push_blob, client, ref, b, sources, say) for b in blobs]
+            futures = [pool.submit(_push_blob, client, ref, b, mount_from, say) for b in blobs]
             for f in futures:
                 f.result()
         digest = client.put_manifest(ref, data, media_type)
@@ -153,13 +90,13 @@ def push(store: Store, name: str, target: str | None = None, *, progress: Progre
             client.close()
 
 
-def _push_blob(client: RegistryClient, ref: Reference, blob: _Blob, sources: list[str], say: Progress) -> None:
+def _push_blob(client: RegistryClient, ref: Reference, blob: Blob, mount_from: list[str], say: Progress) -> None:
     tag = short(blob.digest)
     if client.blob_exists(ref, blob.digest):
         if blob.what == "layer":
             say.layer(tag, "Layer already exists")
         return
-    for source in sources:
+    for source in mount_from:
         if client.mount_blob(ref, blob.digest, source):
             say.layer(tag, f"Mounted from {source}")
             return
