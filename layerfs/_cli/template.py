@@ -227,7 +227,7 @@ class _Scope:
             base = vals[0]
             for key in vals[1:]:
                 if isinstance(base, Mapping):
-                    base = base.get(key)  # type: ignore[call-overload]
+                    base = base.get(key)
                 elif isinstance(base, (list, tuple)) and isinstance(key, int) and 0 <= key < len(base):
                     base = base[key]
                 else:
