@@ -525,6 +525,8 @@ class _Applier:
         self.privileged = privileged
         self.opaque_attr = _whiteout.opaque_xattr(privileged)
         self._parents: OrderedDict[str, int] = OrderedDict()
+        #: fds dropped from ``_parents`` while an entry may still use one: closed after the entry
+        self._retired: list[int] = []
         #: dir path -> (atime_ns, mtime_ns), applied by finish()
         self._dir_times: dict[str, tuple[int, int]] = {}
         #: paths whited out by this layer: a dir made there later is opaque
@@ -542,13 +544,23 @@ class _Applier:
 
     def close(self) -> None:
         """Close every cached fd (not the root)."""
-        for fd in self._parents.values():
-            os.close(fd)
-        self._parents.clear()
+        self._invalidate()
+        self._close_retired()
 
     def _invalidate(self) -> None:
-        """Forget cached parents: a dir or symlink was removed, so cached paths may be stale."""
-        self.close()
+        """Forget cached parents: a dir or symlink was removed, so a cached path may now resolve
+        elsewhere (through the removed symlink, or into the removed tree).
+
+        The fds are not closed here: the entry being applied still holds its parent's fd (which
+        stays valid: it is the directory the removed name was in).  They are closed once the
+        entry is done (:meth:`_close_retired`).
+        """
+        self._retired.extend(self._parents.values())
+        self._parents.clear()
+
+    def _close_retired(self) -> None:
+        while self._retired:
+            os.close(self._retired.pop())
 
     def _parent(self, comps: list[str], entry: str) -> int:
         """The fd of directory ``comps`` (made, 0755, if missing); cached, do not close."""
@@ -619,6 +631,8 @@ class _Applier:
             raise _entry_error(err, entry) from err
         except (OverflowError, ValueError) as err:   # an id or number out of range, a NUL in a name
             raise BadArchive(f"layer entry {entry!r}: {err}") from err
+        finally:
+            self._close_retired()
 
     def _apply(self, info: tarfile.TarInfo, tar: _TarInput, data_end: int, entry: str) -> None:
         kind = info.type
