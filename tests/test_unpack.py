@@ -316,6 +316,9 @@ ENTRY_CASES = [
          chk_whiteout_owner),
     Case("whiteouts of dir and symlink", [d("sub"), f("sub/.wh.dir"), f(".wh.link")],
          {"sub/dir": "whiteout", "link": "whiteout", "sub/.wh.dir": "absent"}),
+    Case("whiteouts of 252- to 255-byte names", [
+        f(".wh." + "n" * 255), f(".wh." + "m" * 252), d("d"), f("d/.wh." + "o" * 254)],
+        {"n" * 255: "whiteout", "m" * 252: "whiteout", "d/" + "o" * 254: "whiteout"}),
     Case("opaque dir, marker before and after", [
         d("o"), f("o/.wh..wh..opq"), f("o/new"), f("late/.wh..wh..opq"), d("late"), d("plain")],
         {"o/.wh..wh..opq": "absent", "o/new": "file", "late": "dir"}, chk_opaque),
@@ -437,6 +440,7 @@ HOSTILE_CASES = [
     Hostile("root entry not a dir", [f("./", b"x")], BadArchive, "the root entry is not a directory"),
     Hostile("parent is a file", [f("a", b"x"), f("a/b")], BadArchive, "parent 'a' is not a directory"),
     Hostile("component too long", [f("x" * 256)], BadArchive, "longer than 255 bytes"),
+    Hostile("whiteout of a 256-byte name", [f(".wh." + "x" * 256)], BadArchive, "longer than 255 bytes"),
     Hostile("huge PAX header", [f("f", pax={"SCHILY.xattr.user.big": "x" * (MAX_HEADER_BYTES + 16384)})],
             BadArchive, "exceeds the limit"),
 ]

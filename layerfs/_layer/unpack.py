@@ -47,7 +47,8 @@ cap on the total uncompressed size (the filesystem's space bounds it) and no ID 
 
 Limits: :data:`MAX_ENTRIES` entries per layer, :data:`MAX_HEADER_BYTES` of extended headers per
 entry (PAX records, GNU long names, sparse maps; Go's limit), names of :data:`MAX_PATH_BYTES`
-bytes and components of :data:`MAX_NAME_BYTES` bytes.
+bytes and components of :data:`MAX_NAME_BYTES` bytes (a whiteout marker ``.wh.X`` is never written
+as a name: the limit applies to its X, so the whiteout of a 255-byte name loads).
 """
 
 from __future__ import annotations
@@ -492,7 +493,10 @@ def _split(name: str, what: str, entry: str) -> list[str]:
                 raise BadArchive(f"layer entry {entry!r}: {what} escapes the layer root")
             parts.pop()
             continue
-        if len(part) > MAX_NAME_BYTES // 4 and len(os.fsencode(part)) > MAX_NAME_BYTES:
+        # a marker ".wh.X" is never written as a name: what must fit is the X it whites out
+        limit = MAX_NAME_BYTES + (len(_whiteout.WHITEOUT_PREFIX) if part.startswith(_whiteout.WHITEOUT_PREFIX)
+                                  else 0)
+        if len(part) > MAX_NAME_BYTES // 4 and len(os.fsencode(part)) > limit:
             raise BadArchive(f"layer entry {entry!r}: a component of {what} is longer than "
                              f"{MAX_NAME_BYTES} bytes")
         parts.append(part)
