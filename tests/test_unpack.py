@@ -240,6 +240,12 @@ def chk_same_layer_dir_whiteout(dest: Path, priv: bool) -> None:
     assert (dest / "x" / "kept").read_bytes() == b"k"
 
 
+def chk_replaced_dirs_opaque(dest: Path, priv: bool) -> None:
+    for name in ("a", "b", "c"):
+        assert opaque(dest / name, priv), f"{name}: replaced in its own layer, so nothing below shows"
+    assert not opaque(dest / "keep", priv), "a dir over a dir is the same dir"
+
+
 def chk_dir_over_dir(dest: Path, priv: bool) -> None:
     assert stat.S_IMODE(os.lstat(dest / "d").st_mode) == 0o700
     assert (dest / "d" / "child").exists()
@@ -257,6 +263,8 @@ def chk_no_root_entry(dest: Path, priv: bool) -> None:
     assert stat.S_IMODE(os.lstat(dest).st_mode) == 0o755
     assert stat.S_IMODE(os.lstat(dest / "a").st_mode) == 0o755, "implied parents are 0755"
     assert stat.S_IMODE(os.lstat(dest / "a" / "b").st_mode) == 0o755
+    for p in (dest, dest / "a", dest / "a" / "b"):
+        assert os.lstat(p).st_mtime_ns == 0, "implied dirs get a fixed time, never the clock"
 
 
 def chk_xattrs(dest: Path, priv: bool) -> None:
@@ -340,6 +348,15 @@ ENTRY_CASES = [
     Case("a dir below the root replaced by a file", [
         d("x"), d("x/y"), d("x/y/s"), f("x/y/s/c"), f("x/y/s", b"file"), f("x/y/t", b"after")],
         {"x/y/s": "file", "x/y/t": "file"}),
+    Case("a dir replacing an entry of its layer is opaque", [
+        E("a", tarfile.FIFOTYPE), d("a"), d("b"), f("b/.wh.f"), f("b/g"), E("b", tarfile.FIFOTYPE), d("b"),
+        f("c"), d("c"), d("keep"), d("keep")],
+        {"a": "dir", "b": "dir", "b/f": "absent", "b/g": "absent", "c": "dir"}, chk_replaced_dirs_opaque),
+    Case("whiteouts an opaque dir of the layer covers are left out", [
+        d("a"), f("a/.wh..wh..opq"), f("a/.wh.f"), f("b/.wh.x"), f("b/.wh..wh..opq"), f("c/d/.wh.e"),
+        f("c/.wh..wh..opq"), f(".wh.w"), f("w/.wh.v"), d("x"), f("x/.wh.y"), f(".wh..wh..opq"), f(".wh.r")],
+        {"a/f": "absent", "b/x": "absent", "c/d/e": "absent", "w/v": "absent", "x/y": "whiteout",
+         "r": "whiteout"}),
     Case("dir over dir keeps children", [d("d"), f("d/child"), d("d", mode=0o700)], {"d/child": "file"},
          chk_dir_over_dir),
     Case("root entry", [d("./", mode=0o750, uid=5, mtime=1_111_111_111), f("x")], {"x": "file"},

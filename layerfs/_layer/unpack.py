@@ -19,13 +19,19 @@ docs/overlay.rst "Whiteouts and opaque directories"):
   own layer, in either order: if the layer also has X, X stays, and if X is a directory it is made
   opaque (the whiteout removed the lower X, so the new dir must not merge with it).  Markers never
   follow a symlink of the layer, and a marker below a symlink or non-directory of its own layer
-  is redundant (that entry already hides everything below it) and ignored.
-- A later entry for the same path wins: a dir over a dir updates the attributes and keeps the
-  children (and xattrs it does not set); anything else removes the old entry (a dir recursively)
-  and creates the new one.  Hard-link entries apply their header's owner, mode and times to the
-  shared inode, as moby and containerd do.
-- ``.``/``./`` only sets the root's attributes and must be a directory.  Without it the root
-  ends as 0755 (``dest`` arrives 0700).  Missing parents are created 0755.
+  is redundant (that entry already hides everything below it) and ignored.  A whiteout below a
+  directory the same layer makes opaque (not the root, which the kernel never makes opaque) hides
+  nothing and is left out: the kernel would list it as an entry that cannot be looked up.
+- A later entry for the same path wins, as if the entries were applied one by one to the merged
+  tree (umoci does exactly that): a dir over a dir replaces the attributes (xattrs too) and keeps
+  the children; anything else removes the old entry (a dir recursively) and creates the new one.
+  A directory made where the layer removed an entry of its own is opaque: the removed entry had
+  replaced whatever lay below, which must not come back.  Hard-link entries apply their header's
+  owner, mode and times to the shared inode, as moby and containerd do.
+- ``.``/``./`` only sets the root's attributes and must be a directory.  Missing parents are
+  created 0755.  Without a root entry the root is 0755 (``dest`` arrives 0700).  These implicit
+  directories get the time 0, never the clock (two unpacks of a layer give the same tree), and
+  :func:`inherit_attributes` then gives them the attributes of the same directory below.
 - Hard links may only point at earlier entries of the same layer: a target elsewhere (a lower
   layer) raises :class:`BadArchive`, like overlay2's per-layer extraction.
 - Sparse files (GNU old, PAX 0.0/0.1/1.0) keep their holes on disk.
@@ -528,13 +534,26 @@ class _Applier:
         self.rootfd = rootfd
         self.privileged = privileged
         self.opaque_attr = _whiteout.opaque_xattr(privileged)
-        self._parents: OrderedDict[str, int] = OrderedDict()
+        #: the root's path as /proc shows it, to name directories reached through symlinks
+        self._root_real = os.readlink(f"/proc/self/fd/{rootfd}")
+        #: parent dir (as named in the tar) -> (O_PATH fd, its real path in the layer)
+        self._parents: OrderedDict[str, tuple[int, str]] = OrderedDict()
         #: fds dropped from ``_parents`` while an entry may still use one: closed after the entry
         self._retired: list[int] = []
+        # Per-path state, keyed by the real path in the layer ("" is the root).
         #: dir path -> (atime_ns, mtime_ns), applied by finish()
         self._dir_times: dict[str, tuple[int, int]] = {}
-        #: paths whited out by this layer: a dir made there later is opaque
+        #: paths where this layer cut off what lies below (a whiteout, or an entry of this layer
+        #: replaced by a later one): a directory made there is opaque
+        self._cut: set[str] = set()
+        #: whiteouts this layer wrote (0/0 devices); finish() drops those an opaque dir covers
         self._whited: set[str] = set()
+        #: directories of this layer that are opaque
+        self._opaque: set[str] = set()
+        #: directories made only as parents (no entry of their own yet), in order; the value says
+        #: whether the same directory below this layer was still visible when it was made (then
+        #: it takes that directory's attributes, see :func:`inherit_attributes`)
+        self._implicit: dict[str, bool] = {}
         #: devices skipped (unprivileged): hard links to them are skipped too
         self._skipped_devices: set[str] = set()
         self._root_seen = False
@@ -559,58 +578,82 @@ class _Applier:
         stays valid: it is the directory the removed name was in).  They are closed once the
         entry is done (:meth:`_close_retired`).
         """
-        self._retired.extend(self._parents.values())
+        self._retired.extend(fd for fd, _ in self._parents.values())
         self._parents.clear()
 
     def _close_retired(self) -> None:
         while self._retired:
             os.close(self._retired.pop())
 
-    def _parent(self, comps: list[str], entry: str) -> int:
-        """The fd of directory ``comps`` (made, 0755, if missing); cached, do not close."""
+    def _parent(self, comps: list[str], entry: str) -> tuple[int, str]:
+        """The fd and real path of directory ``comps`` (made, 0755, if missing); cached, do not
+        close the fd."""
         if not comps:
-            return self.rootfd
+            return self.rootfd, ""
         key = "/".join(comps)
-        fd = self._parents.get(key)
-        if fd is not None:
+        cached = self._parents.get(key)
+        if cached is not None:
             self._parents.move_to_end(key)
-            return fd
+            return cached
         try:
-            fd = _sys.open_in_root(self.rootfd, key)
+            try:
+                fd = _sys.openat2(self.rootfd, key, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                                  resolve=_sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_SYMLINKS)
+                real = key
+            except OSError as err:
+                if err.errno != errno.ELOOP:
+                    raise
+                # through a symlink of the layer: where does it lead?
+                fd = _sys.open_in_root(self.rootfd, key)
+                real = self._real_path(fd)
         except OSError as err:
             if err.errno not in (errno.ENOENT, errno.ENOTDIR):
                 raise
-            fd = self._make_parents(comps, entry)
-        self._parents[key] = fd
+            fd, real = self._make_parents(comps, entry)
+        self._parents[key] = (fd, real)
         if len(self._parents) > _PARENT_CACHE:
-            os.close(self._parents.popitem(last=False)[1])
-        return fd
+            os.close(self._parents.popitem(last=False)[1][0])
+        return fd, real
 
-    def _make_parents(self, comps: list[str], entry: str) -> int:
-        """Walk ``comps`` from the root, making missing directories; returns an fd to close."""
-        fd = self.rootfd
+    def _real_path(self, fd: int) -> str:
+        """The path, relative to the root, of the directory ``fd`` (resolved inside the root)."""
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        if real == self._root_real:
+            return ""
+        if not real.startswith(self._root_real + "/"):
+            raise OSError(errno.EXDEV, f"{real!r} is not below the layer root")
+        return real[len(self._root_real) + 1:]
+
+    def _make_parents(self, comps: list[str], entry: str) -> tuple[int, str]:
+        """Walk ``comps`` from the root, making missing directories; returns an fd to close and
+        the real path."""
+        fd, real = self.rootfd, ""
         try:
             for i in range(len(comps)):
                 sub = "/".join(comps[: i + 1])
                 try:
                     nfd = _sys.open_in_root(self.rootfd, sub)
+                    nreal = self._real_path(nfd)
                 except OSError as err:
                     if err.errno not in (errno.ENOENT, errno.ENOTDIR):
                         raise
-                    self._make_dir_at(fd, comps[i], sub, entry)
+                    nreal = f"{real}/{comps[i]}" if real else comps[i]
+                    self._make_dir_at(fd, comps[i], nreal, entry)
                     nfd = os.open(comps[i], os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                                   dir_fd=fd)
                 if fd != self.rootfd:
                     os.close(fd)
-                fd = nfd
+                fd, real = nfd, nreal
         except BaseException:
             if fd != self.rootfd:
                 os.close(fd)
             raise
-        return fd
+        return fd, real
 
     def _make_dir_at(self, dirfd: int, name: str, path: str, entry: str) -> None:
-        """Make the implied directory ``name`` (path ``path``) in ``dirfd``, 0755."""
+        """Make the implied directory ``name`` (path ``path``) in ``dirfd``, 0755, and note it as
+        implicit: finish() gives it fixed times, :func:`inherit_attributes` the lower dir's
+        attributes if that was visible."""
         st = _lstat(dirfd, name)
         if st is not None:
             if not _whiteout.is_whiteout_device(st):
@@ -618,10 +661,28 @@ class _Applier:
                     st.st_mode) else "not a directory"
                 raise BadArchive(f"layer entry {entry!r}: parent {path!r} is {what}")
             os.unlink(name, dir_fd=dirfd)   # a whiteout (or 0/0 device) of this layer
+            self._whited.discard(path)
+            self._cut.add(path)
         os.mkdir(name, 0o755, dir_fd=dirfd)
         os.chmod(name, 0o755, dir_fd=dirfd)   # not the umask's idea
-        if path in self._whited:
-            _sys.setxattrat(dirfd, name, self.opaque_attr, b"y")
+        self._implicit[path] = not self._hidden_below(path)
+        if path in self._cut:
+            self._make_opaque(dirfd, name, path)
+
+    def _hidden_below(self, path: str) -> bool:
+        """True if this layer hides what lies below ``path`` in the layers under it: ``path`` or
+        a directory above it (not the root, which the kernel never makes opaque) is opaque or
+        was cut off."""
+        while path:
+            if path in self._opaque or path in self._cut:
+                return True
+            path = path.rpartition("/")[0]
+        return False
+
+    def _make_opaque(self, dirfd: int, name: str, path: str) -> None:
+        """Mark directory ``name`` in ``dirfd`` (``""``: dirfd itself) opaque."""
+        _sys.setxattrat(dirfd, name, self.opaque_attr, b"y")
+        self._opaque.add(path)
 
     # -- entries ---------------------------------------------------------------------------
 
@@ -663,8 +724,8 @@ class _Applier:
         if marker is not Marker.NONE:
             self._marker(marker, comps, info, entry)
             return
-        parent = self._parent(comps[:-1], entry)
-        path = "/".join(comps)
+        parent, parent_path = self._parent(comps[:-1], entry)
+        path = f"{parent_path}/{name}" if parent_path else name
         if kind in _REGULAR:
             self._regular(parent, name, path, info, tar, data_end, entry)
         elif kind == tarfile.DIRTYPE:
@@ -687,23 +748,24 @@ class _Applier:
             return
         try:
             if marker is Marker.OPAQUE:
-                _sys.setxattrat(parent, "", self.opaque_attr, b"y")
+                self._make_opaque(parent, "", "/".join(comps[:-1]))
                 self.opaque_dirs += 1
                 return
             target = comps[-1][len(_whiteout.WHITEOUT_PREFIX):]
             path = "/".join(comps[:-1] + [target])
-            self._whited.add(path)
+            self._cut.add(path)
             self.whiteouts += 1
             try:
                 if self.privileged:
                     _whiteout.write_whiteout(parent, target, uid=info.uid, gid=info.gid)
                 else:
                     _whiteout.write_whiteout(parent, target)
+                self._whited.add(path)
             except FileExistsError:
                 # the layer has its own `target`: it stays (spec); a dir of it must not merge below
                 st = _lstat(parent, target)
                 if st is not None and stat.S_ISDIR(st.st_mode):
-                    _sys.setxattrat(parent, target, self.opaque_attr, b"y")
+                    self._make_opaque(parent, target, path)
         finally:
             if parent != self.rootfd:
                 os.close(parent)
@@ -713,10 +775,10 @@ class _Applier:
         the marker.
 
         Unlike other entries, a marker never follows a symlink of its layer: ``a/.wh.b`` with
-        ``a -> x`` must not white out ``x/b``.  If a parent in this layer is a symlink or not a
-        directory (umoci writes ``d/.wh.child`` after turning dir ``d`` into a file), that entry
-        already hides everything below it in lower layers: the marker is redundant and ignored.
-        Missing parents are made, 0755.
+        ``a -> x`` must not white out ``x/b`` (so the path named is the real path).  If a parent in
+        this layer is a symlink or not a directory (umoci writes ``d/.wh.child`` after turning dir
+        ``d`` into a file), that entry already hides everything below it in lower layers: the
+        marker is redundant and ignored.  Missing parents are made, 0755.
         """
         if not comps:
             return self.rootfd
@@ -732,10 +794,16 @@ class _Applier:
             if err.errno != errno.ENOENT:
                 raise
         # no symlink up to the first missing component (else ELOOP): just make the rest
-        return self._make_parents(comps, entry)
+        return self._make_parents(comps, entry)[0]
 
     def _remove(self, parent: int, name: str, path: str, for_dir: bool) -> bool:
-        """Make room for a new entry ``name``; True if an existing dir is kept (dir over dir)."""
+        """Make room for a new entry ``name`` (real path ``path``) of this layer: remove what an
+        earlier entry put there.  The lower entry is then cut off (a directory made there is
+        opaque, as the old entry had replaced the lower one).
+
+        Returns:
+            True if an existing directory is kept (``for_dir``: a dir over a dir).
+        """
         st = _lstat(parent, name)
         if st is None:
             return False
@@ -744,14 +812,23 @@ class _Applier:
                 return True
             shutil.rmtree(name, dir_fd=parent)
             self._invalidate()
-            prefix = path + "/"
-            for key in [k for k in self._dir_times if k == path or k.startswith(prefix)]:
-                del self._dir_times[key]
+            self._forget_below(path)
         else:
             os.unlink(name, dir_fd=parent)
             if stat.S_ISLNK(st.st_mode):
                 self._invalidate()
+            self._whited.discard(path)
+        self._cut.add(path)
         return False
+
+    def _forget_below(self, path: str) -> None:
+        """Drop the per-path state of ``path`` and everything below it (the tree was removed)."""
+        prefix = path + "/"
+        for table in (self._dir_times, self._implicit):
+            for key in [k for k in table if k == path or k.startswith(prefix)]:
+                del table[key]
+        for paths in (self._cut, self._whited, self._opaque):
+            paths.difference_update([k for k in paths if k == path or k.startswith(prefix)])
 
     def _xattrs(self, info: tarfile.TarInfo) -> list[tuple[str, bytes]]:
         pax = info.pax_headers
@@ -813,7 +890,6 @@ class _Applier:
                 self._remove(parent, name, path, for_dir=False)
                 _sys.create_file(parent, name, data, mode=mode, uid=info.uid, gid=info.gid,
                                  atime_ns=atime, mtime_ns=mtime, chown=self.privileged)
-            self._whited.discard(path)
             return
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
@@ -841,18 +917,31 @@ class _Applier:
             os.utime(fd, ns=(atime, mtime))
         finally:
             os.close(fd)
-        self._whited.discard(path)
 
     def _directory(self, parent: int, name: str, path: str, info: tarfile.TarInfo, entry: str) -> None:
         try:
             os.mkdir(name, 0o700, dir_fd=parent)
         except FileExistsError:
-            if not self._remove(parent, name, path, for_dir=True):
+            if self._remove(parent, name, path, for_dir=True):
+                # a dir over a dir: the later entry's attributes replace the earlier's, xattrs too
+                self._implicit.pop(path, None)
+                self._clear_xattrs(parent, name)
+            else:
                 os.mkdir(name, 0o700, dir_fd=parent)
         self._attrs(parent, name, info, entry)
-        if path in self._whited:
-            _sys.setxattrat(parent, name, self.opaque_attr, b"y")
+        if path in self._cut and path not in self._opaque:
+            self._make_opaque(parent, name, path)
         self._dir_times[path] = _times(info)
+
+    def _clear_xattrs(self, parent: int, name: str) -> None:
+        """Remove the xattrs an earlier entry gave directory ``name`` (not the private ones)."""
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            for attr in os.listxattr(fd):
+                if not _whiteout.is_private_xattr(attr) and attr not in _DROPPED_XATTRS:
+                    os.removexattr(fd, attr)
+        finally:
+            os.close(fd)
 
     def _symlink(self, parent: int, name: str, path: str, info: tarfile.TarInfo, entry: str) -> None:
         target = info.linkname
@@ -865,7 +954,6 @@ class _Applier:
         except FileExistsError:
             self._remove(parent, name, path, for_dir=False)
             os.symlink(target, name, dir_fd=parent)
-        self._whited.discard(path)
         if self.privileged:
             os.chown(name, info.uid, info.gid, dir_fd=parent, follow_symlinks=False)
         self._set_xattrs(parent, name, self._xattrs(info), entry)
@@ -904,7 +992,6 @@ class _Applier:
                 os.link(tname, name, src_dir_fd=tparent, dst_dir_fd=parent, follow_symlinks=False)
         finally:
             os.close(tparent)
-        self._whited.discard(path)
         # moby/containerd apply the link header's attributes to the (shared) inode
         if self.privileged:
             os.chown(name, info.uid, info.gid, dir_fd=parent, follow_symlinks=False)
@@ -929,17 +1016,31 @@ class _Applier:
         except FileExistsError:
             self._remove(parent, name, path, for_dir=False)
             os.mknod(name, kind | 0o600, device, dir_fd=parent)
-        self._whited.discard(path)
         self._attrs(parent, name, info, entry)
         os.utime(name, ns=_times(info), dir_fd=parent, follow_symlinks=False)
 
     # -- the end ---------------------------------------------------------------------------
 
     def finish(self) -> None:
-        """Give the root its default mode if the layer had no root entry, then set the
+        """End the layer: drop the whiteouts an opaque directory of the layer covers (the kernel
+        would list them, overlay.md §2), give the directories made only as parents (and the root,
+        without a root entry) fixed attributes, 0755 and time 0, never the clock, then set the
         directory times (after every entry, since adding children changes them)."""
+        for path in sorted(self._whited):
+            if not self._covered(path):
+                continue
+            parent_path, _, name = path.rpartition("/")
+            parent = self._parent_lookup(parent_path.split("/") if parent_path else [])
+            st = _lstat(parent, name)
+            if st is not None and _whiteout.is_whiteout_device(st):
+                os.unlink(name, dir_fd=parent)
+                self.whiteouts -= 1
+        self._whited.clear()
         if not self._root_seen:
             os.fchmod(self.rootfd, 0o755)
+            self._dir_times[""] = (0, 0)
+        for path in self._implicit:
+            self._dir_times[path] = (0, 0)
         for path, times in self._dir_times.items():
             if not path:
                 os.utime(self.rootfd, ns=times)
@@ -952,17 +1053,34 @@ class _Applier:
                 if err.errno not in (errno.ENOENT, errno.ENOTDIR):
                     raise _entry_error(err, path) from err
 
+    def _covered(self, path: str) -> bool:
+        """True if a directory above ``path`` (not the root: the kernel never makes the root
+        opaque) is opaque in this layer: nothing below it merges with a lower layer."""
+        path = path.rpartition("/")[0]
+        while path:
+            if path in self._opaque:
+                return True
+            path = path.rpartition("/")[0]
+        return False
+
+    def inherit_dirs(self) -> tuple[str, ...]:
+        """The directories made only as parents whose lower counterpart was still visible when
+        they were made, and the root without a root entry ("")."""
+        found = tuple(path for path, visible in self._implicit.items() if visible)
+        return found if self._root_seen else ("",) + found
+
     def _parent_lookup(self, comps: list[str]) -> int:
         """Like :meth:`_parent`, without making anything."""
         if not comps:
             return self.rootfd
         key = "/".join(comps)
-        fd = self._parents.get(key)
-        if fd is None:
-            fd = _sys.open_in_root(self.rootfd, key)
-            self._parents[key] = fd
-            if len(self._parents) > _PARENT_CACHE:
-                os.close(self._parents.popitem(last=False)[1])
+        cached = self._parents.get(key)
+        if cached is not None:
+            return cached[0]
+        fd = _sys.open_in_root(self.rootfd, key)
+        self._parents[key] = (fd, key)
+        if len(self._parents) > _PARENT_CACHE:
+            os.close(self._parents.popitem(last=False)[1][0])
         return fd
 
 
