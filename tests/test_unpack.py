@@ -35,7 +35,7 @@ import zstandard
 from conftest import require_root, require_tool
 
 from layerfs._errors import BadArchive, DigestMismatch
-from layerfs._layer.unpack import MAX_HEADER_BYTES, LayerStats, unpack_layer
+from layerfs._layer.unpack import MAX_HEADER_BYTES, LayerStats, inherit_attributes, unpack_layer
 
 ROOT = os.geteuid() == 0
 T0 = 1_600_000_000   # a fixed mtime
@@ -248,6 +248,8 @@ def chk_replaced_dirs_opaque(dest: Path, priv: bool) -> None:
 
 def chk_dir_over_dir(dest: Path, priv: bool) -> None:
     assert stat.S_IMODE(os.lstat(dest / "d").st_mode) == 0o700
+    assert {k: v for k, v in xattrs_of(dest / "d").items() if k.startswith("user.")} == {"user.b": b"2"}, \
+        "the later entry's xattrs replace the earlier's, as its mode does"
     assert (dest / "d" / "child").exists()
 
 
@@ -357,8 +359,9 @@ ENTRY_CASES = [
         f("c/.wh..wh..opq"), f(".wh.w"), f("w/.wh.v"), d("x"), f("x/.wh.y"), f(".wh..wh..opq"), f(".wh.r")],
         {"a/f": "absent", "b/x": "absent", "c/d/e": "absent", "w/v": "absent", "x/y": "whiteout",
          "r": "whiteout"}),
-    Case("dir over dir keeps children", [d("d"), f("d/child"), d("d", mode=0o700)], {"d/child": "file"},
-         chk_dir_over_dir),
+    Case("dir over dir keeps children", [
+        d("d", pax={"SCHILY.xattr.user.a": "1"}), f("d/child"), d("d", mode=0o700, pax={"SCHILY.xattr.user.b": "2"})],
+        {"d/child": "file"}, chk_dir_over_dir),
     Case("root entry", [d("./", mode=0o750, uid=5, mtime=1_111_111_111), f("x")], {"x": "file"},
          chk_root_entry),
     Case("implied parents", [f("a/b/c", b"deep")], {"a": "dir", "a/b/c": "file"}, chk_no_root_entry),
@@ -414,6 +417,67 @@ def test_entries(tmp_path: Path, request: pytest.FixtureRequest, case: Case, pri
             assert kind_of(p) == kind, path
     if case.check is not None:
         case.check(dest, privileged)
+
+
+# -- implicit directories take the attributes of the layers below --------------------------
+
+@dataclass
+class Inherit:
+    name: str
+    #: the layers below, base first
+    lowers: list[list[E]]
+    top: list[E]
+    #: path -> (mode, uid, mtime in s) expected in the top layer dir; "." is the root
+    attrs: dict[str, tuple[int, int, int]]
+    #: path -> xattrs expected (user.* only)
+    xattrs: dict[str, dict[str, bytes]] = field(default_factory=dict)
+
+
+DEFAULT = (0o755, 0, 0)   # an implicit dir with nothing below: fixed, never the clock
+INHERIT_CASES = [
+    Inherit("an implicit dir takes the lower dir's attributes",
+            [[d("a", 0o700, uid=5, mtime=1234, pax={"SCHILY.xattr.user.x": "1"}), f("a/f"), f("a/g")]],
+            [f("a/.wh.f")], {"a": (0o700, 5, 1234)}, {"a": {"user.x": b"1"}}),
+    Inherit("the root without a root entry takes the lower root's", [[d("./", 0o750, uid=3, mtime=1111)]],
+            [f("x")], {".": (0o750, 3, 1111)}),
+    Inherit("the root entry is kept", [[d("./", 0o750, uid=3, mtime=1111)]], [d("./", 0o711, mtime=7), f("x")],
+            {".": (0o711, 0, 7)}),
+    Inherit("from the topmost layer below", [[d("a", 0o711, mtime=1)], [d("a", 0o700, mtime=2)]], [f("a/x")],
+            {"a": (0o700, 0, 2)}),
+    Inherit("a whiteout below hides the dirs under it", [[d("a", 0o711, mtime=1)], [f(".wh.a")]], [f("a/x")],
+            {"a": DEFAULT}),
+    Inherit("an opaque dir below hides what is under it, not itself",
+            [[d("a", 0o711), d("a/b", 0o700, mtime=5)], [d("a", 0o750, mtime=6), f("a/.wh..wh..opq")]],
+            [f("a/b/x")], {"a": (0o750, 0, 6), "a/b": DEFAULT}),
+    Inherit("a symlink below is not a dir", [[d("b", 0o700), sym("a", "b")]], [f("a/x")], {"a": DEFAULT}),
+    Inherit("over a whiteout of its own layer: the lower dir is gone", [[d("a", 0o700, mtime=3)]],
+            [f(".wh.a"), f("a/x")], {"a": DEFAULT}),
+    Inherit("below an opaque marker that came first: nothing below shows", [[d("a", 0o700), d("a/b", 0o711)]],
+            [f("a/.wh..wh..opq"), f("a/b/x")], {"a": (0o700, 0, T0), "a/b": DEFAULT}),
+    Inherit("below an opaque marker that came after: made while the lower dir showed (as umoci)",
+            [[d("a", 0o700), d("a/b", 0o711, mtime=4)]], [f("a/b/x"), f("a/.wh..wh..opq")],
+            {"a": (0o700, 0, T0), "a/b": (0o711, 0, 4)}),
+    Inherit("a dir the layer carries keeps its own", [[d("a", 0o700, uid=5)]], [d("a", 0o750, mtime=9), f("a/x")],
+            {"a": (0o750, 0, 9)}),
+    Inherit("nothing below: fixed defaults", [[f("other")]], [f("n/x")], {".": DEFAULT, "n": DEFAULT}),
+]
+
+
+@pytest.mark.parametrize("case", INHERIT_CASES, ids=[c.name for c in INHERIT_CASES])
+def test_inherit_attributes(tmp_path: Path, case: Inherit) -> None:
+    require_root()
+    lowers = []
+    for i, entries in enumerate(case.lowers):
+        unpack(make_tar(entries), tmp_path / f"lower{i}")
+        lowers.append(tmp_path / f"lower{i}")
+    top = tmp_path / "top"
+    stats = unpack(make_tar(case.top), top)
+    inherit_attributes(top, stats.inherit_dirs, lowers)
+    for path, (mode, uid, mtime) in case.attrs.items():
+        st = os.lstat(top / path)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_mtime_ns) == (mode, uid, mtime * 10**9), path
+    for path, want in case.xattrs.items():
+        assert {k: v for k, v in xattrs_of(top / path).items() if k.startswith("user.")} == want, path
 
 
 # -- hostile tars -------------------------------------------------------------------------

@@ -68,7 +68,7 @@ import stat
 import tarfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -127,6 +127,9 @@ class LayerStats:
     #: entries or xattrs skipped: devices and refused xattrs when unprivileged, dropped private
     #: xattrs, AUFS metadata
     skipped: int = 0
+    #: directories the layer made only as parents ("" for the root without a root entry) whose
+    #: attributes come from the layers below: hand them to :func:`inherit_attributes`
+    inherit_dirs: tuple[str, ...] = ()
 
 
 def unpack_layer(stream: Readable, dest: str | os.PathLike[str], *, diff_id: str, digest: str | None = None,
@@ -198,9 +201,126 @@ def unpack_layer(stream: Readable, dest: str | os.PathLike[str], *, diff_id: str
         return LayerStats(diff_id=actual, digest=blob.hasher.digest(), compressed_size=blob.hasher.size,
                           size=applier.size, entries=applier.entries, compression=compression.value,
                           whiteouts=applier.whiteouts, opaque_dirs=applier.opaque_dirs,
-                          skipped=applier.skipped)
+                          skipped=applier.skipped, inherit_dirs=applier.inherit_dirs())
     finally:
         os.close(rootfd)
+
+
+def inherit_attributes(dest: str | os.PathLike[str], paths: Sequence[str],
+                       lower_dirs: Sequence[str | os.PathLike[str]], *, privileged: bool | None = None) -> int:
+    """Give each directory of ``paths`` in the unpacked layer ``dest`` the attributes (mode,
+    owner, times and xattrs) of the same directory as the layers below show it.
+
+    A layer that creates a directory only as the parent of its entries (or has no root entry)
+    carries nothing for it: in the merged tree it is still the directory below, so the layer dir
+    must hold that directory's attributes, or the kernel overlay (which takes a directory's
+    attributes from its topmost layer) would show the unpacker's defaults.  containerd does the
+    same when it applies a layer on its parents.  The directory below is the one the kernel
+    overlay of ``lower_dirs`` shows: the topmost layer where the path is a directory, reached
+    through no whiteout, non-directory or opaque directory above it.  Where there is none, the
+    directory keeps the unpacker's fixed defaults (0755, root, time 0).
+
+    A layer directory is shared by every image with that diff ID, so this runs once, with the
+    lowers of the image that brought the layer first; an image that puts the same layer on lowers
+    whose directories differ sees, for those directories only, the first image's attributes.
+    Layers that carry their parent directories (what image builders write) have nothing to
+    inherit, except their root when they have no root entry.
+
+    Args:
+        dest: the layer directory, as :func:`unpack_layer` left it (before it is published).
+        paths: ``LayerStats.inherit_dirs``: real paths in ``dest``, ``""`` for the root.
+        lower_dirs: the layer directories below it in the image, base first, in overlay form.
+        privileged: as for :func:`unpack_layer` (owners and ``trusted.*`` xattrs only as root).
+
+    Returns:
+        How many directories took attributes from below.
+
+    Raises:
+        OSError: a layer directory cannot be read or ``dest`` written.
+    """
+    if not paths or not lower_dirs:
+        return 0
+    if privileged is None:
+        privileged = default_privileged()
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    lowers: list[int] = []
+    rootfd = os.open(dest, flags)
+    try:
+        for lower in reversed(lower_dirs):
+            lowers.append(os.open(lower, flags))
+        done = 0
+        for path in paths:
+            src = _lower_dir(lowers, path.split("/") if path else [])
+            if src is None:
+                continue
+            try:
+                dst = _sys.openat2(rootfd, path or ".", flags, resolve=_sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_SYMLINKS)
+                try:
+                    _copy_dir_attributes(src, dst, privileged)
+                finally:
+                    os.close(dst)
+            finally:
+                if src not in lowers:
+                    os.close(src)
+            done += 1
+        return done
+    finally:
+        for fd in lowers:
+            os.close(fd)
+        os.close(rootfd)
+
+
+def _lower_dir(lowers: list[int], comps: list[str]) -> int | None:
+    """An fd of directory ``comps`` in the topmost of ``lowers`` (root fds, top first) that shows
+    it in their overlay, or None (the caller closes it unless it is one of ``lowers``)."""
+    current = list(lowers)   # the layers in which the path so far is a merged directory, top first
+    try:
+        for name in comps:
+            found: list[int] = []
+            try:
+                for fd in current:
+                    st = _lstat(fd, name)
+                    if st is None:
+                        if _lstat(fd, _whiteout.whiteout_name(name)) is not None:
+                            break   # an OCI marker left as a file
+                        continue
+                    if not stat.S_ISDIR(st.st_mode):
+                        break       # a whiteout or another type hides the layers below
+                    found.append(os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                         dir_fd=fd))
+                    if _whiteout.is_opaque(found[-1]):
+                        break
+            finally:
+                for fd in current:
+                    if fd not in lowers:
+                        os.close(fd)
+                current = found
+            if not current:
+                return None
+        top, rest = current[0], current[1:]
+        current = rest
+        return top
+    finally:
+        for fd in current:
+            if fd not in lowers:
+                os.close(fd)
+
+
+def _copy_dir_attributes(src: int, dst: int, privileged: bool) -> None:
+    """Owner, xattrs (not the overlay's private ones), mode and times of ``src`` onto ``dst``."""
+    st = os.fstat(src)
+    if privileged:
+        os.fchown(dst, st.st_uid, st.st_gid)
+    for attr in os.listxattr(src):
+        if _whiteout.is_private_xattr(attr) or attr in _DROPPED_XATTRS:
+            continue
+        try:
+            os.setxattr(dst, attr, os.getxattr(src, attr))
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA):
+                raise
+    os.fchmod(dst, stat.S_IMODE(st.st_mode))
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def default_privileged() -> bool:
@@ -1118,5 +1238,6 @@ __all__ = [
     "MAX_PATH_BYTES",
     "LayerStats",
     "default_privileged",
+    "inherit_attributes",
     "unpack_layer",
 ]

@@ -10,28 +10,44 @@ it streams into the unpacker, verified by the same digest, published with the la
 manifest digests (a layer directory cannot be turned back into the same tar: entry order and
 headers are the builder's).  The cost on disk is the image's compressed size; set
 ``LAYERFS_KEEP_BLOBS=0`` to keep none (``save`` and ``push`` then need the registry to have them).
+
+A layer's directories that the tar carries only as parents (and its root, without a ``./``
+entry) take their attributes from the layers below
+(:func:`layerfs._layer.unpack.inherit_attributes`), so such a layer is published only once the
+layers below it are in the store: :class:`Lowers` lets the threads that add one image's layers
+in parallel wait for each other.  A layer never waits while it holds its stage, which another
+command may be waiting for (that command's image could hold the two layers in the other order):
+it parks what it unpacked in a directory of its own, waits, and stages again to publish.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+import threading
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 from .._errors import LayerfsError
 from .._layer import tree as _tree
-from .._layer.unpack import unpack_layer
-from .._oci.digest import Readable
-from .._store.store import LayerRecord, Store
+from .._layer.unpack import LayerStats, inherit_attributes, unpack_layer
+from .._oci.digest import Readable, short
+from .._store import lease as _lease
+from .._store.store import LayerRecord, LayerStage, Store
+
+#: Returns the layer dirs below a layer, base first, once they are all in the store; or None
+#: while they are not, when asked not to wait.
+LowerDirs = Callable[[bool], Sequence[Path] | None]
 
 
 def add_layer(store: Store, open_blob: Callable[[], AbstractContextManager[Readable]], *, diff_id: str,
               digest: str | None = None, size: int | None = None, media_type: str | None = None,
-              cancelled: Callable[[], bool] | None = None) -> LayerRecord:
+              cancelled: Callable[[], bool] | None = None, lowers: LowerDirs | None = None) -> LayerRecord:
     """Unpack a layer blob into the store, verified; safe to call from several threads and processes.
 
-    Call it under a :meth:`Store.hold` of ``diff_id`` (the layer must outlive clean-ups until an
-    image lists it).  Two callers adding one layer at once make it once: the second waits for
+    Call it under a :meth:`Store.hold` of ``diff_id`` and of the layers below it (the layers must
+    outlive clean-ups until an image lists them).  Two callers adding one layer at once make it once: the second waits for
     the first (see :meth:`Store.stage_layer`) and opens no blob.
 
     Args:
@@ -42,10 +58,13 @@ def add_layer(store: Store, open_blob: Callable[[], AbstractContextManager[Reada
         digest, size: the expected digest and size of the blob (from the manifest), if known.
         media_type: the descriptor's media type; the compression is sniffed anyway.
         cancelled: asked while waiting for another command making the same layer.
+        lowers: gives the dirs of the layers below this one in the image (:meth:`Lowers.below`);
+            asked only if the layer has directories to inherit.  None: a base layer.
     Returns:
         The record; ``existed`` is true if the layer was already there (no blob was opened).
     Raises:
         DigestMismatch, BadArchive, OSError: nothing of the layer is left in the store.
+        LayerfsError: a layer below failed, or ``cancelled`` while waiting.
     """
     with store.stage_layer(diff_id, cancelled=cancelled) as stage:
         if isinstance(stage, LayerRecord):
@@ -57,10 +76,38 @@ def add_layer(store: Store, open_blob: Callable[[], AbstractContextManager[Reada
                                      media_type=media_type)
             except LayerfsError as err:
                 raise err.with_context(f"layer {diff_id}") from err
-        blob = {"digest": stats.digest, "size": stats.compressed_size, "media_type": media_type} if keep else None
-        return store.publish_layer(stage, size=stats.size, entries=stats.entries,
-                                   digests=[d for d in (digest, stats.digest) if d], media_type=media_type,
-                                   tree=_tree.digest(stage.diff), blob=blob)
+        below = lowers(False) if lowers is not None and stats.implicit_dirs else []
+        if below is not None:
+            inherit_attributes(stage.diff, stats.implicit_dirs, below)
+            return _publish(store, stage, stats, digest, media_type, keep)
+        # the layers below are not all in: park what was unpacked, leave the stage to others, wait
+        parked = _lease.new_dir(store.tmp_dir, f"parked-{short(diff_id)}")
+        for name in os.listdir(stage.path):
+            os.rename(stage.path / name, parked.path / name)
+    try:
+        assert lowers is not None
+        below = lowers(True)
+        assert below is not None
+        inherit_attributes(parked.path / "diff", stats.implicit_dirs, below)
+        with store.stage_layer(diff_id, cancelled=cancelled) as stage:
+            if isinstance(stage, LayerRecord):
+                return stage   # another command published it meanwhile
+            for name in os.listdir(stage.path):   # the empty diff/ of a new stage
+                shutil.rmtree(stage.path / name)
+            for name in os.listdir(parked.path):
+                os.rename(parked.path / name, stage.path / name)
+            return _publish(store, stage, stats, digest, media_type, keep)
+    finally:
+        shutil.rmtree(parked.path, ignore_errors=True)
+        parked.release()
+
+
+def _publish(store: Store, stage: LayerStage, stats: LayerStats, digest: str | None, media_type: str | None,
+             keep: bool) -> LayerRecord:
+    blob = {"digest": stats.digest, "size": stats.compressed_size, "media_type": media_type} if keep else None
+    return store.publish_layer(stage, size=stats.size, entries=stats.entries,
+                               digests=[d for d in (digest, stats.digest) if d], media_type=media_type,
+                               tree=_tree.digest(stage.diff), blob=blob)
 
 
 def keep_blobs() -> bool:
@@ -98,3 +145,45 @@ class _Tee:
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+
+class Lowers:
+    """The layers of one image being added in parallel: each waits for those below it.
+
+    ``Lowers(store, diff_ids)`` with the image's diff IDs, base first, each once (a diff ID that
+    comes again is added at its first place); then for each layer ``i`` either ``add_layer(...,
+    lowers=lowers.below(i))`` followed by ``lowers.done(diff_id, ok)`` (in a ``finally``), or
+    just ``lowers.done(diff_id)`` for a layer the store already has.  Every diff ID must be marked
+    done, or a layer above it waits until ``cancelled``; a layer that failed makes those above it
+    fail.
+    """
+
+    def __init__(self, store: Store, diff_ids: Sequence[str], *,
+                 cancelled: Callable[[], bool] | None = None) -> None:
+        self._store = store
+        self._diff_ids = list(dict.fromkeys(diff_ids))
+        self._done = {d: threading.Event() for d in self._diff_ids}
+        self._failed: set[str] = set()
+        self._cancelled = cancelled
+
+    def done(self, diff_id: str, ok: bool = True) -> None:
+        """Say that layer ``diff_id`` is in the store (``ok``) or will not be."""
+        if not ok:
+            self._failed.add(diff_id)
+        self._done[diff_id].set()
+
+    def below(self, index: int) -> LowerDirs:
+        """The ``lowers`` argument of :func:`add_layer` for layer ``index`` (0 = the base)."""
+        def dirs(wait: bool) -> list[Path] | None:
+            below = self._diff_ids[:index]
+            for diff_id in below:
+                done = self._done[diff_id]
+                while not done.wait(0.1 if wait else 0):
+                    if not wait:
+                        return None
+                    if self._cancelled is not None and self._cancelled():
+                        raise LayerfsError("cancelled")
+                if diff_id in self._failed:
+                    raise LayerfsError(f"cancelled: layer {diff_id} below failed")
+            return [self._store.layer_dir(d) for d in below]
+        return dirs

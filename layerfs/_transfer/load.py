@@ -38,7 +38,7 @@ from .._oci.reference import Reference
 from .._oci.reference import parse as parse_reference
 from .._store.store import Image, Store
 from .._units import human_size
-from .layers import add_layer
+from .layers import Lowers, add_layer
 
 #: How many layers are unpacked at once (decompression releases the GIL; 2 cores are common).
 PARALLEL_LAYERS = 2
@@ -291,23 +291,30 @@ def _load_all(store: Store, files: _Files, candidates: Sequence[_Candidate], ext
 
 
 def _add_layers(store: Store, files: _Files, cand: _Candidate, diff_ids: Sequence[str], say: Progress) -> None:
-    def one(i: int) -> str:
-        path, digest, size, media_type = cand.layers[i]
-        diff_id = str(diff_ids[i])
-        if store.has_layer(diff_id):
-            say(f"{_digest.short(diff_id)}: Already exists")
-            return diff_id
+    first = {str(d): i for i, d in reversed(list(enumerate(diff_ids)))}   # a repeated layer: its first place
+    unique = sorted(first, key=first.__getitem__)
+    lowers = Lowers(store, unique)
 
-        def open_blob() -> BinaryIO:
-            say(f"{_digest.short(diff_id)}: Loading layer{f' ({human_size(size)})' if size else ''}")
-            return files.open(path)
+    def one(index: int, diff_id: str) -> None:
+        ok = False
+        try:
+            path, digest, size, media_type = cand.layers[first[diff_id]]
+            if store.has_layer(diff_id):
+                say(f"{_digest.short(diff_id)}: Already exists")
+            else:
+                def open_blob() -> BinaryIO:
+                    say(f"{_digest.short(diff_id)}: Loading layer{f' ({human_size(size)})' if size else ''}")
+                    return files.open(path)
 
-        rec = add_layer(store, open_blob, diff_id=diff_id, digest=digest, size=size, media_type=media_type)
-        say(f"{_digest.short(diff_id)}: {'Already exists' if rec.existed else 'Loaded'}")
-        return diff_id
+                rec = add_layer(store, open_blob, diff_id=diff_id, digest=digest, size=size, media_type=media_type,
+                                lowers=lowers.below(index))
+                say(f"{_digest.short(diff_id)}: {'Already exists' if rec.existed else 'Loaded'}")
+            ok = True
+        finally:
+            lowers.done(diff_id, ok)
 
     with concurrent.futures.ThreadPoolExecutor(PARALLEL_LAYERS) as pool:
-        for fut in [pool.submit(one, i) for i in range(len(cand.layers))]:
+        for fut in [pool.submit(one, index, diff_id) for index, diff_id in enumerate(unique)]:
             fut.result()
 
 

@@ -43,7 +43,7 @@ from .._oci.manifest import INDEX_TYPES
 from .._oci.reference import Reference
 from .._oci.reference import parse as parse_reference
 from .._registry.client import BlobReader, RegistryClient
-from .layers import add_layer
+from .layers import Lowers, add_layer
 from .progress import (
     COMPLETE,
     DOWNLOADING,
@@ -170,25 +170,24 @@ class _Pull:
 
     def _layers(self, layers: Iterable[LayerDescriptor]) -> None:
         """Download and unpack the missing layers in parallel; cancel the others on the first error."""
-        todo: list[LayerDescriptor] = []
-        seen: set[str] = set()
-        for layer in layers:
-            if layer.diff_id in seen:
-                continue
-            seen.add(layer.diff_id)
+        todo: list[tuple[int, LayerDescriptor]] = []
+        unique = list({layer.diff_id: layer for layer in reversed(list(layers))}.values())[::-1]
+        lowers = Lowers(self.store, [layer.diff_id for layer in unique], cancelled=self.cancelled.is_set)
+        for index, layer in enumerate(unique):
             if self.store.has_layer(layer.diff_id):
                 self.progress.layer(short(layer.digest), EXISTS)
+                lowers.done(layer.diff_id)
             else:
                 self.progress.layer(short(layer.digest), PULLING)
-                todo.append(layer)
-        for layer in todo[self.workers:]:
+                todo.append((index, layer))
+        for _, layer in todo[self.workers:]:
             self.progress.layer(short(layer.digest), WAITING)
         if not todo:
             return
         errors: list[BaseException] = []
         with concurrent.futures.ThreadPoolExecutor(max_workers=self.workers,
                                                    thread_name_prefix="layerfs-pull") as pool:
-            futures = [pool.submit(self._one_layer, layer) for layer in todo]
+            futures = [pool.submit(self._one_layer, layer, lowers, index) for index, layer in todo]
             try:
                 for future in concurrent.futures.as_completed(futures):
                     err = future.exception()
@@ -203,7 +202,15 @@ class _Pull:
             real = [e for e in errors if "cancelled" not in str(e)] or errors
             raise real[0]
 
-    def _one_layer(self, layer: LayerDescriptor) -> None:
+    def _one_layer(self, layer: LayerDescriptor, lowers: Lowers, index: int) -> None:
+        ok = False
+        try:
+            self._add_layer(layer, lowers, index)
+            ok = True
+        finally:
+            lowers.done(layer.diff_id, ok)
+
+    def _add_layer(self, layer: LayerDescriptor, lowers: Lowers, index: int) -> None:
         if self.cancelled.is_set():
             raise LayerfsError("cancelled")
         layer_id = short(layer.digest)
@@ -226,7 +233,8 @@ class _Pull:
         # A corrupt blob usually breaks the decompressor first; the unpacker then drains the
         # blob and names the digest mismatch, as docker does ("digest did not match").
         record = add_layer(self.store, open_blob, diff_id=layer.diff_id, digest=layer.digest, size=layer.size,
-                           media_type=layer.media_type, cancelled=self.cancelled.is_set)
+                           media_type=layer.media_type, cancelled=self.cancelled.is_set,
+                           lowers=lowers.below(index))
         if not record.existed:
             self.downloaded += 1
         self.progress.layer(layer_id, EXISTS if record.existed else COMPLETE)
