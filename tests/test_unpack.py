@@ -273,6 +273,7 @@ def chk_xattrs(dest: Path, priv: bool) -> None:
     x = xattrs_of(dest / "f")
     assert x.get("user.bin") == b"\x00\xff\xfe binary"
     assert x.get("user.text") == b"hello"
+    assert "user.empty" not in x, "an empty pax value deletes the record"
     assert "user.overlay.opaque" not in x and "trusted.overlay.opaque" not in x
     assert "user.fuseoverlayfs.opaque" not in xattrs_of(dest / "d")
     assert not opaque(dest / "d", True) and not opaque(dest / "d", False), "tar-supplied opaque dropped"
@@ -368,6 +369,7 @@ ENTRY_CASES = [
     Case("xattrs", [
         f("f", b"x", pax={"SCHILY.xattr.user.bin": os.fsdecode(b"\x00\xff\xfe binary"),
                           "SCHILY.xattr.user.text": "hello", "SCHILY.xattr.trusted.t": "1",
+                          "SCHILY.xattr.user.empty": "",
                           "SCHILY.xattr.user.overlay.opaque": "y", "SCHILY.xattr.trusted.overlay.opaque": "y",
                           "SCHILY.xattr.security.selinux": "system_u:object_r:bin_t:s0"}),
         d("d", pax={"SCHILY.xattr.trusted.overlay.opaque": "y", "SCHILY.xattr.user.overlay.opaque": "y",
@@ -459,6 +461,9 @@ INHERIT_CASES = [
             {"a": (0o700, 0, T0), "a/b": (0o711, 0, 4)}),
     Inherit("a dir the layer carries keeps its own", [[d("a", 0o700, uid=5)]], [d("a", 0o750, mtime=9), f("a/x")],
             {"a": (0o750, 0, 9)}),
+    Inherit("a 255-byte name, absent from a layer between", [[d("L" * 255, 0o700, mtime=3)], [f("other")]],
+            [f("L" * 255 + "/x")],
+            {"L" * 255: (0o700, 0, 3)}),
     Inherit("nothing below: fixed defaults", [[f("other")]], [f("n/x")], {".": DEFAULT, "n": DEFAULT}),
 ]
 

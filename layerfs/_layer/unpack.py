@@ -10,7 +10,8 @@ docs/overlay.rst "Whiteouts and opaque directories"):
 
 - Entries keep type, mode (setuid/setgid/sticky too), numeric owner (as root), mtime and atime
   (atime = max(atime, mtime); times before 1970 or beyond 64-bit ns become the epoch, like moby),
-  and ``SCHILY.xattr.*`` PAX xattrs (binary values too).  Per entry: create, lchown, xattrs (chown
+  and ``SCHILY.xattr.*`` PAX xattrs (binary values too; an empty value deletes the record, as
+  POSIX pax says and Go's tar, which writes most images, reads it).  Per entry: create, lchown, xattrs (chown
   clears ``security.capability``), chmod (chown clears setuid), times.  Directory times are set
   after the whole layer.  Symlinks get lchown and lutimes; their targets are stored verbatim.
 - ``.wh.X`` becomes a 0/0 char device X owned by the marker's uid/gid; ``.wh..wh..opq`` becomes
@@ -281,7 +282,8 @@ def _lower_dir(lowers: list[int], comps: list[str]) -> int | None:
                 for fd in current:
                     st = _lstat(fd, name)
                     if st is None:
-                        if _lstat(fd, _whiteout.whiteout_name(name)) is not None:
+                        marker = _whiteout.whiteout_name(name)
+                        if len(os.fsencode(marker)) <= MAX_NAME_BYTES and _lstat(fd, marker) is not None:
                             break   # an OCI marker left as a file
                         continue
                     if not stat.S_ISDIR(st.st_mode):
@@ -959,6 +961,8 @@ class _Applier:
             if not key.startswith(_XATTR_PREFIX):
                 continue
             attr = key[len(_XATTR_PREFIX):]
+            if not value:
+                continue   # an empty pax value deletes the record (POSIX pax; Go's tar reads it so)
             if _whiteout.is_private_xattr(attr) or attr in _DROPPED_XATTRS:
                 log.debug("layer entry %r: xattr %s dropped", info.name, attr)
                 self.skipped += 1
