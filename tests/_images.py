@@ -343,7 +343,12 @@ def sha256(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class TarEntry:
-    """One entry of a tar made in Python (:func:`tar_bytes`)."""
+    """One entry of a tar made in Python (:func:`tar_bytes`).
+
+    ``name`` and ``linkname`` are str; non-UTF-8 bytes are surrogate escapes (``os.fsdecode``).
+    ``mtime`` is whole seconds, or a decimal string such as ``"1500000000.123456789"`` (written as
+    a PAX record, exact to the nanosecond).  ``xattrs`` become ``SCHILY.xattr.*`` records.
+    """
 
     name: str
     type: bytes = tarfile.REGTYPE
@@ -352,20 +357,30 @@ class TarEntry:
     linkname: str = ""
     uid: int = 0
     gid: int = 0
-    mtime: int = LAYER4_MTIME
+    mtime: int | str = LAYER4_MTIME
+    dev: tuple[int, int] = (0, 0)
+    xattrs: tuple[tuple[str, bytes], ...] = ()
 
 
 def tar_bytes(entries: Sequence[TarEntry]) -> bytes:
     """A PAX tar of ``entries``, in order, names taken verbatim (``../x`` stays ``../x``)."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tar:
         for e in entries:
             info = tarfile.TarInfo(e.name)
             info.type = e.type
             info.mode = e.mode
             info.uid, info.gid = e.uid, e.gid
-            info.mtime = e.mtime
+            pax = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in e.xattrs}
+            if isinstance(e.mtime, str):
+                info.mtime = int(e.mtime.partition(".")[0])
+                pax["mtime"] = e.mtime
+            else:
+                info.mtime = e.mtime
+            info.pax_headers = pax
             info.linkname = e.linkname
+            info.devmajor, info.devminor = e.dev
             info.size = len(e.data) if e.type == tarfile.REGTYPE else 0
             tar.addfile(info, io.BytesIO(e.data) if e.type == tarfile.REGTYPE else None)
     return buf.getvalue()

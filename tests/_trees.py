@@ -22,13 +22,17 @@ What is compared, per path (relative to the root, ``"."`` = the root itself; non
   left out unless ``overlay_xattrs=True`` (needed to compare *layer dirs*, where
   ``trusted.overlay.opaque=y`` is content); names starting with an entry of ``ignore_xattrs`` are
   left out too;
-- ``mtime`` (ns) of non-directories (``mtimes=False`` skips it).  Not compared, on purpose:
-  directory mtimes (extractors set them at different moments), nlink (overlay reports 1 for merged
-  dirs; links broken across layers keep the lower's count), atime/ctime, inode numbers, and the mtime
-  of 0/0 whiteout devices (made by the converter at unpack time, not carried by the image);
+- ``mtime`` (ns) of non-directories (``mtimes=False`` skips it), and of directories with
+  ``dir_mtimes=True`` (off by default: extractors such as GNU tar stamp the directories they make
+  with the clock).  Not compared, on purpose: nlink (overlay reports 1 for merged dirs; links
+  broken across layers keep the lower's count), atime/ctime, inode numbers, and the mtime of 0/0
+  whiteout devices (made by the converter at unpack time, not carried by the image);
 - hard links: the partition of non-directories into groups sharing an inode (``(st_dev, st_ino)``),
   compared as sets of paths, never as numbers.  0/0 whiteouts are never grouped (the kernel's own
   whiteouts share one inode, and they are not links in any image).
+
+A name the directory lists but ``lstat`` cannot find is recorded as type ``ghost`` (the kernel
+overlay lists a whiteout inside a directory that only one layer has, then fails its lookup).
 
 The walk does not follow symlinks and does not descend into a directory on another device than the
 root (a mount point below the root is recorded as an entry, its content is not).  It reads files
@@ -138,8 +142,9 @@ def _xattrs(path: str, *, overlay_xattrs: bool, ignore: tuple[str, ...]) -> tupl
     return tuple(sorted(out))
 
 
-def _walk(root: str) -> Iterator[tuple[str, str, os.stat_result]]:
-    """Yield (relative path, absolute path, lstat) for root and everything below it."""
+def _walk(root: str) -> Iterator[tuple[str, str, os.stat_result | None]]:
+    """Yield (relative path, absolute path, lstat) for root and everything below it; the lstat
+    is None for a name listed that cannot be looked up."""
     root_st = os.lstat(root)
     yield ".", root, root_st
     stack = [("", root)]
@@ -149,13 +154,17 @@ def _walk(root: str) -> Iterator[tuple[str, str, os.stat_result]]:
             children = sorted(it, key=lambda e: e.name)
         for child in children:
             rel = f"{rel_dir}{child.name}"
-            st = os.lstat(child.path)
+            try:
+                st = os.lstat(child.path)
+            except FileNotFoundError:
+                yield rel, child.path, None
+                continue
             yield rel, child.path, st
             if stat.S_ISDIR(st.st_mode) and st.st_dev == root_st.st_dev:
                 stack.append((rel + "/", child.path))
 
 
-def snapshot(root: Path | str, *, hash_content: bool = True, mtimes: bool = True,
+def snapshot(root: Path | str, *, hash_content: bool = True, mtimes: bool = True, dir_mtimes: bool = False,
              overlay_xattrs: bool = False, ignore_xattrs: Iterable[str] = ()) -> Tree:
     """Record every entry under ``root`` (see the module docstring for what and why).
 
@@ -163,6 +172,7 @@ def snapshot(root: Path | str, *, hash_content: bool = True, mtimes: bool = True
         root: the directory to walk; it is not followed if it is a symlink.
         hash_content: hash regular files' content (sha256).  Off = compare sizes only.
         mtimes: record the mtime of non-directories.
+        dir_mtimes: record the mtime of directories too (the root included).
         overlay_xattrs: also record ``trusted.overlay.*`` / ``user.overlay.*`` (for layer dirs).
         ignore_xattrs: xattr name prefixes to leave out (e.g. ``("security.selinux",)``).
 
@@ -176,6 +186,9 @@ def snapshot(root: Path | str, *, hash_content: bool = True, mtimes: bool = True
     entries: dict[str, Entry] = {}
     inodes: dict[tuple[int, int], list[str]] = {}
     for rel, path, st in _walk(os.fspath(root)):
+        if st is None:
+            entries[rel] = Entry(type="ghost", mode=0, uid=0, gid=0)
+            continue
         kind = _TYPES.get(stat.S_IFMT(st.st_mode), f"unknown:{stat.S_IFMT(st.st_mode):o}")
         entry = Entry(type=kind, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
                       xattrs=_xattrs(path, overlay_xattrs=overlay_xattrs, ignore=ignore))
@@ -186,7 +199,7 @@ def snapshot(root: Path | str, *, hash_content: bool = True, mtimes: bool = True
             entry = dataclasses.replace(entry, target=os.readlink(os.fsencode(path)))
         elif kind in ("chr", "blk"):
             entry = dataclasses.replace(entry, rdev=(os.major(st.st_rdev), os.minor(st.st_rdev)))
-        if mtimes and kind != "dir" and not entry.is_whiteout:
+        if (dir_mtimes if kind == "dir" else mtimes) and not entry.is_whiteout:
             entry = dataclasses.replace(entry, mtime=st.st_mtime_ns)
         entries[rel] = entry
         if kind != "dir" and not entry.is_whiteout:

@@ -477,7 +477,7 @@ def test_inherit_attributes(tmp_path: Path, case: Inherit) -> None:
         lowers.append(tmp_path / f"lower{i}")
     top = tmp_path / "top"
     stats = unpack(make_tar(case.top), top)
-    inherit_attributes(top, stats.inherit_dirs, lowers)
+    inherit_attributes(top, stats.implicit_dirs, lowers)
     for path, (mode, uid, mtime) in case.attrs.items():
         st = os.lstat(top / path)
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_mtime_ns) == (mode, uid, mtime * 10**9), path

@@ -60,6 +60,7 @@ as a name: the limit applies to its X, so the whiteout of a 255-byte name loads)
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -106,6 +107,25 @@ _ENVIRONMENT_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ER
 
 
 @dataclass(frozen=True)
+class ImplicitDir:
+    """A directory a layer made only as a parent (or its root, without a root entry): its
+    attributes are those of the merged tree below, which :func:`inherit_attributes` knows."""
+
+    #: the real path in the layer ("" for the root)
+    path: str
+    #: the same directory below was still visible when the layer made it (no whiteout, opaque
+    #: marker or replaced entry of the layer hid it): it takes that directory's attributes
+    below_visible: bool = True
+    #: its parent was then implicit with attributes from below, so the setgid bit and group
+    #: mkdir(2) gave it depend on those
+    after_parent: bool = False
+    #: the group mkdir(2) gave it with the setgid bit of its parent in the layer, or -1
+    setgid_gid: int = -1
+    #: an entry of the layer gave it attributes later: they stay (listed for its children)
+    explicit: bool = False
+
+
+@dataclass(frozen=True)
 class LayerStats:
     """What :func:`unpack_layer` did."""
 
@@ -121,16 +141,16 @@ class LayerStats:
     entries: int
     #: "gzip", "zstd" or "plain", from the magic bytes
     compression: str = "plain"
-    #: whiteouts written (0/0 devices, or opaque dirs for a dir of the same layer)
+    #: whiteout markers (``.wh.X``) the layer holds
     whiteouts: int = 0
     #: directories marked opaque by ``.wh..wh..opq``
     opaque_dirs: int = 0
     #: entries or xattrs skipped: devices and refused xattrs when unprivileged, dropped private
     #: xattrs, AUFS metadata
     skipped: int = 0
-    #: directories the layer made only as parents ("" for the root without a root entry) whose
-    #: attributes come from the layers below: hand them to :func:`inherit_attributes`
-    inherit_dirs: tuple[str, ...] = ()
+    #: directories the layer made only as parents (the root first, without a root entry), in
+    #: the order made: their attributes come from the layers below (:func:`inherit_attributes`)
+    implicit_dirs: tuple[ImplicitDir, ...] = ()
 
 
 def unpack_layer(stream: Readable, dest: str | os.PathLike[str], *, diff_id: str, digest: str | None = None,
@@ -202,15 +222,15 @@ def unpack_layer(stream: Readable, dest: str | os.PathLike[str], *, diff_id: str
         return LayerStats(diff_id=actual, digest=blob.hasher.digest(), compressed_size=blob.hasher.size,
                           size=applier.size, entries=applier.entries, compression=compression.value,
                           whiteouts=applier.whiteouts, opaque_dirs=applier.opaque_dirs,
-                          skipped=applier.skipped, inherit_dirs=applier.inherit_dirs())
+                          skipped=applier.skipped, implicit_dirs=applier.implicit_dirs())
     finally:
         os.close(rootfd)
 
 
-def inherit_attributes(dest: str | os.PathLike[str], paths: Sequence[str],
+def inherit_attributes(dest: str | os.PathLike[str], implicit_dirs: Sequence[ImplicitDir],
                        lower_dirs: Sequence[str | os.PathLike[str]], *, privileged: bool | None = None) -> int:
-    """Give each directory of ``paths`` in the unpacked layer ``dest`` the attributes (mode,
-    owner, times and xattrs) of the same directory as the layers below show it.
+    """Give each implicit directory of the unpacked layer ``dest`` the attributes (mode, owner,
+    times and xattrs) of the same directory as the layers below show it.
 
     A layer that creates a directory only as the parent of its entries (or has no root entry)
     carries nothing for it: in the merged tree it is still the directory below, so the layer dir
@@ -218,8 +238,10 @@ def inherit_attributes(dest: str | os.PathLike[str], paths: Sequence[str],
     attributes from its topmost layer) would show the unpacker's defaults.  containerd does the
     same when it applies a layer on its parents.  The directory below is the one the kernel
     overlay of ``lower_dirs`` shows: the topmost layer where the path is a directory, reached
-    through no whiteout, non-directory or opaque directory above it.  Where there is none, the
-    directory keeps the unpacker's fixed defaults (0755, root, time 0).
+    through no whiteout, non-directory or opaque directory above it.  Where there is none (or the
+    layer itself hid it before making the directory), the directory keeps the unpacker's fixed
+    defaults (0755, root, time 0), except that in a setgid directory it takes the setgid bit and
+    the directory's group, as mkdir(2) gives them (and umoci, which makes it in the merged tree).
 
     A layer directory is shared by every image with that diff ID, so this runs once, with the
     lowers of the image that brought the layer first; an image that puts the same layer on lowers
@@ -229,7 +251,7 @@ def inherit_attributes(dest: str | os.PathLike[str], paths: Sequence[str],
 
     Args:
         dest: the layer directory, as :func:`unpack_layer` left it (before it is published).
-        paths: ``LayerStats.inherit_dirs``: real paths in ``dest``, ``""`` for the root.
+        implicit_dirs: ``LayerStats.implicit_dirs``, parents first.
         lower_dirs: the layer directories below it in the image, base first, in overlay form.
         privileged: as for :func:`unpack_layer` (owners and ``trusted.*`` xattrs only as root).
 
@@ -239,31 +261,52 @@ def inherit_attributes(dest: str | os.PathLike[str], paths: Sequence[str],
     Raises:
         OSError: a layer directory cannot be read or ``dest`` written.
     """
-    if not paths or not lower_dirs:
+    if not implicit_dirs:
         return 0
     if privileged is None:
         privileged = default_privileged()
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    resolve = _sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_SYMLINKS
     lowers: list[int] = []
     rootfd = os.open(dest, flags)
     try:
         for lower in reversed(lower_dirs):
             lowers.append(os.open(lower, flags))
         done = 0
-        for path in paths:
-            src = _lower_dir(lowers, path.split("/") if path else [])
-            if src is None:
-                continue
-            try:
-                dst = _sys.openat2(rootfd, path or ".", flags, resolve=_sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_SYMLINKS)
-                try:
-                    _copy_dir_attributes(src, dst, privileged)
-                finally:
-                    os.close(dst)
-            finally:
-                if src not in lowers:
+        #: path -> the group a setgid bit gives (or -1), as the merged tree had the directory when
+        #: the layer made it
+        made: dict[str, int] = {}
+        for d in implicit_dirs:
+            src = _lower_dir(lowers, d.path.split("/") if d.path else []) if d.below_visible else None
+            want = -2   # -2: leave as it is; -1: no setgid bit; else: setgid with that group
+            if src is not None:
+                st = os.fstat(src)
+                made[d.path] = st.st_gid if st.st_mode & stat.S_ISGID else -1
+            elif d.after_parent:
+                # made by mkdir(2) in its parent as the merged tree then had it, not as the layer did
+                want = made[d.path] = made.get(d.path.rpartition("/")[0], -1)
+                if want == d.setgid_gid:
+                    want = -2
+            else:
+                made[d.path] = d.setgid_gid   # the root with nothing below: -1, as umoci's
+            if d.explicit or (src is None and want == -2):
+                if src is not None and src not in lowers:
                     os.close(src)
-            done += 1
+                continue
+            dst = _sys.openat2(rootfd, d.path or ".", flags, resolve=resolve)
+            try:
+                if src is not None:
+                    _copy_dir_attributes(src, dst, privileged)
+                    done += 1
+                else:
+                    if privileged:
+                        os.fchown(dst, -1, max(want, 0))
+                    mode = stat.S_IMODE(os.fstat(dst).st_mode) & ~stat.S_ISGID
+                    os.fchmod(dst, mode | (stat.S_ISGID if want >= 0 else 0))
+            finally:
+                os.close(dst)
+                if src is not None and src not in lowers:
+                    os.close(src)
         return done
     finally:
         for fd in lowers:
@@ -274,6 +317,8 @@ def inherit_attributes(dest: str | os.PathLike[str], paths: Sequence[str],
 def _lower_dir(lowers: list[int], comps: list[str]) -> int | None:
     """An fd of directory ``comps`` in the topmost of ``lowers`` (root fds, top first) that shows
     it in their overlay, or None (the caller closes it unless it is one of ``lowers``)."""
+    if not lowers:
+        return None
     current = list(lowers)   # the layers in which the path so far is a merged directory, top first
     try:
         for name in comps:
@@ -672,13 +717,16 @@ class _Applier:
         self._whited: set[str] = set()
         #: directories of this layer that are opaque
         self._opaque: set[str] = set()
-        #: directories made only as parents (no entry of their own yet), in order; the value says
-        #: whether the same directory below this layer was still visible when it was made (then
-        #: it takes that directory's attributes, see :func:`inherit_attributes`)
-        self._implicit: dict[str, bool] = {}
+        #: what the layer's entries made, and their parents (umoci's "upper paths"): a whiteout or
+        #: an opaque marker of the layer removes what is not in it (dirs made only for markers)
+        self._upper: set[str] = set()
+        #: directories made only as parents, in order (see :class:`ImplicitDir`)
+        self._implicit: dict[str, ImplicitDir] = {}
         #: devices skipped (unprivileged): hard links to them are skipped too
         self._skipped_devices: set[str] = set()
         self._root_seen = False
+        #: the root entry came after other entries
+        self._root_seen_after = False
         self.entries = 0
         self.size = 0
         self.whiteouts = 0
@@ -786,8 +834,16 @@ class _Applier:
             self._whited.discard(path)
             self._cut.add(path)
         os.mkdir(name, 0o755, dir_fd=dirfd)
-        os.chmod(name, 0o755, dir_fd=dirfd)   # not the umask's idea
-        self._implicit[path] = not self._hidden_below(path)
+        # not the umask's idea; but a setgid parent gives the setgid bit (and its group) as mkdir(2) does
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+        os.chmod(name, 0o755 | (st.st_mode & stat.S_ISGID), dir_fd=dirfd)
+        parent_path = path.rpartition("/")[0]
+        parent = self._implicit.get(parent_path) if parent_path else (
+            None if self._root_seen else ImplicitDir(""))
+        self._implicit[path] = ImplicitDir(
+            path, below_visible=not self._hidden_below(path),
+            after_parent=parent is not None and not parent.explicit and (parent.below_visible or parent.after_parent),
+            setgid_gid=st.st_gid if st.st_mode & stat.S_ISGID else -1)
         if path in self._cut:
             self._make_opaque(dirfd, name, path)
 
@@ -830,7 +886,10 @@ class _Applier:
         if not comps:
             if kind != tarfile.DIRTYPE:
                 raise BadArchive(f"layer entry {entry!r}: the root entry is not a directory")
+            if not self._root_seen and self.entries > 1:
+                self._root_seen_after = True   # dirs may have been made below the implicit root
             self._root_seen = True
+            self._clear_xattrs(self.rootfd)   # a later root entry replaces an earlier one's
             self._attrs(self.rootfd, "", info, entry)
             self._dir_times[""] = _times(info)
             return
@@ -858,6 +917,9 @@ class _Applier:
             self._hardlink(parent, name, path, info, entry)
         else:
             self._special(parent, name, path, info, entry)
+        while path and path not in self._upper:
+            self._upper.add(path)
+            path = path.rpartition("/")[0]
 
     def _marker(self, marker: Marker, comps: list[str], info: tarfile.TarInfo, entry: str) -> None:
         if marker is Marker.INVALID:
@@ -870,7 +932,10 @@ class _Applier:
             return
         try:
             if marker is Marker.OPAQUE:
-                self._make_opaque(parent, "", "/".join(comps[:-1]))
+                path = "/".join(comps[:-1])
+                self._make_opaque(parent, "", path)
+                if path:   # the kernel never makes the root opaque: what is in it still counts
+                    self._drop_markers_only(parent, path)
                 self.opaque_dirs += 1
                 return
             target = comps[-1][len(_whiteout.WHITEOUT_PREFIX):]
@@ -878,19 +943,56 @@ class _Applier:
             self._cut.add(path)
             self.whiteouts += 1
             try:
-                if self.privileged:
-                    _whiteout.write_whiteout(parent, target, uid=info.uid, gid=info.gid)
-                else:
-                    _whiteout.write_whiteout(parent, target)
-                self._whited.add(path)
+                self._write_whiteout(parent, target, path, info)
             except FileExistsError:
-                # the layer has its own `target`: it stays (spec); a dir of it must not merge below
                 st = _lstat(parent, target)
-                if st is not None and stat.S_ISDIR(st.st_mode):
+                if st is None or not stat.S_ISDIR(st.st_mode):
+                    return   # the layer's own entry stays (spec), or a whiteout already
+                if path in self._upper:
+                    # the layer has its own dir there: it stays, but must not merge below
                     self._make_opaque(parent, target, path)
+                    self._drop_markers_only(parent, path, name=target)
+                    return
+                # a dir made only to hold the layer's markers: the whiteout takes its place
+                shutil.rmtree(target, dir_fd=parent)
+                self._invalidate()
+                self._forget_below(path)
+                self._cut.add(path)
+                self._write_whiteout(parent, target, path, info)
         finally:
             if parent != self.rootfd:
                 os.close(parent)
+
+    def _write_whiteout(self, parent: int, name: str, path: str, info: tarfile.TarInfo) -> None:
+        """Write the 0/0 device ``name`` (path ``path``) in ``parent``, owned as the marker."""
+        if self.privileged:
+            _whiteout.write_whiteout(parent, name, uid=info.uid, gid=info.gid)
+        else:
+            _whiteout.write_whiteout(parent, name)
+        self._whited.add(path)
+
+    def _drop_markers_only(self, parent: int, path: str, name: str = "") -> None:
+        """Remove from directory ``name`` in ``parent`` (``""``: parent itself; path ``path``)
+        what no entry of the layer made: directories made only to hold markers, and whiteouts
+        (both hide nothing now that the directory is opaque), as umoci's opaque marker does."""
+        fd = os.open(name or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            with os.scandir(fd) as it:
+                children = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+            for child, is_dir in children:
+                sub = f"{path}/{child}" if path else child
+                if sub in self._upper:
+                    if is_dir:
+                        self._drop_markers_only(fd, sub, child)
+                    continue
+                if is_dir:
+                    shutil.rmtree(child, dir_fd=fd)
+                    self._invalidate()
+                else:
+                    os.unlink(child, dir_fd=fd)
+                self._forget_below(sub)
+        finally:
+            os.close(fd)
 
     def _marker_parent(self, comps: list[str], entry: str) -> int | None:
         """The directory a whiteout or opaque marker acts in (an fd to close), or None to ignore
@@ -949,7 +1051,7 @@ class _Applier:
         for table in (self._dir_times, self._implicit):
             for key in [k for k in table if k == path or k.startswith(prefix)]:
                 del table[key]
-        for paths in (self._cut, self._whited, self._opaque):
+        for paths in (self._cut, self._whited, self._opaque, self._upper):
             paths.difference_update([k for k in paths if k == path or k.startswith(prefix)])
 
     def _xattrs(self, info: tarfile.TarInfo) -> list[tuple[str, bytes]]:
@@ -1048,8 +1150,13 @@ class _Applier:
         except FileExistsError:
             if self._remove(parent, name, path, for_dir=True):
                 # a dir over a dir: the later entry's attributes replace the earlier's, xattrs too
-                self._implicit.pop(path, None)
-                self._clear_xattrs(parent, name)
+                if path in self._implicit:
+                    self._implicit[path] = dataclasses.replace(self._implicit[path], explicit=True)
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+                try:
+                    self._clear_xattrs(fd)
+                finally:
+                    os.close(fd)
             else:
                 os.mkdir(name, 0o700, dir_fd=parent)
         self._attrs(parent, name, info, entry)
@@ -1057,15 +1164,11 @@ class _Applier:
             self._make_opaque(parent, name, path)
         self._dir_times[path] = _times(info)
 
-    def _clear_xattrs(self, parent: int, name: str) -> None:
-        """Remove the xattrs an earlier entry gave directory ``name`` (not the private ones)."""
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-        try:
-            for attr in os.listxattr(fd):
-                if not _whiteout.is_private_xattr(attr) and attr not in _DROPPED_XATTRS:
-                    os.removexattr(fd, attr)
-        finally:
-            os.close(fd)
+    def _clear_xattrs(self, fd: int) -> None:
+        """Remove the xattrs an earlier entry gave directory ``fd`` (not the private ones)."""
+        for attr in os.listxattr(fd):
+            if not _whiteout.is_private_xattr(attr) and attr not in _DROPPED_XATTRS:
+                os.removexattr(fd, attr)
 
     def _symlink(self, parent: int, name: str, path: str, info: tarfile.TarInfo, entry: str) -> None:
         target = info.linkname
@@ -1158,13 +1261,13 @@ class _Applier:
             st = _lstat(parent, name)
             if st is not None and _whiteout.is_whiteout_device(st):
                 os.unlink(name, dir_fd=parent)
-                self.whiteouts -= 1
         self._whited.clear()
         if not self._root_seen:
             os.fchmod(self.rootfd, 0o755)
             self._dir_times[""] = (0, 0)
-        for path in self._implicit:
-            self._dir_times[path] = (0, 0)
+        for path, implicit in self._implicit.items():
+            if not implicit.explicit:
+                self._dir_times[path] = (0, 0)
         for path, times in self._dir_times.items():
             if not path:
                 os.utime(self.rootfd, ns=times)
@@ -1187,11 +1290,11 @@ class _Applier:
             path = path.rpartition("/")[0]
         return False
 
-    def inherit_dirs(self) -> tuple[str, ...]:
-        """The directories made only as parents whose lower counterpart was still visible when
-        they were made, and the root without a root entry ("")."""
-        found = tuple(path for path, visible in self._implicit.items() if visible)
-        return found if self._root_seen else ("",) + found
+    def implicit_dirs(self) -> tuple[ImplicitDir, ...]:
+        """The directories made only as parents, in order, after the root (explicit if it had a
+        root entry: its children made before that entry still depend on it)."""
+        return (ImplicitDir("", explicit=self._root_seen_after),) + tuple(self._implicit.values()) \
+            if not self._root_seen or self._root_seen_after else tuple(self._implicit.values())
 
     def _parent_lookup(self, comps: list[str]) -> int:
         """Like :meth:`_parent`, without making anything."""
@@ -1240,6 +1343,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "MAX_NAME_BYTES",
     "MAX_PATH_BYTES",
+    "ImplicitDir",
     "LayerStats",
     "default_privileged",
     "inherit_attributes",
