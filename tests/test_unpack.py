@@ -165,8 +165,6 @@ class Case:
     kinds: dict[str, str] = field(default_factory=dict)
     #: extra checks (dest, privileged)
     check: Check | None = None
-    #: only as root
-    root_only: bool = False
 
 
 def _check(fn: Check) -> Check:
@@ -244,6 +242,14 @@ def chk_replaced_dirs_opaque(dest: Path, priv: bool) -> None:
     for name in ("a", "b", "c"):
         assert opaque(dest / name, priv), f"{name}: replaced in its own layer, so nothing below shows"
     assert not opaque(dest / "keep", priv), "a dir over a dir is the same dir"
+
+
+def chk_setgid_parents(dest: Path, priv: bool) -> None:
+    for path, gid in (("g/h", 7), ("later", 8)):
+        st = os.lstat(dest / path)
+        assert stat.S_IMODE(st.st_mode) == 0o2755, path
+        if priv:
+            assert st.st_gid == gid, path
 
 
 def chk_dir_over_dir(dest: Path, priv: bool) -> None:
@@ -360,6 +366,17 @@ ENTRY_CASES = [
         f("c/.wh..wh..opq"), f(".wh.w"), f("w/.wh.v"), d("x"), f("x/.wh.y"), f(".wh..wh..opq"), f(".wh.r")],
         {"a/f": "absent", "b/x": "absent", "c/d/e": "absent", "w/v": "absent", "x/y": "whiteout",
          "r": "whiteout"}),
+    Case("dirs made only for markers go when the layer whites them out or their parent opaque", [
+        f("m/.wh.x"), f(".wh.m"), f("n/o/.wh.x"), f("n/.wh..wh..opq"), f("p/q/r"), f("p/.wh.z"), f(".wh.p")],
+        {"m": "whiteout", "n": "dir", "n/o": "absent", "p": "dir", "p/z": "absent", "p/q/r": "file"},
+        lambda dest, priv: None if opaque(dest / "p", priv) else pytest.fail("p: whited out in its layer")),
+    Case("an implicit dir in a setgid dir is setgid, as mkdir(2) makes it", [
+        d("g", 0o2775, gid=7), f("g/h/x"), d("./", mode=0o2755, gid=8), f("later/x")],
+        {"g/h": "dir"}, chk_setgid_parents),
+    Case("a second root entry replaces the first's xattrs", [
+        d("./", pax={"SCHILY.xattr.user.a": "1"}), d("./", pax={"SCHILY.xattr.user.b": "2"})], {},
+        lambda dest, priv: None if {k for k in xattrs_of(dest) if k.startswith("user.")} == {"user.b"}
+        else pytest.fail(str(xattrs_of(dest)))),
     Case("dir over dir keeps children", [
         d("d", pax={"SCHILY.xattr.user.a": "1"}), f("d/child"), d("d", mode=0o700, pax={"SCHILY.xattr.user.b": "2"})],
         {"d/child": "file"}, chk_dir_over_dir),
@@ -464,6 +481,11 @@ INHERIT_CASES = [
     Inherit("a 255-byte name, absent from a layer between", [[d("L" * 255, 0o700, mtime=3)], [f("other")]],
             [f("L" * 255 + "/x")],
             {"L" * 255: (0o700, 0, 3)}),
+    Inherit("an implicit dir in a setgid dir below takes the setgid bit and group",
+            [[d("./", 0o2755, gid=9), d("g", 0o2775, gid=7)]], [f("g/h/x"), f("x/y")],
+            {"g/h": (0o2755, 0, 0), "x": (0o2755, 0, 0)}),
+    Inherit("a root entry after: dirs made before it took the root below", [[d("./", 0o755)]],
+            [d("b/c"), d("./", 0o2755, mtime=5)], {".": (0o2755, 0, 5), "b": DEFAULT}),
     Inherit("nothing below: fixed defaults", [[f("other")]], [f("n/x")], {".": DEFAULT, "n": DEFAULT}),
 ]
 
