@@ -23,11 +23,12 @@ Where an oracle is known to be wrong, the rule is written here and applied befor
 (:func:`differences`), each with its reason:
 
 - *umoci's clock*: umoci stamps with the current time a directory it creates without an entry of
-  its own (a parent), and one whose children a whiteout removed; layerfs gives an implicit
-  directory the attributes of the same directory below or, with none, time 0 (never the clock), and
-  keeps a directory's time when a whiteout acts in it (the layer's own entry said nothing about
-  it).  So a directory whose umoci mtime falls within the run of ``umoci unpack`` is not compared on
-  its mtime.  (Generated times all lie before 2021, the run after.)
+  its own (a missing parent), and the directory it creates one in (it puts back the times of an
+  entry's own parent only, not of the grandparent a missing parent changed); layerfs gives an
+  implicit directory the attributes of the same directory below or, with none, time 0 (never the
+  clock), and no layer's entry said anything about the grandparent.  So a directory whose umoci
+  mtime falls within the run of ``umoci unpack`` is not compared on its mtime.  (Generated times
+  all lie before 2021, the run after.)
 - *the kernel's ghosts*: inside a directory that only one layer has, the kernel lists a 0/0
   whiteout device as a name and then fails its lookup (ENOENT); layerfs and the OCI rules hide
   it.  Such names (type ``ghost`` in the kernel's snapshot) are not compared.
