@@ -577,6 +577,81 @@ def build_hostile(kind: str, work: Path, *, outside: Path) -> Hostile:
 
 
 # ---------------------------------------------------------------------------------------------
+# Every type replacing every other type (the unpacker's type changes)
+
+#: The kinds of entry that can replace one another at a path.
+REPLACE_KINDS = ("file", "dir", "symlink", "hardlink", "fifo", "device", "whiteout")
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """One case of :func:`replacement_layers`: ``old`` then ``new`` at ``path``."""
+
+    old: str
+    new: str
+    #: "across" (old in one layer, new in the next) or "within" (both in one layer)
+    how: str
+    #: what lies below before: "dir" (a dir with a child ``base``) or "nothing"
+    below: str
+    path: str
+
+
+def _replace_entries(kind: str, path: str, tag: str) -> list[TarEntry]:
+    """The entries that put ``kind`` at ``path`` (a hard link gets its target beside it)."""
+    parent, _, name = path.rpartition("/")
+    at = (parent + "/" if parent else "")
+    if kind == "file":
+        return [TarEntry(path, data=f"{tag} file\n".encode(), mode=0o640, mtime=OLD_MTIME)]
+    if kind == "dir":
+        return [TarEntry(path + "/", tarfile.DIRTYPE, mode=0o750, mtime=OLD_MTIME),
+                TarEntry(f"{path}/{tag}-child", data=b"child\n", mtime=OLD_MTIME)]
+    if kind == "symlink":
+        return [TarEntry(path, tarfile.SYMTYPE, linkname=f"{tag}-target", mode=0o777, mtime=OLD_MTIME)]
+    if kind == "hardlink":
+        target = f"{at}{name}.{tag}-link"
+        return [TarEntry(target, data=f"{tag} linked\n".encode(), mtime=OLD_MTIME),
+                TarEntry(path, tarfile.LNKTYPE, linkname=target, mtime=OLD_MTIME)]
+    if kind == "fifo":
+        return [TarEntry(path, tarfile.FIFOTYPE, mode=0o600, mtime=OLD_MTIME)]
+    if kind == "device":
+        return [TarEntry(path, tarfile.CHRTYPE, mode=0o666, dev=(1, 3), mtime=OLD_MTIME)]
+    if kind == "whiteout":
+        return [TarEntry(f"{at}.wh.{name}", mtime=OLD_MTIME)]
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def replacement_layers(depth: int) -> tuple[list[list[TarEntry]], list[Replacement]]:
+    """Three layers holding every pair of :data:`REPLACE_KINDS`, old replaced by new, at ``depth``
+    (1: in the root, 2: in ``p/``, 3: in ``p/q/``), across layers and within one, over a lower dir
+    with a child and over nothing; each case at its own path (named after it).
+
+    Layer 1 holds the parents and the lower dirs; layer 2 the old entries (and, within a layer,
+    the new ones after them); layer 3 the new entries of the cases across layers.  Every layer
+    carries the parents as entries, as image builders write them.
+
+    Returns:
+        (the layers, base first; the cases).
+    """
+    parents = ["p", "p/q"][:depth - 1]
+    prefix = "".join(f"{p.rpartition('/')[2]}/" for p in parents)
+    dirs = [TarEntry(p + "/", tarfile.DIRTYPE, mode=0o755, mtime=OLD_MTIME) for p in parents]
+    base, middle, top = list(dirs), list(dirs), list(dirs)
+    cases = []
+    for old in REPLACE_KINDS:
+        for new in REPLACE_KINDS:
+            for how in ("across", "within"):
+                for below in ("dir", "nothing"):
+                    path = f"{prefix}{old}-{new}-{how}-{below}"
+                    cases.append(Replacement(old, new, how, below, path))
+                    if below == "dir":
+                        base += [TarEntry(path + "/", tarfile.DIRTYPE, mode=0o700, mtime=OLD_MTIME),
+                                 TarEntry(path + "/base", data=b"base\n", mtime=OLD_MTIME)]
+                    middle += _replace_entries(old, path, "old")
+                    (middle if how == "within" else top).extend(_replace_entries(new, path, "new"))
+    return [base, middle, top], cases
+
+
+# ---------------------------------------------------------------------------------------------
 # Session caching and fixtures
 
 _CACHE: dict[str, object] = {}

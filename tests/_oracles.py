@@ -49,7 +49,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,9 +158,13 @@ def _convert_markers(layer_dir: Path) -> None:
         dirnames[:] = [d for d in dirnames if not d.startswith(b".wh.")]
 
 
-def extract_layer(blob: Path, dest: Path) -> Path:
+def extract_layer(blob: Path, dest: Path, *, allowed: Callable[[str], bool] = lambda line: False) -> Path:
     """Extract one layer blob (gzip/zstd/plain) with GNU tar into the new dir ``dest``, convert
-    markers to overlay form, and return ``dest``."""
+    markers to overlay form, and return ``dest``.
+
+    GNU tar's errors fail the extraction, except for a marker below a file (see
+    :func:`_is_marker_under_file`) and the lines ``allowed`` accepts.
+    """
     dest.mkdir(parents=True)
     os.chmod(dest, 0o755)  # a layer without a "./" entry: its root is 0755, like implied parents
     argv = ["tar", "-x", "--xattrs", "--xattrs-include=*", "--numeric-owner", "--same-permissions",
@@ -172,7 +176,7 @@ def extract_layer(blob: Path, dest: Path) -> Path:
     if proc.returncode != 0:
         errors = [line for line in proc.stderr.decode(errors="replace").splitlines()
                   if not line.startswith("tar: Exiting with failure status")]
-        if not errors or not all(_is_marker_under_file(line) for line in errors):
+        if not errors or not all(_is_marker_under_file(line) or allowed(line) for line in errors):
             raise AssertionError(f"{' '.join(argv)} < {blob} failed ({proc.returncode}):\n"
                                  + "\n".join(errors))
     _convert_markers(dest)
@@ -191,20 +195,22 @@ def _is_marker_under_file(tar_error: str) -> bool:
         os.path.basename(head[len("tar: "):]).startswith(_WHITEOUT_PREFIX)
 
 
-def tar_layer_dirs(layout: Path, tag: str, dest: Path) -> list[Path]:
+def tar_layer_dirs(layout: Path, tag: str, dest: Path, *,
+                   allowed: Callable[[str], bool] = lambda line: False) -> list[Path]:
     """Extract every layer of ``layout:tag`` into ``dest/0``, ``dest/1``, ... (base first).
 
     Args:
         layout: an OCI image layout dir.
         tag: the ``org.opencontainers.image.ref.name`` of the image.
         dest: a directory to create (its parent must exist).
+        allowed: GNU tar error lines to accept (:func:`extract_layer`).
 
     Returns:
         The layer dirs, base layer first (as ``manifest.layers``).
     """
     manifest, _ = read_image(layout, tag)
     dest.mkdir()
-    return [extract_layer(blob_path(layout, layer["digest"]), dest / str(i))
+    return [extract_layer(blob_path(layout, layer["digest"]), dest / str(i), allowed=allowed)
             for i, layer in enumerate(manifest["layers"])]
 
 
