@@ -57,7 +57,8 @@ What the generator leaves out, because the tools differ by design there and not 
 Everything else is generated: directories, files, symlinks, hard links, fifos, char and block
 devices, whiteouts, opaque markers, type changes at any depth and within a layer, duplicate
 entries, setuid/setgid/sticky modes, owners, PAX mtimes to the nanosecond, binary user xattrs,
-255-byte and non-UTF-8 names, root entries and empty layers.
+``trusted.*`` xattrs and file capabilities, 255-byte, non-UTF-8 and ``x/../`` names, root
+entries and empty layers.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ OWNERS = [(0, 0)] * 5 + [(1000, 1000), (65534, 65534), (3_000_000, 7), (5, 0)]
 SYMLINK_TARGETS = ["a", "../b", "/etc/passwd", "c/d", "t" * 100, ".", "/"]
 DEVICES = [(tarfile.CHRTYPE, (1, 3)), (tarfile.CHRTYPE, (1, 5)), (tarfile.CHRTYPE, (10, 200)),
            (tarfile.BLKTYPE, (7, 0)), (tarfile.BLKTYPE, (8, 1))]
+#: security.capability of ``setcap cap_net_bind_service=ep`` (version 2)
+CAPABILITY = bytes.fromhex("0100000200040000000000000000000000000000")
 #: Generated times stay before this (2020-09-13): well before any run of umoci (the clock rule).
 MAX_MTIME = 1_600_000_000
 
@@ -193,11 +196,13 @@ class _Generator:
             return f"{seconds}.{self.rng.randrange(10**9):09d}"
         return seconds
 
-    def xattrs(self) -> tuple[tuple[str, bytes], ...]:
+    def xattrs(self, *, file: bool = False) -> tuple[tuple[str, bytes], ...]:
         if self.rng.random() > 0.25:
             return ()
         pool = [("user.a", bytes(self.rng.randrange(256) for _ in range(self.rng.randrange(1, 12)))),
-                ("user.b", b"v" * self.rng.randrange(1, 200)), ("user.c", b"")]
+                ("user.b", b"v" * self.rng.randrange(1, 200)), ("user.c", b""), ("trusted.t", b"1")]
+        if file:
+            pool.append(("security.capability", CAPABILITY))
         return tuple(sorted(self.rng.sample(pool, self.rng.randrange(1, 3))))
 
     def path(self) -> str | None:
@@ -219,13 +224,13 @@ class _Generator:
         r = rng.random()
         name = path
         if r < 0.35:
-            name = rng.choice([path, path + "/", "./" + path])
+            name = rng.choice([path, path + "/", "./" + path, "x/../" + path])
             return TarEntry(name, tarfile.DIRTYPE, mode=rng.choice(DIR_MODES), uid=uid, gid=gid,
                             mtime=self.mtime(), xattrs=self.xattrs()), "dir"
         if r < 0.65:
             data = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40)))
             return TarEntry(name, data=data, mode=rng.choice(FILE_MODES), uid=uid, gid=gid, mtime=self.mtime(),
-                            xattrs=self.xattrs()), "reg"
+                            xattrs=self.xattrs(file=True)), "reg"
         if r < 0.78:
             return TarEntry(name, tarfile.SYMTYPE, linkname=rng.choice(SYMLINK_TARGETS), mode=0o777, uid=uid,
                             gid=gid, mtime=self.mtime()), "lnk"
@@ -237,7 +242,7 @@ class _Generator:
             return TarEntry(name, kind, mode=rng.choice([0o666, 0o600, 0o660]), uid=uid, gid=gid,
                             mtime=self.mtime(), dev=dev), "chr" if kind == tarfile.CHRTYPE else "blk"
         targets = [p for p, n in self.model.nodes.items()
-                   if n.entry is not None and n.kind in ("reg", "fifo") and p != path
+                   if n.entry is not None and p != path
                    and not p.startswith(path + "/")]
         if not targets:
             return None
@@ -288,7 +293,7 @@ class _Generator:
                 kind = {tarfile.DIRTYPE: "dir", tarfile.REGTYPE: "reg", tarfile.SYMTYPE: "lnk",
                         tarfile.FIFOTYPE: "fifo", tarfile.CHRTYPE: "chr", tarfile.BLKTYPE: "blk"}[again.type]
                 entries.append(again)
-                self.model.add(path, kind, again)
+                self.model.add(path, kind, again if kind != "dir" else None)
             else:
                 path = self.path()
                 if path is None:
@@ -300,13 +305,20 @@ class _Generator:
                 if entry.type == tarfile.LNKTYPE:
                     self.model.add(path, kind, self.model.nodes[entry.linkname].entry)
                 else:
-                    self.model.add(path, kind, entry if kind in ("reg", "fifo") else None)
+                    self.model.add(path, kind, entry if kind != "dir" else None)
                 entries.append(entry)
         return entries
 
 
 def _clean(name: str) -> str:
-    return "/".join(p for p in name.split("/") if p not in ("", "."))
+    """``name`` as a path, cleaned lexically (``x/../a/`` is ``a``)."""
+    parts: list[str] = []
+    for part in name.split("/"):
+        if part == "..":
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return "/".join(parts)
 
 
 _KINDS = {tarfile.DIRTYPE: "dir", tarfile.REGTYPE: "reg", tarfile.SYMTYPE: "lnk", tarfile.FIFOTYPE: "fifo",
@@ -343,14 +355,14 @@ def valid(layers: Sequence[Sequence[TarEntry]]) -> bool:
             if e.type == tarfile.LNKTYPE:
                 target = model.nodes.get(e.linkname)
                 t = target.entry if target is not None else None
-                if t is None or target is None or target.kind not in ("reg", "fifo") or e.linkname == path \
+                if t is None or target is None or target.kind == "dir" or e.linkname == path \
                         or e.linkname.startswith(path + "/") or (e.mode, e.uid, e.gid, e.mtime) != (
                             t.mode, t.uid, t.gid, t.mtime):
                     return False
                 model.add(path, target.kind, t)
             else:
                 kind = _KINDS[e.type]
-                model.add(path, kind, e if kind in ("reg", "fifo") else None)
+                model.add(path, kind, e if kind != "dir" else None)
     return True
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from _fuzz import (
+    CAPABILITY,
     LONG_NAME,
     NON_UTF8_NAME,
     Layers,
@@ -133,6 +134,9 @@ FOUND = [
           [[F("x")], [D("b/c"), D("./", 0o2755)]], lambda t: t["b"].mode == 0o755 and t["."].mode == 0o2755),
     Found("a second root entry replaces the first's xattrs",
           [[D(".", xattrs=(("user.b", b"v"),)), D(".", 0o711)]], lambda t: t["."].xattrs == ()),
+    Found("a hard link keeps its target's capability",
+          [[F("a", xattrs=(("security.capability", CAPABILITY),)), TarEntry("b", tarfile.LNKTYPE, linkname="a")]],
+          lambda t: t["b"].xattr("security.capability") == CAPABILITY),
     Found("a non-UTF-8 name", [[F(NON_UTF8_NAME)], [F(".wh." + NON_UTF8_NAME), D(NON_UTF8_NAME + "/")]],
           lambda t: t[NON_UTF8_NAME].type == "dir"),
 ]
@@ -200,6 +204,10 @@ def _features(layers: Layers) -> set[str]:
                 out.add("mtime in ns")
             if e.xattrs:
                 out.add("xattrs")
+            if any(k == "security.capability" for k, _ in e.xattrs):
+                out.add("capability")
+            if ".." in e.name.split("/"):
+                out.add("dotdot name")
             if LONG_NAME in e.name:
                 out.add("255-byte name")
             if NON_UTF8_NAME in e.name:
@@ -210,8 +218,8 @@ def _features(layers: Layers) -> set[str]:
 def test_generator_makes_every_kind_of_entry() -> None:
     wanted = {"dir", "file", "symlink", "hardlink", "fifo", "char device", "block device", "whiteout",
               "opaque marker", "root entry", "duplicate", "type change within a layer", "depth 3", "setuid",
-              "setgid", "sticky", "owner", "mtime in ns", "xattrs", "255-byte name", "non-UTF-8 name",
-              "empty layer"}
+              "setgid", "sticky", "owner", "mtime in ns", "xattrs", "capability", "255-byte name", "non-UTF-8 name",
+              "dotdot name", "empty layer"}
     made: set[str] = set()
     for seed in range(SEEDS):
         made |= _features(generate(seed))

@@ -38,6 +38,8 @@ from layerfs._errors import BadArchive, DigestMismatch
 from layerfs._layer.unpack import MAX_HEADER_BYTES, LayerStats, inherit_attributes, unpack_layer
 
 ROOT = os.geteuid() == 0
+#: security.capability of ``setcap cap_net_bind_service=ep`` (version 2)
+CAPABILITY = bytes.fromhex("0100000200040000000000000000000000000000")
 T0 = 1_600_000_000   # a fixed mtime
 
 
@@ -323,6 +325,11 @@ ENTRY_CASES = [
         {"f": "file"}, chk_exact_times),
     Case("hardlink to an earlier entry", [f("a", b"shared"), d("dir"), hard("dir/b", "a")],
          {"dir/b": "file"}, chk_hardlink),
+    Case("a hard link keeps its target's capability", [
+        f("a", b"cap", mode=0o755, pax={"SCHILY.xattr.security.capability": os.fsdecode(CAPABILITY)}),
+        hard("b", "a", mode=0o755)], {"b": "file"},
+        lambda dest, priv: None if not priv or xattrs_of(dest / "b").get("security.capability") == CAPABILITY
+        else pytest.fail("the link's chown dropped security.capability")),
     Case("symlinks stored verbatim", [sym("abs", "/etc/passwd", uid=7), sym("rel", "../nowhere")],
          {"abs": "symlink", "rel": "symlink"}, chk_symlink),
     Case("long names", [d("d" * 120), f("d" * 120 + "/" + "n" * 255, b"long"), sym("longlink", "t" * 300)],

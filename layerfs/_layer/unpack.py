@@ -28,7 +28,8 @@ docs/overlay.rst "Whiteouts and opaque directories"):
   the children; anything else removes the old entry (a dir recursively) and creates the new one.
   A directory made where the layer removed an entry of its own is opaque: the removed entry had
   replaced whatever lay below, which must not come back.  Hard-link entries apply their header's
-  owner, mode and times to the shared inode, as moby and containerd do.
+  owner, mode and times to the shared inode, as moby and containerd do (the owner only if it
+  differs: a chown drops the file's ``security.capability``).
 - ``.``/``./`` only sets the root's attributes and must be a directory.  Missing parents are
   created 0755.  Without a root entry the root is 0755 (``dest`` arrives 0700).  These implicit
   directories get the time 0, never the clock (two unpacks of a layer give the same tree), and
@@ -1219,8 +1220,9 @@ class _Applier:
                 os.link(tname, name, src_dir_fd=tparent, dst_dir_fd=parent, follow_symlinks=False)
         finally:
             os.close(tparent)
-        # moby/containerd apply the link header's attributes to the (shared) inode
-        if self.privileged:
+        # moby/containerd apply the link header's attributes to the (shared) inode; but a chown,
+        # even to the same owner, drops security.capability and setuid: only when it changes
+        if self.privileged and (st.st_uid, st.st_gid) != (info.uid, info.gid):
             os.chown(name, info.uid, info.gid, dir_fd=parent, follow_symlinks=False)
         self._set_xattrs(parent, name, self._xattrs(info), entry)
         if not stat.S_ISLNK(st.st_mode):
