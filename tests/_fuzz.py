@@ -253,13 +253,13 @@ class _Generator:
         return TarEntry(name, tarfile.LNKTYPE, linkname=target, mode=t.mode, uid=t.uid, gid=t.gid,
                         mtime=t.mtime), node.kind
 
-    def layer(self) -> list[TarEntry]:
+    def layer(self, most: int) -> list[TarEntry]:
         rng = self.rng
         self.model.new_layer()
         entries: list[TarEntry] = []
         if rng.random() < 0.1:
             return entries
-        for _ in range(rng.randrange(1, 22)):
+        for _ in range(rng.randrange(1, most + 1)):
             r = rng.random()
             if r < 0.06:   # the root entry
                 uid, gid = rng.choice(OWNERS)
@@ -367,9 +367,11 @@ def valid(layers: Sequence[Sequence[TarEntry]]) -> bool:
 
 
 def generate(seed: int) -> Layers:
-    """A random image for ``seed`` (the same image for the same seed): 1 to 5 layers."""
+    """A random image for ``seed`` (the same image for the same seed): 1 to 5 layers of up to 21
+    entries, or one time in ten 1 to 8 layers of up to 80."""
     gen = _Generator(seed)
-    return [gen.layer() for _ in range(gen.rng.randrange(1, 6))]
+    big = gen.rng.random() < 0.1
+    return [gen.layer(80 if big else 21) for _ in range(gen.rng.randrange(1, 9 if big else 6))]
 
 
 # ---------------------------------------------------------------------------------------------

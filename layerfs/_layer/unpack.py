@@ -11,18 +11,22 @@ docs/overlay.rst "Whiteouts and opaque directories"):
 - Entries keep type, mode (setuid/setgid/sticky too), numeric owner (as root), mtime and atime
   (atime = max(atime, mtime); times before 1970 or beyond 64-bit ns become the epoch, like moby),
   and ``SCHILY.xattr.*`` PAX xattrs (binary values too; an empty value deletes the record, as
-  POSIX pax says and Go's tar, which writes most images, reads it).  Per entry: create, lchown, xattrs (chown
-  clears ``security.capability``), chmod (chown clears setuid), times.  Directory times are set
-  after the whole layer.  Symlinks get lchown and lutimes; their targets are stored verbatim.
+  POSIX pax says and Go's tar, which writes most images, reads it).  Per entry: create, lchown,
+  xattrs (chown clears ``security.capability``), chmod (chown clears setuid), times.  Directory
+  times are set after the whole layer.  Symlinks get lchown and lutimes; their targets are
+  stored verbatim.
 - ``.wh.X`` becomes a 0/0 char device X owned by the marker's uid/gid; ``.wh..wh..opq`` becomes
   ``trusted.overlay.opaque=y`` (``user.overlay.opaque=y`` unprivileged) on its directory; the
   markers themselves are not written.  Following the spec, a whiteout never removes an entry of its
   own layer, in either order: if the layer also has X, X stays, and if X is a directory it is made
-  opaque (the whiteout removed the lower X, so the new dir must not merge with it).  Markers never
-  follow a symlink of the layer, and a marker below a symlink or non-directory of its own layer
-  is redundant (that entry already hides everything below it) and ignored.  A whiteout below a
-  directory the same layer makes opaque (not the root, which the kernel never makes opaque) hides
-  nothing and is left out: the kernel would list it as an entry that cannot be looked up.
+  opaque (the whiteout removed the lower X, so the new dir must not merge with it).  What the
+  layer's entries did not make (a directory made only to hold the layer's markers) is not spared:
+  the whiteout takes its place, and an opaque marker removes it from its directory (as umoci,
+  which spares the paths the layer's entries made and their parents).  Markers never follow a
+  symlink of the layer, and a marker below a symlink or non-directory of its own layer is redundant
+  (that entry already hides everything below it) and ignored.  A whiteout below a directory the
+  same layer makes opaque (not the root, which the kernel never makes opaque) hides nothing and is
+  left out: the kernel would list it as an entry that cannot be looked up.
 - A later entry for the same path wins, as if the entries were applied one by one to the merged
   tree (umoci does exactly that): a dir over a dir replaces the attributes (xattrs too) and keeps
   the children; anything else removes the old entry (a dir recursively) and creates the new one.
@@ -30,10 +34,11 @@ docs/overlay.rst "Whiteouts and opaque directories"):
   replaced whatever lay below, which must not come back.  Hard-link entries apply their header's
   owner, mode and times to the shared inode, as moby and containerd do (the owner only if it
   differs: a chown drops the file's ``security.capability``).
-- ``.``/``./`` only sets the root's attributes and must be a directory.  Missing parents are
-  created 0755.  Without a root entry the root is 0755 (``dest`` arrives 0700).  These implicit
-  directories get the time 0, never the clock (two unpacks of a layer give the same tree), and
-  :func:`inherit_attributes` then gives them the attributes of the same directory below.
+- ``.``/``./`` only sets the root's attributes (xattrs replaced, as for any directory) and must
+  be a directory.  Missing parents are created 0755, with the setgid bit and group that mkdir(2)
+  gives in a setgid directory.  Without a root entry the root is 0755 (``dest`` arrives 0700).
+  These implicit directories get the time 0, never the clock (two unpacks of a layer give the same
+  tree), and :func:`inherit_attributes` then gives them the attributes of the same directory below.
 - Hard links may only point at earlier entries of the same layer: a target elsewhere (a lower
   layer) raises :class:`BadArchive`, like overlay2's per-layer extraction.
 - Sparse files (GNU old, PAX 0.0/0.1/1.0) keep their holes on disk.
@@ -244,11 +249,18 @@ def inherit_attributes(dest: str | os.PathLike[str], implicit_dirs: Sequence[Imp
     defaults (0755, root, time 0), except that in a setgid directory it takes the setgid bit and
     the directory's group, as mkdir(2) gives them (and umoci, which makes it in the merged tree).
 
-    A layer directory is shared by every image with that diff ID, so this runs once, with the
-    lowers of the image that brought the layer first; an image that puts the same layer on lowers
-    whose directories differ sees, for those directories only, the first image's attributes.
-    Layers that carry their parent directories (what image builders write) have nothing to
-    inherit, except their root when they have no root entry.
+    The decision for shared layers: a layer directory serves every image with that diff ID (and a
+    layer an image repeats is unpacked once, at its first place), so this runs once, with the
+    layers below the first place the layer was added at.  The directory is then right for that
+    image and for every image that puts the layer on lowers with the same directories (the
+    common case: a shared base); an image that puts it on lowers whose directories differ sees,
+    for those implicit directories only, the attributes of the first (in the layerfs mount as in
+    the kernel overlay).  Layers that carry their parent directories, as image builders write
+    them, have nothing to inherit but their root when they have no root entry; the one layer often
+    found on different lowers is the empty one, whose root then shows the first lowers' root.
+    Right for every image would be an unpack per ChainID, as docker's overlay2 keeps layers (a
+    copy per parent chain), or the mount's index taking an implicit directory's attributes from
+    the layers below (which needs the implicit directories recorded with the layer).
 
     Args:
         dest: the layer directory, as :func:`unpack_layer` left it (before it is published).

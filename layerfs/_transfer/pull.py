@@ -15,8 +15,9 @@ The steps, in order (docs/oci.rst has the rules each one follows):
    docker), each thread feeding the streaming, resumable blob body straight into
    ``layers.add_layer``, which decompresses, unpacks under ``tmp/``, and verifies the blob digest
    and the diff ID while the bytes arrive, and renames the layer into place (taking the lock for
-   the rename only) once verified.  A layer already in the store is not fetched ("Already
-   exists"); one that another pull is fetching is waited for, not fetched twice.
+   the rename only) once verified (and, when it has directories whose attributes come from the
+   layers below, once those are in: ``layers.Lowers``).  A layer already in the store is not
+   fetched ("Already exists"); one that another pull is fetching is waited for, not fetched twice.
 6. Take the store lock to store the manifest(s) and config and record the image with its tag and
    repo digest.  Other commands (tag, rm, mount, another pull) run meanwhile: only steps 5's
    renames and 6 wait for the lock, and they are short.

@@ -1,0 +1,97 @@
+"""layerfs._transfer.layers: adding an image's layers in parallel, each after the ones below it.
+
+A layer's implicit directories (and its root without a ``./`` entry) take their attributes from
+the layers below (``_layer.unpack.inherit_attributes``), so each layer is published once those
+below are in the store: the layers of one image unpack in parallel and wait for each other only
+then, and a layer below that fails makes the ones above fail rather than wait for ever.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from _images import TarEntry, blob_path, gzip_bytes, sha256, tar_bytes, write_layout
+from _oracles import read_image
+from conftest import require_root
+
+from layerfs import LayerfsError, Store
+from layerfs._transfer.layers import Lowers
+from layerfs._transfer.load import load
+
+D = tarfile.DIRTYPE
+
+
+def test_a_layer_waits_for_those_below(tmp_path: Path) -> None:
+    lowers = Lowers(Store(tmp_path / "store"), ["sha256:" + "a" * 64, "sha256:" + "b" * 64, "sha256:" + "a" * 64])
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(lowers.below(2)()))
+    waiter.start()
+    time.sleep(0.1)
+    assert waiter.is_alive(), "returned before the layers below were in"
+    lowers.done("sha256:" + "a" * 64)
+    lowers.done("sha256:" + "b" * 64)
+    waiter.join(5)
+    assert [Path(p).parent.name for p in got[0]] == ["a" * 64, "b" * 64]   # type: ignore[attr-defined]
+    assert lowers.below(0)() == []
+
+
+def test_a_failed_layer_below_fails_those_above(tmp_path: Path) -> None:
+    lowers = Lowers(Store(tmp_path / "store"), ["sha256:" + "a" * 64, "sha256:" + "b" * 64])
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            lowers.below(1)()
+        except LayerfsError as err:
+            errors.append(err)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    lowers.done("sha256:" + "a" * 64, ok=False)
+    waiter.join(5)
+    assert not waiter.is_alive()
+    assert len(errors) == 1 and "cancelled" in str(errors[0]) and "a" * 64 in str(errors[0])
+
+
+def _image(tmp_path: Path, layers: list[list[TarEntry]]) -> str:
+    tars = [tar_bytes(layer) for layer in layers]
+    return write_layout(tmp_path / "layout", "t", [(gzip_bytes(t), sha256(t)) for t in tars]).source
+
+
+def test_every_layer_inherits_from_those_below(tmp_path: Path) -> None:
+    """Four layers unpacked two at a time, each with the implicit dir ``a`` and no root entry:
+    each takes ``a`` and the root from the layer below, whatever order the threads run in."""
+    require_root()
+    base = [TarEntry("./", D, mode=0o750, uid=3, mtime=1_000_000), TarEntry("a/", D, mode=0o700, uid=5, mtime=1234),
+            TarEntry("a/f", data=b"big" * 200_000)]
+    uppers = [[TarEntry(f"a/f{i}", data=b"x")] for i in range(3)]
+    store = Store(tmp_path / "store")
+    (image,) = load(store, _image(tmp_path, [base, *uppers]))
+    for layer in store.layer_dirs(image):
+        for path, want in (("", (0o750, 3, 1_000_000)), ("a", (0o700, 5, 1234))):
+            st = os.lstat(layer / path)
+            assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_mtime_ns // 10**9) == want, (layer, path)
+
+
+def test_a_corrupt_base_fails_the_load_without_waiting(tmp_path: Path) -> None:
+    """The layers above a corrupt base wait for it (they have implicit dirs), then fail with it."""
+    source = _image(tmp_path, [[TarEntry("a/b", data=b"x" * 100_000)], [TarEntry("a/c", data=b"y")],
+                               [TarEntry("a/d", data=b"z")]])
+    blob = blob_path(tmp_path / "layout", read_image(tmp_path / "layout", "t")[0]["layers"][0]["digest"])
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    store = Store(tmp_path / "store")
+    started = time.monotonic()
+    with pytest.raises(LayerfsError) as info:
+        load(store, source)
+    assert time.monotonic() - started < 30
+    assert "cancelled" not in str(info.value), "the cause is the corrupt blob, not the layers it stopped"
+    assert store.images() == []
+    assert list((store.root / "layers").iterdir()) == []
