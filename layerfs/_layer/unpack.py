@@ -1264,9 +1264,10 @@ class _Applier:
 
     def finish(self) -> None:
         """End the layer: drop the whiteouts an opaque directory of the layer covers (the kernel
-        would list them, overlay.md §2), give the directories made only as parents (and the root,
-        without a root entry) fixed attributes, 0755 and time 0, never the clock, then set the
-        directory times (after every entry, since adding children changes them)."""
+        would list them, docs/overlay.rst "Whiteouts and opaque directories"), give the
+        directories made only as parents (and the root, without a root entry) fixed attributes,
+        0755 and time 0, never the clock, then set the directory times (after every entry, since
+        adding children changes them)."""
         for path in sorted(self._whited):
             if not self._covered(path):
                 continue
