@@ -79,6 +79,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import Generic, TypeVar
 
 from .. import _sys
 from .._errors import BadArchive, DigestMismatch
@@ -707,6 +708,83 @@ def _to_ns(value: str | float) -> int:
     return ns if 0 <= ns <= _MAX_NS else 0
 
 
+V = TypeVar("V")
+
+
+class _Removals:
+    """The directories a layer removed (replaced by a later entry), each with the time it was
+    removed, on a clock that also stamps what :class:`_PathMap` records.
+
+    A removed tree takes everything recorded below it with it.  Rather than scan every record at
+    each removal (quadratic in a layer that replaces many directories), a record is alive if no
+    directory above it, or itself, was removed after it was made: O(depth) per lookup.
+    """
+
+    def __init__(self) -> None:
+        self.clock = 0
+        self.removed: dict[str, int] = {}
+
+    def tick(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    def remove(self, path: str) -> None:
+        """``path`` and everything below it were removed."""
+        self.removed[path] = self.tick()
+
+    def alive(self, path: str, stamp: int) -> bool:
+        """True if nothing at or above ``path`` was removed after ``stamp``."""
+        while True:
+            when = self.removed.get(path)
+            if when is not None and when > stamp:
+                return False
+            if not path:
+                return True
+            path = path.rpartition("/")[0]
+
+
+class _PathMap(Generic[V]):
+    """Per-path values (in the order set) that forget what a removed directory held."""
+
+    def __init__(self, removals: _Removals) -> None:
+        self._removals = removals
+        self._items: dict[str, tuple[int, V]] = {}
+
+    def set(self, path: str, value: V) -> None:
+        self._items.pop(path, None)   # to the end: the order is the order of making
+        self._items[path] = (self._removals.tick(), value)
+
+    def update(self, path: str, value: V) -> None:
+        """Change the value of a live record, keeping its place and time."""
+        stamp, _ = self._items[path]
+        self._items[path] = (stamp, value)
+
+    def get(self, path: str) -> V | None:
+        item = self._items.get(path)
+        if item is None or not self._removals.alive(path, item[0]):
+            return None
+        return item[1]
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and self.get(path) is not None
+
+    def discard(self, path: str) -> None:
+        self._items.pop(path, None)
+
+    def items(self) -> list[tuple[str, V]]:
+        return [(p, v) for p, (stamp, v) in self._items.items() if self._removals.alive(p, stamp)]
+
+
+class _PathSet(_PathMap[bool]):
+    """A set of paths that forgets what a removed directory held."""
+
+    def add(self, path: str) -> None:
+        self.set(path, True)
+
+    def paths(self) -> list[str]:
+        return [p for p, _ in self.items()]
+
+
 class _Applier:
     """Applies tar entries to the root fd; holds the per-layer state (see the module doc)."""
 
@@ -722,19 +800,20 @@ class _Applier:
         self._retired: list[int] = []
         # Per-path state, keyed by the real path in the layer ("" is the root).
         #: dir path -> (atime_ns, mtime_ns), applied by finish()
-        self._dir_times: dict[str, tuple[int, int]] = {}
+        self._removals = _Removals()
+        self._dir_times: _PathMap[tuple[int, int]] = _PathMap(self._removals)
         #: paths where this layer cut off what lies below (a whiteout, or an entry of this layer
         #: replaced by a later one): a directory made there is opaque
-        self._cut: set[str] = set()
+        self._cut = _PathSet(self._removals)
         #: whiteouts this layer wrote (0/0 devices); finish() drops those an opaque dir covers
-        self._whited: set[str] = set()
+        self._whited = _PathSet(self._removals)
         #: directories of this layer that are opaque
-        self._opaque: set[str] = set()
+        self._opaque = _PathSet(self._removals)
         #: what the layer's entries made, and their parents (umoci's "upper paths"): a whiteout or
         #: an opaque marker of the layer removes what is not in it (dirs made only for markers)
-        self._upper: set[str] = set()
+        self._upper = _PathSet(self._removals)
         #: directories made only as parents, in order (see :class:`ImplicitDir`)
-        self._implicit: dict[str, ImplicitDir] = {}
+        self._implicit: _PathMap[ImplicitDir] = _PathMap(self._removals)
         #: devices skipped (unprivileged): hard links to them are skipped too
         self._skipped_devices: set[str] = set()
         self._root_seen = False
@@ -853,10 +932,10 @@ class _Applier:
         parent_path = path.rpartition("/")[0]
         parent = self._implicit.get(parent_path) if parent_path else (
             None if self._root_seen else ImplicitDir(""))
-        self._implicit[path] = ImplicitDir(
+        self._implicit.set(path, ImplicitDir(
             path, below_visible=not self._hidden_below(path),
             after_parent=parent is not None and not parent.explicit and (parent.below_visible or parent.after_parent),
-            setgid_gid=st.st_gid if st.st_mode & stat.S_ISGID else -1)
+            setgid_gid=st.st_gid if st.st_mode & stat.S_ISGID else -1))
         if path in self._cut:
             self._make_opaque(dirfd, name, path)
 
@@ -904,7 +983,7 @@ class _Applier:
             self._root_seen = True
             self._clear_xattrs(self.rootfd)   # a later root entry replaces an earlier one's
             self._attrs(self.rootfd, "", info, entry)
-            self._dir_times[""] = _times(info)
+            self._dir_times.set("", _times(info))
             return
         for part in comps[:-1]:
             marker = _whiteout.classify(part)
@@ -930,7 +1009,7 @@ class _Applier:
             self._hardlink(parent, name, path, info, entry)
         else:
             self._special(parent, name, path, info, entry)
-        while path and path not in self._upper:
+        while path and path not in self._upper:   # (an alive path's parents are alive too)
             self._upper.add(path)
             path = path.rpartition("/")[0]
 
@@ -1060,12 +1139,7 @@ class _Applier:
 
     def _forget_below(self, path: str) -> None:
         """Drop the per-path state of ``path`` and everything below it (the tree was removed)."""
-        prefix = path + "/"
-        for table in (self._dir_times, self._implicit):
-            for key in [k for k in table if k == path or k.startswith(prefix)]:
-                del table[key]
-        for paths in (self._cut, self._whited, self._opaque, self._upper):
-            paths.difference_update([k for k in paths if k == path or k.startswith(prefix)])
+        self._removals.remove(path)
 
     def _xattrs(self, info: tarfile.TarInfo) -> list[tuple[str, bytes]]:
         pax = info.pax_headers
@@ -1163,8 +1237,9 @@ class _Applier:
         except FileExistsError:
             if self._remove(parent, name, path, for_dir=True):
                 # a dir over a dir: the later entry's attributes replace the earlier's, xattrs too
-                if path in self._implicit:
-                    self._implicit[path] = dataclasses.replace(self._implicit[path], explicit=True)
+                implicit = self._implicit.get(path)
+                if implicit is not None:
+                    self._implicit.update(path, dataclasses.replace(implicit, explicit=True))
                 fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
                 try:
                     self._clear_xattrs(fd)
@@ -1175,7 +1250,7 @@ class _Applier:
         self._attrs(parent, name, info, entry)
         if path in self._cut and path not in self._opaque:
             self._make_opaque(parent, name, path)
-        self._dir_times[path] = _times(info)
+        self._dir_times.set(path, _times(info))
 
     def _clear_xattrs(self, fd: int) -> None:
         """Remove the xattrs an earlier entry gave directory ``fd`` (not the private ones)."""
@@ -1268,7 +1343,7 @@ class _Applier:
         directories made only as parents (and the root, without a root entry) fixed attributes,
         0755 and time 0, never the clock, then set the directory times (after every entry, since
         adding children changes them)."""
-        for path in sorted(self._whited):
+        for path in sorted(self._whited.paths()):
             if not self._covered(path):
                 continue
             parent_path, _, name = path.rpartition("/")
@@ -1276,13 +1351,12 @@ class _Applier:
             st = _lstat(parent, name)
             if st is not None and _whiteout.is_whiteout_device(st):
                 os.unlink(name, dir_fd=parent)
-        self._whited.clear()
         if not self._root_seen:
             os.fchmod(self.rootfd, 0o755)
-            self._dir_times[""] = (0, 0)
+            self._dir_times.set("", (0, 0))
         for path, implicit in self._implicit.items():
             if not implicit.explicit:
-                self._dir_times[path] = (0, 0)
+                self._dir_times.set(path, (0, 0))
         for path, times in self._dir_times.items():
             if not path:
                 os.utime(self.rootfd, ns=times)
@@ -1308,8 +1382,9 @@ class _Applier:
     def implicit_dirs(self) -> tuple[ImplicitDir, ...]:
         """The directories made only as parents, in order, after the root (explicit if it had a
         root entry: its children made before that entry still depend on it)."""
-        return (ImplicitDir("", explicit=self._root_seen_after),) + tuple(self._implicit.values()) \
-            if not self._root_seen or self._root_seen_after else tuple(self._implicit.values())
+        found = tuple(implicit for _, implicit in self._implicit.items())
+        return (ImplicitDir("", explicit=self._root_seen_after),) + found \
+            if not self._root_seen or self._root_seen_after else found
 
     def _parent_lookup(self, comps: list[str]) -> int:
         """Like :meth:`_parent`, without making anything."""
