@@ -406,6 +406,10 @@ ENTRY_CASES = [
     Case("symlinked parent resolves inside the layer", [
         d("real"), sym("lnk", "real"), f("lnk/f", b"via link"), sym("up", ".."), f("up/up/x", b"clamped")],
         {"lnk": "symlink"}, chk_symlink_parent),
+    Case("entries written through a symlink of the layer count at their real place", [
+        d("real"), sym("lnk", "real"), d("lnk/sub"), f("lnk/sub/x", b"x"), f("real/.wh.sub")],
+        {"real/sub": "dir", "real/sub/x": "file"},
+        lambda dest, priv: None if opaque(dest / "real" / "sub", priv) else pytest.fail("real/sub: not opaque")),
     Case("markers under a non-dir of the layer are ignored", [
         d("x"), f("x/k"), f("d2f", b"now a file"), f("d2f/.wh.child"), f("d2f/.wh..wh..opq"),
         sym("lnk", "x"), f("lnk/.wh.k"), f("lnk/.wh..wh..opq"), f(".wh.w"), f("w/.wh.inner")],

@@ -793,7 +793,10 @@ class _Applier:
         self.privileged = privileged
         self.opaque_attr = _whiteout.opaque_xattr(privileged)
         #: the root's path as /proc shows it, to name directories reached through symlinks
-        self._root_real = os.readlink(f"/proc/self/fd/{rootfd}")
+        try:
+            self._root_real: str | None = os.readlink(f"/proc/self/fd/{rootfd}")
+        except OSError:
+            self._root_real = None   # no /proc: paths through a symlink are named as written
         #: parent dir (as named in the tar) -> (O_PATH fd, its real path in the layer)
         self._parents: OrderedDict[str, tuple[int, str]] = OrderedDict()
         #: fds dropped from ``_parents`` while an entry may still use one: closed after the entry
@@ -867,7 +870,7 @@ class _Applier:
                     raise
                 # through a symlink of the layer: where does it lead?
                 fd = _sys.open_in_root(self.rootfd, key)
-                real = self._real_path(fd)
+                real = self._real_path(fd, key)
         except OSError as err:
             if err.errno not in (errno.ENOENT, errno.ENOTDIR):
                 raise
@@ -877,8 +880,11 @@ class _Applier:
             os.close(self._parents.popitem(last=False)[1][0])
         return fd, real
 
-    def _real_path(self, fd: int) -> str:
-        """The path, relative to the root, of the directory ``fd`` (resolved inside the root)."""
+    def _real_path(self, fd: int, named: str) -> str:
+        """The path, relative to the root, of the directory ``fd`` (resolved inside the root),
+        which the layer named ``named``."""
+        if self._root_real is None:
+            return named
         real = os.readlink(f"/proc/self/fd/{fd}")
         if real == self._root_real:
             return ""
@@ -895,7 +901,7 @@ class _Applier:
                 sub = "/".join(comps[: i + 1])
                 try:
                     nfd = _sys.open_in_root(self.rootfd, sub)
-                    nreal = self._real_path(nfd)
+                    nreal = self._real_path(nfd, sub)
                 except OSError as err:
                     if err.errno not in (errno.ENOENT, errno.ENOTDIR):
                         raise
