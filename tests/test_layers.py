@@ -8,11 +8,14 @@ then, and a layer below that fails makes the ones above fail rather than wait fo
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import stat
 import tarfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,7 @@ from _oracles import read_image
 from conftest import require_root
 
 from layerfs import LayerfsError, Store
-from layerfs._transfer.layers import Lowers
+from layerfs._transfer.layers import Lowers, add_layer
 from layerfs._transfer.load import load
 
 D = tarfile.DIRTYPE
@@ -30,15 +33,16 @@ D = tarfile.DIRTYPE
 def test_a_layer_waits_for_those_below(tmp_path: Path) -> None:
     lowers = Lowers(Store(tmp_path / "store"), ["sha256:" + "a" * 64, "sha256:" + "b" * 64, "sha256:" + "a" * 64])
     got: list[object] = []
-    waiter = threading.Thread(target=lambda: got.append(lowers.below(2)()))
+    assert lowers.below(2)(False) is None, "not waiting: the layers below are not in"
+    waiter = threading.Thread(target=lambda: got.append(lowers.below(2)(True)))
     waiter.start()
-    time.sleep(0.1)
+    time.sleep(0.2)
     assert waiter.is_alive(), "returned before the layers below were in"
     lowers.done("sha256:" + "a" * 64)
     lowers.done("sha256:" + "b" * 64)
     waiter.join(5)
     assert [Path(p).parent.name for p in got[0]] == ["a" * 64, "b" * 64]   # type: ignore[attr-defined]
-    assert lowers.below(0)() == []
+    assert lowers.below(0)(True) == []
 
 
 def test_a_failed_layer_below_fails_those_above(tmp_path: Path) -> None:
@@ -47,7 +51,7 @@ def test_a_failed_layer_below_fails_those_above(tmp_path: Path) -> None:
 
     def wait() -> None:
         try:
-            lowers.below(1)()
+            lowers.below(1)(True)
         except LayerfsError as err:
             errors.append(err)
 
@@ -95,3 +99,51 @@ def test_a_corrupt_base_fails_the_load_without_waiting(tmp_path: Path) -> None:
     assert "cancelled" not in str(info.value), "the cause is the corrupt blob, not the layers it stopped"
     assert store.images() == []
     assert list((store.root / "layers").iterdir()) == []
+
+
+def test_a_layer_waiting_for_those_below_holds_no_stage(tmp_path: Path) -> None:
+    """Command 1 adds image [A, C], command 2 image [C, A], neither layer with a root entry: each
+    command's upper layer unpacks first and waits for its lower one.  Had they kept their stages
+    while waiting, each command's lower layer would wait for the other's stage for ever."""
+    require_root()
+    blobs = {name: tar_bytes([TarEntry(f"{name}/f", data=name.encode())]) for name in ("a", "c")}
+    ids = {name: sha256(tar) for name, tar in blobs.items()}
+    store = Store(tmp_path / "store")
+    errors: list[BaseException] = []
+
+    def add(name: str, lowers: Lowers, index: int, waiting: threading.Event | None = None) -> None:
+        below = lowers.below(index)
+
+        def dirs(wait: bool) -> Sequence[Path] | None:
+            if wait and waiting is not None:
+                waiting.set()
+            return below(wait)
+
+        ok = False
+        try:
+            add_layer(store, lambda: contextlib.nullcontext(io.BytesIO(blobs[name])), diff_id=ids[name],
+                      lowers=dirs)
+            ok = True
+        except BaseException as err:  # noqa: BLE001 - collected and asserted empty below
+            errors.append(err)
+        finally:
+            lowers.done(ids[name], ok)
+
+    one, two = Lowers(store, [ids["a"], ids["c"]]), Lowers(store, [ids["c"], ids["a"]])
+    waiting = [threading.Event(), threading.Event()]
+    with store.hold(ids.values()):
+        uppers = [threading.Thread(target=add, args=("c", one, 1, waiting[0]), daemon=True),
+                  threading.Thread(target=add, args=("a", two, 1, waiting[1]), daemon=True)]
+        for t in uppers:
+            t.start()
+        assert all(w.wait(10) for w in waiting), "the upper layers never came to wait"
+        lowers = [threading.Thread(target=add, args=("a", one, 0), daemon=True),
+                  threading.Thread(target=add, args=("c", two, 0), daemon=True)]
+        for t in lowers:
+            t.start()
+        deadline = time.monotonic() + 20
+        for t in uppers + lowers:
+            t.join(max(0.0, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in uppers + lowers), "the two commands wait for each other"
+    assert not errors, errors
+    assert store.has_layer(ids["a"]) and store.has_layer(ids["c"])
