@@ -209,8 +209,8 @@ def test_podman_runs_a_container_on_layerfs(podman: Podman, tmp_path: Path) -> N
     _wait_gone(f"the daemon of {merged}", lambda: _proc.pid_alive(int(served["pid"])))  # type: ignore[call-overload]
 
     # --rm: podman asks for a volatile mount, and removes the container at the end
-    out = podman("run", *RUN, "--rm", image, "sh", "-c", "echo x > /x && cat /x /dir/c").stdout
-    assert out == "x\nc\n"
+    printed = podman("run", *RUN, "--rm", image, "sh", "-c", "echo x > /x && cat /x /dir/c").stdout
+    assert printed == "x\nc\n"
 
     podman("rm", "c1")
     assert podman("ps", "--all", "--quiet").stdout.strip() == ""

@@ -47,8 +47,8 @@ def add_layer(store: Store, open_blob: Callable[[], AbstractContextManager[Reada
     """Unpack a layer blob into the store, verified; safe to call from several threads and processes.
 
     Call it under a :meth:`Store.hold` of ``diff_id`` and of the layers below it (the layers must
-    outlive clean-ups until an image lists them).  Two callers adding one layer at once make it once: the second waits for
-    the first (see :meth:`Store.stage_layer`) and opens no blob.
+    outlive clean-ups until an image lists them).  Two callers adding one layer at once make it
+    once: the second waits for the first (see :meth:`Store.stage_layer`) and opens no blob.
 
     Args:
         store: the store.
