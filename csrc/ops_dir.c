@@ -297,8 +297,10 @@ void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *n
     int rc = node_resolve(fs, ino, &src);
     if (rc == 0 && lfs_is_dir(node_type(fs, &src)))
         rc = -EPERM;
+    /* with its data: a metadata-only copy finds its data at its own lower path, which the new
+     * name has not (the kernel writes a redirect xattr for it; layerfs writes none) */
     if (rc == 0)
-        rc = upper_copy_up(fs, &src, COPY_META);
+        rc = upper_copy_up(fs, &src, COPY_DATA);
     if (rc == 0)
         rc = prepare_dir(fs, newparent, newname, &dir, &d);
     size_t len = strlen(newname);

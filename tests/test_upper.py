@@ -147,6 +147,8 @@ SCENARIOS: dict[str, list[tuple[object, ...]]] = {
         ("link", "a", "a-link"), ("write", "a-link", b"via link\n", "a"), ("read", "a"), ("stat", "a"),
         ("link", "d", "dlink"), ("link", "nothere", "x"), ("link", "a", "t"), ("unlink", "a"), ("read", "a-link"),
     ],
+    # a metadata-only copy-up has its data at its own lower path: a new name has none there
+    "link of an untouched lower file": [("link", "a", "d/a-link"), ("read", "d/a-link"), ("stat", "d/a-link")],
     "symlinks, fifos and names": [
         ("symlink", "a", "s2"), ("read", "s2"), ("symlink", "x", "sl"), ("unlink", "sl"), ("symlink", "t", "sl"),
         ("read", "sl"), ("mkfifo", "ff"), ("stat", "ff"), ("stat", "fifo"), ("chmod", "fifo", 0o600),
