@@ -222,6 +222,7 @@ void fd_free(struct lfs_fs *fs);
 int open_in_layer(int layer_fd, const char *path, int flags);
 
 /* The operations (ops_*.c). */
+int lfs_caller_in_group(fuse_req_t req, gid_t gid);
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name);
 void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup);
 void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets);

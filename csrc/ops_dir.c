@@ -62,16 +62,6 @@ static int prepare_dir(struct lfs_fs *fs, fuse_ino_t parent, const char *name, s
     return 0;
 }
 
-static int in_groups(fuse_req_t req, gid_t gid)
-{
-    gid_t list[64];
-    int n = fuse_req_getgroups(req, 64, list);
-    for (int i = 0; i < n && i < 64; i++)
-        if (list[i] == gid)
-            return 1;
-    return 0;
-}
-
 /* The owner and final mode of a new object made by the request's caller in `d`. */
 static void new_owner(fuse_req_t req, struct lfs_fs *fs, struct onode *d, mode_t *mode, uid_t *uid, gid_t *gid)
 {
@@ -85,7 +75,7 @@ static void new_owner(fuse_req_t req, struct lfs_fs *fs, struct onode *d, mode_t
             *mode |= S_ISGID;
     }
     /* a setgid file whose group the (unprivileged) creator is not in loses the bit */
-    if (!S_ISDIR(*mode) && (*mode & S_ISGID) && ctx->uid != 0 && *gid != ctx->gid && !in_groups(req, *gid))
+    if (!S_ISDIR(*mode) && (*mode & S_ISGID) && ctx->uid != 0 && !lfs_caller_in_group(req, *gid))
         *mode &= ~(mode_t)S_ISGID;
 }
 

@@ -165,6 +165,38 @@ static int apply_setattr(struct lfs_fs *fs, struct lfs_obj *obj, const struct st
     return 0;
 }
 
+/* Whether the request's caller is in group `gid` (primary or supplementary). */
+int lfs_caller_in_group(fuse_req_t req, gid_t gid)
+{
+    if (fuse_req_ctx(req)->gid == gid)
+        return 1;
+    gid_t list[64];
+    int n = fuse_req_getgroups(req, 64, list);
+    for (int i = 0; i < n && i < 64; i++)
+        if (list[i] == gid)
+            return 1;
+    return 0;
+}
+
+/* The VFS drops the setgid bit of a file that is not group-executable when a caller outside its
+ * group, without CAP_FSETID, writes, truncates or chowns it (fs/attr.c setattr_should_drop_sgid);
+ * FUSE without HANDLE_KILLPRIV_V2 (libfuse 3.14 has none) forwards only the group-executable case
+ * as a mode change.  What reaches us instead: a SETATTR with no attribute at all (before a write,
+ * or for chown(-1, -1)) or one with a size.  Whether the caller has CAP_FSETID is not known here:
+ * uid 0 is taken to have it. */
+static void drop_sgid(fuse_req_t req, struct lfs_fs *fs, const struct lfs_obj *obj, struct stat *attr, int *to_set)
+{
+    struct stat cur;
+    if (fuse_req_ctx(req)->uid == 0 || (*to_set != 0 && !(*to_set & FUSE_SET_ATTR_SIZE)) ||
+        node_stat(fs, obj, &cur) < 0)
+        return;
+    if (S_ISREG(cur.st_mode) && (cur.st_mode & (S_ISGID | S_IXGRP)) == S_ISGID && !(*to_set & FUSE_SET_ATTR_MODE) &&
+        !lfs_caller_in_group(req, cur.st_gid)) {
+        attr->st_mode = cur.st_mode & ~(mode_t)S_ISGID;
+        *to_set |= FUSE_SET_ATTR_MODE;
+    }
+}
+
 void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
 {
     struct lfs_fs *fs = fuse_req_userdata(req);
@@ -179,6 +211,8 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, s
     int rc = node_resolve(fs, ino, &obj);
     if (rc == 0 && (to_set & FUSE_SET_ATTR_SIZE) && lfs_is_dir(node_type(fs, &obj)))
         rc = -EISDIR;
+    if (rc == 0)
+        drop_sgid(req, fs, &obj, attr, &to_set);
     if (rc == 0) {
         int data = COPY_META;
         if (to_set & FUSE_SET_ATTR_SIZE)
