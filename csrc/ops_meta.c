@@ -13,7 +13,10 @@
  *
  * Overlay-private xattrs (trusted.overlay.*, user.overlay.*, user.fuseoverlayfs.*) are never
  * shown: reading one answers ENODATA, setting or removing one EPERM, and listings skip them
- * (docs/overlay.rst "Private xattrs").
+ * (docs/overlay.rst "Private xattrs").  Except the mount's own namespace (trusted.overlay.* as root,
+ * user.overlay.* unprivileged), which a program inside may use as data, as on the kernel overlay
+ * since Linux 6.7 (overlayfs.rst "Nesting overlayfs mounts"): OWN.X is stored escaped, as
+ * OWN.overlay.X, in the upper object, and listed as OWN.X again.
  */
 #include "fs.h"
 
@@ -288,6 +291,24 @@ void op_statfs(fuse_req_t req, fuse_ino_t ino)
 
 /* -- xattrs -------------------------------------------------------------------------------- */
 
+static const char *own_prefix(const struct lfs_fs *fs)
+{
+    return fs->privileged ? "trusted.overlay." : "user.overlay.";
+}
+
+/* What an xattr name asked for through the mount is in the upper: the name itself, OWN.overlay.X for
+ * OWN.X (into buf; returns buf), or NULL for a private name that is neither shown nor accepted. */
+static const char *upper_xattr_name(const struct lfs_fs *fs, const char *name, char *buf, size_t size)
+{
+    const char *own = own_prefix(fs);
+    size_t olen = strlen(own);
+    if (strncmp(name, own, olen) == 0) {
+        int n = snprintf(buf, size, "%soverlay.%s", own, name + olen);
+        return n < 0 || (size_t)n >= size ? NULL : buf;
+    }
+    return is_private_xattr(name) ? NULL : name;
+}
+
 static int index_getxattr(struct lfs_fs *fs, const struct lfs_node *n, const char *name, const char **value,
                           uint32_t *vlen)
 {
@@ -314,15 +335,17 @@ void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
     struct lfs_obj obj;
     char *buf = NULL;
     int rc;
+    char escaped[XATTR_NAME_MAX + 1];
+    const char *uname = upper_xattr_name(fs, name, escaped, sizeof escaped);
     RDLOCK(fs);
     rc = node_resolve(fs, ino, &obj);
-    if (rc == 0 && is_private_xattr(name))
-        rc = -ENODATA;
+    if (rc == 0 && (uname == NULL || (uname != name && !(obj.on && obj.on->has_upper))))
+        rc = -ENODATA; /* private, or escaped on an object the index holds without its private names */
     if (rc == 0 && obj.on && obj.on->has_upper) {
         if (size > 0 && (buf = malloc(size)) == NULL)
             rc = -ENOMEM;
         else
-            rc = upper_getxattr(fs, obj.on, name, buf, size);
+            rc = upper_getxattr(fs, obj.on, uname, buf, size);
         UNLOCK(fs);
         if (rc < 0)
             lfs_reply_err(req, fs, OP_GETXATTR, -rc);
@@ -348,15 +371,25 @@ void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
         fuse_reply_buf(req, value, vlen);
 }
 
-/* Keep the names of a listxattr buffer that are not overlay-private; returns the new length. */
-static size_t filter_private(char *buf, size_t len)
+/* Keep the names of a listxattr buffer that are not overlay-private, OWN.overlay.X shown as OWN.X;
+ * returns the new length (names are only ever moved towards the start). */
+static size_t filter_private(const struct lfs_fs *fs, char *buf, size_t len)
 {
+    const char *own = own_prefix(fs);
+    size_t olen = strlen(own), elen = olen + strlen("overlay.");
     size_t out = 0;
     for (size_t i = 0; i < len;) {
         size_t n = strnlen(buf + i, len - i);
-        if (!is_private_xattr(buf + i)) {
-            memmove(buf + out, buf + i, n + 1 <= len - i ? n + 1 : n);
+        if (i + n >= len)
+            break; /* no terminating NUL: not a name */
+        const char *src = buf + i;
+        if (!is_private_xattr(src)) {
+            memmove(buf + out, src, n + 1);
             out += n + 1;
+        } else if (n > elen && strncmp(src, own, olen) == 0 && strncmp(src + olen, "overlay.", elen - olen) == 0) {
+            memmove(buf + out, src, olen);
+            memmove(buf + out + olen, src + elen, n - elen + 1);
+            out += n - (elen - olen) + 1;
         }
         i += n + 1;
     }
@@ -383,7 +416,7 @@ void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
             lfs_reply_err(req, fs, OP_LISTXATTR, -n);
             return;
         }
-        size_t total = buf ? filter_private(buf, (size_t)n) : 0;
+        size_t total = buf ? filter_private(fs, buf, (size_t)n) : 0;
         if (size == 0)
             fuse_reply_xattr(req, total);
         else if (total > size)
@@ -446,7 +479,9 @@ static void change_xattr(fuse_req_t req, fuse_ino_t ino, const char *name, const
         lfs_reply_err(req, fs, op, EROFS);
         return;
     }
-    if (is_private_xattr(name)) {
+    char escaped[XATTR_NAME_MAX + 1];
+    const char *uname = upper_xattr_name(fs, name, escaped, sizeof escaped);
+    if (uname == NULL) {
         lfs_reply_err(req, fs, op, EPERM);
         return;
     }
@@ -457,7 +492,7 @@ static void change_xattr(fuse_req_t req, fuse_ino_t ino, const char *name, const
         /* check against the lower object first: a refused change must not copy anything up */
         const char *v;
         uint32_t vl;
-        int has = index_getxattr(fs, &fs->ix.nodes[obj.lower], name, &v, &vl) == 0;
+        int has = uname == name && index_getxattr(fs, &fs->ix.nodes[obj.lower], name, &v, &vl) == 0;
         if (remove && !has)
             rc = -ENODATA;
         else if (!remove && (flags & XATTR_CREATE) && has)
