@@ -256,9 +256,9 @@ void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
 
-/* Notifications to the kernel are sent from a helper thread (a request handler must not wait for
- * the kernel, which may hold the very directory lock the notification needs). */
-void notify_inval_entry(struct lfs_fs *fs, uint64_t parent, const char *name, size_t len);
+/* Drop the kernel's cached listing of directory `dir` (session.c), when the engine changed what
+ * it shows by itself: a copy-up that gives a name a new inode number changes its d_ino. */
+void notify_inval_dir(struct lfs_fs *fs, uint64_t dir);
 
 static inline int lfs_is_dir(mode_t m) { return (m & S_IFMT) == S_IFDIR; }
 

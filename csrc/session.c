@@ -52,6 +52,18 @@ int lfs_reply_err(fuse_req_t req, struct lfs_fs *fs, enum lfs_op op, int err)
     return fuse_reply_err(req, err);
 }
 
+/* Called from request handlers: an inode invalidation takes no directory lock in the kernel
+ * (fs/fuse/inode.c fuse_reverse_inval_inode: the attributes and the page cache, which holds the
+ * cached listing), so unlike an entry invalidation it cannot wait for a request we serve. */
+void notify_inval_dir(struct lfs_fs *fs, uint64_t dir)
+{
+    if (fs->se == NULL)
+        return;
+    int rc = fuse_lowlevel_notify_inval_inode(fs->se, dir, 0, 0);
+    if (rc < 0 && rc != -ENOENT) /* ENOENT: the kernel does not have it, so nothing is cached */
+        __atomic_fetch_add(&fs->errors[OP_COPYUP], 1, __ATOMIC_RELAXED);
+}
+
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
     struct lfs_fs *fs = userdata;

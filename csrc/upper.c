@@ -546,6 +546,8 @@ int upper_copy_up(struct lfs_fs *fs, struct lfs_obj *obj, int data)
     if (rc == 0)
         rc = apply_attrs(fs, fs->work_fd, tmp, n);
     ino_t ino = 0;
+    if (rc == 0 && anonymous)
+        return copy_up_anonymous(fs, obj, tmp);
     if (rc == 0)
         rc = install(fs, parent, tmp, name, llen, n->mode, &ino);
     if (rc < 0) {
