@@ -341,28 +341,41 @@ static void keep_object(struct lfs_fs *fs, struct onode *on)
     on->keepfd = openat(on->parent->dirfd, on->name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 }
 
-/* The object at `name` of `d` loses that name: forget the name, mark it dead if it was its last. */
+/* The object at `name` of `d` has just lost that name (callers keep_object() it first).
+ *   - A lower object (each name of a lower hard link is an object of its own for the kernel)
+ *     is dead: no name leads to it, but an open fd may still read it, or write it (its data
+ *     then goes to an anonymous copy: upper_copy_up).
+ *   - An upper object whose name this was follows one of its other names, a hard link in the
+ *     same directory, or else its kept fd; it is dead once no name at all links it. */
 static void name_gone(struct lfs_fs *fs, struct lfs_obj *child, struct onode *d, const char *name)
 {
     struct onode *on = child->on;
-    if (on == NULL) {
-        /* a lower object: dead for the kernel if it had one name only */
-        const struct lfs_node *n = lfs_node(&fs->ix, child->lower);
-        if (n && n->nlink <= 1 && child->id < fs->ix.n_nodes && (on = node_new(fs, child->id, n->mode)) != NULL) {
+    if (on == NULL || !on->has_upper) {
+        if (on == NULL) {
+            const struct lfs_node *n = lfs_node(&fs->ix, child->lower);
+            if (n == NULL || (on = node_new(fs, child->id, n->mode)) == NULL)
+                return; /* out of memory: a write through an open fd then fails with EEXIST */
             on->lower = child->lower;
-            on->dead = 1;
+            child->on = on;
         }
+        on->dead = 1;
         return;
     }
-    if (on->has_upper && on->parent == d && on->name && strcmp(on->name, name) == 0) {
-        struct stat st;
-        int last = upper_stat(fs, on, &st) < 0 || st.st_nlink <= 1 || lfs_is_dir(on->type);
-        keep_object(fs, on);
-        node_set_name(on, NULL, NULL, 0);
-        if (last)
-            on->dead = 1;
-    } else if (!on->has_upper) {
+    if (on->parent != d || on->name == NULL || strcmp(on->name, name) != 0)
+        return; /* another of its names went: the one it follows is still there */
+    struct stat st;
+    int linked = !lfs_is_dir(on->type) && on->keepfd >= 0 && fstat(on->keepfd, &st) == 0 && st.st_nlink > 0;
+    node_set_name(on, NULL, NULL, 0);
+    if (!linked) {
         on->dead = 1;
+        return;
+    }
+    for (size_t i = 0; d->ds && i < d->ds->norder; i++) {
+        struct uent *e = d->ds->order[i];
+        if (e && !e->whiteout && e->ino == on->upper_ino) {
+            node_set_name(on, d, e->name, e->len);
+            return;
+        }
     }
 }
 
@@ -468,6 +481,8 @@ void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
         } else {
             rc = upper_whiteout(fs, d, name);
         }
+        if (rc == 0 && child.on == NULL && (child.on = node_new(fs, child.id, S_IFDIR)) != NULL)
+            child.on->lower = child.lower; /* a pristine directory: dead too (no creating in it) */
         if (rc == 0 && child.on) {
             child.on->dead = 1;
             if (child.on->parent == d)

@@ -503,7 +503,7 @@ static void change_xattr(fuse_req_t req, fuse_ino_t ino, const char *name, const
     if (rc == 0)
         rc = upper_copy_up(fs, &obj, COPY_META);
     if (rc == 0)
-        rc = remove ? upper_removexattr(fs, obj.on, name) : upper_setxattr(fs, obj.on, name, value, size, flags);
+        rc = remove ? upper_removexattr(fs, obj.on, uname) : upper_setxattr(fs, obj.on, uname, value, size, flags);
     UNLOCK(fs);
     lfs_reply_err(req, fs, op, -rc);
 }
