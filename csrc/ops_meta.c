@@ -248,10 +248,12 @@ void op_readlink(fuse_req_t req, fuse_ino_t ino)
         target = malloc(PATH_MAX + 1);
         if (target == NULL) {
             rc = -ENOMEM;
-        } else if (obj.on->name == NULL || obj.on->parent == NULL) {
+        } else if ((obj.on->name == NULL || obj.on->parent == NULL) && obj.on->keepfd < 0) {
             rc = -ESTALE;
         } else {
-            ssize_t n = readlinkat(obj.on->parent->dirfd, obj.on->name, target, PATH_MAX);
+            /* by name, or by the kept fd of an object whose name went (its other links remain) */
+            ssize_t n = obj.on->name && obj.on->parent ? readlinkat(obj.on->parent->dirfd, obj.on->name, target, PATH_MAX)
+                                                       : readlinkat(obj.on->keepfd, "", target, PATH_MAX);
             if (n < 0)
                 rc = -errno;
             else

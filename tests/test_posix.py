@@ -262,6 +262,11 @@ CASES: list[Case] = [
         ("stat", "f"), ("link", "f", "g"), ("stat", "f"), ("stat", "g"), ("link", "g", "h"), ("stat", "f"),
         ("unlink", "f"), ("stat", "g"), ("rename", "g", "h"), ("stat", "h"), ("stat", "g"),
         ("rename", "h", "k"), ("stat", "k"), ("unlink", "k"), ("listdir", "."),
+        ("symlink", "target", "s1"), ("mkdir", "sub"), ("link", "s1", "sub/s2"), ("stat", "s1"), ("unlink", "s1"),
+        ("readlink", "sub/s2"), ("stat", "sub/s2"), ("mkfifo", "p1"), ("link", "p1", "sub/p2"), ("unlink", "p1"),
+        ("stat", "sub/p2"), ("put", "f1", b"1"), ("link", "f1", "sub/f2"), ("unlink", "f1"), ("chmod", "sub/f2", 0o600),
+        ("cat", "sub/f2"), ("setxattr", "sub/f2", "user.x", b"1"), ("stat", "sub/f2"), ("rename", "sub/f2", "f3"),
+        ("stat", "f3"), ("listdir", "sub"),
     ]),
     Case("link counts of directories", {
         ".": me(), "d": Dir(uid=USER), "d/s1": Dir(uid=USER), "d/s2": Dir(uid=USER), "e": Dir(uid=USER),
