@@ -16,8 +16,10 @@ objects each one wrote differ by the clock (they are compared in the format test
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -227,3 +229,115 @@ def test_random_operations_match_the_kernel(ops: list[tuple[object, ...]], lower
     import uuid
 
     _both(tmp_path, lowers, ops, tag=uuid.uuid4().hex[:8])
+
+
+# ---------------------------------------------------------------------------------------------
+# Concurrency: the engine serves requests from several threads (``_cache.NATIVE_THREADS``); many
+# writers, readers and renamers at once must leave exactly what each one did.
+
+def test_parallel_writers_readers_and_renamers(tmp_path: Path) -> None:
+    """Eight threads at once: each creates, appends, renames, links and unlinks its own names in
+    shared directories, appends to one shared lower file, copies lower files up and reads lower
+    files.  Afterwards every thread's result is exactly what it did, and the kernel, mounted on
+    the upper, shows what layerfs showed."""
+    import threading
+
+    require_root()
+    require_fuse()
+    spec: dict[str, File | Dir | Link | HardLink | Fifo | Whiteout] = {
+        "shared": Dir(), "log": File(b"lower line\n"), "lowers": Dir()}
+    for i in range(64):
+        spec[f"lowers/f{i:02}"] = File(f"lower {i}\n".encode() * 100)
+    lower = make_layer(tmp_path / "lower", spec)
+    u, w, m = _fresh(tmp_path, "par")
+    threads, rounds = 8, 100
+    errors: list[str] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(rounds):
+                name = m / "shared" / f"t{t}-{i}"
+                name.write_bytes(f"{t} {i}\n".encode())
+                with open(m / "log", "ab") as f:
+                    f.write(f"{t} {i}\n".encode())
+                os.rename(name, m / "shared" / f"t{t}-{i}.r")
+                if i % 3 == 0:
+                    os.link(m / "shared" / f"t{t}-{i}.r", m / "shared" / f"t{t}-{i}.l")
+                if i % 2 == 0:
+                    os.unlink(m / "shared" / f"t{t}-{i}.r")
+                k = (t * rounds + i) % 64
+                data = (m / "lowers" / f"f{k:02}").read_bytes()
+                if not data.startswith(f"lower {k}\n".encode()):
+                    errors.append(f"t{t}: lowers/f{k:02} reads {data[:20]!r}")
+                if i % 8 == t % 8:  # a copy-up of a lower file several threads read
+                    with open(m / "lowers" / f"f{k:02}", "ab") as f:
+                        f.write(f"t{t}\n".encode())
+                os.makedirs(m / f"dir{t}" / str(i))
+                sorted(os.listdir(m / "shared"))
+        except Exception as err:  # noqa: BLE001 - reported below with the thread's name
+            errors.append(f"t{t}: {err!r}")
+
+    with layerfs_writable([lower], u, w, m):
+        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        for th in workers:
+            th.start()
+        for th in workers:
+            th.join(timeout=120)
+        assert not [th for th in workers if th.is_alive()], "a thread hangs"
+        assert errors == []
+        names = set(os.listdir(m / "shared"))
+        expected = {f"t{t}-{i}.r" for t in range(threads) for i in range(rounds) if i % 2}
+        expected |= {f"t{t}-{i}.l" for t in range(threads) for i in range(rounds) if i % 3 == 0}
+        assert names == expected
+        for t in range(threads):
+            for i in range(rounds):
+                if i % 2:
+                    assert (m / "shared" / f"t{t}-{i}.r").read_bytes() == f"{t} {i}\n".encode()
+            assert sorted(os.listdir(m / f"dir{t}"), key=int) == [str(i) for i in range(rounds)]
+        lines = (m / "log").read_bytes().splitlines()
+        assert lines[0] == b"lower line" and sorted(lines[1:]) == sorted(
+            f"{t} {i}".encode() for t in range(threads) for i in range(rounds))
+        view = snapshot(m)
+    assert os.listdir(w / "work") == []
+    _, _, km = _fresh(tmp_path, "par-kernel")
+    with kernel_overlay([lower], u, w, km, options="metacopy=on"):
+        assert_same_tree(snapshot(km), view, names=("kernel on layerfs's upper", "layerfs"))
+
+
+# ---------------------------------------------------------------------------------------------
+# A full upper: the writer gets ENOSPC, the mount keeps serving.
+
+def test_full_upper_gives_enospc_and_the_mount_serves_on(tmp_path: Path) -> None:
+    """The upper on a 4 MiB tmpfs: a write that does not fit fails with ENOSPC, so does the
+    copy-up of a lower file bigger than the room left (the file still reads as the lower file,
+    and the work directory keeps nothing); then reads, deletes and small writes work again."""
+    require_root()
+    require_fuse()
+    big = b"L" * (6 << 20)
+    lower = make_layer(tmp_path / "lower", {"big": File(big), "small": File(b"small\n"), "d": Dir()})
+    room = tmp_path / "room"
+    room.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(room)], check=True)
+    try:
+        u, w, m = room / "upper", room / "work", tmp_path / "mnt"
+        u.mkdir()
+        w.mkdir()
+        with layerfs_writable([lower], u, w, m):
+            with pytest.raises(OSError) as err:
+                with open(m / "fill", "wb") as f:
+                    for _ in range(8):
+                        f.write(b"x" * (1 << 20))
+                        f.flush()
+            assert err.value.errno == errno.ENOSPC
+            assert run_op(m, ("write", "big", b"!", "a")) == ("err", "ENOSPC")  # the copy-up cannot fit
+            assert (m / "big").read_bytes() == big
+            assert os.listdir(w / "work") == []
+            assert (m / "small").read_bytes() == b"small\n"
+            os.unlink(m / "fill")
+            (m / "d" / "new").write_bytes(b"fits\n")
+            assert (m / "d" / "new").read_bytes() == b"fits\n"
+            assert run_op(m, ("write", "small", b"more\n", "a")) == ("ok", None)
+            assert sorted(os.listdir(m)) == ["big", "d", "small"]
+            assert (m / "small").read_bytes() == b"small\nmore\n"
+    finally:
+        subprocess.run(["umount", "-l", str(room)], capture_output=True)
