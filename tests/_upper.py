@@ -231,6 +231,39 @@ def run_op(root: Path, op: tuple[object, ...]) -> tuple[str, object]:
         elif name == "rmtree":
             import shutil
             shutil.rmtree(p[0])
+        elif name == "unlinked":  # open, unlink, then write and read through the fd
+            fd = os.open(p[0], os.O_RDWR | os.O_NONBLOCK)
+            try:
+                os.unlink(p[0])
+                os.pwrite(fd, bytes(p[1]), 1)  # type: ignore[arg-type]
+                value = (os.pread(fd, 1 << 16, 0), os.fstat(fd).st_nlink)
+            finally:
+                os.close(fd)
+        elif name == "fallocate":
+            fd = os.open(p[0], os.O_RDWR | os.O_NONBLOCK)
+            try:
+                if _libc.fallocate(fd, int(p[1]), ctypes.c_long(int(p[2])),  # type: ignore[call-overload]
+                                   ctypes.c_long(int(p[3]))) != 0:  # type: ignore[call-overload]
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+                value = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+        elif name == "append2":  # two O_APPEND descriptors writing in turn
+            fds = [os.open(p[0], os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK) for _ in range(2)]
+            try:
+                for i in range(4):
+                    os.write(fds[i % 2], bytes(p[1 + i % 2]))  # type: ignore[arg-type]
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        elif name == "renameopen":  # rename over a file open for reading, then read it
+            fd = os.open(p[1], os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                renameat2(p[0], p[1], 0)  # type: ignore[arg-type]
+                value = (hashlib.sha256(os.pread(fd, 1 << 16, 0)).hexdigest()[:16], os.fstat(fd).st_nlink)
+            finally:
+                os.close(fd)
         else:
             raise ValueError(f"unknown operation {name!r}")
         return ("ok", value)
@@ -241,7 +274,8 @@ def run_op(root: Path, op: tuple[object, ...]) -> tuple[str, object]:
 #: how many leading arguments of each operation are paths under the root
 _PATH_ARGS = {"write": 1, "read": 1, "truncate": 1, "mkdir": 1, "rmdir": 1, "unlink": 1, "rename": 2,
               "symlink": 2, "link": 2, "chmod": 1, "chown": 1, "utime": 1, "setxattr": 1, "removexattr": 1,
-              "mkfifo": 1, "listdir": 1, "stat": 1, "rmtree": 1}
+              "mkfifo": 1, "listdir": 1, "stat": 1, "rmtree": 1, "unlinked": 1, "fallocate": 1, "append2": 1,
+              "renameopen": 2}
 
 
 # ---------------------------------------------------------------------------------------------
