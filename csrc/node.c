@@ -485,11 +485,9 @@ int node_stat(struct lfs_fs *fs, const struct lfs_obj *obj, struct stat *st)
         const struct lfs_node *n = lfs_node(&fs->ix, obj->lower);
         if (n == NULL)
             return -ESTALE;
-        node_fill_stat(obj->lower, n, st); /* st_ino: the lower object's, for every name of a hard link */
-        if (on && on->dead && lfs_is_dir(n->mode))
-            st->st_nlink = 0;
-        /* an unlinked lower file keeps the lower file's count, as on the kernel overlay: it is
-         * still that file, which no layer lost */
+        /* st_ino: the lower object's, for every name of a hard link.  An unlinked or removed lower
+         * object keeps the lower object's link count, as on the kernel overlay: no layer lost it. */
+        node_fill_stat(obj->lower, n, st);
         return 0;
     }
     int rc = upper_stat(fs, on, st);
@@ -503,9 +501,7 @@ int node_stat(struct lfs_fs *fs, const struct lfs_obj *obj, struct stat *st)
         if (n)
             st->st_blocks = (blkcnt_t)n->blocks; /* the data still lives in the lower file */
     }
-    if (on->dead)
-        st->st_nlink = 0;
-    return 0;
+    return 0; /* a removed upper object has the count of its upper object (0), a merged directory 1 */
 }
 
 void node_entry(struct lfs_fs *fs, uint64_t id, const struct stat *st, struct fuse_entry_param *e)

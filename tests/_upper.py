@@ -285,6 +285,7 @@ _PATH_ARGS = {"write": 1, "read": 1, "truncate": 1, "mkdir": 1, "rmdir": 1, "unl
 #
 #   ("open", path, "O_RDWR|O_CREAT", fdname[, mode])    ("close", fd)
 #   ("write", fd, data)  ("pwrite", fd, data, off)  ("read", fd, n)  ("pread", fd, n, off)
+#   ("openat", dirfd, name, flags, fdname)  ("mkdirat", dirfd, name): relative to an open directory
 #   ("lseek", fd, off, whence)  ("fstat", fd)  ("ftruncate", fd, n)  ("fchmod", fd, mode)
 #   ("fchown", fd, uid, gid)  ("fsync", fd)  ("fallocate", fd, mode, off, len)  ("flink", fd, path)
 #   ("stat", path)  ("statf", path)  ("mkdir", path, mode)  ("rmdir", path)  ("unlink", path)
@@ -348,7 +349,7 @@ class Steps:
         p = self.path
         fd = self.fds.get(str(a[0]), -1) if a else -1
         if name in ("close", "write", "pwrite", "read", "pread", "lseek", "fstat", "ftruncate", "fchmod",
-                    "fchown", "fsync", "fallocate", "flink") and str(a[0]) not in self.fds:
+                    "fchown", "fsync", "fallocate", "flink", "openat", "mkdirat") and str(a[0]) not in self.fds:
             raise KeyError(a[0])
         if name == "open":
             mode = int(a[3]) if len(a) > 3 else 0o640  # type: ignore[call-overload]
@@ -386,6 +387,12 @@ class Steps:
                                ctypes.c_long(int(a[3]))) != 0:  # type: ignore[call-overload]
                 err = ctypes.get_errno()
                 raise OSError(err, os.strerror(err))
+            return None
+        if name == "openat":  # ("openat", dirfd, name, flags, newfd): relative to an open directory
+            self.fds[str(a[3])] = os.open(str(a[1]), _flags(str(a[2])) | os.O_CLOEXEC, 0o640, dir_fd=fd)
+            return None
+        if name == "mkdirat":
+            os.mkdir(str(a[1]), 0o755, dir_fd=fd)
             return None
         if name == "flink":  # linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW)
             os.link(f"/proc/self/fd/{fd}", p(a[1]), follow_symlinks=True)

@@ -143,6 +143,13 @@ CASES: list[Case] = [
         ("mkdir", "n"), ("put", "n/f", b"1"), ("rmdir", "n"), ("unlink", "n/f"), ("rmdir", "n"),
         ("rmdir", "e"), ("rmdir", "e/sub"), ("rmdir", "e"), ("listdir", "."), ("rmdir", "."), ("rmdir", "d/.."),
     ]),
+    Case("a directory removed while open: nothing can be made in it", {
+        ".": me(), "d": Dir(uid=USER), "e": Dir(uid=USER), "e/x": File(b"x", uid=USER)}, [
+        ("open", "d", "O_RDONLY|O_DIRECTORY", "d"), ("rmdir", "d"), ("fstat", "d"),
+        ("openat", "d", "n", "O_WRONLY|O_CREAT", "n"), ("mkdirat", "d", "m"), ("exists", "d"),
+        ("open", "e", "O_RDONLY|O_DIRECTORY", "e"), ("rmtree", "e"), ("openat", "e", "x", "O_RDONLY", "x"),
+        ("openat", "e", "y", "O_WRONLY|O_CREAT", "y"), ("mkdir", "d"), ("listdir", "d"), ("fstat", "e"),
+    ]),
     Case("rename a directory over a non-empty one: ENOTEMPTY", {
         ".": me(), "full": Dir(uid=USER), "full/x": File(b"x", uid=USER)}, [
         ("mkdir", "a"), ("rename", "a", "full"), ("mkdir", "b"), ("put", "b/y", b"y"), ("rename", "a", "b"),
