@@ -305,6 +305,14 @@ CASES: list[Case] = [
         ("pread", "fd", 20, 0), ("cat", "f"), ("flink", "fd", "back"), ("close", "fd"),
         ("open", "r", "O_RDONLY", "fr"), ("unlink", "r"), ("read", "fr", 100), ("fstat", "fr"), ("close", "fr"),
     ]),
+    # The kernel overlay copies an unlinked lower file up to its old name, where its whiteout now
+    # is, and fails with EEXIST; layerfs copies it to an anonymous upper file (it has no name).
+    Case("a lower file unlinked while open, then changed through its fd", {
+        ".": me(), "r": File(b"read only", uid=USER)}, [
+        ("open", "r", "O_RDONLY", "fr"), ("unlink", "r"), ("fchmod", "fr", 0o600), ("fstat", "fr"),
+        ("pread", "fr", 100, 0), ("fchown", "fr", -1, EXTRA), ("fstat", "fr"), ("close", "fr"), ("listdir", "."),
+    ], variants=("lower",), fuse={2: ("ok", None), 3: ("ok", ("-rw-------", USER, 0, 9, 0)), 5: ("ok", None),
+                                  6: ("ok", ("-rw-------", USER, EXTRA, 9, 0))}),
     Case("a name renamed over an open file", {".": me(), "a": File(b"aaa", uid=USER),
                                               "b": File(b"bbb", uid=USER)}, [
         ("open", "a", "O_RDONLY", "fa"), ("open", "b", "O_RDWR", "fb"), ("rename", "b", "a"), ("read", "fa", 10),
