@@ -295,7 +295,7 @@ _PATH_ARGS = {"write": 1, "read": 1, "truncate": 1, "mkdir": 1, "rmdir": 1, "unl
 #   ("setxattr", path, name, value, flags)  ("getxattr", path, name)  ("listxattr", path)
 #   ("removexattr", path, name)  ("readlink", path)  ("listdir", path)  ("access", path, mode)
 #   ("cat", path)  ("put", path, data)  ("exists", path)  ("rmtree", path)  ("namemax", path)
-#   ("dino", path): every entry's d_ino equals its st_ino
+#   ("dino", path): every entry's d_ino equals its st_ino   ("ts", path): exact (atime, mtime) in ns
 #   ("times", path, key): remember atime/mtime/ctime   ("changed", path, key): which changed,
 #   as a string of the letters a, m, c ("" = none)     ("tick",): let the clock move on
 #
@@ -475,6 +475,9 @@ class Steps:
         if name == "dino":
             with os.scandir(p(a[0])) as it:
                 return all(e.inode() == os.lstat(e.path).st_ino for e in it)
+        if name == "ts":  # exact times, after a utime that set them
+            st = os.lstat(p(a[0]))
+            return (st.st_atime_ns, st.st_mtime_ns)
         if name == "times":
             st = os.lstat(p(a[0]))
             self.times[str(a[1])] = (st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)

@@ -422,6 +422,8 @@ CASES: list[Case] = [
         ("times", "f", "4"), TICK, ("setxattr", "f", "user.t", b"1"), ("changed", "f", "4"), ("times", "f", "5"),
         TICK, ("cat", "f"), ("changed", "f", "5"), ("times", "g", "7"), TICK, ("utime", "g", None, None),
         ("changed", "g", "7"), ("times", "g", "8"), TICK, ("utime", "g", 10**18, 2 * 10**18), ("changed", "g", "8"),
+        ("ts", "g"), ("utime", "g", 123_456_789, 987_654_321_123), ("ts", "g"), ("cat", "g"), ("ts", "g"),
+        ("put", "g", b"w"), ("times", "g", "9"), ("utime", "g", -1, 0), ("ts", "g"), ("changed", "g", "9"),
     ]),
     Case("times: names change their directory's mtime and ctime", {
         ".": me(), "d": Dir(uid=USER), "d/f": File(b"x", uid=USER), "e": Dir(uid=USER)}, [
@@ -647,6 +649,8 @@ SMOKE_STEPS: list[Step] = [
     ("stat", "l"), ("symlink", "f", "s2"), ("setxattr", "f", "user.k", b"v"), ("getxattr", "f", "user.k"),
     ("mkfifo", "p"), ("put", "h1", b"changed"), ("cat", "h2"), ("truncate", "f", 3), ("listdir", "."),
     ("open", "f", "O_RDWR", "u"), ("unlink", "f"), ("pread", "u", 10, 0), ("close", "u"),
+    ("setxattr", "y2", "user.overlay.nested", b"1"), ("getxattr", "y2", "user.overlay.nested"), ("listxattr", "y2"),
+    ("getxattr", "y2", "user.overlay.opaque"), ("setxattr", "e", "user.overlay.opaque", b"y"), ("listxattr", "e"),
 ]
 
 
