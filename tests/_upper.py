@@ -229,8 +229,7 @@ def run_op(root: Path, op: tuple[object, ...]) -> tuple[str, object]:
         elif name == "stat":
             value = _describe(Path(p[0]))
         elif name == "rmtree":
-            import shutil
-            shutil.rmtree(p[0])
+            _rmtree(p[0])  # type: ignore[arg-type]
         elif name == "unlinked":  # open, unlink, then write and read through the fd
             fd = os.open(p[0], os.O_RDWR | os.O_NONBLOCK)
             try:
@@ -269,6 +268,16 @@ def run_op(root: Path, op: tuple[object, ...]) -> tuple[str, object]:
         return ("ok", value)
     except OSError as err:
         return ("err", errno.errorcode.get(err.errno or 0, str(err.errno)))
+
+
+def _rmtree(path: str | Path) -> None:
+    """shutil.rmtree, but ENOTDIR for a fifo: rmtree opens its argument before it looks at its type,
+    and opening a fifo for reading waits for a writer."""
+    import shutil
+
+    if stat.S_ISFIFO(os.lstat(path).st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    shutil.rmtree(path)
 
 
 #: how many leading arguments of each operation are paths under the root
@@ -467,8 +476,7 @@ class Steps:
         if name == "exists":
             return os.path.lexists(p(a[0]))
         if name == "rmtree":
-            import shutil
-            shutil.rmtree(p(a[0]))
+            _rmtree(p(a[0]))
             return None
         if name == "namemax":
             return os.statvfs(p(a[0])).f_namemax
