@@ -295,6 +295,7 @@ _PATH_ARGS = {"write": 1, "read": 1, "truncate": 1, "mkdir": 1, "rmdir": 1, "unl
 #   ("open", path, "O_RDWR|O_CREAT", fdname[, mode])    ("close", fd)
 #   ("write", fd, data)  ("pwrite", fd, data, off)  ("read", fd, n)  ("pread", fd, n, off)
 #   ("openat", dirfd, name, flags, fdname)  ("mkdirat", dirfd, name): relative to an open directory
+#   ("mmapwrite", fd, data, off)  ("mmapread", fd, n): through a shared mapping
 #   ("lseek", fd, off, whence)  ("fstat", fd)  ("ftruncate", fd, n)  ("fchmod", fd, mode)
 #   ("fchown", fd, uid, gid)  ("fsync", fd)  ("fallocate", fd, mode, off, len)  ("flink", fd, path)
 #   ("stat", path)  ("statf", path)  ("mkdir", path, mode)  ("rmdir", path)  ("unlink", path)
@@ -358,7 +359,8 @@ class Steps:
         p = self.path
         fd = self.fds.get(str(a[0]), -1) if a else -1
         if name in ("close", "write", "pwrite", "read", "pread", "lseek", "fstat", "ftruncate", "fchmod",
-                    "fchown", "fsync", "fallocate", "flink", "openat", "mkdirat") and str(a[0]) not in self.fds:
+                    "fchown", "fsync", "fallocate", "flink", "openat", "mkdirat", "mmapwrite",
+                    "mmapread") and str(a[0]) not in self.fds:
             raise KeyError(a[0])
         if name == "open":
             mode = int(a[3]) if len(a) > 3 else 0o640  # type: ignore[call-overload]
@@ -403,6 +405,18 @@ class Steps:
         if name == "mkdirat":
             os.mkdir(str(a[1]), 0o755, dir_fd=fd)
             return None
+        if name == "mmapwrite":  # ("mmapwrite", fd, data, off): through a shared mapping, then msync
+            import mmap
+            size = os.fstat(fd).st_size
+            with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as m:
+                data = bytes(a[1])  # type: ignore[arg-type]
+                m[int(a[2]):int(a[2]) + len(data)] = data  # type: ignore[call-overload]
+                m.flush()
+            return None
+        if name == "mmapread":  # ("mmapread", fd, n): the first n bytes through a shared mapping
+            import mmap
+            with mmap.mmap(fd, int(a[1]), mmap.MAP_SHARED, mmap.PROT_READ) as m:  # type: ignore[call-overload]
+                return bytes(m[:int(a[1])])  # type: ignore[call-overload]
         if name == "flink":  # linkat(AT_FDCWD, "/proc/self/fd/N", ..., AT_SYMLINK_FOLLOW)
             os.link(f"/proc/self/fd/{fd}", p(a[1]), follow_symlinks=True)
             return None
