@@ -349,3 +349,32 @@ def test_full_upper_gives_enospc_and_the_mount_serves_on(tmp_path: Path) -> None
             assert (m / "small").read_bytes() == b"small\nmore\n"
     finally:
         subprocess.run(["umount", "-l", str(room)], capture_output=True)
+
+
+def test_copy_up_keeps_holes_and_metacopy_writes_no_data(tmp_path: Path) -> None:
+    """A 64 MiB lower file with two written blocks: appending one byte copies it up sparse (the
+    upper file allocates what the lower one does, not 64 MiB); a chmod of another such file
+    copies metadata only; both read back as before."""
+    require_root()
+    require_fuse()
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    for name in ("sparse", "meta"):
+        with open(lower / name, "wb") as f:
+            f.truncate(64 << 20)
+            f.seek(4096)
+            f.write(b"A" * 4096)
+            f.seek(40 << 20)
+            f.write(b"B" * 4096)
+    allocated = os.stat(lower / "sparse").st_blocks
+    u, w, m = _fresh(tmp_path, "sparse")
+    with layerfs_writable([lower], u, w, m):
+        with open(m / "sparse", "ab") as f:
+            f.write(b"!")
+        os.chmod(m / "meta", 0o600)
+        data = (m / "sparse").read_bytes()
+        assert len(data) == (64 << 20) + 1 and data[4096:8192] == b"A" * 4096 and data[-1:] == b"!"
+        assert data.count(b"B") == 4096 and (m / "meta").read_bytes() == (lower / "meta").read_bytes()
+    assert os.stat(u / "sparse").st_blocks <= allocated + 16  # the byte appended, maybe a block
+    assert os.stat(u / "meta").st_blocks == 0 and os.stat(u / "meta").st_size == 64 << 20
+    assert os.getxattr(u / "meta", "trusted.overlay.metacopy") == b""
