@@ -361,11 +361,12 @@ static void name_gone(struct lfs_fs *fs, struct lfs_obj *child, struct onode *d,
         on->dead = 1;
         return;
     }
-    if (on->parent != d || on->name == NULL || strcmp(on->name, name) != 0)
+    if (on->name != NULL && (on->parent != d || strcmp(on->name, name) != 0))
         return; /* another of its names went: the one it follows is still there */
     struct stat st;
     int linked = !lfs_is_dir(on->type) && on->keepfd >= 0 && fstat(on->keepfd, &st) == 0 && st.st_nlink > 0;
-    node_set_name(on, NULL, NULL, 0);
+    if (on->name != NULL)
+        node_set_name(on, NULL, NULL, 0);
     if (!linked) {
         on->dead = 1;
         return;

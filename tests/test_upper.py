@@ -378,3 +378,51 @@ def test_copy_up_keeps_holes_and_metacopy_writes_no_data(tmp_path: Path) -> None
     assert os.stat(u / "sparse").st_blocks <= allocated + 16  # the byte appended, maybe a block
     assert os.stat(u / "meta").st_blocks == 0 and os.stat(u / "meta").st_size == 64 << 20
     assert os.getxattr(u / "meta", "trusted.overlay.metacopy") == b""
+
+
+def _deleted_upper_fds(pid: int, *dirs: Path) -> list[str]:
+    """The daemon's fds that hold a file of the upper or work directory whose last name is gone."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(tuple(map(str, dirs))) and target.endswith(" (deleted)"):
+            out.append(target)
+    return out
+
+
+def test_removed_files_are_let_go(tmp_path: Path) -> None:
+    """Once every name of a file is gone and no fd holds it, the daemon holds it no longer either
+    (its disk space comes back): a copied-up lower file, linked elsewhere, both names removed;
+    a file unlinked while open, then closed."""
+    import time
+
+    require_root()
+    require_fuse()
+    lower = make_layer(tmp_path / "lower", {"a": File(b"a" * 100_000), "b": File(b"b" * 100_000),
+                                            "c": File(b"c" * 100_000), "d2": Dir()})
+    u, w, m = _fresh(tmp_path, "gone")
+    with layerfs_writable([lower], u, w, m) as handle:
+        os.chmod(m / "a", 0o600)
+        os.link(m / "a", m / "d2" / "a2")
+        os.unlink(m / "a")
+        assert (m / "d2" / "a2").read_bytes() == b"a" * 100_000
+        os.unlink(m / "d2" / "a2")
+        for name, write_first in (("b", True), ("c", False)):  # copied up before the unlink, or after
+            fd = os.open(m / name, os.O_RDWR)
+            try:
+                if write_first:
+                    os.pwrite(fd, b"W", 0)
+                os.unlink(m / name)
+                os.pwrite(fd, b"X", 1)  # "c": the write makes an anonymous copy in the work directory
+                assert os.pread(fd, 3, 0) == (b"WXb" if write_first else b"cXc")
+                assert _deleted_upper_fds(handle.pid, u, w) != []  # held while open
+            finally:
+                os.close(fd)
+        for _ in range(100):
+            if not _deleted_upper_fds(handle.pid, u, w):
+                break
+            time.sleep(0.02)
+        assert _deleted_upper_fds(handle.pid, u, w) == []
