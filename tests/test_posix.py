@@ -454,10 +454,10 @@ CASES: list[Case] = [
         ("dino", "d"), ("put", "d/new", b"n"), ("unlink", "d/a"), ("mkdir", "d/nd"), ("listdir", "d"), ("dino", "d"),
         ("put", "d/h1", b"x"), ("dino", "d"), ("dino", "."), ("listdir", "."),
     ], top={"d": Dir(uid=USER), "d/t": File(b"t"), "d/w": Whiteout()}),
-    Case("rm -rf of a directory of 1,200 entries", {
+    Case("rm -rf of a directory of 1,800 entries from two layers", {
         ".": me(), "big": Dir(uid=USER), **{f"big/{i:04}": File(b"", uid=USER) for i in range(1200)}}, [
         ("rmtree", "big"), ("exists", "big"), ("listdir", "."),
-    ], users=("root",)),
+    ], top={"big": Dir(uid=USER), **{f"big/t{i:04}": File(b"t", uid=USER) for i in range(600)}}, users=("root",)),
 ]
 
 
