@@ -95,13 +95,16 @@ struct onode {
     unsigned dead : 1;        /* its last name is gone; kept while the kernel refers to it */
     unsigned counted : 1;     /* every lookup the kernel holds was counted (upper-only nodes) */
     struct onode *parent;     /* the directory holding `name` (NULL for the root) */
-    char *name;               /* one current name (malloc'd); NULL for the root */
+    char *name;               /* one current name (malloc'd); NULL for the root, and for an upper
+                                 object reached by keepfd only (see ops_dir.c name_gone) */
     uint64_t nlookup;
     uint32_t refs;            /* onodes whose parent this is: it lives while they do */
     ino_t upper_ino;
     int dirfd;                /* dirs with an upper: O_PATH | O_DIRECTORY fd of it (owned), else -1 */
-    int keepfd;               /* an unlinked upper object the kernel still refers to: an fd that
-                                 keeps it (owned), else -1 */
+    int keepfd;               /* an upper object that lost the name it was reached by (unlinked,
+                                 or a hard link whose other names are elsewhere), or the anonymous
+                                 copy of an unlinked lower file: an O_PATH fd that keeps it (owned),
+                                 closed when the kernel forgets a dead object; else -1 */
     int32_t slot;             /* its fd cache slot (upper data), or -1 */
     struct dirstate *ds;      /* dirs with an upper: its entries (NULL until first needed) */
     struct onode *hnext_id, *hnext_ino;

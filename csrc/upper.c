@@ -20,6 +20,9 @@
  * `volatile` mode, a crash may lose a copy-up's data that had not reached the disk (the lower
  * file, which still holds it, is never touched).
  *
+ * A lower file unlinked while an fd still uses it has no name to be copied to: its copy is made
+ * in WORK/work as usual, then kept by an fd only and unlinked there (copy_up_anonymous).
+ *
  * Every call is made with fs->tree held exclusively.  Errors: -errno.
  */
 #include "fs.h"
