@@ -665,7 +665,7 @@ SMOKE_STEPS: list[Step] = [
 ]
 
 
-def test_unprivileged_mount(tmp_path: Path) -> None:
+def test_unprivileged_mount() -> None:
     """A user mounts with fusermount3: the smoke steps give what the kernel overlay gives; the
     upper holds ``user.overlay.*`` markers and no metacopy file, and the kernel mounts it with
     ``userxattr`` showing what layerfs showed."""
