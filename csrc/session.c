@@ -52,9 +52,10 @@ int lfs_reply_err(fuse_req_t req, struct lfs_fs *fs, enum lfs_op op, int err)
     return fuse_reply_err(req, err);
 }
 
-/* Called from request handlers: an inode invalidation takes no directory lock in the kernel
- * (fs/fuse/inode.c fuse_reverse_inval_inode: the attributes and the page cache, which holds the
- * cached listing), so unlike an entry invalidation it cannot wait for a request we serve. */
+/* Called from request handlers: unlike an entry invalidation, which takes the directory's lock in
+ * the kernel and so may wait for a request we serve, an inode invalidation "will never block" when
+ * no page is dirty (fuse_lowlevel.h), and no page is dirty without a writeback cache.  It drops
+ * the attributes and the page cache, which holds the cached listing. */
 void notify_inval_dir(struct lfs_fs *fs, uint64_t dir)
 {
     if (fs->se == NULL)
