@@ -95,13 +95,16 @@ struct onode {
     unsigned dead : 1;        /* its last name is gone; kept while the kernel refers to it */
     unsigned counted : 1;     /* every lookup the kernel holds was counted (upper-only nodes) */
     struct onode *parent;     /* the directory holding `name` (NULL for the root) */
-    char *name;               /* one current name (malloc'd); NULL for the root */
+    char *name;               /* one current name (malloc'd); NULL for the root, and for an upper
+                                 object reached by keepfd only (see ops_dir.c name_gone) */
     uint64_t nlookup;
     uint32_t refs;            /* onodes whose parent this is: it lives while they do */
     ino_t upper_ino;
     int dirfd;                /* dirs with an upper: O_PATH | O_DIRECTORY fd of it (owned), else -1 */
-    int keepfd;               /* an unlinked upper object the kernel still refers to: an fd that
-                                 keeps it (owned), else -1 */
+    int keepfd;               /* an upper object that lost the name it was reached by (unlinked,
+                                 or a hard link whose other names are elsewhere), or the anonymous
+                                 copy of an unlinked lower file: an O_PATH fd that keeps it (owned),
+                                 closed when the kernel forgets a dead object; else -1 */
     int32_t slot;             /* its fd cache slot (upper data), or -1 */
     struct dirstate *ds;      /* dirs with an upper: its entries (NULL until first needed) */
     struct onode *hnext_id, *hnext_ino;
@@ -222,6 +225,7 @@ void fd_free(struct lfs_fs *fs);
 int open_in_layer(int layer_fd, const char *path, int flags);
 
 /* The operations (ops_*.c). */
+int lfs_caller_in_group(fuse_req_t req, gid_t gid);
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name);
 void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup);
 void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets);
@@ -255,9 +259,9 @@ void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
 
-/* Notifications to the kernel are sent from a helper thread (a request handler must not wait for
- * the kernel, which may hold the very directory lock the notification needs). */
-void notify_inval_entry(struct lfs_fs *fs, uint64_t parent, const char *name, size_t len);
+/* Drop the kernel's cached listing of directory `dir` (session.c), when the engine changed what
+ * it shows by itself: a copy-up that gives a name a new inode number changes its d_ino. */
+void notify_inval_dir(struct lfs_fs *fs, uint64_t dir);
 
 static inline int lfs_is_dir(mode_t m) { return (m & S_IFMT) == S_IFDIR; }
 

@@ -485,9 +485,9 @@ int node_stat(struct lfs_fs *fs, const struct lfs_obj *obj, struct stat *st)
         const struct lfs_node *n = lfs_node(&fs->ix, obj->lower);
         if (n == NULL)
             return -ESTALE;
-        node_fill_stat(obj->lower, n, st); /* st_ino: the lower object's, for every name of a hard link */
-        if (on && on->dead)
-            st->st_nlink = 0;
+        /* st_ino: the lower object's, for every name of a hard link.  An unlinked or removed lower
+         * object keeps the lower object's link count, as on the kernel overlay: no layer lost it. */
+        node_fill_stat(obj->lower, n, st);
         return 0;
     }
     int rc = upper_stat(fs, on, st);
@@ -501,9 +501,7 @@ int node_stat(struct lfs_fs *fs, const struct lfs_obj *obj, struct stat *st)
         if (n)
             st->st_blocks = (blkcnt_t)n->blocks; /* the data still lives in the lower file */
     }
-    if (on->dead)
-        st->st_nlink = 0;
-    return 0;
+    return 0; /* a removed upper object has the count of its upper object (0), a merged directory 1 */
 }
 
 void node_entry(struct lfs_fs *fs, uint64_t id, const struct stat *st, struct fuse_entry_param *e)
@@ -547,13 +545,24 @@ void node_maybe_free(struct lfs_fs *fs, struct onode *on)
 
 void node_forget(struct lfs_fs *fs, uint64_t id, uint64_t n)
 {
-    if (!fs->writable || !(id & LFS_UPPER_BIT))
+    if (!fs->writable)
         return;
+    if (is_index_id(fs, id) && __atomic_load_n(&fs->ix_on[id], __ATOMIC_ACQUIRE) == NULL)
+        return; /* a pristine lower object: nothing to forget (the common case) */
     pthread_rwlock_wrlock(&fs->tree);
     struct onode *on = find_id(fs, id);
     if (on && on->counted) {
         on->nlookup = on->nlookup > n ? on->nlookup - n : 0;
         node_maybe_free(fs, on);
+    } else if (on && on->dead) {
+        /* Lookups of lower objects are not counted, but the kernel forgets an inode only when it
+         * evicts it, and no name leads to a dead one any more: what kept it usable goes now
+         * (an unlinked copy-up's fd would otherwise hold its disk space until unmount). */
+        fd_drop(fs, &(struct lfs_obj){on->id, on, on->lower});
+        if (on->keepfd >= 0) {
+            close(on->keepfd);
+            on->keepfd = -1;
+        }
     }
     pthread_rwlock_unlock(&fs->tree);
 }

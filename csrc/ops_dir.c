@@ -62,16 +62,6 @@ static int prepare_dir(struct lfs_fs *fs, fuse_ino_t parent, const char *name, s
     return 0;
 }
 
-static int in_groups(fuse_req_t req, gid_t gid)
-{
-    gid_t list[64];
-    int n = fuse_req_getgroups(req, 64, list);
-    for (int i = 0; i < n && i < 64; i++)
-        if (list[i] == gid)
-            return 1;
-    return 0;
-}
-
 /* The owner and final mode of a new object made by the request's caller in `d`. */
 static void new_owner(fuse_req_t req, struct lfs_fs *fs, struct onode *d, mode_t *mode, uid_t *uid, gid_t *gid)
 {
@@ -85,7 +75,7 @@ static void new_owner(fuse_req_t req, struct lfs_fs *fs, struct onode *d, mode_t
             *mode |= S_ISGID;
     }
     /* a setgid file whose group the (unprivileged) creator is not in loses the bit */
-    if (!S_ISDIR(*mode) && (*mode & S_ISGID) && ctx->uid != 0 && *gid != ctx->gid && !in_groups(req, *gid))
+    if (!S_ISDIR(*mode) && (*mode & S_ISGID) && ctx->uid != 0 && !lfs_caller_in_group(req, *gid))
         *mode &= ~(mode_t)S_ISGID;
 }
 
@@ -297,8 +287,10 @@ void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *n
     int rc = node_resolve(fs, ino, &src);
     if (rc == 0 && lfs_is_dir(node_type(fs, &src)))
         rc = -EPERM;
+    /* with its data: a metadata-only copy finds its data at its own lower path, which the new
+     * name has not (the kernel writes a redirect xattr for it; layerfs writes none) */
     if (rc == 0)
-        rc = upper_copy_up(fs, &src, COPY_META);
+        rc = upper_copy_up(fs, &src, COPY_DATA);
     if (rc == 0)
         rc = prepare_dir(fs, newparent, newname, &dir, &d);
     size_t len = strlen(newname);
@@ -349,28 +341,42 @@ static void keep_object(struct lfs_fs *fs, struct onode *on)
     on->keepfd = openat(on->parent->dirfd, on->name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 }
 
-/* The object at `name` of `d` loses that name: forget the name, mark it dead if it was its last. */
+/* The object at `name` of `d` has just lost that name (callers keep_object() it first).
+ *   - A lower object (each name of a lower hard link is an object of its own for the kernel)
+ *     is dead: no name leads to it, but an open fd may still read it, or write it (its data
+ *     then goes to an anonymous copy: upper_copy_up).
+ *   - An upper object whose name this was follows one of its other names, a hard link in the
+ *     same directory, or else its kept fd; it is dead once no name at all links it. */
 static void name_gone(struct lfs_fs *fs, struct lfs_obj *child, struct onode *d, const char *name)
 {
     struct onode *on = child->on;
-    if (on == NULL) {
-        /* a lower object: dead for the kernel if it had one name only */
-        const struct lfs_node *n = lfs_node(&fs->ix, child->lower);
-        if (n && n->nlink <= 1 && child->id < fs->ix.n_nodes && (on = node_new(fs, child->id, n->mode)) != NULL) {
+    if (on == NULL || !on->has_upper) {
+        if (on == NULL) {
+            const struct lfs_node *n = lfs_node(&fs->ix, child->lower);
+            if (n == NULL || (on = node_new(fs, child->id, n->mode)) == NULL)
+                return; /* out of memory: a write through an open fd then fails with EEXIST */
             on->lower = child->lower;
-            on->dead = 1;
+            child->on = on;
         }
+        on->dead = 1;
         return;
     }
-    if (on->has_upper && on->parent == d && on->name && strcmp(on->name, name) == 0) {
-        struct stat st;
-        int last = upper_stat(fs, on, &st) < 0 || st.st_nlink <= 1 || lfs_is_dir(on->type);
-        keep_object(fs, on);
+    if (on->name != NULL && (on->parent != d || strcmp(on->name, name) != 0))
+        return; /* another of its names went: the one it follows is still there */
+    struct stat st;
+    int linked = !lfs_is_dir(on->type) && on->keepfd >= 0 && fstat(on->keepfd, &st) == 0 && st.st_nlink > 0;
+    if (on->name != NULL)
         node_set_name(on, NULL, NULL, 0);
-        if (last)
-            on->dead = 1;
-    } else if (!on->has_upper) {
+    if (!linked) {
         on->dead = 1;
+        return;
+    }
+    for (size_t i = 0; d->ds && i < d->ds->norder; i++) {
+        struct uent *e = d->ds->order[i];
+        if (e && !e->whiteout && e->ino == on->upper_ino) {
+            node_set_name(on, d, e->name, e->len);
+            return;
+        }
     }
 }
 
@@ -476,6 +482,8 @@ void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
         } else {
             rc = upper_whiteout(fs, d, name);
         }
+        if (rc == 0 && child.on == NULL && (child.on = node_new(fs, child.id, S_IFDIR)) != NULL)
+            child.on->lower = child.lower; /* a pristine directory: dead too (no creating in it) */
         if (rc == 0 && child.on) {
             child.on->dead = 1;
             if (child.on->parent == d)

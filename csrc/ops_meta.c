@@ -13,7 +13,10 @@
  *
  * Overlay-private xattrs (trusted.overlay.*, user.overlay.*, user.fuseoverlayfs.*) are never
  * shown: reading one answers ENODATA, setting or removing one EPERM, and listings skip them
- * (docs/overlay.rst "Private xattrs").
+ * (docs/overlay.rst "Private xattrs").  Except the mount's own namespace (trusted.overlay.* as root,
+ * user.overlay.* unprivileged), which a program inside may use as data, as on the kernel overlay
+ * since Linux 6.7 (overlayfs.rst "Nesting overlayfs mounts"): OWN.X is stored escaped, as
+ * OWN.overlay.X, in the upper object, and listed as OWN.X again.
  */
 #include "fs.h"
 
@@ -165,6 +168,38 @@ static int apply_setattr(struct lfs_fs *fs, struct lfs_obj *obj, const struct st
     return 0;
 }
 
+/* Whether the request's caller is in group `gid` (primary or supplementary). */
+int lfs_caller_in_group(fuse_req_t req, gid_t gid)
+{
+    if (fuse_req_ctx(req)->gid == gid)
+        return 1;
+    gid_t list[64];
+    int n = fuse_req_getgroups(req, 64, list);
+    for (int i = 0; i < n && i < 64; i++)
+        if (list[i] == gid)
+            return 1;
+    return 0;
+}
+
+/* The VFS drops the setgid bit of a file that is not group-executable when a caller outside its
+ * group, without CAP_FSETID, writes, truncates or chowns it (fs/attr.c setattr_should_drop_sgid);
+ * FUSE without HANDLE_KILLPRIV_V2 (libfuse 3.14 has none) forwards only the group-executable case
+ * as a mode change.  What reaches us instead: a SETATTR with no attribute at all (before a write,
+ * or for chown(-1, -1)) or one with a size.  Whether the caller has CAP_FSETID is not known here:
+ * uid 0 is taken to have it. */
+static void drop_sgid(fuse_req_t req, struct lfs_fs *fs, const struct lfs_obj *obj, struct stat *attr, int *to_set)
+{
+    struct stat cur;
+    if (fuse_req_ctx(req)->uid == 0 || (*to_set != 0 && !(*to_set & FUSE_SET_ATTR_SIZE)) ||
+        node_stat(fs, obj, &cur) < 0)
+        return;
+    if (S_ISREG(cur.st_mode) && (cur.st_mode & (S_ISGID | S_IXGRP)) == S_ISGID && !(*to_set & FUSE_SET_ATTR_MODE) &&
+        !lfs_caller_in_group(req, cur.st_gid)) {
+        attr->st_mode = cur.st_mode & ~(mode_t)S_ISGID;
+        *to_set |= FUSE_SET_ATTR_MODE;
+    }
+}
+
 void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
 {
     struct lfs_fs *fs = fuse_req_userdata(req);
@@ -179,6 +214,8 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, s
     int rc = node_resolve(fs, ino, &obj);
     if (rc == 0 && (to_set & FUSE_SET_ATTR_SIZE) && lfs_is_dir(node_type(fs, &obj)))
         rc = -EISDIR;
+    if (rc == 0)
+        drop_sgid(req, fs, &obj, attr, &to_set);
     if (rc == 0) {
         int data = COPY_META;
         if (to_set & FUSE_SET_ATTR_SIZE)
@@ -211,10 +248,12 @@ void op_readlink(fuse_req_t req, fuse_ino_t ino)
         target = malloc(PATH_MAX + 1);
         if (target == NULL) {
             rc = -ENOMEM;
-        } else if (obj.on->name == NULL || obj.on->parent == NULL) {
+        } else if ((obj.on->name == NULL || obj.on->parent == NULL) && obj.on->keepfd < 0) {
             rc = -ESTALE;
         } else {
-            ssize_t n = readlinkat(obj.on->parent->dirfd, obj.on->name, target, PATH_MAX);
+            /* by name, or by the kept fd of an object whose name went (its other links remain) */
+            ssize_t n = obj.on->name && obj.on->parent ? readlinkat(obj.on->parent->dirfd, obj.on->name, target, PATH_MAX)
+                                                       : readlinkat(obj.on->keepfd, "", target, PATH_MAX);
             if (n < 0)
                 rc = -errno;
             else
@@ -254,6 +293,24 @@ void op_statfs(fuse_req_t req, fuse_ino_t ino)
 
 /* -- xattrs -------------------------------------------------------------------------------- */
 
+static const char *own_prefix(const struct lfs_fs *fs)
+{
+    return fs->privileged ? "trusted.overlay." : "user.overlay.";
+}
+
+/* What an xattr name asked for through the mount is in the upper: the name itself, OWN.overlay.X for
+ * OWN.X (into buf; returns buf), or NULL for a private name that is neither shown nor accepted. */
+static const char *upper_xattr_name(const struct lfs_fs *fs, const char *name, char *buf, size_t size)
+{
+    const char *own = own_prefix(fs);
+    size_t olen = strlen(own);
+    if (strncmp(name, own, olen) == 0) {
+        int n = snprintf(buf, size, "%soverlay.%s", own, name + olen);
+        return n < 0 || (size_t)n >= size ? NULL : buf;
+    }
+    return is_private_xattr(name) ? NULL : name;
+}
+
 static int index_getxattr(struct lfs_fs *fs, const struct lfs_node *n, const char *name, const char **value,
                           uint32_t *vlen)
 {
@@ -280,15 +337,17 @@ void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
     struct lfs_obj obj;
     char *buf = NULL;
     int rc;
+    char escaped[XATTR_NAME_MAX + 1];
+    const char *uname = upper_xattr_name(fs, name, escaped, sizeof escaped);
     RDLOCK(fs);
     rc = node_resolve(fs, ino, &obj);
-    if (rc == 0 && is_private_xattr(name))
-        rc = -ENODATA;
+    if (rc == 0 && (uname == NULL || (uname != name && !(obj.on && obj.on->has_upper))))
+        rc = -ENODATA; /* private, or escaped on an object the index holds without its private names */
     if (rc == 0 && obj.on && obj.on->has_upper) {
         if (size > 0 && (buf = malloc(size)) == NULL)
             rc = -ENOMEM;
         else
-            rc = upper_getxattr(fs, obj.on, name, buf, size);
+            rc = upper_getxattr(fs, obj.on, uname, buf, size);
         UNLOCK(fs);
         if (rc < 0)
             lfs_reply_err(req, fs, OP_GETXATTR, -rc);
@@ -314,15 +373,25 @@ void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
         fuse_reply_buf(req, value, vlen);
 }
 
-/* Keep the names of a listxattr buffer that are not overlay-private; returns the new length. */
-static size_t filter_private(char *buf, size_t len)
+/* Keep the names of a listxattr buffer that are not overlay-private, OWN.overlay.X shown as OWN.X;
+ * returns the new length (names are only ever moved towards the start). */
+static size_t filter_private(const struct lfs_fs *fs, char *buf, size_t len)
 {
+    const char *own = own_prefix(fs);
+    size_t olen = strlen(own), elen = olen + strlen("overlay.");
     size_t out = 0;
     for (size_t i = 0; i < len;) {
         size_t n = strnlen(buf + i, len - i);
-        if (!is_private_xattr(buf + i)) {
-            memmove(buf + out, buf + i, n + 1 <= len - i ? n + 1 : n);
+        if (i + n >= len)
+            break; /* no terminating NUL: not a name */
+        const char *src = buf + i;
+        if (!is_private_xattr(src)) {
+            memmove(buf + out, src, n + 1);
             out += n + 1;
+        } else if (n > elen && strncmp(src, own, olen) == 0 && strncmp(src + olen, "overlay.", elen - olen) == 0) {
+            memmove(buf + out, src, olen);
+            memmove(buf + out + olen, src + elen, n - elen + 1);
+            out += n - (elen - olen) + 1;
         }
         i += n + 1;
     }
@@ -349,7 +418,7 @@ void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
             lfs_reply_err(req, fs, OP_LISTXATTR, -n);
             return;
         }
-        size_t total = buf ? filter_private(buf, (size_t)n) : 0;
+        size_t total = buf ? filter_private(fs, buf, (size_t)n) : 0;
         if (size == 0)
             fuse_reply_xattr(req, total);
         else if (total > size)
@@ -412,7 +481,9 @@ static void change_xattr(fuse_req_t req, fuse_ino_t ino, const char *name, const
         lfs_reply_err(req, fs, op, EROFS);
         return;
     }
-    if (is_private_xattr(name)) {
+    char escaped[XATTR_NAME_MAX + 1];
+    const char *uname = upper_xattr_name(fs, name, escaped, sizeof escaped);
+    if (uname == NULL) {
         lfs_reply_err(req, fs, op, EPERM);
         return;
     }
@@ -423,7 +494,7 @@ static void change_xattr(fuse_req_t req, fuse_ino_t ino, const char *name, const
         /* check against the lower object first: a refused change must not copy anything up */
         const char *v;
         uint32_t vl;
-        int has = index_getxattr(fs, &fs->ix.nodes[obj.lower], name, &v, &vl) == 0;
+        int has = uname == name && index_getxattr(fs, &fs->ix.nodes[obj.lower], name, &v, &vl) == 0;
         if (remove && !has)
             rc = -ENODATA;
         else if (!remove && (flags & XATTR_CREATE) && has)
@@ -434,7 +505,7 @@ static void change_xattr(fuse_req_t req, fuse_ino_t ino, const char *name, const
     if (rc == 0)
         rc = upper_copy_up(fs, &obj, COPY_META);
     if (rc == 0)
-        rc = remove ? upper_removexattr(fs, obj.on, name) : upper_setxattr(fs, obj.on, name, value, size, flags);
+        rc = remove ? upper_removexattr(fs, obj.on, uname) : upper_setxattr(fs, obj.on, uname, value, size, flags);
     UNLOCK(fs);
     lfs_reply_err(req, fs, op, -rc);
 }

@@ -52,6 +52,19 @@ int lfs_reply_err(fuse_req_t req, struct lfs_fs *fs, enum lfs_op op, int err)
     return fuse_reply_err(req, err);
 }
 
+/* Called from request handlers: unlike an entry invalidation, which takes the directory's lock in
+ * the kernel and so may wait for a request we serve, an inode invalidation "will never block" when
+ * no page is dirty (fuse_lowlevel.h), and no page is dirty without a writeback cache.  It drops
+ * the attributes and the page cache, which holds the cached listing. */
+void notify_inval_dir(struct lfs_fs *fs, uint64_t dir)
+{
+    if (fs->se == NULL)
+        return;
+    int rc = fuse_lowlevel_notify_inval_inode(fs->se, dir, 0, 0);
+    if (rc < 0 && rc != -ENOENT) /* ENOENT: the kernel does not have it, so nothing is cached */
+        __atomic_fetch_add(&fs->errors[OP_COPYUP], 1, __ATOMIC_RELAXED);
+}
+
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
     struct lfs_fs *fs = userdata;

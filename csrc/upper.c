@@ -20,6 +20,9 @@
  * `volatile` mode, a crash may lose a copy-up's data that had not reached the disk (the lower
  * file, which still holds it, is never touched).
  *
+ * A lower file unlinked while an fd still uses it has no name to be copied to: its copy is made
+ * in WORK/work as usual, then kept by an fd only and unlinked there (copy_up_anonymous).
+ *
  * Every call is made with fs->tree held exclusively.  Errors: -errno.
  */
 #include "fs.h"
@@ -448,6 +451,31 @@ static int complete_metacopy(struct lfs_fs *fs, struct onode *on)
     return 0;
 }
 
+/* Finish the copy-up of an unlinked lower object that an open fd still uses: the copy made as
+ * WORK/work/tmp is kept by an fd only (keepfd), as an unlinked upper file is, and its name in the
+ * work directory goes.  Nothing lands in the upper: the object has no name in the merged view. */
+static int copy_up_anonymous(struct lfs_fs *fs, struct lfs_obj *obj, const char *tmp)
+{
+    struct onode *on = obj->on;
+    struct stat st;
+    int fd = openat(fs->work_fd, tmp, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        int rc = -errno;
+        if (fd >= 0)
+            close(fd);
+        discard_tmp(fs, tmp, 0);
+        return rc;
+    }
+    discard_tmp(fs, tmp, 0);
+    on->keepfd = fd;
+    on->has_upper = 1;
+    on->metacopy = 0;
+    on->upper_ino = st.st_ino;
+    fd_drop(fs, obj); /* the lower fd: data now comes from the copy */
+    __atomic_fetch_add(&fs->copyups, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
 /* Copy an object up (and its parents).  `data`: COPY_META allows a metadata-only copy-up (when
  * the mount has metacopy on), COPY_DATA copies the data (or completes a metacopy), COPY_EMPTY
  * makes an empty file (the caller truncates it to 0 next). */
@@ -482,17 +510,22 @@ int upper_copy_up(struct lfs_fs *fs, struct lfs_obj *obj, int data)
     const struct lfs_node *n = lfs_node(&fs->ix, obj->lower);
     if (n == NULL)
         return -ESTALE;
-    uint32_t pdir;
-    const char *lname;
-    size_t llen;
-    int rc = node_lower_location(fs, obj, &pdir, &lname, &llen);
-    if (rc < 0)
-        return rc;
-    struct onode *parent;
-    if ((rc = upper_copy_up_dir(fs, pdir, &parent)) < 0)
-        return rc;
+    int anonymous = obj->on && obj->on->dead; /* unlinked, still open: no name to copy it to */
+    uint32_t pdir = 0;
+    const char *lname = NULL;
+    size_t llen = 0;
+    int rc;
+    struct onode *parent = NULL;
+    if (anonymous) {
+        data = data == COPY_META ? COPY_DATA : data;
+    } else {
+        if ((rc = node_lower_location(fs, obj, &pdir, &lname, &llen)) < 0)
+            return rc;
+        if ((rc = upper_copy_up_dir(fs, pdir, &parent)) < 0)
+            return rc;
+    }
     char name[LFS_NAME_MAX + 1];
-    memcpy(name, lname, llen);
+    memcpy(name, lname ? lname : "", llen);
     name[llen] = '\0';
     char tmp[64];
     if ((rc = upper_tmpname(fs, tmp, sizeof tmp)) < 0)
@@ -546,6 +579,8 @@ int upper_copy_up(struct lfs_fs *fs, struct lfs_obj *obj, int data)
     if (rc == 0)
         rc = apply_attrs(fs, fs->work_fd, tmp, n);
     ino_t ino = 0;
+    if (rc == 0 && anonymous)
+        return copy_up_anonymous(fs, obj, tmp);
     if (rc == 0)
         rc = install(fs, parent, tmp, name, llen, n->mode, &ino);
     if (rc < 0) {
@@ -562,6 +597,8 @@ int upper_copy_up(struct lfs_fs *fs, struct lfs_obj *obj, int data)
     node_set_name(on, parent, name, llen);
     node_hash_ino(fs, on);
     fd_drop(fs, obj); /* the lower fd: reads now go to the upper file */
+    if (obj->id >= fs->ix.n_nodes)
+        notify_inval_dir(fs, pdir); /* a name of a lower hard link: its st_ino changed */
     obj->on = on;
     __atomic_fetch_add(meta ? &fs->metacopies : &fs->copyups, 1, __ATOMIC_RELAXED);
     return 0;

@@ -16,8 +16,10 @@ objects each one wrote differ by the clock (they are compared in the format test
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -147,6 +149,8 @@ SCENARIOS: dict[str, list[tuple[object, ...]]] = {
         ("link", "a", "a-link"), ("write", "a-link", b"via link\n", "a"), ("read", "a"), ("stat", "a"),
         ("link", "d", "dlink"), ("link", "nothere", "x"), ("link", "a", "t"), ("unlink", "a"), ("read", "a-link"),
     ],
+    # a metadata-only copy-up has its data at its own lower path: a new name has none there
+    "link of an untouched lower file": [("link", "a", "d/a-link"), ("read", "d/a-link"), ("stat", "d/a-link")],
     "symlinks, fifos and names": [
         ("symlink", "a", "s2"), ("read", "s2"), ("symlink", "x", "sl"), ("unlink", "sl"), ("symlink", "t", "sl"),
         ("read", "sl"), ("mkfifo", "ff"), ("stat", "ff"), ("stat", "fifo"), ("chmod", "fifo", 0o600),
@@ -195,14 +199,17 @@ _paths = st.sampled_from(sorted(set(_EXISTING + _NEW)))
 _data = st.sampled_from([b"", b"x", b"hello\n", b"z" * 5000])
 
 _op = st.one_of(
-    st.tuples(st.just("write"), _paths, _data, st.sampled_from(["w", "a", "r+", "x"])),
+    st.tuples(st.just("write"), _paths, _data, st.sampled_from(["w", "x"])),
+    # a write of nothing through O_APPEND or O_RDWR copies a lower file up on the kernel overlay
+    # only, which copies up at open (tests/test_posix.py "opened for writing")
+    st.tuples(st.just("write"), _paths, _data.filter(bool), st.sampled_from(["a", "r+"])),
     st.tuples(st.just("read"), _paths),
     st.tuples(st.just("truncate"), _paths, st.sampled_from([0, 3, 7000])),
     st.tuples(st.just("mkdir"), _paths),
     st.tuples(st.just("rmdir"), _paths),
     st.tuples(st.just("unlink"), _paths),
     st.tuples(st.just("rename"), _paths, _paths, st.sampled_from([0, 0, RENAME_NOREPLACE, RENAME_EXCHANGE])),
-    st.tuples(st.just("symlink"), st.sampled_from(["a", "../x", "d/f"]), _paths),
+    st.tuples(st.just("symlink"), st.sampled_from(["a", "../x", "d/f", "n1", "n2"]), _paths),  # n1 <-> n2: ELOOP
     st.tuples(st.just("link"), _paths, _paths),
     st.tuples(st.just("chmod"), _paths, st.sampled_from([0o600, 0o755, 0o4711, 0o1777])),
     st.tuples(st.just("chown"), _paths, st.sampled_from([0, 7]), st.sampled_from([0, 9])),
@@ -213,6 +220,11 @@ _op = st.one_of(
     st.tuples(st.just("listdir"), _paths),
     st.tuples(st.just("stat"), _paths),
     st.tuples(st.just("rmtree"), st.sampled_from(["d", "e", "opq", "nd", "d/sub"])),
+    st.tuples(st.just("unlinked"), _paths, st.sampled_from([b"x", b"written after unlink\n"])),
+    st.tuples(st.just("fallocate"), _paths, st.sampled_from([0, 1, 3]), st.sampled_from([0, 4096]),
+              st.sampled_from([1, 8192])),
+    st.tuples(st.just("append2"), _paths, _data.filter(bool), _data.filter(bool)),
+    st.tuples(st.just("renameopen"), _paths, _paths),
 )
 
 _EXAMPLES = int(os.environ.get("LAYERFS_UPPER_EXAMPLES", "25"))
@@ -225,3 +237,192 @@ def test_random_operations_match_the_kernel(ops: list[tuple[object, ...]], lower
     import uuid
 
     _both(tmp_path, lowers, ops, tag=uuid.uuid4().hex[:8])
+
+
+# ---------------------------------------------------------------------------------------------
+# Concurrency: the engine serves requests from several threads (``_cache.NATIVE_THREADS``); many
+# writers, readers and renamers at once must leave exactly what each one did.
+
+def test_parallel_writers_readers_and_renamers(tmp_path: Path) -> None:
+    """Eight threads at once: each creates, appends, renames, links and unlinks its own names in
+    shared directories, appends to one shared lower file, copies lower files up and reads lower
+    files.  Afterwards every thread's result is exactly what it did, and the kernel, mounted on
+    the upper, shows what layerfs showed."""
+    import threading
+
+    require_root()
+    require_fuse()
+    spec: dict[str, File | Dir | Link | HardLink | Fifo | Whiteout] = {
+        "shared": Dir(), "log": File(b"lower line\n"), "lowers": Dir()}
+    for i in range(64):
+        spec[f"lowers/f{i:02}"] = File(f"lower {i}\n".encode() * 100)
+    lower = make_layer(tmp_path / "lower", spec)
+    u, w, m = _fresh(tmp_path, "par")
+    threads, rounds = 8, 100
+    errors: list[str] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(rounds):
+                name = m / "shared" / f"t{t}-{i}"
+                name.write_bytes(f"{t} {i}\n".encode())
+                with open(m / "log", "ab") as f:
+                    f.write(f"{t} {i}\n".encode())
+                os.rename(name, m / "shared" / f"t{t}-{i}.r")
+                if i % 3 == 0:
+                    os.link(m / "shared" / f"t{t}-{i}.r", m / "shared" / f"t{t}-{i}.l")
+                if i % 2 == 0:
+                    os.unlink(m / "shared" / f"t{t}-{i}.r")
+                k = (t * rounds + i) % 64
+                data = (m / "lowers" / f"f{k:02}").read_bytes()
+                if not data.startswith(f"lower {k}\n".encode()):
+                    errors.append(f"t{t}: lowers/f{k:02} reads {data[:20]!r}")
+                if i % 8 == t % 8:  # a copy-up of a lower file several threads read
+                    with open(m / "lowers" / f"f{k:02}", "ab") as f:
+                        f.write(f"t{t}\n".encode())
+                os.makedirs(m / f"dir{t}" / str(i))
+                sorted(os.listdir(m / "shared"))
+        except Exception as err:  # noqa: BLE001 - reported below with the thread's name
+            errors.append(f"t{t}: {err!r}")
+
+    with layerfs_writable([lower], u, w, m):
+        workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+        for th in workers:
+            th.start()
+        for th in workers:
+            th.join(timeout=120)
+        assert not [th for th in workers if th.is_alive()], "a thread hangs"
+        assert errors == []
+        names = set(os.listdir(m / "shared"))
+        expected = {f"t{t}-{i}.r" for t in range(threads) for i in range(rounds) if i % 2}
+        expected |= {f"t{t}-{i}.l" for t in range(threads) for i in range(rounds) if i % 3 == 0}
+        assert names == expected
+        for t in range(threads):
+            for i in range(rounds):
+                if i % 2:
+                    assert (m / "shared" / f"t{t}-{i}.r").read_bytes() == f"{t} {i}\n".encode()
+            assert sorted(os.listdir(m / f"dir{t}"), key=int) == [str(i) for i in range(rounds)]
+        lines = (m / "log").read_bytes().splitlines()
+        assert lines[0] == b"lower line" and sorted(lines[1:]) == sorted(
+            f"{t} {i}".encode() for t in range(threads) for i in range(rounds))
+        view = snapshot(m)
+    assert os.listdir(w / "work") == []
+    _, _, km = _fresh(tmp_path, "par-kernel")
+    with kernel_overlay([lower], u, w, km, options="metacopy=on"):
+        assert_same_tree(snapshot(km), view, names=("kernel on layerfs's upper", "layerfs"))
+
+
+# ---------------------------------------------------------------------------------------------
+# A full upper: the writer gets ENOSPC, the mount keeps serving.
+
+def test_full_upper_gives_enospc_and_the_mount_serves_on(tmp_path: Path) -> None:
+    """The upper on a 4 MiB tmpfs: a write that does not fit fails with ENOSPC, so does the
+    copy-up of a lower file bigger than the room left (the file still reads as the lower file,
+    and the work directory keeps nothing); then reads, deletes and small writes work again."""
+    require_root()
+    require_fuse()
+    big = b"L" * (6 << 20)
+    lower = make_layer(tmp_path / "lower", {"big": File(big), "small": File(b"small\n"), "d": Dir()})
+    room = tmp_path / "room"
+    room.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(room)], check=True)
+    try:
+        u, w, m = room / "upper", room / "work", tmp_path / "mnt"
+        u.mkdir()
+        w.mkdir()
+        with layerfs_writable([lower], u, w, m):
+            with pytest.raises(OSError) as err:
+                with open(m / "fill", "wb") as f:
+                    for _ in range(8):
+                        f.write(b"x" * (1 << 20))
+                        f.flush()
+            assert err.value.errno == errno.ENOSPC
+            assert run_op(m, ("write", "big", b"!", "a")) == ("err", "ENOSPC")  # the copy-up cannot fit
+            assert (m / "big").read_bytes() == big
+            assert os.listdir(w / "work") == []
+            assert (m / "small").read_bytes() == b"small\n"
+            os.unlink(m / "fill")
+            (m / "d" / "new").write_bytes(b"fits\n")
+            assert (m / "d" / "new").read_bytes() == b"fits\n"
+            assert run_op(m, ("write", "small", b"more\n", "a")) == ("ok", None)
+            assert sorted(os.listdir(m)) == ["big", "d", "small"]
+            assert (m / "small").read_bytes() == b"small\nmore\n"
+    finally:
+        subprocess.run(["umount", "-l", str(room)], capture_output=True)
+
+
+def test_copy_up_keeps_holes_and_metacopy_writes_no_data(tmp_path: Path) -> None:
+    """A 64 MiB lower file with two written blocks: appending one byte copies it up sparse (the
+    upper file allocates what the lower one does, not 64 MiB); a chmod of another such file
+    copies metadata only; both read back as before."""
+    require_root()
+    require_fuse()
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    for name in ("sparse", "meta"):
+        with open(lower / name, "wb") as f:
+            f.truncate(64 << 20)
+            f.seek(4096)
+            f.write(b"A" * 4096)
+            f.seek(40 << 20)
+            f.write(b"B" * 4096)
+    allocated = os.stat(lower / "sparse").st_blocks
+    u, w, m = _fresh(tmp_path, "sparse")
+    with layerfs_writable([lower], u, w, m):
+        with open(m / "sparse", "ab") as f:
+            f.write(b"!")
+        os.chmod(m / "meta", 0o600)
+        data = (m / "sparse").read_bytes()
+        assert len(data) == (64 << 20) + 1 and data[4096:8192] == b"A" * 4096 and data[-1:] == b"!"
+        assert data.count(b"B") == 4096 and (m / "meta").read_bytes() == (lower / "meta").read_bytes()
+    assert os.stat(u / "sparse").st_blocks <= allocated + 16  # the byte appended, maybe a block
+    assert os.stat(u / "meta").st_blocks == 0 and os.stat(u / "meta").st_size == 64 << 20
+    assert os.getxattr(u / "meta", "trusted.overlay.metacopy") == b""
+
+
+def _deleted_upper_fds(pid: int, *dirs: Path) -> list[str]:
+    """The daemon's fds that hold a file of the upper or work directory whose last name is gone."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(tuple(map(str, dirs))) and target.endswith(" (deleted)"):
+            out.append(target)
+    return out
+
+
+def test_removed_files_are_let_go(tmp_path: Path) -> None:
+    """Once every name of a file is gone and no fd holds it, the daemon holds it no longer either
+    (its disk space comes back): a copied-up lower file, linked elsewhere, both names removed;
+    a file unlinked while open, then closed."""
+    import time
+
+    require_root()
+    require_fuse()
+    lower = make_layer(tmp_path / "lower", {"a": File(b"a" * 100_000), "b": File(b"b" * 100_000),
+                                            "c": File(b"c" * 100_000), "d2": Dir()})
+    u, w, m = _fresh(tmp_path, "gone")
+    with layerfs_writable([lower], u, w, m) as handle:
+        os.chmod(m / "a", 0o600)
+        os.link(m / "a", m / "d2" / "a2")
+        os.unlink(m / "a")
+        assert (m / "d2" / "a2").read_bytes() == b"a" * 100_000
+        os.unlink(m / "d2" / "a2")
+        for name, write_first in (("b", True), ("c", False)):  # copied up before the unlink, or after
+            fd = os.open(m / name, os.O_RDWR)
+            try:
+                if write_first:
+                    os.pwrite(fd, b"W", 0)
+                os.unlink(m / name)
+                os.pwrite(fd, b"X", 1)  # "c": the write makes an anonymous copy in the work directory
+                assert os.pread(fd, 3, 0) == (b"WXb" if write_first else b"cXc")
+                assert _deleted_upper_fds(handle.pid, u, w) != []  # held while open
+            finally:
+                os.close(fd)
+        for _ in range(100):
+            if not _deleted_upper_fds(handle.pid, u, w):
+                break
+            time.sleep(0.02)
+        assert _deleted_upper_fds(handle.pid, u, w) == []
