@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import BinaryIO
 
 from .._errors import ImageNotFound, LayerfsError
 from .._oci.reference import parse as parse_reference
@@ -19,8 +20,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("load", formatter_class=fmt, help="load an image from an OCI layout or an archive",
                        description="""\
 Load images from a directory or archive into the store, verifying every digest, and print
-their IDs.  Each layer is unpacked once, in overlay form, into a directory named after its diff
-ID; layers already in the store are not unpacked again.
+what was loaded as `docker load` does: `Loaded image: NAME` for each name the source gives an
+image, `Loaded image ID: ID` for an image it names not at all.  Each layer is unpacked once, in
+overlay form, into a directory named after its diff ID; layers already in the store are not
+unpacked again.  With no SOURCE, the archive is read from standard input (`docker save`'s
+output, plain or compressed), as `docker load` reads it.
 
 SOURCE is one of (skopeo's transport names):
   oci:DIR[:TAG]           an OCI image layout; TAG picks the manifest whose
@@ -29,15 +33,26 @@ SOURCE is one of (skopeo's transport names):
   docker-archive:FILE     what `docker save` writes; its RepoTags name the images
   PATH                    detected: a layout directory, or either kind of archive
 
-An entry tagged with a bare TAG is named after the layout: oci:./busybox:1.36 loads as
-busybox:1.36.  If anything fails, the store is left as it was.
+A transport that does not fit the source is refused, naming what the source is.  An entry
+tagged with a bare TAG is named after the layout directory: oci:./busybox:1.36 loads as
+busybox:1.36; in an archive it loads untagged (name it with --tag).  A multi-platform image
+loads this host's platform, or --platform's.  If anything fails, the store is left as it was.
+
+Progress goes to stdout when it is a terminal, and nowhere otherwise (as docker load).
 
 examples:
   layerfs load oci:./busybox-layout:latest
+  layerfs load -i app.tar
+  docker save app:1 | layerfs load
+  layerfs load --platform linux/arm64 oci-archive:multi.tar
   layerfs load --tag myapp:dev app.tar""")
-    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("source", metavar="SOURCE", nargs="?", help="what to load (default: standard input)")
+    p.add_argument("-i", "--input", metavar="FILE",
+                   help="read from this archive or layout instead of standard input (as docker load -i)")
     p.add_argument("-t", "--tag", action="append", default=[], metavar="REF",
                    help="also tag the loaded image REF (repeatable)")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="the platform to load from a multi-platform image (default: this host's)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
     p.set_defaults(handler=cmd_load)
 
@@ -101,18 +116,25 @@ examples:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    store = Store(args.root)
-    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    from .._transfer.load import load
+    from .._transfer.load import load_images
+    from .._transfer.progress import for_stream, is_terminal
 
-    images = load(store, args.source, tags=args.tag, progress=progress)
-    for image in images:
-        if not args.quiet:
-            for tag in image.repo_tags:
-                print(f"Loaded image: {tag}")
-            print(f"Loaded image ID: {image.id}")
-        else:
-            print(image.id)
+    if args.input and args.source:
+        raise LayerfsError("load: give SOURCE or -i FILE, not both")
+    source: str | BinaryIO | None = args.input or args.source
+    if source is None:
+        if sys.stdin is None or is_terminal(sys.stdin):
+            raise LayerfsError("requested load from stdin, but stdin is empty")
+        source = sys.stdin.buffer
+    progress = for_stream(sys.stdout, quiet=args.quiet, plain=False)
+    for loaded in load_images(Store(args.root), source, tags=args.tag, progress=progress, platform=args.platform):
+        if args.quiet:
+            print(loaded.image.id)
+            continue
+        for name in loaded.names:
+            print(f"Loaded image: {name}")
+        if not loaded.names:
+            print(f"Loaded image ID: {loaded.image.id}")
     return 0
 
 

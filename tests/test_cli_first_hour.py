@@ -1,0 +1,292 @@
+"""The first hour of a docker, podman or skopeo user (issue 10, "What got in the way").
+
+Each test runs the real ``layerfs`` command as a user would (a pipe, a file, a terminal: a real
+pseudo-terminal of a chosen width) and checks what the user sees: the output, the exit status,
+and what is left in the store.  docker's own behaviour is the guide where the issue names it;
+each test says which docker rule it holds layerfs to.
+
+Images are tiny layouts written in Python (``_images.write_layout``) and turned into archives by
+skopeo and tar; registry tests run Debian's ``docker-registry`` on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import json
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import tarfile
+import termios
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from _images import MEDIA_MANIFEST, BuiltImage, TarEntry, gzip_bytes, sha256, tar_bytes, write_layout
+from _oracles import blob_path
+from conftest import require_root, require_tool, run_layerfs
+
+REF_NAME = "org.opencontainers.image.ref.name"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _needs_tools() -> None:
+    require_root()
+    require_tool("skopeo", "tar")
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def layer(name: str, data: bytes) -> tuple[bytes, str]:
+    """A gzip layer holding ``etc/<name>``, with its diff ID."""
+    tar = tar_bytes([TarEntry("etc/", tarfile.DIRTYPE, mode=0o755), TarEntry(f"etc/{name}", data=data)])
+    return gzip_bytes(tar), sha256(tar)
+
+
+def tiny_layout(path: Path, tag: str = "latest", *, layers: int = 1, arch: str = "amd64") -> BuiltImage:
+    """An OCI layout with one small image of ``layers`` layers."""
+    config = {"architecture": arch, "os": "linux", "created": "2020-09-13T12:26:40Z",
+              "config": {"Cmd": ["/bin/sh"]}}
+    return write_layout(path, tag, [layer(f"file{i}-{arch}", f"{arch} {i}\n".encode() * (i + 1))
+                                    for i in range(layers)], config=config)
+
+
+def skopeo(src: str, dest: str) -> None:
+    subprocess.run(["skopeo", "copy", "-q", src, dest], check=True, capture_output=True)
+
+
+def tar_dir(directory: Path, archive: Path) -> Path:
+    """``directory``'s content as a tar (gzip if ``archive`` ends in .gz), as ``tar -C DIR -c .``."""
+    subprocess.run(["tar", "-C", str(directory), "-c", "-f", str(archive.with_suffix("") if archive.suffix == ".gz"
+                                                                      else archive), "."], check=True)
+    if archive.suffix == ".gz":
+        plain = archive.with_suffix("")
+        archive.write_bytes(gzip.compress(plain.read_bytes()))
+        plain.unlink()
+    return archive
+
+
+def layerfs(*args: str, root: Path, stdin: object = subprocess.DEVNULL,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with ``stdin`` (a file object, DEVNULL, or None for a closed stdin)."""
+    full_env = {**os.environ, **(env or {})}
+    cmd = [sys.executable, "-m", "layerfs", "--root", str(root), *args]
+    if stdin is None:  # `layerfs ... <&-`: the process starts with fd 0 closed
+        cmd = ["sh", "-c", 'exec "$@" <&-', "sh", *cmd]
+        stdin = subprocess.DEVNULL
+    return subprocess.run(cmd, stdin=stdin, capture_output=True, text=True, env=full_env,  # type: ignore[call-overload]
+                          timeout=300)
+
+
+def in_terminal(args: Sequence[str], *, root: Path, columns: int = 80, stdin_tty: bool = True,
+                env: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, str]:
+    """Run the CLI on a real pseudo-terminal ``columns`` wide (stdout and stderr; stdin too unless
+    ``stdin_tty`` is false); returns (exit status, everything it wrote)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "layerfs", "--root", str(root), *args],
+                            stdin=slave if stdin_tty else subprocess.DEVNULL, stdout=slave, stderr=slave,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every slave fd is closed
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        status = proc.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return status, out.decode(errors="replace")
+
+
+def store_files(root: Path) -> set[str]:
+    """Every file of a store but the lock and the reserve."""
+    out = set()
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            rel = str((Path(dirpath) / name).relative_to(root))
+            if rel not in ("lock", "reserve"):
+                out.add(rel)
+    return out
+
+
+# -- load -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | BuiltImage]:
+    """One tiny image as: a layout (ref name ``latest``), a docker archive naming it tiny:edge, an
+    untagged docker archive, and a gzip OCI archive whose only name is the bare tag ``latest``."""
+    work = tmp_path_factory.mktemp("tiny")
+    image = tiny_layout(work / "layout")
+    skopeo(f"oci:{work / 'layout'}:latest", f"docker-archive:{work / 'tiny.docker.tar'}:tiny:edge")
+    skopeo(f"oci:{work / 'layout'}:latest", f"docker-archive:{work / 'untagged.docker.tar'}")
+    return {"image": image, "layout": work / "layout", "docker": work / "tiny.docker.tar",
+            "untagged": work / "untagged.docker.tar",
+            "oci_gz": tar_dir(work / "layout", work / "tiny.oci.tar.gz")}
+
+
+def test_load_prints_what_the_archive_names(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """docker load: `Loaded image: NAME` for the archive's names only (not the other tags the
+    image has in the store), and no `Loaded image ID:` line for a named image."""
+    root = tmp_path / "store"
+    image_id = tiny["image"].config_digest  # type: ignore[attr-defined]
+    layerfs("load", "-q", str(tiny["untagged"]), root=root)
+    run_layerfs("tag", image_id, "somethingelse:1", root=root)
+    proc = layerfs("load", str(tiny["docker"]), root=root)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["Loaded image: tiny:edge"]
+    assert proc.stderr == ""
+
+
+def test_load_of_an_untagged_image_prints_its_id(tiny: dict[str, Path], tmp_path: Path) -> None:
+    proc = layerfs("load", str(tiny["untagged"]), root=tmp_path / "store")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"Loaded image ID: {tiny['image'].config_digest}"]  # type: ignore[attr-defined]
+
+
+def test_load_reads_stdin_and_input_file(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """`cat x.tar | layerfs load` and `layerfs load -i x.tar`, plain and gzip, as docker load."""
+    for i, path in enumerate([tiny["docker"], tiny["oci_gz"]]):
+        with open(path, "rb") as f:
+            piped = layerfs("load", root=tmp_path / f"piped{i}", stdin=f)
+        assert piped.returncode == 0, piped.stderr
+        from_file = layerfs("load", "-i", str(path), root=tmp_path / f"file{i}")
+        assert from_file.returncode == 0, from_file.stderr
+        assert piped.stdout == from_file.stdout
+        assert piped.stdout.startswith("Loaded image")
+        assert os.listdir(tmp_path / f"piped{i}" / "tmp") == []  # the spooled copy is gone
+    both = layerfs("load", "-i", str(tiny["docker"]), str(tiny["docker"]), root=tmp_path / "x")
+    assert both.returncode == 1 and both.stderr.startswith("Error: ")
+
+
+def test_load_from_a_terminal_refuses(tmp_path: Path) -> None:
+    """docker load with no -i and stdin a terminal: "requested load from stdin, but stdin is empty"."""
+    status, out = in_terminal(["load"], root=tmp_path / "store")
+    assert status == 1
+    assert out.strip() == "Error: requested load from stdin, but stdin is empty"
+
+
+@pytest.mark.parametrize("transport, which, found", [
+    ("oci-archive", "docker", "is a docker archive"),
+    ("docker-archive", "oci_gz", "is an OCI archive"),
+    ("oci", "docker", "is a docker archive"),
+])
+def test_load_refuses_a_wrong_transport(tiny: dict[str, Path], tmp_path: Path, transport: str, which: str,
+                                        found: str) -> None:
+    root = tmp_path / "store"
+    proc = layerfs("load", f"{transport}:{tiny[which]}", root=root)
+    assert proc.returncode == 1
+    [line] = proc.stderr.splitlines()
+    assert found in line and f"load it as {'docker-archive' if which == 'docker' else 'oci-archive'}:" in line, line
+    assert not (root / "images").exists() or not os.listdir(root / "images")
+
+
+def test_an_archive_is_not_named_after_its_file(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """An OCI archive whose entry has only the bare tag `latest` loads untagged (docker's), not as
+    the repository `tiny.oci.tar.gz`; a layout directory still names it (podman's oci:)."""
+    root = tmp_path / "store"
+    proc = layerfs("load", str(tiny["oci_gz"]), root=root)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"Loaded image ID: {tiny['image'].config_digest}"]  # type: ignore[attr-defined]
+    rows = run_layerfs("images", root=root).stdout.splitlines()[1:]
+    assert [row.split()[:2] for row in rows] == [["<none>", "<none>"]]
+    named = layerfs("load", f"oci:{tiny['layout']}:latest", root=root)
+    assert named.stdout.splitlines() == ["Loaded image: layout:latest"]
+
+
+def multi_layout(path: Path) -> dict[str, str]:
+    """An OCI layout whose entry `multi` is an index of amd64 and arm64 images (also there as
+    `multi-amd64` and `multi-arm64`); returns platform -> config digest."""
+    configs, entries = {}, []
+    for arch in ("amd64", "arm64"):
+        img = tiny_layout(path, f"multi-{arch}", arch=arch)
+        configs[f"linux/{arch}"] = img.config_digest
+        size = blob_path(path, img.manifest_digest).stat().st_size
+        entries.append({"mediaType": MEDIA_MANIFEST, "digest": img.manifest_digest, "size": size,
+                        "platform": {"architecture": arch, "os": "linux"}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
+    blob_path(path, sha256(index)).write_bytes(index)
+    top = json.loads((path / "index.json").read_text())
+    top["manifests"].append({"mediaType": OCI_INDEX, "digest": sha256(index), "size": len(index),
+                             "annotations": {REF_NAME: "multi"}})
+    (path / "index.json").write_text(json.dumps(top))
+    return configs
+
+
+def test_load_platform_of_a_multi_platform_layout(tmp_path: Path) -> None:
+    configs = multi_layout(tmp_path / "multi")
+    root = tmp_path / "store"
+    arm = layerfs("load", "-q", "--platform", "linux/arm64", f"oci:{tmp_path / 'multi'}:multi", root=root)
+    assert arm.returncode == 0, arm.stderr
+    assert arm.stdout.split() == [configs["linux/arm64"]]
+    host = layerfs("load", "-q", f"oci:{tmp_path / 'multi'}:multi", root=root)
+    assert host.stdout.split() == [configs["linux/amd64"]]
+    bad = layerfs("load", "--platform", "linux/s390x", f"oci:{tmp_path / 'multi'}:multi", root=root)
+    assert bad.returncode == 1
+    [line] = bad.stderr.splitlines()
+    assert "linux/s390x" in line and "linux/amd64" in line and "linux/arm64" in line, line
+    single = layerfs("load", "--platform", "linux/arm64", f"oci:{tmp_path / 'multi'}:multi-amd64", root=root)
+    assert single.returncode == 1 and "does not match the specified platform" in single.stderr, single.stderr
+
+
+# -- progress ---------------------------------------------------------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def screen_lines(out: str) -> list[str]:
+    """What a terminal output is made of: the text between line ends, carriage returns and
+    cursor moves (each one a whole line the display wrote)."""
+    return [part for part in re.split(r"\r\n|\n|\r|\x1b\[[0-9;]*[A-Za-z]", out) if part]
+
+
+LOAD_LINE = re.compile(r"[0-9a-f]{12}: (Loading layer( .*)?|Loaded|Already exists)|Loaded image: .*")
+
+
+def test_load_to_a_file_writes_whole_lines_only(tmp_path: Path) -> None:
+    """`layerfs load x > file 2>&1`, ten times, an image of eight layers read by parallel threads:
+    docker load shows no progress when stdout is not a terminal, so the file holds the result."""
+    tiny_layout(tmp_path / "layout", "1", layers=8)
+    for i in range(10):
+        with open(tmp_path / f"out{i}", "w") as out:
+            proc = subprocess.run([sys.executable, "-m", "layerfs", "--root", str(tmp_path / f"store{i}"), "load",
+                                   f"oci:{tmp_path / 'layout'}:1"], stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, timeout=120)
+        assert proc.returncode == 0
+        assert (tmp_path / f"out{i}").read_text().splitlines() == ["Loaded image: layout:1"]
+
+
+def test_load_progress_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal load shows a line per layer on stdout (docker load), each written whole,
+    none wider than the terminal."""
+    tiny_layout(tmp_path / "layout", "1", layers=8)
+    status, out = in_terminal(["load", f"oci:{tmp_path / 'layout'}:1"], root=tmp_path / "store", columns=50)
+    assert status == 0, out
+    lines = screen_lines(out)
+    assert "Loaded image: layout:1" in lines
+    assert len({line[:12] for line in lines if LOAD_LINE.fullmatch(line) and ": Load" in line}) == 8, out
+    for line in lines:
+        assert LOAD_LINE.fullmatch(line), repr(line)
+        assert len(line) < 50, repr(line)
