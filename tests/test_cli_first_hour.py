@@ -11,6 +11,7 @@ skopeo and tar; registry tests run Debian's ``docker-registry`` on 127.0.0.1.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import gzip
 import json
@@ -18,28 +19,72 @@ import os
 import pty
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
 import tarfile
 import termios
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from _images import MEDIA_MANIFEST, BuiltImage, TarEntry, gzip_bytes, sha256, tar_bytes, write_layout
+from _images import (
+    MEDIA_MANIFEST,
+    BuiltImage,
+    TarEntry,
+    gzip_bytes,
+    sha256,
+    tar_bytes,
+    write_layout,
+)
 from _oracles import blob_path
+from _registry_server import Registry, push, write_htpasswd
 from conftest import require_root, require_tool, run_layerfs
 
 REF_NAME = "org.opencontainers.image.ref.name"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
+USER, PASSWORD = "alice", "wonderland"
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _needs_tools() -> None:
     require_root()
     require_tool("skopeo", "tar")
+
+
+@dataclasses.dataclass
+class Registries:
+    """One storage served anonymously (``anon``) and with htpasswd Basic auth (``basic``), holding
+    ``public/tiny:1``, ``public/tiny:latest`` and ``library/alpine:latest`` (the tiny image)."""
+
+    anon: Registry
+    basic: Registry
+    image: BuiltImage
+
+
+@pytest.fixture(scope="module")
+def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registries]:
+    require_tool("docker-registry", "htpasswd")
+    work = tmp_path_factory.mktemp("first-hour-registry")
+    storage = work / "storage"
+    storage.mkdir()
+    started: list[Registry] = []
+    try:
+        anon = Registry.start(work, storage)
+        started.append(anon)
+        basic = Registry.start(work, storage, htpasswd=write_htpasswd(work / "htpasswd", {USER: PASSWORD}))
+        started.append(basic)
+        image = tiny_layout(work / "layout", "1", layers=2)
+        for name in ("public/tiny:1", "public/tiny:latest", "library/alpine:latest"):
+            push(image.source, f"{anon.host}/{name}")
+        yield Registries(anon, basic, image)
+    finally:
+        for server in reversed(started):
+            server.stop()
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -83,13 +128,16 @@ def layerfs(*args: str, root: Path, stdin: object = subprocess.DEVNULL,
         cmd = ["sh", "-c", 'exec "$@" <&-', "sh", *cmd]
         stdin = subprocess.DEVNULL
     return subprocess.run(cmd, stdin=stdin, capture_output=True, text=True, env=full_env,  # type: ignore[call-overload]
-                          timeout=300)
+                          timeout=300, check=False)
 
 
 def in_terminal(args: Sequence[str], *, root: Path, columns: int = 80, stdin_tty: bool = True,
-                env: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, str]:
+                env: dict[str, str] | None = None, timeout: float = 120,
+                answers: dict[str, bytes] | None = None) -> tuple[int, str]:
     """Run the CLI on a real pseudo-terminal ``columns`` wide (stdout and stderr; stdin too unless
-    ``stdin_tty`` is false); returns (exit status, everything it wrote)."""
+    ``stdin_tty`` is false), typing ``answers[prompt]`` once each prompt shows; returns (exit
+    status, everything it wrote)."""
+    pending = dict(answers or {})
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "layerfs", "--root", str(root), *args],
@@ -109,6 +157,8 @@ def in_terminal(args: Sequence[str], *, root: Path, columns: int = 80, stdin_tty
                 if not chunk:
                     break
                 out += chunk
+                for prompt in [p for p in pending if p.encode() in out]:
+                    os.write(master, pending.pop(prompt))
             elif proc.poll() is not None:
                 break
         status = proc.wait(timeout=max(deadline - time.monotonic(), 1))
@@ -273,7 +323,7 @@ def test_load_to_a_file_writes_whole_lines_only(tmp_path: Path) -> None:
         with open(tmp_path / f"out{i}", "w") as out:
             proc = subprocess.run([sys.executable, "-m", "layerfs", "--root", str(tmp_path / f"store{i}"), "load",
                                    f"oci:{tmp_path / 'layout'}:1"], stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, timeout=120)
+                                  stdin=subprocess.DEVNULL, timeout=120, check=False)
         assert proc.returncode == 0
         assert (tmp_path / f"out{i}").read_text().splitlines() == ["Loaded image: layout:1"]
 
@@ -290,3 +340,111 @@ def test_load_progress_on_a_terminal(tmp_path: Path) -> None:
     for line in lines:
         assert LOAD_LINE.fullmatch(line), repr(line)
         assert len(line) < 50, repr(line)
+
+
+# -- one line, never a traceback ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stdin, args", [
+    (None, []),                                         # `layerfs login HOST <&-`
+    (None, ["-u", USER]),
+    ("pipe", ["-u", USER]),                             # `echo secret | layerfs login HOST -u alice`
+    ("pipe", []),
+], ids=["closed", "closed with -u", "pipe with -u", "pipe"])
+def test_login_without_a_terminal_refuses(tmp_path: Path, stdin: str | None, args: list[str]) -> None:
+    """docker login: "Cannot perform an interactive login from a non TTY device" unless
+    --password-stdin; nothing is read from the pipe, nothing written."""
+    env = {"DOCKER_CONFIG": str(tmp_path / "docker")}
+    if stdin == "pipe":
+        (tmp_path / "secret").write_text("secret\n")
+        with open(tmp_path / "secret") as f:
+            proc = layerfs("login", "127.0.0.1:1", *args, root=tmp_path / "store", stdin=f, env=env)
+    else:
+        proc = layerfs("login", "127.0.0.1:1", *args, root=tmp_path / "store", stdin=None, env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error: Cannot perform an interactive login from a non TTY device"), proc.stderr
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "docker").exists()
+
+
+def test_login_password_stdin_closed(tmp_path: Path) -> None:
+    proc = layerfs("login", "127.0.0.1:1", "-u", USER, "--password-stdin", root=tmp_path / "store", stdin=None)
+    assert (proc.returncode, proc.stderr) == (1, "Error: --password-stdin: standard input is closed\n")
+
+
+def test_login_on_a_terminal_prompts(registries: Registries, tmp_path: Path) -> None:
+    """With a terminal, login asks for what is missing, and the password is not echoed."""
+    status, out = in_terminal(["login", registries.basic.host], root=tmp_path / "store",
+                              env={"DOCKER_CONFIG": str(tmp_path / "docker")}, timeout=60,
+                              answers={"Username: ": f"{USER}\r".encode(), "Password: ": f"{PASSWORD}\r".encode()})
+    assert status == 0, out
+    assert "Login Succeeded" in out and PASSWORD not in out
+    assert registries.basic.host in json.loads((tmp_path / "docker" / "config.json").read_text())["auths"]
+
+
+def corrupt_repositories(root: Path) -> Path:
+    path = root / "repositories.json"
+    path.write_text('{"Repositories": {"tiny": ')
+    return path
+
+
+def test_a_corrupt_repositories_json_is_named_with_its_repair(registries: Registries, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    ref = f"{registries.anon.host}/public/tiny:1"
+    run_layerfs("pull", "-q", ref, root=root)
+    path = corrupt_repositories(root)
+    for args in (["images"], ["pull", ref], ["inspect", ref], ["tag", ref, "x:1"]):
+        proc = layerfs(*args, root=root)
+        assert proc.returncode == 1, args
+        [line] = proc.stderr.splitlines()
+        assert line.startswith("Error: ") and f"{path}: is corrupt: not valid JSON" in line, line
+        assert "remove it" in line and "layerfs tag ID NAME" in line, line
+        assert "Traceback" not in proc.stderr
+    path.unlink()  # the repair the message gives: the image stays, by ID
+    rows = run_layerfs("images", root=root).stdout.splitlines()[1:]
+    assert [row.split()[:3] for row in rows] == [["<none>", "<none>", registries.image.config_digest[7:19]]]
+
+
+def test_output_into_a_closed_pipe_ends_quietly(registries: Registries, tmp_path: Path) -> None:
+    """`layerfs images | head -1`: killed by SIGPIPE and silent, as `seq 1 1000000 | head -1`
+    (coreutils) and docker (a Go program writing to a broken stdout) end; the shell says 141."""
+    root = tmp_path / "store"
+    run_layerfs("pull", "-q", f"{registries.anon.host}/public/tiny:1", root=root)
+    for args in (["images"], ["inspect", f"{registries.anon.host}/public/tiny:1"], ["--help"],
+                 ["pull", f"{registries.anon.host}/public/tiny:1"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before anything is written
+        proc = subprocess.run([sys.executable, "-m", "layerfs", "--root", str(root), *args], stdout=write_end,
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=120, check=False)
+        os.close(write_end)
+        assert proc.returncode in (-signal.SIGPIPE, 0), (args, proc.returncode, proc.stderr)
+        assert proc.stderr == b"", (args, proc.stderr)
+    shell = subprocess.run(["bash", "-c", '"$@" | true; echo "${PIPESTATUS[0]}"', "sh", sys.executable, "-m",
+                            "layerfs", "--root", str(root), "images"], capture_output=True, text=True, timeout=60,
+                           check=False)
+    assert shell.stdout.strip() in ("0", "141") and shell.stderr == "", shell
+
+
+def test_version(tmp_path: Path) -> None:
+    from importlib import metadata
+
+    proc = layerfs("--version", root=tmp_path / "store")
+    assert (proc.returncode, proc.stdout) == (0, f"layerfs version {metadata.version('layerfs')}\n")
+
+
+def test_debug_levels(registries: Registries, tmp_path: Path) -> None:
+    """--debug: layerfs's own lines (one per registry request); the HTTP library's only with two."""
+    ref = f"{registries.anon.host}/public/tiny:1"
+    once = layerfs("--debug", "pull", "-q", ref, root=tmp_path / "one")
+    assert once.returncode == 0, once.stderr
+    lines = once.stderr.splitlines()
+    assert any(line.startswith("DEBUG layerfs._registry.client: HEAD http://") for line in lines), lines
+    assert all(line.startswith("DEBUG layerfs.") for line in lines), lines
+    twice = layerfs("--debug", "--debug", "pull", "-q", ref, root=tmp_path / "two")
+    assert twice.returncode == 0, twice.stderr
+    assert any(line.startswith(("DEBUG httpcore", "DEBUG httpx")) for line in twice.stderr.splitlines())
+
+
+def test_max_concurrent_downloads_zero_is_refused(tmp_path: Path) -> None:
+    proc = layerfs("pull", "--max-concurrent-downloads", "0", "alpine", root=tmp_path / "store")
+    assert proc.returncode == 2 and "--max-concurrent-downloads" in proc.stderr.splitlines()[-1]

@@ -10,7 +10,7 @@ from .._errors import LayerfsError
 from .._oci.reference import parse as parse_reference
 from .._registry.auth import Credentials, docker_config_path, remove_credentials, store_credentials
 from .._store.store import Store
-from .._transfer.progress import for_stream
+from .._transfer.progress import for_stream, is_terminal
 
 _INSECURE_HELP = ("talk to this registry (host[:port]) over plain HTTP; repeatable.  localhost and "
                   "127.0.0.1 always are, and so are registries marked insecure in "
@@ -46,7 +46,7 @@ examples:
                    help="the platform to pull from a multi-platform image (default: this host's)")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", help=_INSECURE_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
-    p.add_argument("--max-concurrent-downloads", type=int, default=None, metavar="N",
+    p.add_argument("--max-concurrent-downloads", type=_positive, default=None, metavar="N",
                    help="layers downloaded at once (default 3, as docker)")
     p.add_argument("--stall-timeout", type=_seconds, default=None, metavar="SECONDS",
                    help="a transfer that receives less than 1 KiB in this time is stalled: it is resumed twice, "
@@ -82,6 +82,17 @@ examples:
     p.set_defaults(handler=cmd_logout)
 
 
+def _positive(text: str) -> int:
+    """A count of at least 1 (docker refuses ``max-concurrent-downloads`` 0 too)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"want a whole number of 1 or more, not {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -114,6 +125,35 @@ def _registry_host(text: str) -> str:
     return "docker.io" if host in ("index.docker.io", "registry-1.docker.io") else host
 
 
+def _read_password_stdin() -> str:
+    """The password given on standard input (``--password-stdin``), without its line end.
+
+    Raises:
+        LayerfsError: standard input is closed, or gives nothing.
+    """
+    if sys.stdin is None:
+        raise LayerfsError("--password-stdin: standard input is closed")
+    password = sys.stdin.read().rstrip("\r\n")
+    if not password:
+        raise LayerfsError("--password-stdin: standard input gave no password")
+    return password
+
+
+def _prompt(text: str, *, secret: bool) -> str:
+    """Ask the terminal for a value; docker's refusal when there is no terminal to ask.
+
+    Raises:
+        LayerfsError: standard input is not a terminal (a pipe, a file, closed), or gave nothing.
+    """
+    if not is_terminal(sys.stdin):
+        raise LayerfsError("Cannot perform an interactive login from a non TTY device (give the password with "
+                           "--password-stdin, and the user with -u)")
+    try:
+        return getpass.getpass(text) if secret else input(text).strip()
+    except EOFError:
+        raise LayerfsError("login: no " + ("password" if secret else "username") + " given") from None
+
+
 def cmd_login(args: argparse.Namespace) -> int:
     host = _registry_host(args.registry)
     username = args.username
@@ -122,11 +162,13 @@ def cmd_login(args: argparse.Namespace) -> int:
             raise LayerfsError("--password and --password-stdin are mutually exclusive")
         if not username:
             raise LayerfsError("must provide --username with --password-stdin")
-        password = sys.stdin.read().rstrip("\r\n")
+        password = _read_password_stdin()
     else:
+        if args.password is not None:
+            print("WARNING! Using --password via the CLI is insecure. Use --password-stdin.", file=sys.stderr)
         if not username:
-            username = input("Username: ").strip()
-        password = args.password if args.password is not None else getpass.getpass("Password: ")
+            username = _prompt("Username: ", secret=False)
+        password = args.password if args.password is not None else _prompt("Password: ", secret=True)
     if not username or not password:
         raise LayerfsError("login: username and password are required")
     creds = Credentials(username, password)

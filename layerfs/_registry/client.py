@@ -298,6 +298,8 @@ class RegistryClient:
             content = body() if body is not None else None
             resp = self._client.send(self._client.build_request(method, url, headers=sent, content=content),
                                      stream=True)
+            log.debug("%s %s%s: %d %s", method, url, f" ({sent['Range']})" if "Range" in sent else "",
+                      resp.status_code, resp.reason_phrase)
             location = resp.headers.get("location")
             if resp.status_code not in _REDIRECTS or not location:
                 return resp

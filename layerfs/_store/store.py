@@ -171,10 +171,20 @@ def _doing(command: str) -> Iterator[None]:
 
 
 def _load_json(path: Path) -> _JsonDict:
+    """A JSON object from a record of the store.
+
+    Raises:
+        OSError: it cannot be read (FileNotFoundError: it is not there).
+        BadImage: it is not a JSON object (broken by hand, or by a disk that lost it): the message
+            names the file.
+    """
     with open(path, "rb") as f:
-        value = json.load(f)
+        try:
+            value = json.load(f)
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            raise BadImage(f"{path}: is corrupt: not valid JSON ({err})") from None
     if not isinstance(value, dict):
-        raise BadImage(f"{path}: not a JSON object")
+        raise BadImage(f"{path}: is corrupt: not a JSON object")
     return value
 
 
@@ -257,14 +267,26 @@ class Store:
         return _load_json(self.layer_path(diff_id) / "layer.json")
 
     def _repositories(self) -> dict[str, dict[str, str]]:
+        """``repositories.json``: repository -> reference -> image ID.
+
+        Raises:
+            LayerfsError: the file is corrupt: says which, and how to repair the store.
+        """
         path = self.root / "repositories.json"
         try:
             data = _load_json(path)
+            repos = data.get("Repositories", {})
+            if not isinstance(repos, dict) or not all(
+                    isinstance(refs, dict) and all(isinstance(i, str) for i in refs.values())
+                    for refs in repos.values()):
+                raise BadImage(f"{path}: is corrupt: want {{\"Repositories\": {{REPO: {{REF: IMAGE ID}}}}}}")
         except FileNotFoundError:
             return {}
-        repos = data.get("Repositories", {})
-        if not isinstance(repos, dict):
-            raise BadImage(f"{path}: malformed")
+        except BadImage as err:
+            # Only the names are lost: images, layers and blobs are intact and listed by ID.
+            raise LayerfsError(f"{err}; restore it from a backup, or remove it: the images stay, untagged "
+                               f"(`layerfs images` lists them by ID; `layerfs tag ID NAME` names them "
+                               f"again)") from None
         return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in repos.items()}
 
     def _references_by_image(self) -> dict[str, list[str]]:
