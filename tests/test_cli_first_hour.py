@@ -11,6 +11,7 @@ skopeo and tar; registry tests run Debian's ``docker-registry`` on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import gzip
@@ -40,8 +41,8 @@ from _images import (
     write_layout,
 )
 from _oracles import blob_path
-from _registry_server import Registry, push, write_htpasswd
-from conftest import require_root, require_tool, run_layerfs
+from _registry_server import Proxy, Registry, push, write_htpasswd
+from conftest import require_fuse, require_root, require_tool, run_layerfs
 
 REF_NAME = "org.opencontainers.image.ref.name"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -59,7 +60,8 @@ def _needs_tools() -> None:
 @dataclasses.dataclass
 class Registries:
     """One storage served anonymously (``anon``) and with htpasswd Basic auth (``basic``), holding
-    ``public/tiny:1``, ``public/tiny:latest`` and ``library/alpine:latest`` (the tiny image)."""
+    ``public/tiny:1``, ``public/tiny:latest`` and ``library/alpine:latest`` (the tiny image, as an
+    OCI manifest) and ``public/tiny:v2s2`` (the same image under a docker v2s2 manifest)."""
 
     anon: Registry
     basic: Registry
@@ -81,6 +83,7 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registries]
         image = tiny_layout(work / "layout", "1", layers=2)
         for name in ("public/tiny:1", "public/tiny:latest", "library/alpine:latest"):
             push(image.source, f"{anon.host}/{name}")
+        push(image.source, f"{anon.host}/public/tiny:v2s2", "--format", "v2s2")  # another manifest
         yield Registries(anon, basic, image)
     finally:
         for server in reversed(started):
@@ -448,3 +451,239 @@ def test_debug_levels(registries: Registries, tmp_path: Path) -> None:
 def test_max_concurrent_downloads_zero_is_refused(tmp_path: Path) -> None:
     proc = layerfs("pull", "--max-concurrent-downloads", "0", "alpine", root=tmp_path / "store")
     assert proc.returncode == 2 and "--max-concurrent-downloads" in proc.stderr.splitlines()[-1]
+
+
+# -- pull's words -----------------------------------------------------------------------------------
+
+
+def test_pull_header_names_the_path_and_the_default_tag(registries: Registries, tmp_path: Path) -> None:
+    """docker pull alpine: "Using default tag: latest", "latest: Pulling from library/alpine"."""
+    host = registries.anon.host
+    proc = layerfs("pull", f"{host}/library/alpine", root=tmp_path / "store")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[:2] == ["Using default tag: latest", "latest: Pulling from library/alpine"], lines
+    assert lines[-1] == f"{host}/library/alpine:latest"
+    tagged = layerfs("pull", f"{host}/public/tiny:1", root=tmp_path / "store").stdout.splitlines()
+    assert tagged[0] == "1: Pulling from public/tiny"
+
+
+def test_plain_http_registry_on_another_host_names_insecure_registry(registries: Registries,
+                                                                     tmp_path: Path) -> None:
+    """A registry on another host (127.0.0.2, not a local name) that speaks plain HTTP: the error
+    says which option reaches it, and that option does."""
+    proxy = Proxy.start("127.0.0.1", registries.anon.port, bind="127.0.0.2")
+    try:
+        ref = f"{proxy.host}/public/tiny:1"
+        proc = layerfs("pull", ref, root=tmp_path / "store")
+        assert proc.returncode == 1
+        [line] = proc.stderr.splitlines()
+        assert "server gave HTTP response to HTTPS client" in line, line
+        assert f"--insecure-registry {proxy.host}" in line, line
+        ok = layerfs("pull", "-q", "--insecure-registry", proxy.host, ref, root=tmp_path / "store")
+        assert (ok.returncode, ok.stdout) == (0, registries.image.config_digest + "\n"), ok.stderr
+    finally:
+        proxy.stop()
+
+
+# -- images, rm, inspect ----------------------------------------------------------------------------
+
+
+def manifest_digest(host: str, name: str) -> str:
+    out = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{host}/{name}"],
+                         capture_output=True, check=True).stdout
+    return sha256(out)
+
+
+def test_images_digests_a_row_per_tag_and_digest(registries: Registries, tmp_path: Path) -> None:
+    """One image pulled as tiny:1 (an OCI manifest) and tiny:v2s2 (a docker manifest): docker's
+    `images --digests` shows each tag with each digest of its repository."""
+    root, host = tmp_path / "store", registries.anon.host
+    for tag in ("1", "v2s2"):
+        run_layerfs("pull", "-q", f"{host}/public/tiny:{tag}", root=root)
+    oci, v2s2 = manifest_digest(host, "public/tiny:1"), manifest_digest(host, "public/tiny:v2s2")
+    assert oci != v2s2
+    table = run_layerfs("images", "--digests", root=root).stdout.splitlines()
+    rows = sorted(tuple(line.split()[:3]) for line in table[1:])
+    repo = f"{host}/public/tiny"
+    assert rows == sorted((repo, tag, d) for tag in ("1", "v2s2") for d in (oci, v2s2))
+    plain = run_layerfs("images", root=root).stdout.splitlines()[1:]
+    assert sorted(tuple(line.split()[:2]) for line in plain) == [(repo, "1"), (repo, "v2s2")]
+    rows_json = [json.loads(line) for line in run_layerfs("images", "--digests", "--format", "json",
+                                                          root=root).stdout.splitlines()]
+    assert sorted((r["Tag"], r["Digest"]) for r in rows_json) == sorted((t, d) for t in ("1", "v2s2")
+                                                                        for d in (oci, v2s2))
+
+
+def test_the_helps_rm_example_removes_multi_tagged_images(tmp_path: Path) -> None:
+    """`images -q | xargs layerfs rm -f`, run as the help writes it: an image tagged in two
+    repositories goes too (docker rmi needs -f for it, and says so without)."""
+    root = tmp_path / "store"
+    tiny_layout(tmp_path / "a", "1")
+    tiny_layout(tmp_path / "b", "1", layers=2, arch="arm64")
+    run_layerfs("load", f"oci:{tmp_path / 'a'}:1", root=root)
+    run_layerfs("load", f"oci:{tmp_path / 'b'}:1", root=root)
+    run_layerfs("tag", "a:1", "other/a:2", root=root)
+    image_id = run_layerfs("images", "-q", "a", root=root).stdout.strip()
+    refused = layerfs("rm", image_id, root=root)
+    assert refused.returncode == 1
+    assert "(must be forced) - image is referenced in multiple repositories" in refused.stderr
+    help_text = run_layerfs("images", "--help", root=root).stdout
+    [example] = [line.strip() for line in help_text.splitlines() if "images -q | xargs" in line]
+    command = example.split("  ")[0]
+    assert command == "layerfs images -q | xargs layerfs rm -f"
+    layerfs_cmd = f"{sys.executable} -m layerfs --root {root}"
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", command.replace("layerfs", layerfs_cmd)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert run_layerfs("images", "-q", root=root).stdout == ""
+    assert os.listdir(root / "layers") == []
+
+
+def test_inspect_lower_dir_names_each_directory_once(tmp_path: Path) -> None:
+    """Two empty layers share a diff ID: LowerDir keeps the topmost, and the kernel overlay mounts
+    it (it refuses a list naming one directory twice)."""
+    empty = tar_bytes([])
+    layers = [layer("a", b"a\n"), (gzip_bytes(empty), sha256(empty)), layer("b", b"b\n"),
+              (gzip_bytes(empty), sha256(empty))]
+    write_layout(tmp_path / "layout", "1", layers)
+    root = tmp_path / "store"
+    run_layerfs("load", f"oci:{tmp_path / 'layout'}:1", root=root)
+    [doc] = json.loads(run_layerfs("inspect", "layout:1", root=root).stdout)
+    lower = doc["GraphDriver"]["Data"]["LowerDir"].split(":")
+    dirs = [str(Path(layer["Path"])) for layer in doc["Layers"]]
+    assert lower == [dirs[3], dirs[2], dirs[0]]  # top first; dirs[1] is dirs[3]
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={':'.join(lower)}", str(mnt)],
+                   check=True, capture_output=True)
+    try:
+        assert sorted(os.listdir(mnt / "etc")) == ["a", "b"]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+# -- mount ------------------------------------------------------------------------------------------
+
+
+class CliMounts:
+    """The CLI with its own runtime directory (the mounts of other tests stay out of `layerfs
+    mounts`); teardown unmounts whatever is left under ``tmp_path`` and kills its daemons."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.root = tmp_path / "store"
+        self.env = {"LAYERFS_RUNTIME_DIR": str(tmp_path / "run")}
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return layerfs(*args, root=self.root, env=self.env)
+
+    def mountpoint(self, name: str) -> Path:
+        path = self.tmp / name
+        path.mkdir()
+        return path
+
+    def listing(self) -> list[dict[str, object]]:
+        out = self("mounts", "--format", "json")
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+    def teardown(self) -> None:
+        with open("/proc/self/mountinfo") as f:
+            left = [line.split()[4] for line in f if line.split()[4].startswith(str(self.tmp))]
+        for mnt in reversed(left):
+            subprocess.run(["fusermount3", "-uz", mnt], capture_output=True, check=False)
+        for rec in (self.tmp / "run").glob("*/mount.json"):
+            pid = int(json.loads(rec.read_text()).get("pid", 0))
+            if pid:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        assert not left, f"left mounted: {left}"
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[CliMounts]:
+    require_fuse()
+    mounts = CliMounts(tmp_path)
+    yield mounts
+    mounts.teardown()
+
+
+def test_mount_of_a_missing_image_says_so_and_shows_the_pull(registries: Registries, cli: CliMounts) -> None:
+    """docker run: "Unable to find image 'X' locally" on stderr, then the pull's progress there."""
+    ref = f"{registries.anon.host}/public/tiny:1"
+    mnt = cli.mountpoint("mnt")
+    proc = cli("mount", "--read-only", ref, str(mnt))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert lines[:2] == [f"Unable to find image '{ref}' locally", "1: Pulling from public/tiny"], lines
+    assert sum(line.endswith(": Pull complete") for line in lines) == 2, lines
+    assert lines[-1] == f"Status: Downloaded newer image for {ref}", lines
+    assert sorted(os.listdir(mnt / "etc")) == ["file0-amd64", "file1-amd64"]
+    assert cli("umount", str(mnt)).returncode == 0
+
+
+def test_mount_of_an_unknown_name_says_which_local_names_are_close(registries: Registries, tiny: dict[str, Path],
+                                                                   cli: CliMounts) -> None:
+    assert cli("load", str(tiny["docker"])).returncode == 0  # tiny:edge
+    ref = f"{registries.anon.host}/public/tiny:edge"  # the registry has no such tag
+    proc = cli("mount", "--read-only", ref, str(cli.mountpoint("mnt")))
+    assert proc.returncode == 1
+    last = proc.stderr.splitlines()[-1]
+    assert last.startswith(f"Error: pull {ref}: manifest for {ref} not found"), last
+    assert last.endswith("; the store has images with close names: tiny:edge"), last
+    far = cli("mount", "--read-only", f"{registries.anon.host}/public/nothing-like-it:9",
+              str(cli.mountpoint("mnt2")))
+    assert far.returncode == 1 and "close names" not in far.stderr
+
+
+def test_an_image_with_no_layers_mounts_as_an_empty_root(cli: CliMounts) -> None:
+    """FROM scratch + LABEL: no layers.  Read-only it is an empty root; writable, a root to write in."""
+    config = {"architecture": "amd64", "os": "linux", "created": "2020-09-13T12:26:40Z",
+              "config": {"Labels": {"only": "a label"}}}
+    write_layout(cli.tmp / "layout", "1", [], config=config)
+    assert cli("load", f"oci:{cli.tmp / 'layout'}:1").returncode == 0
+    ro = cli.mountpoint("ro")
+    proc = cli("mount", "--read-only", "layout:1", str(ro))
+    assert proc.returncode == 0, proc.stderr
+    assert os.listdir(ro) == [] and os.stat(ro).st_mode & 0o777 == 0o755
+    with pytest.raises(OSError):
+        (ro / "x").write_text("x")
+    rw = cli.mountpoint("rw")
+    proc = cli("mount", "--name", "scratch", "layout:1", str(rw))
+    assert proc.returncode == 0, proc.stderr
+    (rw / "made").write_text("here\n")
+    assert os.listdir(rw) == ["made"]
+    assert cli("umount", str(ro), str(rw)).returncode == 0
+    assert cli("rm", "scratch").returncode == 0
+
+
+def test_mounts_aligns_and_lists_dead_mounts_and_umount_takes_several(tiny: dict[str, Path],
+                                                                       cli: CliMounts) -> None:
+    assert cli("load", str(tiny["docker"])).returncode == 0
+    short = cli.mountpoint("a")
+    long = cli.mountpoint("a-mount-point-with-a-name-much-longer-than-thirty-two-columns")
+    for mnt in (short, long):
+        proc = cli("mount", "--read-only", "tiny:edge", str(mnt))
+        assert proc.returncode == 0, proc.stderr
+    [dead] = [m for m in cli.listing() if m["mountpoint"] == str(short)]
+    os.kill(int(dead["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{dead['pid']}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    by_mnt = {m["mountpoint"]: m["alive"] for m in cli.listing()}
+    assert by_mnt == {str(short): False, str(long): True}
+    table = cli("mounts").stdout.splitlines()
+    header = table[0]
+    starts = [header.index(col) for col in ("SOURCE", "CONTAINER", "PID", "SINCE", "STATUS")]
+    for row in table[1:]:
+        for start in starts:
+            assert row[start - 1] == " " and row[start] != " ", (table, start)
+    assert sorted(row.split()[-1] for row in table[1:]) == ["dead", "serving"]
+    proc = cli("umount", str(short), str(cli.tmp / "not-mounted"), str(long))
+    assert proc.returncode == 1
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("Error: ") and "not-mounted: not mounted" in line, line
+    assert cli.listing() == []
+    assert not any(str(cli.tmp) in line for line in Path("/proc/self/mountinfo").read_text().splitlines())

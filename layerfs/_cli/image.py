@@ -59,15 +59,17 @@ examples:
     p = sub.add_parser("images", aliases=["ls"], formatter_class=fmt, help="list images, like `docker image ls`",
                        description="""\
 List the images in the store: a row per tag (REPOSITORY TAG IMAGE ID CREATED SIZE), an untagged
-image as <none> <none>.  SIZE is what the image's layers take unpacked; layers shared between
-images are counted in each.
+image as <none> <none>; with --digests, a row per tag and repo digest, as docker lists them (a
+tag pulled under two manifests has two).  SIZE is what the image's layers take unpacked; layers
+shared between images are counted in each.  -q prints each image ID once.
 
 examples:
   layerfs images
   layerfs images --digests busybox
-  layerfs images -q | xargs layerfs rm""")
+  layerfs images -q | xargs layerfs rm -f      remove every image (-f: those tagged in several
+                                               repositories too, as docker rmi -f)""")
     p.add_argument("repository", nargs="?", help="only images of this repository (and tag, if given)")
-    p.add_argument("--digests", action="store_true", help="show the repo digests")
+    p.add_argument("--digests", action="store_true", help="show the repo digests: a row per tag and digest")
     p.add_argument("-q", "--quiet", action="store_true", help="only the image IDs")
     p.add_argument("--no-trunc", action="store_true", help="full image IDs")
     p.add_argument("--format", choices=["table", "json"], default="table",
@@ -101,17 +103,20 @@ container and its changes; it is refused while the container is mounted.  `rmi` 
 only.
 
 Removing name:tag of an image with other tags only untags it; the image goes with its last
-reference, and with it every layer no other image uses.  An image in use by a mount (see
-`layerfs mounts`) is never removed, nor one a container was made from (with -f it is untagged
-and kept for the container).
+reference, and with it every layer no other image uses.  Removing by image ID removes every
+name and the image; as with docker rmi, an image tagged in several repositories then needs -f.
+An image in use by a mount (see `layerfs mounts`) is never removed, nor one a container was
+made from (with -f it is untagged and kept for the container).
 
 examples:
   layerfs rm busybox:latest
   layerfs rm quiet_turing                  a container
-  layerfs rm -f 3f57a1b2c3d4""")
+  layerfs rm -f 3f57a1b2c3d4
+  layerfs images -q | xargs layerfs rm -f  every image""")
     p.add_argument("images", nargs="+", metavar="NAME")
     p.add_argument("-f", "--force", action="store_true",
-                   help="remove an image tagged in several repositories (never one in use)")
+                   help="remove an image by ID although it is tagged in several repositories; untag one a "
+                        "container was made from (never one a mount uses)")
     p.set_defaults(handler=cmd_rm)
 
 
@@ -138,16 +143,27 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rows(image: Image) -> list[tuple[str, str, str]]:
-    """(repository, tag, digest) rows of an image, as docker lists them."""
-    digests = {d.rpartition("@")[0]: d.rpartition("@")[2] for d in image.repo_digests}
-    rows = []
+def _rows(image: Image, digests: bool) -> list[tuple[str, str, str]]:
+    """(repository, tag, digest) rows of an image, as docker lists them (its CLI's
+    ``imageFormatTaggedAndDigest``): a row per tag; with ``digests``, a row per tag and repo
+    digest of its repository; a repository with digests only: a ``<none>`` tag row per digest
+    (one row without ``digests``).  Digests show only with ``digests``."""
+    tags: dict[str, list[str]] = {}
     for ref in image.repo_tags:
         repo, _, tag = ref.rpartition(":")
-        rows.append((repo, tag, digests.get(repo, "<none>")))
-    for repo, digest in digests.items():
-        if not any(r == repo for r, _, _ in rows):
-            rows.append((repo, "<none>", digest))
+        tags.setdefault(repo, []).append(tag)
+    by_repo: dict[str, list[str]] = {}
+    for ref in image.repo_digests:
+        repo, _, digest = ref.rpartition("@")
+        by_repo.setdefault(repo, []).append(digest)
+    rows = []
+    for repo, names in tags.items():
+        found = by_repo.pop(repo, []) if digests else []
+        by_repo.pop(repo, None)
+        for tag in names:
+            rows += [(repo, tag, d) for d in found] or [(repo, tag, "<none>")]
+    for repo, found in by_repo.items():
+        rows += [(repo, "<none>", d) for d in found] if digests else [(repo, "<none>", "<none>")]
     return rows or [("<none>", "<none>", "<none>")]
 
 
@@ -159,7 +175,7 @@ def cmd_images(args: argparse.Namespace) -> int:
         wanted = (ref.familiar_repository, ref.tag)
     table = []
     for image in store.images():
-        for repo, tag, digest in _rows(image):
+        for repo, tag, digest in _rows(image, args.digests):
             if wanted and (repo != wanted[0] or (wanted[1] and tag != wanted[1])):
                 continue
             table.append((image, repo, tag, digest))

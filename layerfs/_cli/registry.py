@@ -104,7 +104,11 @@ def _seconds(text: str) -> float:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    ref = parse_reference(args.reference)  # before anything else: a bad reference fails at once
+    ref = parse_reference(args.reference, default_tag=False)  # before anything else: a bad one fails at once
+    if not ref.tag and not ref.digest:
+        ref = parse_reference(args.reference)
+        if not args.quiet:
+            print(f"Using default tag: {ref.tag}", flush=True)  # docker's first line
     from .._transfer.pull import MAX_CONCURRENT_DOWNLOADS, pull  # httpx costs ~50 ms to import: only here
 
     progress = for_stream(sys.stdout, quiet=args.quiet)

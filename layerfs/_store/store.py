@@ -214,8 +214,9 @@ class Store:
     def state_dir(self, name: str) -> Path:
         """A directory for derived data kept beside the layers (created on demand).
 
-        Files in it should be named after the ChainID (hex) they derive from: removing the last
-        image of a chain removes them too.
+        Files in it should be named after the ChainID (hex) they derive from, or the image ID
+        (hex) for an image with no layers: removing the last image of a chain (or the image)
+        removes them too.  Directories are kept, and emptied.
         """
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"bad state dir name {name!r}")
@@ -387,7 +388,7 @@ class Store:
             "Os": config.get("os", ""),
             **({"OsVersion": config["os.version"]} if config.get("os.version") else {}),
             "Size": image.size,
-            "GraphDriver": {"Name": "layerfs", "Data": {"LowerDir": ":".join(str(d) for d in reversed(dirs))}},
+            "GraphDriver": {"Name": "layerfs", "Data": {"LowerDir": ":".join(_lower_dirs(dirs))}},
             "RootFS": {"Type": "layers", "Layers": list(image.diff_ids)},
             "Metadata": {"LastTagTime": image.added},
             "Descriptor": {"ManifestDigest": image.manifest_digest, "IndexDigest": image.index_digest},
@@ -818,6 +819,18 @@ def _familiar(key: str) -> str:
         return key
 
 
+def _lower_dirs(dirs: Sequence[Path]) -> list[str]:
+    """An image's layer directories (base first) as overlay's ``lowerdir=`` lists them: top first,
+    each once.  Two layers with one diff ID (two empty layers) share a directory; the kernel
+    refuses a list naming one twice, and the merged view is the same with the topmost alone
+    (what a lower copy of it could show, the upper copy shows first)."""
+    out: list[str] = []
+    for d in reversed(dirs):
+        if str(d) not in out:
+            out.append(str(d))
+    return out
+
+
 def _history_comment(config: Mapping[str, object]) -> str:
     history = config.get("history")
     if isinstance(history, list) and history and isinstance(history[-1], dict):
@@ -1074,7 +1087,7 @@ class Writer:
                     os.unlink(blob_dir / entry)
         for state in os.listdir(store.root / "state"):
             for entry in os.listdir(store.root / "state" / state):
-                if entry[:64] not in used_chains:
+                if entry[:64] not in used_chains and entry[:64] not in used_blobs:  # a chain, or an image ID
                     store._remove_tree(store.root / "state" / state / entry)
         return removed
 

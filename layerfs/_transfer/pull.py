@@ -99,7 +99,7 @@ class _Pull:
 
     def run(self) -> Image:
         ref = self.ref
-        self.progress.header(f"{ref.digest or ref.tag}: Pulling from {ref.familiar_repository}")
+        self.progress.header(f"{ref.digest or ref.tag}: Pulling from {ref.path}")  # docker: library/alpine
         top = self.client.resolve(ref)
         if ref.digest and top.digest != ref.digest:
             raise BadImage(f"the registry resolved {ref.digest} to {top.digest}")
