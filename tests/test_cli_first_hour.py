@@ -345,6 +345,23 @@ def test_load_progress_on_a_terminal(tmp_path: Path) -> None:
         assert len(line) < 50, repr(line)
 
 
+
+@pytest.mark.parametrize("columns", [50, 120])
+def test_pull_progress_fits_the_terminal(registries: Registries, tmp_path: Path, columns: int) -> None:
+    """docker's rules: the bar only on a terminal wider than 110 columns; no layer line (those the
+    display rewrites in place) wider than the terminal.  Digest and Status lines are printed
+    once, after them, whole, as docker prints them."""
+    status, out = in_terminal(["pull", f"{registries.anon.host}/public/tiny:1"], root=tmp_path / "store",
+                              columns=columns)
+    assert status == 0, out
+    lines = screen_lines(out)
+    downloading = [line for line in lines if ": Downloading" in line]
+    assert downloading, out
+    layer_lines = [line for line in lines if re.match(r"[0-9a-f]{12}: ", line)]
+    assert all(len(line) < columns for line in layer_lines), [line for line in layer_lines if len(line) >= columns]
+    assert all(("[" in line) == (columns > 110) for line in downloading), downloading
+
+
 # -- one line, never a traceback ----------------------------------------------------------------------
 
 
