@@ -704,3 +704,102 @@ def test_mounts_aligns_and_lists_dead_mounts_and_umount_takes_several(tiny: dict
     assert line.startswith("Error: ") and "not-mounted: not mounted" in line, line
     assert cli.listing() == []
     assert not any(str(cli.tmp) in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+# -- credential helpers -----------------------------------------------------------------------------
+
+#: A credential helper speaking docker-credential-helpers' protocol, keeping its secrets in the
+#: JSON file $FAKE_HELPER_DB and logging each action to $FAKE_HELPER_LOG.
+FAKE_HELPER = """\
+import json, os, sys
+db, action = os.environ["FAKE_HELPER_DB"], sys.argv[1]
+data = json.load(open(db)) if os.path.exists(db) else {}
+with open(os.environ["FAKE_HELPER_LOG"], "a") as log:
+    log.write(action + "\\n")
+if action == "store":
+    cred = json.load(sys.stdin)
+    data[cred["ServerURL"]] = {"Username": cred["Username"], "Secret": cred["Secret"]}
+elif action in ("get", "erase"):
+    url = sys.stdin.read().strip()
+    if url not in data:
+        print("credentials not found in native keychain")
+        sys.exit(1)
+    if action == "get":
+        print(json.dumps({"ServerURL": url, **data[url]}))
+    else:
+        del data[url]
+elif action == "list":
+    print(json.dumps({url: c["Username"] for url, c in data.items()}))
+else:
+    print("unknown action")
+    sys.exit(1)
+json.dump(data, open(db, "w"))
+"""
+
+
+@dataclasses.dataclass
+class Helper:
+    env: dict[str, str]
+    db: Path
+    log: Path
+    config: Path
+
+    def actions(self) -> list[str]:
+        return self.log.read_text().split() if self.log.exists() else []
+
+    def secrets(self) -> dict[str, dict[str, str]]:
+        return json.loads(self.db.read_text()) if self.db.exists() else {}
+
+
+@pytest.fixture
+def helper(tmp_path: Path) -> Helper:
+    """``docker-credential-fake`` on PATH, and a docker config dir for the test to fill."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    program = bin_dir / "docker-credential-fake"
+    program.write_text(f"#!{sys.executable}\n{FAKE_HELPER}")
+    program.chmod(0o755)
+    config = tmp_path / "docker" / "config.json"
+    config.parent.mkdir()
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "DOCKER_CONFIG": str(config.parent),
+           "FAKE_HELPER_DB": str(tmp_path / "secrets.json"), "FAKE_HELPER_LOG": str(tmp_path / "helper.log"),
+           "REGISTRY_AUTH_FILE": str(tmp_path / "none.json"), "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+           "XDG_RUNTIME_DIR": str(tmp_path / "xdg-run")}
+    return Helper(env, tmp_path / "secrets.json", tmp_path / "helper.log", config)
+
+
+@pytest.mark.parametrize("how", ["credsStore", "credHelpers"])
+def test_login_pull_logout_through_a_credential_helper(registries: Registries, helper: Helper, tmp_path: Path,
+                                                       how: str) -> None:
+    """docker's way with a helper: login stores the secret with it and leaves only an empty auths
+    entry in config.json; pull gets it from the helper; logout erases it there."""
+    host = registries.basic.host
+    helper.config.write_text(json.dumps({"credsStore": "fake"} if how == "credsStore"
+                                        else {"credHelpers": {host: "fake"}, "auths": {}}))
+    root = tmp_path / "store"
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    with open(tmp_path / "pw") as pw:
+        login = layerfs("login", host, "-u", USER, "--password-stdin", root=root, stdin=pw, env=helper.env)
+    assert login.returncode == 0, login.stderr
+    assert helper.secrets() == {host: {"Username": USER, "Secret": PASSWORD}}
+    config = json.loads(helper.config.read_text())
+    assert config["auths"] == {host: {}}
+    assert PASSWORD not in helper.config.read_text()
+    pull = layerfs("pull", "-q", f"{host}/public/tiny:1", root=root, env=helper.env)
+    assert (pull.returncode, pull.stdout) == (0, registries.image.config_digest + "\n"), pull.stderr
+    assert "get" in helper.actions()
+    logout = layerfs("logout", host, root=root, env=helper.env)
+    assert logout.returncode == 0 and logout.stdout == f"Removing login credentials for {host}\n"
+    assert helper.secrets() == {}
+    assert json.loads(helper.config.read_text())["auths"] == {}
+    denied = layerfs("pull", "-q", f"{host}/public/tiny:latest", root=root, env=helper.env)
+    assert denied.returncode == 1 and "layerfs login" in denied.stderr, denied.stderr
+    assert helper.actions() == ["store", "get", "erase", "get"]
+
+
+def test_a_missing_credential_helper_is_named(registries: Registries, helper: Helper, tmp_path: Path) -> None:
+    helper.config.write_text(json.dumps({"credsStore": "nosuch"}))
+    proc = layerfs("pull", f"{registries.basic.host}/public/tiny:1", root=tmp_path / "store", env=helper.env)
+    assert proc.returncode == 1
+    [line] = proc.stderr.splitlines()
+    assert "docker-credential-nosuch: not found in $PATH" in line, line

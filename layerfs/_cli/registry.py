@@ -33,8 +33,8 @@ Pull an image from an OCI / Docker v2 registry into the store and print its prog
 Layers download in parallel and unpack while they stream; each blob's digest and each layer's
 diff ID is verified before the layer enters the store, and a layer already there is not fetched
 again ("Already exists").  A multi-platform image gives the host's platform (or --platform's),
-chosen with containerd's rules.  Credentials come from `layerfs login` (the docker config),
-$REGISTRY_AUTH_FILE or the containers auth.json.  If the pull fails, the store is left as it was;
+chosen with containerd's rules.  Credentials come from `layerfs login` (the docker config and
+its credential helpers), $REGISTRY_AUTH_FILE or the containers auth.json.  If the pull fails, the store is left as it was;
 an interrupted pull starts over next time.
 
 examples:
@@ -57,9 +57,13 @@ examples:
     p = sub.add_parser("login", formatter_class=fmt, help="save credentials for a registry",
                        description=f"""\
 Check credentials against REGISTRY (a GET /v2/ with them, through its Basic or token auth) and,
-if it accepts them, save them in the docker config ({docker_config_path()}, or
-$DOCKER_CONFIG/config.json), where docker, podman, skopeo and layerfs all find them.  The file is
-written with mode 0600; the password is stored base64-encoded, not encrypted.
+if it accepts them, save them as docker does: with the credential helper the docker config
+({docker_config_path()}, or $DOCKER_CONFIG/config.json) names for the registry (credHelpers, else
+credsStore: the program docker-credential-<helper>), else in that file, where docker, podman,
+skopeo and layerfs all find them (mode 0600; the password base64-encoded, not encrypted).
+
+Without a terminal, login asks for nothing: give the user with -u and the password with
+--password-stdin (docker refuses an interactive login from a non-TTY device too).
 
 examples:
   echo "$TOKEN" | layerfs login registry.example.com -u ci --password-stdin
@@ -73,8 +77,9 @@ examples:
 
     p = sub.add_parser("logout", formatter_class=fmt, help="remove saved credentials for a registry",
                        description="""\
-Remove REGISTRY's credentials from the docker config.  Credentials in $REGISTRY_AUTH_FILE or the
-containers auth.json are not touched.
+Remove REGISTRY's credentials from the docker config, and from the credential helper it names
+for the registry.  Credentials in $REGISTRY_AUTH_FILE or the containers auth.json are not
+touched.
 
 examples:
   layerfs logout localhost:5000""")
