@@ -61,11 +61,13 @@ def _needs_tools() -> None:
 class Registries:
     """One storage served anonymously (``anon``) and with htpasswd Basic auth (``basic``), holding
     ``public/tiny:1``, ``public/tiny:latest`` and ``library/alpine:latest`` (the tiny image, as an
-    OCI manifest) and ``public/tiny:v2s2`` (the same image under a docker v2s2 manifest)."""
+    OCI manifest) and ``public/tiny:v2s2`` (the same image under a docker v2s2 manifest); and
+    ``public/big:1``, three layers of 6 MiB of random bytes (slow enough to interrupt)."""
 
     anon: Registry
     basic: Registry
     image: BuiltImage
+    big: BuiltImage
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +86,9 @@ def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registries]
         for name in ("public/tiny:1", "public/tiny:latest", "library/alpine:latest"):
             push(image.source, f"{anon.host}/{name}")
         push(image.source, f"{anon.host}/public/tiny:v2s2", "--format", "v2s2")  # another manifest
-        yield Registries(anon, basic, image)
+        big = write_layout(work / "big", "1", [random_layer(i, BIG_LAYER) for i in range(3)])
+        push(big.source, f"{anon.host}/public/big:1")
+        yield Registries(anon, basic, image, big)
     finally:
         for server in reversed(started):
             server.stop()
@@ -105,6 +109,16 @@ def tiny_layout(path: Path, tag: str = "latest", *, layers: int = 1, arch: str =
               "config": {"Cmd": ["/bin/sh"]}}
     return write_layout(path, tag, [layer(f"file{i}-{arch}", f"{arch} {i}\n".encode() * (i + 1))
                                     for i in range(layers)], config=config)
+
+
+#: The size of each layer of the big image (random bytes: gzip keeps the size).
+BIG_LAYER = 6 << 20
+
+
+def random_layer(seed: int, size: int) -> tuple[bytes, str]:
+    tar = tar_bytes([TarEntry(f"data{seed}/", tarfile.DIRTYPE, mode=0o755),
+                     TarEntry(f"data{seed}/random.bin", data=os.urandom(size))])
+    return gzip_bytes(tar), sha256(tar)
 
 
 def skopeo(src: str, dest: str) -> None:
@@ -803,3 +817,93 @@ def test_a_missing_credential_helper_is_named(registries: Registries, helper: He
     assert proc.returncode == 1
     [line] = proc.stderr.splitlines()
     assert "docker-credential-nosuch: not found in $PATH" in line, line
+
+
+# -- interrupted pulls --------------------------------------------------------------------------------
+
+
+def blob_size(image: BuiltImage, i: int) -> int:
+    return blob_path(image.layout, image.layer_digests[i]).stat().st_size
+
+
+def published(root: Path, diff_id: str) -> bool:
+    return (root / "layers" / diff_id[7:] / "layer.json").is_file()
+
+
+def check_big(root: Path, big: BuiltImage) -> None:
+    """The pulled big image: its ID, and each layer's file equal to what was pushed."""
+    from layerfs import Store
+
+    store = Store(root)
+    image = store.get(big.config_digest)
+    for i, layer_dir in enumerate(store.layer_dirs(image)):
+        with tarfile.open(blob_path(big.layout, big.layer_digests[i])) as tar:
+            member = tar.extractfile(f"data{i}/random.bin")
+            assert member is not None
+            assert (layer_dir / f"data{i}/random.bin").read_bytes() == member.read()
+
+
+def test_ctrl_c_keeps_completed_layers_and_the_next_pull_costs_the_rest(registries: Registries,
+                                                                        tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) while the second of three layers downloads, one at a time at 4 MB/s: the
+    first layer stays (docker keeps completed layers), so does the part of the second, across a
+    clean-up by another command; the next pull fetches only the rest, with a Range request."""
+    big, root = registries.big, tmp_path / "store"
+    slow = Proxy.start("127.0.0.1", registries.anon.port, rate=4 << 20)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "layerfs", "--root", str(root), "pull",
+                                 "--max-concurrent-downloads", "1", f"{slow.host}/public/big:1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        first = big.diff_ids[0]
+        while not (published(root, first) and slow.bytes_down > blob_size(big, 0) + (2 << 20)):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the pull never got to its second layer"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        slow.stop()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "Error: interrupted", err
+    partial = root / "tmp" / f"resume-blob-{big.layer_digests[1][7:]}"
+    kept = partial.stat().st_size
+    assert 0 < kept < blob_size(big, 1)
+    assert published(root, first) and not os.listdir(root / "images")
+    tiny_layout(tmp_path / "other", "1")
+    run_layerfs("load", f"oci:{tmp_path / 'other'}:1", root=root)  # a writer: its clean-up keeps them
+    assert published(root, first) and partial.stat().st_size == kept
+    counting = Proxy.start("127.0.0.1", registries.anon.port)
+    try:
+        again = layerfs("--debug", "pull", "-q", f"{counting.host}/public/big:1", root=root)
+        assert again.returncode == 0, again.stderr
+        fetched = counting.bytes_down
+    finally:
+        counting.stop()
+    rest = blob_size(big, 1) - kept + blob_size(big, 2)
+    assert rest < fetched < rest + (256 << 10), (fetched, rest)
+    assert f"/blobs/{big.layer_digests[1]} (bytes={kept}-): 206" in again.stderr, again.stderr
+    check_big(root, big)
+    assert not [p for p in os.listdir(root / "tmp") if p.startswith("resume-")]
+
+
+def test_kept_bytes_expire_and_wrong_ones_are_fetched_again(registries: Registries, tmp_path: Path) -> None:
+    """A kept partial blob older than a day goes at the next clean-up; one whose bytes are wrong
+    (a disk that lost them) costs a fresh download, not a failed pull."""
+    from layerfs._store.store import RESUME_SECONDS
+
+    big, root = registries.big, tmp_path / "store"
+    tmp = root / "tmp"
+    tmp.mkdir(parents=True)
+    wrong = tmp / f"resume-blob-{big.layer_digests[0][7:]}"
+    wrong.write_bytes(os.urandom(1 << 20))
+    old = tmp / f"resume-blob-{big.layer_digests[2][7:]}"
+    old.write_bytes(blob_path(big.layout, big.layer_digests[2]).read_bytes()[:1 << 20])
+    os.utime(old, (time.time() - RESUME_SECONDS - 60,) * 2)
+    tiny_layout(tmp_path / "other", "1")
+    run_layerfs("load", f"oci:{tmp_path / 'other'}:1", root=root)
+    assert wrong.exists() and not old.exists()
+    proc = layerfs("pull", "-q", f"{registries.anon.host}/public/big:1", root=root)
+    assert proc.returncode == 0, proc.stderr
+    check_big(root, big)
+    assert not wrong.exists()

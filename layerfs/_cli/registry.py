@@ -34,8 +34,12 @@ Layers download in parallel and unpack while they stream; each blob's digest and
 diff ID is verified before the layer enters the store, and a layer already there is not fetched
 again ("Already exists").  A multi-platform image gives the host's platform (or --platform's),
 chosen with containerd's rules.  Credentials come from `layerfs login` (the docker config and
-its credential helpers), $REGISTRY_AUTH_FILE or the containers auth.json.  If the pull fails, the store is left as it was;
-an interrupted pull starts over next time.
+its credential helpers), $REGISTRY_AUTH_FILE or the containers auth.json.
+
+If the pull fails, is interrupted (Ctrl-C) or killed, no image is recorded, but the layers it
+completed and the part of a blob it downloaded are kept (under the store's tmp/, for a day), as
+docker keeps completed layers: the next pull of them costs only what is left (a Range request
+from where the blob stopped).
 
 examples:
   layerfs pull alpine
