@@ -843,11 +843,12 @@ def check_big(root: Path, big: BuiltImage) -> None:
             assert (layer_dir / f"data{i}/random.bin").read_bytes() == member.read()
 
 
-def test_ctrl_c_keeps_completed_layers_and_the_next_pull_costs_the_rest(registries: Registries,
-                                                                        tmp_path: Path) -> None:
-    """Ctrl-C (SIGINT) while the second of three layers downloads, one at a time at 4 MB/s: the
-    first layer stays (docker keeps completed layers), so does the part of the second, across a
-    clean-up by another command; the next pull fetches only the rest, with a Range request."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill -9"])
+def test_an_interrupted_pull_keeps_completed_layers_and_the_next_costs_the_rest(registries: Registries,
+                                                                               tmp_path: Path, sig: int) -> None:
+    """Ctrl-C (or kill -9) while the second of three layers downloads, one at a time at 4 MB/s:
+    the first layer stays (docker keeps completed layers), so does the part of the second, across
+    a clean-up by another command; the next pull fetches only the rest, with a Range request."""
     big, root = registries.big, tmp_path / "store"
     slow = Proxy.start("127.0.0.1", registries.anon.port, rate=4 << 20)
     try:
@@ -860,12 +861,15 @@ def test_ctrl_c_keeps_completed_layers_and_the_next_pull_costs_the_rest(registri
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the pull never got to its second layer"
             time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         slow.stop()
-    assert proc.returncode == 130, err
-    assert err.strip().splitlines()[-1] == "Error: interrupted", err
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, err
+        assert err.strip().splitlines()[-1] == "Error: interrupted", err
+    else:
+        assert proc.returncode == -signal.SIGKILL
     partial = root / "tmp" / f"resume-blob-{big.layer_digests[1][7:]}"
     kept = partial.stat().st_size
     assert 0 < kept < blob_size(big, 1)

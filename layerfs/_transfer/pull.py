@@ -358,7 +358,8 @@ def pull(store: Store, ref: Reference | str, *, platform: _platform.Platform | s
         The image, tagged with ``ref`` and with the repo digest of what was pulled.
     Raises:
         InvalidReference: ``ref`` does not parse (nothing was contacted).
-        LayerfsError: any failure, as one line ``pull <ref>: <cause>``; the store is unchanged.
+        LayerfsError: any failure, as one line ``pull <ref>: <cause>``; no image is recorded (what
+            was downloaded is kept for a resume: see the module docstring).
     """
     parsed = parse_reference(ref) if isinstance(ref, str) else ref
     wanted = _platform.parse(platform) if isinstance(platform, str) else platform
