@@ -353,7 +353,11 @@ class RegistryClient:
             if status == 401 and not auth_retried:
                 challenge = resp.headers.get("www-authenticate", "")
                 auth_retried = True
-                if challenge and self.auth.challenge(host, challenge, scopes):
+                # Retry if the challenge is news, or if another thread learnt it while this request
+                # was on its way unauthenticated (parallel blob requests): then the credentials
+                # to send differ from the ones sent.
+                if challenge and (self.auth.challenge(host, challenge, scopes)
+                                  or self.auth.header(host, scopes) != authorization):
                     resp.close()
                     self._count("auth_retries")
                     continue
