@@ -344,15 +344,18 @@ class FileServer:
 
 
 class Proxy:
-    """Forwards 127.0.0.1:port to a server.
+    """Forwards 127.0.0.1:port (or ``bind``:port) to a server.
 
     Args (of :meth:`start`):
+        bind: the address to listen on (another loopback address, 127.0.0.2, is a registry
+            "on another host": not one served over plain HTTP by default).
         rate: bytes per second per connection from the server (0 = unlimited).
         cut_after: close a connection once it has sent this many bytes from the server, for the
             first ``cuts`` connections that get that far (then forward normally).
     """
 
-    def __init__(self, target: tuple[str, int], rate: int, cut_after: int, cuts: int) -> None:
+    def __init__(self, target: tuple[str, int], rate: int, cut_after: int, cuts: int,
+                 bind: str = "127.0.0.1") -> None:
         self.target = target
         self.rate = rate
         self.cut_after = cut_after
@@ -362,17 +365,17 @@ class Proxy:
         self._lock = threading.Lock()
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
+        self._listener.bind((bind, 0))
         self._listener.listen(64)
         self.port = int(self._listener.getsockname()[1])
-        self.host = f"127.0.0.1:{self.port}"
+        self.host = f"{bind}:{self.port}"
         self._stopped = threading.Event()
         self._sockets: list[socket.socket] = []
 
     @classmethod
     def start(cls, target_host: str, target_port: int, *, rate: int = 0, cut_after: int = 0,
-              cuts: int = 0) -> Proxy:
-        proxy = cls((target_host, target_port), rate, cut_after, cuts)
+              cuts: int = 0, bind: str = "127.0.0.1") -> Proxy:
+        proxy = cls((target_host, target_port), rate, cut_after, cuts, bind)
         threading.Thread(target=proxy._accept, daemon=True).start()
         return proxy
 

@@ -128,7 +128,7 @@ def test_store_and_remove_keep_other_keys(home: Path) -> None:
     path = home / ".docker/config.json"
     path.parent.mkdir()
     path.write_text(json.dumps({"auths": {"other:1": {"auth": _auth("o", "p")}}, "psFormat": "table {{.ID}}"}))
-    assert store_credentials("localhost:5000", Credentials("alice", "s3cret")) == path
+    assert store_credentials("localhost:5000", Credentials("alice", "s3cret")) == str(path)
     data = json.loads(path.read_text())
     assert data["psFormat"] == "table {{.ID}}"
     assert data["auths"]["localhost:5000"] == {"auth": _auth("alice", "s3cret")}

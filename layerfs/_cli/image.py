@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import BinaryIO
 
 from .._errors import ImageNotFound, LayerfsError
 from .._oci.reference import parse as parse_reference
@@ -19,8 +20,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("load", formatter_class=fmt, help="load an image from an OCI layout or an archive",
                        description="""\
 Load images from a directory or archive into the store, verifying every digest, and print
-their IDs.  Each layer is unpacked once, in overlay form, into a directory named after its diff
-ID; layers already in the store are not unpacked again.
+what was loaded as `docker load` does: `Loaded image: NAME` for each name the source gives an
+image, `Loaded image ID: ID` for an image it names not at all.  Each layer is unpacked once, in
+overlay form, into a directory named after its diff ID; layers already in the store are not
+unpacked again.  With no SOURCE, the archive is read from standard input (`docker save`'s
+output, plain or compressed), as `docker load` reads it.
 
 SOURCE is one of (skopeo's transport names):
   oci:DIR[:TAG]           an OCI image layout; TAG picks the manifest whose
@@ -29,30 +33,43 @@ SOURCE is one of (skopeo's transport names):
   docker-archive:FILE     what `docker save` writes; its RepoTags name the images
   PATH                    detected: a layout directory, or either kind of archive
 
-An entry tagged with a bare TAG is named after the layout: oci:./busybox:1.36 loads as
-busybox:1.36.  If anything fails, the store is left as it was.
+A transport that does not fit the source is refused, naming what the source is.  An entry
+tagged with a bare TAG is named after the layout directory: oci:./busybox:1.36 loads as
+busybox:1.36; in an archive it loads untagged (name it with --tag).  A multi-platform image
+loads this host's platform, or --platform's.  If anything fails, the store is left as it was.
+
+Progress goes to stdout when it is a terminal, and nowhere otherwise (as docker load).
 
 examples:
   layerfs load oci:./busybox-layout:latest
+  layerfs load -i app.tar
+  docker save app:1 | layerfs load
+  layerfs load --platform linux/arm64 oci-archive:multi.tar
   layerfs load --tag myapp:dev app.tar""")
-    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("source", metavar="SOURCE", nargs="?", help="what to load (default: standard input)")
+    p.add_argument("-i", "--input", metavar="FILE",
+                   help="read from this archive or layout instead of standard input (as docker load -i)")
     p.add_argument("-t", "--tag", action="append", default=[], metavar="REF",
                    help="also tag the loaded image REF (repeatable)")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="the platform to load from a multi-platform image (default: this host's)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
     p.set_defaults(handler=cmd_load)
 
     p = sub.add_parser("images", aliases=["ls"], formatter_class=fmt, help="list images, like `docker image ls`",
                        description="""\
 List the images in the store: a row per tag (REPOSITORY TAG IMAGE ID CREATED SIZE), an untagged
-image as <none> <none>.  SIZE is what the image's layers take unpacked; layers shared between
-images are counted in each.
+image as <none> <none>; with --digests, a row per tag and repo digest, as docker lists them (a
+tag pulled under two manifests has two).  SIZE is what the image's layers take unpacked; layers
+shared between images are counted in each.  -q prints each image ID once.
 
 examples:
   layerfs images
   layerfs images --digests busybox
-  layerfs images -q | xargs layerfs rm""")
+  layerfs images -q | xargs layerfs rm -f      remove every image (-f: those tagged in several
+                                               repositories too, as docker rmi -f)""")
     p.add_argument("repository", nargs="?", help="only images of this repository (and tag, if given)")
-    p.add_argument("--digests", action="store_true", help="show the repo digests")
+    p.add_argument("--digests", action="store_true", help="show the repo digests: a row per tag and digest")
     p.add_argument("-q", "--quiet", action="store_true", help="only the image IDs")
     p.add_argument("--no-trunc", action="store_true", help="full image IDs")
     p.add_argument("--format", choices=["table", "json"], default="table",
@@ -86,46 +103,67 @@ container and its changes; it is refused while the container is mounted.  `rmi` 
 only.
 
 Removing name:tag of an image with other tags only untags it; the image goes with its last
-reference, and with it every layer no other image uses.  An image in use by a mount (see
-`layerfs mounts`) is never removed, nor one a container was made from (with -f it is untagged
-and kept for the container).
+reference, and with it every layer no other image uses.  Removing by image ID removes every
+name and the image; as with docker rmi, an image tagged in several repositories then needs -f.
+An image in use by a mount (see `layerfs mounts`) is never removed, nor one a container was
+made from (with -f it is untagged and kept for the container).
 
 examples:
   layerfs rm busybox:latest
   layerfs rm quiet_turing                  a container
-  layerfs rm -f 3f57a1b2c3d4""")
+  layerfs rm -f 3f57a1b2c3d4
+  layerfs images -q | xargs layerfs rm -f  every image""")
     p.add_argument("images", nargs="+", metavar="NAME")
     p.add_argument("-f", "--force", action="store_true",
-                   help="remove an image tagged in several repositories (never one in use)")
+                   help="remove an image by ID although it is tagged in several repositories; untag one a "
+                        "container was made from (never one a mount uses)")
     p.set_defaults(handler=cmd_rm)
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    store = Store(args.root)
-    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    from .._transfer.load import load
+    from .._transfer.load import load_images
+    from .._transfer.progress import for_stream, is_terminal
 
-    images = load(store, args.source, tags=args.tag, progress=progress)
-    for image in images:
-        if not args.quiet:
-            for tag in image.repo_tags:
-                print(f"Loaded image: {tag}")
-            print(f"Loaded image ID: {image.id}")
-        else:
-            print(image.id)
+    if args.input and args.source:
+        raise LayerfsError("load: give SOURCE or -i FILE, not both")
+    source: str | BinaryIO | None = args.input or args.source
+    if source is None:
+        if sys.stdin is None or is_terminal(sys.stdin):
+            raise LayerfsError("requested load from stdin, but stdin is empty")
+        source = sys.stdin.buffer
+    progress = for_stream(sys.stdout, quiet=args.quiet, plain=False)
+    for loaded in load_images(Store(args.root), source, tags=args.tag, progress=progress, platform=args.platform):
+        if args.quiet:
+            print(loaded.image.id)
+            continue
+        for name in loaded.names:
+            print(f"Loaded image: {name}")
+        if not loaded.names:
+            print(f"Loaded image ID: {loaded.image.id}")
     return 0
 
 
-def _rows(image: Image) -> list[tuple[str, str, str]]:
-    """(repository, tag, digest) rows of an image, as docker lists them."""
-    digests = {d.rpartition("@")[0]: d.rpartition("@")[2] for d in image.repo_digests}
-    rows = []
+def _rows(image: Image, digests: bool) -> list[tuple[str, str, str]]:
+    """(repository, tag, digest) rows of an image, as docker lists them (its CLI's
+    ``imageFormatTaggedAndDigest``): a row per tag; with ``digests``, a row per tag and repo
+    digest of its repository; a repository with digests only: a ``<none>`` tag row per digest
+    (one row without ``digests``).  Digests show only with ``digests``."""
+    tags: dict[str, list[str]] = {}
     for ref in image.repo_tags:
         repo, _, tag = ref.rpartition(":")
-        rows.append((repo, tag, digests.get(repo, "<none>")))
-    for repo, digest in digests.items():
-        if not any(r == repo for r, _, _ in rows):
-            rows.append((repo, "<none>", digest))
+        tags.setdefault(repo, []).append(tag)
+    by_repo: dict[str, list[str]] = {}
+    for ref in image.repo_digests:
+        repo, _, digest = ref.rpartition("@")
+        by_repo.setdefault(repo, []).append(digest)
+    rows = []
+    for repo, names in tags.items():
+        found = by_repo.pop(repo, []) if digests else []
+        by_repo.pop(repo, None)
+        for tag in names:
+            rows += [(repo, tag, d) for d in found] or [(repo, tag, "<none>")]
+    for repo, found in by_repo.items():
+        rows += [(repo, "<none>", d) for d in found] if digests else [(repo, "<none>", "<none>")]
     return rows or [("<none>", "<none>", "<none>")]
 
 
@@ -137,7 +175,7 @@ def cmd_images(args: argparse.Namespace) -> int:
         wanted = (ref.familiar_repository, ref.tag)
     table = []
     for image in store.images():
-        for repo, tag, digest in _rows(image):
+        for repo, tag, digest in _rows(image, args.digests):
             if wanted and (repo != wanted[0] or (wanted[1] and tag != wanted[1])):
                 continue
             table.append((image, repo, tag, digest))

@@ -3,7 +3,10 @@
 Each command group lives in its own module of this package with a ``register(subparsers)`` function
 that adds its subcommands; a subcommand's handler takes the parsed arguments and returns the exit
 status.  Errors the user can act on (:class:`LayerfsError`) end as one line on stderr,
-``Error: <what>: <cause>``, and exit status 1; ``--debug`` shows the traceback too.
+``Error: <what>: <cause>``, and exit status 1; ``--debug`` shows the traceback too, and layerfs's
+own log lines (a second ``--debug`` adds the HTTP library's).  Output into a pipe whose reader is
+gone (``layerfs images | head -1``) ends the command quietly by SIGPIPE, as coreutils and docker
+end (the shell reports status 141).
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ import argparse
 import importlib
 import logging
 import os
+import select
+import signal
 import sys
 from collections.abc import Collection, Sequence
+from importlib import metadata
 
 from .._errors import LayerfsError
 
@@ -54,13 +60,25 @@ def default_root() -> str:
     return os.path.join(data, "layerfs")
 
 
+def version() -> str:
+    """The installed layerfs's version (``setup.py``'s), or ``unknown`` outside an install."""
+    try:
+        return metadata.version("layerfs")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerfs", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"layerfs version {version()}",
+                        help="print the version and exit")
     parser.add_argument("--root", metavar="DIR", default=None,
                         help="the store directory (env LAYERFS_ROOT; default /var/lib/layerfs for root, "
                              "$XDG_DATA_HOME/layerfs otherwise)")
-    parser.add_argument("--debug", action="store_true", help="log what happens, and show tracebacks")
+    parser.add_argument("--debug", action="count", default=0,
+                        help="log what layerfs does, and show tracebacks; twice: the HTTP library's "
+                             "lines too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -69,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The global options are accepted after the command too (`layerfs images --root R`).
     for subparser in set(sub.choices.values()):
         subparser.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        subparser.add_argument("--debug", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -113,6 +131,34 @@ def mount_program_argv(argv: Sequence[str], commands: Collection[str]) -> list[s
     return None
 
 
+def _configure_logging(debug: int) -> None:
+    """``--debug``: layerfs's own lines at DEBUG (the HTTP library logs every request and socket
+    step: those stay out); ``--debug --debug``: every library's too."""
+    logging.basicConfig(level=logging.DEBUG if debug >= 2 else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if debug:
+        logging.getLogger("layerfs").setLevel(logging.DEBUG)
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reading end is closed: poll(2) says POLLERR."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)
+    return any(events & (select.POLLERR | select.POLLNVAL) == select.POLLERR for _, events in poller.poll(0))
+
+
+def _die_of_sigpipe_if_stdout_is_gone() -> None:
+    """End quietly as coreutils and docker (a Go program) do when their reader has gone: killed by
+    SIGPIPE (Python ignores SIGPIPE and raises BrokenPipeError instead; nothing more is written)."""
+    if _stdout_reader_gone():
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns (and, as a console script, exits with) the status."""
     parser = build_parser()
@@ -120,11 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(mount_program_argv(words, parser.get_default("commands")) or words)
     if args.root is None:
         args.root = default_root()
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging(args.debug)
     try:
         status: int = args.handler(args)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, where a reader that went away can still be told apart
     except LayerfsError as err:
+        _die_of_sigpipe_if_stdout_is_gone()
         if args.debug:
             logging.exception("command failed")
         print(f"Error: {err}", file=sys.stderr)
@@ -133,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Error: interrupted", file=sys.stderr)
         return 130
     except OSError as err:
+        _die_of_sigpipe_if_stdout_is_gone()
         if args.debug:
             logging.exception("command failed")
         where = f": {err.filename}" if err.filename else ""

@@ -124,25 +124,30 @@ examples:
     p.set_defaults(handler=cmd_mount)
 
     p = sub.add_parser("umount", aliases=["unmount"], formatter_class=fmt,
-                       help="unmount a layerfs mount and wait for its daemon to exit",
+                       help="unmount layerfs mounts and wait for their daemons to exit",
                        description="""\
-Unmount a layerfs mount and wait until its daemon has exited; the image no longer counts as in
-use.  Fails with "busy" while a process has a file open or its working directory inside, and
-refuses a mount that is not layerfs's.
+Unmount layerfs mounts and wait until their daemons have exited; their images no longer count
+as in use.  Fails with "busy" while a process has a file open or its working directory inside,
+and refuses a mount that is not layerfs's.  A dead mount (its daemon gone: `layerfs mounts`
+says so) is removed too.  Each MOUNTPOINT is tried, as umount(8) does: the status is 1 if any
+failed.
 
 Only this mount namespace's mount goes.  If another namespace (a container, `unshare --mount`)
 still holds a copy of it, the daemon keeps serving that one, and the image stays in use, until
 the last copy is gone: umount says so and returns.
 
 examples:
-  layerfs umount ./rootfs""")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+  layerfs umount ./rootfs
+  layerfs umount ./a ./b""")
+    p.add_argument("mountpoints", nargs="+", metavar="MOUNTPOINT")
     p.set_defaults(handler=cmd_umount)
 
     p = sub.add_parser("mounts", formatter_class=fmt, help="list layerfs mounts",
                        description="""\
-List the live layerfs mounts of this user: mount point, what is mounted (image or lowerdir=),
-daemon pid and since when.
+List the layerfs mounts of this user: mount point, what is mounted (image or lowerdir=), the
+container of a writable mount, daemon pid, since when, and its status: "serving", or "dead"
+when its daemon is gone (the mount answers "Transport endpoint is not connected": remove it
+with `layerfs umount`).
 
 examples:
   layerfs mounts
@@ -493,25 +498,71 @@ def _lowerdir_stack(lower: list[str], opts: MountOptions) -> tuple[list[str], _u
 def _ensure_image(store: Store, name: str) -> None:
     """Pull ``name`` when the store lacks it, as ``docker run`` does; an image ID never is pulled.
 
+    As ``docker run``, it says ``Unable to find image 'NAME' locally`` on stderr, and the pull's
+    progress follows there (stdout is the command's own output).  If the pull fails, the error
+    names the local images whose names are close to ``name`` (a typo, or a loaded image
+    looked for under a registry's name).
+
     Raises:
         ImageNotFound: ``name`` is an image ID (``sha256:<hex>``) the store does not hold.
+        InvalidReference: ``name`` is no reference.
+        LayerfsError: the pull failed (the close local names, if any, are said).
     """
     try:
         store.get(name)
+        return
     except ImageNotFound:
         if _IMAGE_ID_RE.fullmatch(name):
             raise  # it would parse as the repository "sha256" on Docker Hub: never what is meant
-        from .._transfer.pull import pull  # httpx costs ~50 ms to import: only when needed
+    from .._oci.reference import parse as parse_reference
+    from .._transfer.progress import for_stream
+    from .._transfer.pull import pull  # httpx costs ~50 ms to import: only when needed
 
-        pull(store, name)
+    ref = parse_reference(name)
+    print(f"Unable to find image '{ref.familiar()}' locally", file=sys.stderr, flush=True)
+    try:
+        pull(store, ref, progress=for_stream(sys.stderr))
+    except LayerfsError as err:
+        close = _close_names(store, ref.familiar())
+        if not close:
+            raise
+        raise LayerfsError(f"{err}; the store has images with close names: {', '.join(close)}") from err
+
+
+def _close_names(store: Store, wanted: str) -> list[str]:
+    """The names of local images close to ``wanted`` (``repo:tag``, familiar form), closest first:
+    other tags of its repository, and names a few characters away (by difflib's ratio, 0.75 or
+    more, of the whole name, the repository, or its last component)."""
+    import difflib
+
+    def ratio(a: str, b: str) -> float:
+        return difflib.SequenceMatcher(None, a, b).ratio()
+
+    repo = wanted.rpartition(":")[0] or wanted
+
+    def score(name: str) -> float:
+        other = name.rpartition(":")[0]
+        return max(ratio(wanted, name), ratio(repo, other), ratio(repo.rpartition("/")[2], other.rpartition("/")[2]))
+
+    names = {tag for image in store.images() for tag in image.repo_tags}
+    scored = sorted((-score(n), n) for n in names)
+    return [n for s, n in scored if -s >= 0.75][:5]
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    done = _mount.umount(args.mountpoint, store=Store(args.root))
-    if done.daemon_stays:
-        print(f"layerfs: {done.mountpoint} is unmounted here; its daemon (pid {done.pid}) keeps serving the "
-              f"mounts of it in other mount namespaces, and exits with the last of them", file=sys.stderr)
-    return 0
+    store = Store(args.root)
+    status = 0
+    for mountpoint in args.mountpoints:
+        try:
+            done = _mount.umount(mountpoint, store=store)
+        except LayerfsError as err:
+            print(f"Error: {err}", file=sys.stderr)
+            status = 1
+            continue
+        if done.daemon_stays:
+            print(f"layerfs: {done.mountpoint} is unmounted here; its daemon (pid {done.pid}) keeps serving the "
+                  f"mounts of it in other mount namespaces, and exits with the last of them", file=sys.stderr)
+    return status
 
 
 def cmd_mounts(args: argparse.Namespace) -> int:
@@ -520,10 +571,13 @@ def cmd_mounts(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(dataclasses.asdict(row)))
         return 0
-    print(f"{'MOUNTPOINT':<32} {'SOURCE':<32} {'CONTAINER':<20} {'PID':>7}  SINCE")
+    table = [["MOUNTPOINT", "SOURCE", "CONTAINER", "PID", "SINCE", "STATUS"]]
     for row in rows:
         kind = row.container or ("(upper " + row.upper + ")" if row.upper else "(read-only)")
-        print(f"{row.mountpoint:<32} {row.source:<32} {kind:<20} {row.pid:>7}  {row.since}")
+        table.append([row.mountpoint, row.source, kind, str(row.pid), row.since, "serving" if row.alive else "dead"])
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        print("   ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
     return 0
 
 

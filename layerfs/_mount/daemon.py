@@ -228,7 +228,7 @@ def _read_json(path: Path) -> dict[str, object] | None:
 
 @dataclass(frozen=True)
 class MountInfo:
-    """A live layerfs mount, as ``layerfs mounts`` lists it."""
+    """A layerfs mount, as ``layerfs mounts`` lists it."""
 
     mountpoint: str
     pid: int
@@ -238,10 +238,15 @@ class MountInfo:
     #: writable mounts: the upper directory, and the container it belongs to (if any)
     upper: str | None = None
     container: str | None = None
+    #: False for a dead mount: still in the mount table, but its daemon is gone (every access
+    #: fails with ENOTCONN, "Transport endpoint is not connected"); `layerfs umount` removes it
+    alive: bool = True
 
 
 def mounts() -> list[MountInfo]:
-    """Live layerfs mounts of this user (records whose daemon or mount is gone are removed)."""
+    """The layerfs mounts of this user in this mount namespace, dead ones too (their daemon is
+    gone but the mount is still there).  Records of mounts that are gone, with their daemon, are
+    removed."""
     root = runtime_root()
     try:
         names = sorted(os.listdir(root))
@@ -254,15 +259,17 @@ def mounts() -> list[MountInfo]:
         if rec is None:
             continue
         mnt, pid = str(rec.get("mountpoint")), int(rec.get("pid", 0))  # type: ignore[call-overload]
-        if not _proc.pid_alive(pid) or mnt not in live:
-            if not _proc.pid_alive(pid):
+        alive = _proc.pid_alive(pid)
+        entry = live.get(mnt)
+        if entry is None or not (alive or _is_layerfs(entry)):
+            if not alive:
                 _remove_runtime(root / name)
-            continue
+            continue  # served in another mount namespace only, or gone
         image_id = rec.get("image_id")
         upper, container = rec.get("upper"), rec.get("container")
         out.append(MountInfo(mnt, pid, str(rec.get("source")), str(image_id) if image_id else None,
                              str(rec.get("since")), str(upper) if upper else None,
-                             str(container) if container else None))
+                             str(container) if container else None, alive))
     return out
 
 
@@ -325,7 +332,12 @@ def _image_stack(store: Store, name: str, rundir: Path) -> _Stack:
     image = store.get(name)
     top = image.top_chain_id
     if top is None:
-        raise MountError(f"image {name}: has no layers to mount")
+        # No layers (FROM scratch + LABEL): an empty root, as docker runs it.  Its one lower is
+        # the store's empty directory, its index named after the image ID (Store.state_dir).
+        empty = store.state_dir("empty")
+        os.chmod(empty, 0o755)  # the mount's root: as a container's root is
+        return _Stack([empty], store.state_dir("merged") / f"{image.id.partition(':')[2]}.idx", f"empty:{image.id}",
+                      name, image)
     index_path = store.state_dir("merged") / f"{top.partition(':')[2] or top}.idx"
     return _Stack(store.layer_dirs(image), index_path, top, name, image)
 

@@ -12,7 +12,13 @@
   (``$DOCKER_CONFIG/config.json``, default ``~/.docker/config.json``) and the containers auth files
   (``${XDG_RUNTIME_DIR}/containers/auth.json``, ``~/.config/containers/auth.json``), first hit wins.
   ``login`` / ``logout`` write the docker config only, keeping every other key in it.
-  Credential helpers (``credsStore``, ``credHelpers``) are not run.
+- Credential helpers, as docker runs them: a file whose ``credHelpers`` names a helper for the
+  registry, or whose ``credsStore`` names one for all, keeps that registry's secrets in the
+  program ``docker-credential-<helper>`` (docker-credential-helpers' protocol: ``get``,
+  ``store``, ``erase``, the server URL or a JSON object on stdin, JSON on stdout, "credentials not
+  found in native keychain" when it has none).  Its answer replaces the file's ``auths`` entry
+  for that registry; ``login`` stores the secret with the helper and writes only an empty
+  ``auths`` entry (docker's marker), ``logout`` erases it there too.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
 import tempfile
 import threading
 import time
@@ -161,15 +168,87 @@ def _entry_credentials(entry: object, path: Path, key: str) -> Credentials | Non
     return None
 
 
+#: What a helper prints when it holds nothing for the server (docker-credential-helpers'
+#: ``credentials.errCredentialsNotFoundMessage``).
+_NOT_FOUND = "credentials not found in native keychain"
+#: The user name a helper stores an identity token under (docker's ``tokenUsername``).
+_TOKEN_USER = "<token>"
+#: How long a helper may take (one may ask a keyring daemon, or a user).
+HELPER_TIMEOUT = 60.0
+
+
+def credential_helper(config: Mapping[str, object], registry: str) -> str | None:
+    """The helper a config names for ``registry``: its ``credHelpers`` entry, else ``credsStore``."""
+    helpers = config.get("credHelpers")
+    if isinstance(helpers, dict):
+        for key, name in helpers.items():
+            if _normalize_key(key) == _normalize_key(registry) and isinstance(name, str) and name:
+                return name
+    store = config.get("credsStore")
+    return store if isinstance(store, str) and store else None
+
+
+def run_helper(helper: str, action: str, data: str) -> str | None:
+    """Run ``docker-credential-<helper> <action>`` with ``data`` on stdin; its stdout.
+
+    Returns:
+        What it printed, or None when ``get`` or ``erase`` found nothing for the server.
+    Raises:
+        LayerfsError: the program is missing, fails or takes too long (its own words).
+    """
+    program = f"docker-credential-{helper}"
+    try:
+        proc = subprocess.run([program, action], input=data.encode(), capture_output=True, timeout=HELPER_TIMEOUT,
+                              check=False)
+    except FileNotFoundError:
+        raise LayerfsError(f"credential helper {program}: not found in $PATH (the docker config's "
+                           f"credsStore or credHelpers names it)") from None
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise LayerfsError(f"credential helper {program} {action}: {err}") from None
+    out = proc.stdout.decode(errors="replace").strip()
+    if proc.returncode != 0:
+        if out == _NOT_FOUND and action in ("get", "erase"):
+            return None
+        said = (out or proc.stderr.decode(errors="replace").strip()).splitlines()
+        raise LayerfsError(f"credential helper {program} {action}: "
+                           f"{said[0] if said else f'exit status {proc.returncode}'}")
+    return out
+
+
+def _helper_credentials(helper: str, registry: str) -> Credentials | None:
+    out = run_helper(helper, "get", config_key(registry))
+    if out is None:
+        return None
+    try:
+        data = json.loads(out)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("Secret"), str):
+        raise LayerfsError(f"credential helper docker-credential-{helper} get: not a JSON object with a Secret")
+    user = str(data.get("Username") or "")
+    if user == _TOKEN_USER:
+        return Credentials(identity_token=data["Secret"])
+    return Credentials(user, data["Secret"])
+
+
 def find_credentials(registry: str, paths: Iterable[Path] | None = None) -> Credentials | None:
     """The credentials stored for ``registry`` (a host[:port]), or None.
 
+    A file naming a credential helper for the registry answers with what the helper holds.
+
     Raises:
-        LayerfsError: a credential file exists but cannot be read.
+        LayerfsError: a credential file exists but cannot be read, or its helper fails.
     """
     wanted = _normalize_key(registry)
     for path in auth_file_paths() if paths is None else paths:
-        auths = _read_json(path).get("auths")
+        config = _read_json(path)
+        helper = credential_helper(config, registry)
+        if helper is not None:
+            creds = _helper_credentials(helper, registry)
+            if creds is not None:
+                return creds
+            continue
+        auths = config.get("auths")
         if not isinstance(auths, dict):
             continue
         for key, entry in auths.items():
@@ -194,11 +273,14 @@ def _write_json_atomically(path: Path, data: Mapping[str, object]) -> None:
         raise
 
 
-def store_credentials(registry: str, creds: Credentials, path: Path | None = None) -> Path:
-    """Write ``creds`` for ``registry`` into the docker config (mode 0600), as ``docker login`` does.
+def store_credentials(registry: str, creds: Credentials, path: Path | None = None) -> str:
+    """Save ``creds`` for ``registry`` as ``docker login`` does: with the credential helper the
+    docker config names for it, else in the file (mode 0600, base64, not encrypted).
 
     Returns:
-        The file written.
+        Where they went: the file, or ``docker-credential-<helper>``.
+    Raises:
+        LayerfsError: the file cannot be read, or the helper failed (the file is then unchanged).
     """
     path = path or docker_config_path()
     data = _read_json(path)
@@ -206,27 +288,42 @@ def store_credentials(registry: str, creds: Credentials, path: Path | None = Non
     if not isinstance(auths, dict):
         auths = {}
     key = config_key(registry)
+    helper = credential_helper(data, registry)
+    if helper is not None:
+        secret = {"ServerURL": key, "Username": _TOKEN_USER if creds.identity_token else creds.username,
+                  "Secret": creds.identity_token or creds.password}
+        run_helper(helper, "store", json.dumps(secret))
     for other in [k for k in auths if _normalize_key(k) == _normalize_key(registry)]:
         del auths[other]
-    if creds.identity_token:
+    if helper is not None:
+        auths[key] = {}  # docker's marker: the secret is with the helper
+    elif creds.identity_token:
         auths[key] = {"auth": "", "identitytoken": creds.identity_token}
     else:
         auths[key] = {"auth": base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()}
     data["auths"] = auths
     _write_json_atomically(path, data)
-    return path
+    return f"docker-credential-{helper}" if helper is not None else str(path)
 
 
 def remove_credentials(registry: str, path: Path | None = None) -> bool:
-    """Remove ``registry``'s entry from the docker config.  Returns False if there was none."""
+    """Remove ``registry``'s credentials from the docker config, and from its credential helper.
+
+    Returns:
+        False if neither held any.
+    Raises:
+        LayerfsError: the file cannot be read, or the helper failed.
+    """
     path = path or docker_config_path()
     data = _read_json(path)
+    helper = credential_helper(data, registry)
+    erased = helper is not None and run_helper(helper, "erase", config_key(registry)) is not None
     auths = data.get("auths")
     if not isinstance(auths, dict):
-        return False
+        return erased
     keys = [k for k in auths if _normalize_key(k) == _normalize_key(registry)]
     if not keys:
-        return False
+        return erased
     for key in keys:
         del auths[key]
     _write_json_atomically(path, data)

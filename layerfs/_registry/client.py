@@ -183,6 +183,10 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), parts.port or {"https": 443, "http": 80}.get(scheme)
 
 
+#: Go's words for a TLS handshake answered in plain HTTP (docker says them too).
+_PLAIN_HTTP = "http: server gave HTTP response to HTTPS client"
+
+
 def _transport_cause(err: Exception) -> str:
     """docker-like words for a transport failure."""
     seen: Exception | None = err
@@ -191,14 +195,14 @@ def _transport_cause(err: Exception) -> str:
             return "connect: connection refused"
         if isinstance(seen, ssl.SSLError):
             if "WRONG_VERSION_NUMBER" in str(seen) or "record layer failure" in str(seen):
-                return "http: server gave HTTP response to HTTPS client"
+                return _PLAIN_HTTP
             return f"tls: {seen.reason or seen}"
         seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
     text = str(err) or type(err).__name__
     if "Connection refused" in text:
         return "connect: connection refused"
     if "WRONG_VERSION_NUMBER" in text:
-        return "http: server gave HTTP response to HTTPS client"
+        return _PLAIN_HTTP
     return text
 
 
@@ -298,6 +302,8 @@ class RegistryClient:
             content = body() if body is not None else None
             resp = self._client.send(self._client.build_request(method, url, headers=sent, content=content),
                                      stream=True)
+            log.debug("%s %s%s: %d %s", method, url, f" ({sent['Range']})" if "Range" in sent else "",
+                      resp.status_code, resp.reason_phrase)
             location = resp.headers.get("location")
             if resp.status_code not in _REDIRECTS or not location:
                 return resp
@@ -334,7 +340,10 @@ class RegistryClient:
             except httpx.TransportError as err:
                 refused = isinstance(err, httpx.ConnectError)
                 if attempt >= self.retries or (refused and not retry_connect):
-                    raise RegistryError(f'{method} "{url}": {_transport_cause(err)}') from err
+                    cause = _transport_cause(err)
+                    if cause == _PLAIN_HTTP:
+                        cause += f" (if {host} serves plain HTTP, pass --insecure-registry {host})"
+                    raise RegistryError(f'{method} "{url}": {cause}') from err
                 log.debug("%s %s: %s; retrying", method, url, err)
                 time.sleep(self._sleep_for(attempt))
                 attempt += 1
@@ -344,7 +353,11 @@ class RegistryClient:
             if status == 401 and not auth_retried:
                 challenge = resp.headers.get("www-authenticate", "")
                 auth_retried = True
-                if challenge and self.auth.challenge(host, challenge, scopes):
+                # Retry if the challenge is news, or if another thread learnt it while this request
+                # was on its way unauthenticated (parallel blob requests): then the credentials
+                # to send differ from the ones sent.
+                if challenge and (self.auth.challenge(host, challenge, scopes)
+                                  or self.auth.header(host, scopes) != authorization):
                     resp.close()
                     self._count("auth_retries")
                     continue

@@ -7,6 +7,8 @@ Layout of a store root (``--root``)::
         layer-<hex>/           a layer being unpacked (one name per diff ID: made once)
         hold-*                 a command's hold on the layers of the image it is building
         trash-*/               a tree being removed; any other name: a file being written
+        resume-blob-<hex>      the first bytes of a layer blob a pull downloaded (resumable)
+        resume-layer-<hex>     a layer a pull completed, kept until an image uses it
     blobs/sha256/<hex>       exact bytes of manifests, indexes and configs
     layers/<hex>/            one per diff ID, shared by every image that uses it:
         diff/                  the unpacked tree, in overlay form (see _layer)
@@ -29,7 +31,12 @@ Rules that keep it consistent after a crash at any point, with many commands at 
   while they change records (a pull downloads and unpacks without it, and takes it to rename a
   layer into place and to record the image); on entry they remove leftovers of crashed commands
   (what no live owner leases in ``tmp/``, and layers, chains and blobs no image uses nor a
-  live hold keeps), and a writer that fails removes what it added.
+  live hold keeps), and a writer that fails removes what it added;
+- the exception, meant to be resumed: what a pull that failed, was interrupted or was killed
+  had downloaded (``resume-*`` in ``tmp/``: a blob's first bytes, and the layers it completed)
+  is kept :data:`RESUME_SECONDS` after it was last written, then removed by the next writer; a
+  pull that needs them takes them up (a Range request from where the blob stopped), and they go
+  once an image uses the layer.
 
 Reference counts are derived, never stored: a layer is in use while an image record lists its
 diff ID or a command holds it, and an image is in use while a live mount record names it.
@@ -48,6 +55,7 @@ import os
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -70,6 +78,14 @@ _JsonDict = dict[str, object]
 #: The size of ``reserve``, the space kept for removals on a full disk (a repositories.json of some
 #: 7,000 references, written to a temporary name before the old one goes).
 RESERVE_BYTES = 1 << 20
+
+#: How long what a failed pull downloaded is kept for the next pull to resume (since it was last
+#: written): a day, so that a pull retried after a break costs only what is left.
+RESUME_SECONDS = 24 * 3600
+
+#: Names in ``tmp/`` of what is kept for a resume: a blob's first bytes, a completed layer.
+RESUME_BLOB = "resume-blob-"
+RESUME_LAYER = "resume-layer-"
 
 #: Only small JSON documents are kept as blobs (docs/oci.rst "Size limits": manifests and configs
 #: are capped at 4 MiB).
@@ -128,6 +144,58 @@ class LayerStage:
         return self.path / "diff"
 
 
+class PartialBlob:
+    """The kept first bytes of a layer blob (``tmp/resume-blob-<hex>``), leased to one pull.
+
+    Made by :meth:`Store.partial_blob`.  ``size`` bytes are kept; :meth:`append` adds the next
+    ones as they arrive; :meth:`drop` gives up on them (the blob was wrong, or is complete).
+    """
+
+    def __init__(self, path: Path, lease: _lease.Lease, fd: int) -> None:
+        self.path = path
+        self._lease = lease
+        self._fd = fd
+        self.size = os.fstat(fd).st_size
+        self.dropped = False
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` kept bytes from ``offset``."""
+        return os.pread(self._fd, n, offset)
+
+    def append(self, data: bytes) -> None:
+        """Keep ``data``, the bytes after the first ``size``.
+
+        Raises:
+            OSError: it could not be written (no space): the caller stops keeping (see :meth:`drop`).
+        """
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._fd, view, self.size)
+            self.size += n
+            view = view[n:]
+
+    def truncate(self) -> None:
+        """Forget the kept bytes, and keep from the start again."""
+        os.ftruncate(self._fd, 0)
+        self.size = 0
+
+    def drop(self) -> None:
+        """Remove the file now (it is not kept for a resume)."""
+        if not self.dropped:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self.dropped = True
+
+    def close(self) -> None:
+        """Release it: kept (unless dropped, or empty) for the next pull, until it expires."""
+        if self._fd >= 0:
+            if not self.dropped and self.size == 0:
+                self.drop()
+            os.close(self._fd)
+            self._fd = -1
+            self._lease.release()
+
+
 @dataclasses.dataclass(frozen=True)
 class MountRecord:
     """A mount of an image, recorded so that the image counts as in use."""
@@ -171,10 +239,20 @@ def _doing(command: str) -> Iterator[None]:
 
 
 def _load_json(path: Path) -> _JsonDict:
+    """A JSON object from a record of the store.
+
+    Raises:
+        OSError: it cannot be read (FileNotFoundError: it is not there).
+        BadImage: it is not a JSON object (broken by hand, or by a disk that lost it): the message
+            names the file.
+    """
     with open(path, "rb") as f:
-        value = json.load(f)
+        try:
+            value = json.load(f)
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            raise BadImage(f"{path}: is corrupt: not valid JSON ({err})") from None
     if not isinstance(value, dict):
-        raise BadImage(f"{path}: not a JSON object")
+        raise BadImage(f"{path}: is corrupt: not a JSON object")
     return value
 
 
@@ -204,8 +282,9 @@ class Store:
     def state_dir(self, name: str) -> Path:
         """A directory for derived data kept beside the layers (created on demand).
 
-        Files in it should be named after the ChainID (hex) they derive from: removing the last
-        image of a chain removes them too.
+        Files in it should be named after the ChainID (hex) they derive from, or the image ID
+        (hex) for an image with no layers: removing the last image of a chain (or the image)
+        removes them too.  Directories are kept, and emptied.
         """
         if not name or "/" in name or name.startswith("."):
             raise ValueError(f"bad state dir name {name!r}")
@@ -257,14 +336,26 @@ class Store:
         return _load_json(self.layer_path(diff_id) / "layer.json")
 
     def _repositories(self) -> dict[str, dict[str, str]]:
+        """``repositories.json``: repository -> reference -> image ID.
+
+        Raises:
+            LayerfsError: the file is corrupt: says which, and how to repair the store.
+        """
         path = self.root / "repositories.json"
         try:
             data = _load_json(path)
+            repos = data.get("Repositories", {})
+            if not isinstance(repos, dict) or not all(
+                    isinstance(refs, dict) and all(isinstance(i, str) for i in refs.values())
+                    for refs in repos.values()):
+                raise BadImage(f"{path}: is corrupt: want {{\"Repositories\": {{REPO: {{REF: IMAGE ID}}}}}}")
         except FileNotFoundError:
             return {}
-        repos = data.get("Repositories", {})
-        if not isinstance(repos, dict):
-            raise BadImage(f"{path}: malformed")
+        except BadImage as err:
+            # Only the names are lost: images, layers and blobs are intact and listed by ID.
+            raise LayerfsError(f"{err}; restore it from a backup, or remove it: the images stay, untagged "
+                               f"(`layerfs images` lists them by ID; `layerfs tag ID NAME` names them "
+                               f"again)") from None
         return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in repos.items()}
 
     def _references_by_image(self) -> dict[str, list[str]]:
@@ -365,7 +456,7 @@ class Store:
             "Os": config.get("os", ""),
             **({"OsVersion": config["os.version"]} if config.get("os.version") else {}),
             "Size": image.size,
-            "GraphDriver": {"Name": "layerfs", "Data": {"LowerDir": ":".join(str(d) for d in reversed(dirs))}},
+            "GraphDriver": {"Name": "layerfs", "Data": {"LowerDir": ":".join(_lower_dirs(dirs))}},
             "RootFS": {"Type": "layers", "Layers": list(image.diff_ids)},
             "Metadata": {"LastTagTime": image.added},
             "Descriptor": {"ManifestDigest": image.manifest_digest, "IndexDigest": image.index_digest},
@@ -631,6 +722,65 @@ class Store:
             _fsync_dir(final.parent)
         return LayerRecord(diff_id, final / "diff", size, entries)
 
+    # -- what a failed pull keeps for the next one (RESUME_SECONDS) ----------------------------
+
+    @contextlib.contextmanager
+    def partial_blob(self, digest: str) -> Iterator[PartialBlob | None]:
+        """Lease the kept first bytes of the layer blob ``digest`` (``tmp/resume-blob-<hex>``),
+        made empty if there are none; None if another command is using them.
+
+        The file is not removed when the block ends: what it holds is kept for the next pull to
+        resume, :data:`RESUME_SECONDS` after it was last written, unless it was dropped (or is
+        empty).  Its bytes are not verified here: the reader of the whole blob verifies its digest.
+
+        Raises:
+            InvalidReference: ``digest`` is not a digest.
+            OSError: the file cannot be made.
+        """
+        path = self.tmp_dir / f"{RESUME_BLOB}{_hex(_digest.check_digest(digest))}"
+        self._ensure_layout()
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        lease = _lease.take(path)
+        if lease is None:
+            yield None  # another pull is writing it (or an expired one is being removed)
+            return
+        fd = -1
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if (os.fstat(fd).st_ino, os.fstat(fd).st_dev) != (os.fstat(lease.fd).st_ino, os.fstat(lease.fd).st_dev):
+                raise FileNotFoundError(errno.ENOENT, "replaced while it was leased", str(path))
+            os.utime(fd)  # in use: its expiry starts again
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            lease.release()
+            raise
+        partial = PartialBlob(path, lease, fd)
+        try:
+            yield partial
+        finally:
+            partial.close()
+
+    def keep_layer(self, diff_id: str) -> None:
+        """Keep the published layer ``diff_id`` :data:`RESUME_SECONDS` although no image uses it
+        (yet): a pull marks each layer it completes, so that one that fails, is interrupted or
+        killed costs nothing for that layer next time.  Call it under the :meth:`hold` of the
+        layer; the mark goes once an image lists the layer (:meth:`forget_kept_layers`, or the
+        next clean-up).
+
+        Raises:
+            OSError: the mark cannot be written (the layer is kept only while held).
+        """
+        path = self.tmp_dir / f"{RESUME_LAYER}{_hex(_digest.check_digest(diff_id))}"
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        os.utime(path)
+
+    def forget_kept_layers(self, diff_ids: Iterable[str]) -> None:
+        """Remove the marks of :meth:`keep_layer` (an image now lists these layers)."""
+        for diff_id in diff_ids:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp_dir / f"{RESUME_LAYER}{_hex(diff_id)}")
+
     def collect_garbage(self) -> list[str]:
         """Take the write lock just to clean up (as every writer does on entry): remove leftovers of
         failed or killed commands, and layers, chains and blobs no image uses nor any command holds.
@@ -794,6 +944,18 @@ def _familiar(key: str) -> str:
         return parse_reference(key).familiar()
     except InvalidReference:
         return key
+
+
+def _lower_dirs(dirs: Sequence[Path]) -> list[str]:
+    """An image's layer directories (base first) as overlay's ``lowerdir=`` lists them: top first,
+    each once.  Two layers with one diff ID (two empty layers) share a directory; the kernel
+    refuses a list naming one twice, and the merged view is the same with the topmost alone
+    (what a lower copy of it could show, the upper copy shows first)."""
+    out: list[str] = []
+    for d in reversed(dirs):
+        if str(d) not in out:
+            out.append(str(d))
+    return out
 
 
 def _history_comment(config: Mapping[str, object]) -> str:
@@ -999,7 +1161,19 @@ class Writer:
         Returns the diff IDs of the layers removed."""
         store = self.store
         held: set[str] = set()
+        kept: set[str] = set()
+        now = time.time()
         for entry in os.listdir(store.tmp_dir):
+            if entry.startswith((RESUME_BLOB, RESUME_LAYER)):
+                try:
+                    fresh = now - os.lstat(store.tmp_dir / entry).st_mtime < RESUME_SECONDS
+                except FileNotFoundError:
+                    continue
+                if not fresh:
+                    _lease.reap(store.tmp_dir / entry, _remove_now)  # expired, and no pull uses it
+                elif entry.startswith(RESUME_LAYER):
+                    kept.add(entry.removeprefix(RESUME_LAYER))
+                continue
             if _lease.reap(store.tmp_dir / entry, _remove_now):  # only what no live command owns
                 continue
             if entry.startswith("hold-"):
@@ -1036,9 +1210,12 @@ class Writer:
             # references to an image whose removal was cut short (see remove)
             with contextlib.suppress(OSError):
                 self._write_repositories({r: {k: i for k, i in m.items() if i in live} for r, m in repos.items()})
+        for hexpart in kept & used_layers:  # an image lists it now: the mark is not needed
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(store.tmp_dir / f"{RESUME_LAYER}{hexpart}")
         removed = []
         for entry in sorted(os.listdir(store.root / "layers")):
-            if entry not in used_layers and entry not in held:
+            if entry not in used_layers and entry not in held and entry not in kept:
                 store._remove_tree(store.root / "layers" / entry)
                 removed.append(f"sha256:{entry}")
         for entry in os.listdir(store.root / "chains"):
@@ -1052,7 +1229,7 @@ class Writer:
                     os.unlink(blob_dir / entry)
         for state in os.listdir(store.root / "state"):
             for entry in os.listdir(store.root / "state" / state):
-                if entry[:64] not in used_chains:
+                if entry[:64] not in used_chains and entry[:64] not in used_blobs:  # a chain, or an image ID
                     store._remove_tree(store.root / "state" / state / entry)
         return removed
 

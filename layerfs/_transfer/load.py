@@ -6,7 +6,17 @@ Sources, as skopeo names them:
 - ``oci-archive:FILE[:TAG]``: the same layout in a tar file;
 - ``docker-archive:FILE``: what ``docker save`` writes (``manifest.json`` with RepoTags);
 - a bare path: a directory holding ``oci-layout`` is ``oci:``; a tar file holding ``manifest.json``
-  is ``docker-archive:``, one holding ``oci-layout`` is ``oci-archive:``.
+  is ``docker-archive:``, one holding ``oci-layout`` is ``oci-archive:``;
+- a stream (``docker load`` reads standard input): spooled to an unlinked file first, then
+  detected like a bare path.
+
+A transport that does not fit what the path holds is refused, naming what was found (an
+``oci-archive:`` prefix on a docker archive never loads it silently).  Names come from the
+source only: ``RepoTags``, ``io.containerd.image.name``, a full
+``org.opencontainers.image.ref.name``; a bare tag names the image after the layout *directory*
+(``oci:./busybox:1.36`` -> ``busybox:1.36``, as podman names ``oci:`` loads), never after an
+archive's file name: an archive entry with only a bare tag loads untagged, as ``docker load``
+leaves it.
 
 Every digest is verified on the way (manifest against the index, config and layers against the
 manifest, each layer's diff ID against the config), and nothing is written to the store unless the
@@ -24,6 +34,7 @@ import json
 import lzma
 import os
 import re
+import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable, Sequence
@@ -34,16 +45,33 @@ from .._errors import BadImage, DigestMismatch, LayerfsError
 from .._layer.compress import Reader, open_decompressed
 from .._oci import digest as _digest
 from .._oci import manifest as _manifest
+from .._oci import platform as _platform
 from .._oci.reference import Reference
 from .._oci.reference import parse as parse_reference
 from .._store.store import Image, Store
-from .._units import human_size
 from .layers import Lowers, add_layer
+from .progress import EXISTS, LOADED, LOADING, Progress, QuietProgress
 
 #: How many layers are unpacked at once (decompression releases the GIL; 2 cores are common).
 PARALLEL_LAYERS = 2
 
-Progress = Callable[[str], None]
+#: What each kind of source is, in the words of the errors.
+_KINDS = {"oci": "an OCI image layout directory", "oci-archive": "an OCI archive",
+          "docker-archive": "a docker archive"}
+#: What makes an archive one kind or the other.
+_MARKS = {"oci-archive": " (it holds oci-layout)", "docker-archive": " (it holds manifest.json)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """An image loaded, and the names the source gave it (``--tag`` ones included), familiar form.
+
+    ``docker load`` prints ``Loaded image: NAME`` for each name, and ``Loaded image ID: ID`` for an
+    image the source names not at all.
+    """
+
+    image: Image
+    names: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,18 +129,28 @@ class _Files:
     stream cannot be read at several offsets at once, nor seeked in without inflating it again.
     """
 
-    def __init__(self, source: Source, tmpdir: Path) -> None:
+    def __init__(self, source: Source, tmpdir: Path, stream: BinaryIO | None = None) -> None:
         self.source = source
         self._members: dict[str, tarfile.TarInfo] = {}
         self._fd = -1
-        if source.transport == "oci":
-            return
+        if stream is None and (source.transport != "oci" or source.path.is_file()):
+            try:
+                stream = open(source.path, "rb")
+            except OSError as err:
+                raise BadImage(f"{source.path}: {err.strerror}") from None
+        elif stream is None:
+            return  # a layout directory
         try:
-            with open(source.path, "rb") as raw:
-                if _is_compressed(source.path):
+            with stream as raw:
+                magic = raw.read(6)
+                if _is_compressed(magic) or not raw.seekable():
                     tmpdir.mkdir(parents=True, exist_ok=True)
-                    plain = tempfile.TemporaryFile(dir=tmpdir)
-                    _inflate(raw, plain)
+                    plain = tempfile.TemporaryFile(dir=tmpdir)  # unlinked: nothing for clean-up to find
+                    if _is_compressed(magic):
+                        _inflate(magic, raw, plain)
+                    else:
+                        plain.write(magic)
+                        shutil.copyfileobj(raw, plain, 1 << 20)
                     self._fd = os.dup(plain.fileno())
                     plain.close()
                 else:
@@ -126,16 +164,32 @@ class _Files:
             self.close()
             raise BadImage(f"{source.path}: not a readable tar archive: {_first_line(err)}") from None
 
-    def kind(self) -> str:
-        """``docker-archive`` (holds manifest.json), ``oci-archive`` (oci-layout) or ``oci`` (a dir)."""
+    def kinds(self) -> list[str]:
+        """What the source can be read as: ``oci`` (a directory), else ``docker-archive`` (it
+        holds manifest.json) and / or ``oci-archive`` (oci-layout): ``docker save`` writes both."""
         if self._fd < 0:
-            return "oci"
-        if "manifest.json" in self._members:
-            return "docker-archive"
-        if "oci-layout" in self._members:
-            return "oci-archive"
-        raise BadImage(f"{self.source.path}: neither a docker archive (manifest.json) nor an OCI archive "
-                       f"(oci-layout)")
+            return ["oci"]
+        return [kind for kind, member in (("docker-archive", "manifest.json"), ("oci-archive", "oci-layout"))
+                if member in self._members]
+
+    def kind(self) -> str:
+        """How to read the source: the transport it was given with, or the detected one.
+
+        Raises:
+            BadImage: the source is not what its transport says (naming what it is), or neither
+                kind of archive.
+        """
+        kinds = self.kinds()
+        if not kinds:
+            raise BadImage(f"{self.source.path}: neither a docker archive (manifest.json) nor an OCI archive "
+                           f"(oci-layout)")
+        wanted = self.source.transport
+        if wanted == "archive":
+            return kinds[0]
+        if wanted not in kinds:
+            raise BadImage(f"{self.source.path}: is {_KINDS[kinds[0]]}{_MARKS.get(kinds[0], '')}, not "
+                           f"{_KINDS[wanted]}: load it as {kinds[0]}:{self.source.path}")
+        return wanted
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -148,6 +202,21 @@ class _Files:
         if len(data) > limit:
             raise BadImage(f"{name}: larger than {limit} bytes")
         return data
+
+    def size(self, name: str) -> int | None:
+        """The size of ``name`` in bytes, or None if it cannot be told."""
+        if self._fd < 0:
+            try:
+                return os.stat(self.source.path / name).st_size
+            except OSError:
+                return None
+        member = self._members.get(_clean(name))
+        return member.size if member is not None else None
+
+    @property
+    def is_directory(self) -> bool:
+        """Whether the source is a layout directory (not an archive)."""
+        return self._fd < 0
 
     def open(self, name: str) -> BinaryIO:
         """A file object reading ``name``; archive members are read in place, never extracted."""
@@ -164,17 +233,17 @@ class _Files:
         return io.BufferedReader(_Slice(self._fd, member.offset_data, member.size), 1 << 20)
 
 
-def _inflate(raw: BinaryIO, out: BinaryIO) -> None:
-    """Copy the decompressed bytes of ``raw`` (gzip, zstd, bzip2 or xz, as docker load takes)."""
-    magic = raw.read(6)
-    raw.seek(0)
+def _inflate(magic: bytes, raw: BinaryIO, out: BinaryIO) -> None:
+    """Copy the decompressed bytes of ``magic`` + ``raw`` (gzip, zstd, bzip2 or xz, as docker load
+    takes); ``magic`` is what was already read of ``raw``, which may be a pipe."""
+    source = io.BufferedReader(_Prefixed(magic, raw), 1 << 20)
     reader: bz2.BZ2File | lzma.LZMAFile | Reader
     if magic[:3] == b"BZh":
-        reader = bz2.open(raw)
+        reader = bz2.open(source)
     elif magic == b"\xfd7zXZ\x00":
-        reader = lzma.open(raw)
+        reader = lzma.open(source)
     else:
-        reader = open_decompressed(raw)[0]
+        reader = open_decompressed(source)[0]
     try:
         while chunk := reader.read(1 << 20):
             out.write(chunk)
@@ -184,10 +253,29 @@ def _inflate(raw: BinaryIO, out: BinaryIO) -> None:
         reader.close()
 
 
-def _is_compressed(path: Path) -> bool:
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    return magic[:2] == b"\x1f\x8b" or magic == b"\x28\xb5\x2f\xfd" or magic[:3] in (b"BZh", b"\xfd7z")
+def _is_compressed(magic: bytes) -> bool:
+    return magic[:2] == b"\x1f\x8b" or magic[:4] == b"\x28\xb5\x2f\xfd" or magic[:3] in (b"BZh", b"\xfd7z")
+
+
+class _Prefixed(io.RawIOBase):
+    """The bytes ``head`` then the rest of ``raw``: a stream's magic, read, put back in front."""
+
+    def __init__(self, head: bytes, raw: BinaryIO) -> None:
+        self._head = head
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(buf), len(self._head))
+            buf[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._raw.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
 
 
 class _Slice(io.RawIOBase):
@@ -226,15 +314,29 @@ class _Candidate:
     documents: tuple[tuple[bytes, str], ...] = ()
 
 
-def load(store: Store, source: str, *, tags: Sequence[str] = (), progress: Progress | None = None) -> list[Image]:
+def load(store: Store, source: str, *, tags: Sequence[str] = (), progress: Progress | None = None,
+         platform: _platform.Platform | str | None = None) -> list[Image]:
+    """Load every image of ``source`` (or the one its ``:TAG`` names) into ``store``.
+
+    The same as :func:`load_images`, returning the images only.
+    """
+    return [loaded.image for loaded in load_images(store, source, tags=tags, progress=progress, platform=platform)]
+
+
+def load_images(store: Store, source: str | BinaryIO, *, tags: Sequence[str] = (), progress: Progress | None = None,
+                platform: _platform.Platform | str | None = None) -> list[Loaded]:
     """Load every image of ``source`` (or the one its ``:TAG`` names) into ``store``.
 
     Args:
-        source: ``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``, ``docker-archive:FILE`` or a bare path.
+        source: ``oci:DIR[:TAG]``, ``oci-archive:FILE[:TAG]``, ``docker-archive:FILE``, a bare path,
+            or a stream holding either kind of archive (``docker load`` on standard input), read
+            to its end and closed.
         tags: extra references (``repo:tag``) to give the loaded image.
-        progress: called with one line of text per step (``Loading layer …``).
+        progress: where each layer's progress goes (:mod:`layerfs._transfer.progress`).
+        platform: ``os/arch[/variant]`` to take from a multi-platform image (default: the
+            host's); given, the image loaded must be of that platform.
     Returns:
-        The images loaded.
+        The images loaded, each with the names the source (and ``tags``) gave it.
     Raises:
         BadImage, DigestMismatch, BadArchive, InvalidReference: the store is left as it was.
     """
@@ -242,23 +344,40 @@ def load(store: Store, source: str, *, tags: Sequence[str] = (), progress: Progr
     for ref in extra:
         if ref.digest:
             raise BadImage(f"--tag {ref.familiar()}: a tag cannot carry a digest")
-    src = parse_source(source)
-    say = progress or (lambda line: None)
-    files = _Files(src, store.tmp_dir)
+    wanted = _platform.parse(platform) if isinstance(platform, str) else platform
+    if isinstance(source, str):
+        src, stream, label = parse_source(source), None, source
+    else:
+        src, stream, label = Source("archive", Path("stdin"), None), source, "stdin"
+    shown = progress or QuietProgress()
+    try:
+        files = _Files(src, store.tmp_dir, stream)
+    except LayerfsError as err:
+        raise err.with_context(f"load {label}") from err
     try:
         candidates = (_docker_archive_candidates(files) if files.kind() == "docker-archive"
-                      else _oci_candidates(files, src))
+                      else _oci_candidates(files, src, wanted))
         if extra and len(candidates) != 1:
-            raise BadImage(f"{source}: --tag needs exactly one image, the source holds {len(candidates)}")
-        return _load_all(store, files, candidates, extra, say)
+            raise BadImage(f"{label}: --tag needs exactly one image, the source holds {len(candidates)}")
+        return _load_all(store, files, candidates, extra, shown, wanted)
     except LayerfsError as err:
-        raise err.with_context(f"load {source}") from err
+        raise err.with_context(f"load {label}") from err
     finally:
         files.close()
+        shown.close()
+
+
+def _check_platform(config: bytes, digest: str, wanted: _platform.Platform) -> None:
+    """Refuse an image whose config names another platform than ``--platform`` (docker's words)."""
+    obj = _manifest.json_object(config, f"config {digest}")
+    found = _platform.Platform(str(obj.get("os", "")), str(obj.get("architecture", "")), str(obj.get("variant", "")))
+    if obj.get("os") and _platform.matches(found, wanted) is None:
+        raise LayerfsError(f"image {digest} was found but does not match the specified platform: "
+                           f"wanted {wanted}, actual: {found.normalized()}")
 
 
 def _load_all(store: Store, files: _Files, candidates: Sequence[_Candidate], extra: Sequence[Reference],
-              say: Progress) -> list[Image]:
+              progress: Progress, wanted: _platform.Platform | None) -> list[Loaded]:
     """Verify the configs, add the layers under a hold without the store lock, then record the
     images in one writer; on failure remove what was added (layers no other command holds)."""
     configs = []
@@ -267,30 +386,52 @@ def _load_all(store: Store, files: _Files, candidates: Sequence[_Candidate], ext
         digest = _digest.of_bytes(data, (cand.config_digest or _digest.ALGORITHM).partition(":")[0])
         if cand.config_digest is not None and digest != cand.config_digest:
             raise DigestMismatch(f"config {cand.config_path}", cand.config_digest, digest)
+        if wanted is not None:
+            _check_platform(data, digest, wanted)
         configs.append((data, digest, _manifest.diff_ids(data, digest, len(cand.layers))))
     try:
         with store.hold(d for _, _, diff_ids in configs for d in diff_ids):
             for cand, (_, _, diff_ids) in zip(candidates, configs):
-                _add_layers(store, files, cand, diff_ids, say)
+                _add_layers(store, files, cand, diff_ids, progress)
             with store.writer() as w:
-                images = []
+                loaded = []
                 for cand, (data, digest, _) in zip(candidates, configs):
                     w.put_blob(data, digest)
                     for document, document_digest in cand.documents:
                         w.put_blob(document, document_digest)
-                    if cand.manifest_digest:
-                        say(f"Manifest {cand.manifest_digest}")
-                    images.append(w.add_image(digest, manifest_digest=cand.manifest_digest,
-                                              index_digest=cand.index_digest, tags=[*cand.names, *extra],
-                                              record_digests=False))
-                return images
+                    names = [*cand.names, *extra]
+                    image = w.add_image(digest, manifest_digest=cand.manifest_digest,
+                                        index_digest=cand.index_digest, tags=names, record_digests=False)
+                    loaded.append(Loaded(image, tuple(dict.fromkeys(n.familiar() for n in names))))
+                return loaded
     except BaseException:
         with contextlib.suppress(Exception):
             store.collect_garbage()
         raise
 
 
-def _add_layers(store: Store, files: _Files, cand: _Candidate, diff_ids: Sequence[str], say: Progress) -> None:
+class _Counted(io.RawIOBase):
+    """A layer blob's reader that reports the bytes read so far (for the progress bar)."""
+
+    def __init__(self, raw: BinaryIO, on_bytes: Callable[[int], None]) -> None:
+        self._raw = raw
+        self._on_bytes = on_bytes
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
+        n = self._raw.readinto(buf)  # type: ignore[attr-defined]
+        if n:
+            self._on_bytes(n)
+        return int(n or 0)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _add_layers(store: Store, files: _Files, cand: _Candidate, diff_ids: Sequence[str], progress: Progress) -> None:
     first = {str(d): i for i, d in reversed(list(enumerate(diff_ids)))}   # a repeated layer: its first place
     unique = sorted(first, key=first.__getitem__)
     lowers = Lowers(store, unique)
@@ -299,16 +440,25 @@ def _add_layers(store: Store, files: _Files, cand: _Candidate, diff_ids: Sequenc
         ok = False
         try:
             path, digest, size, media_type = cand.layers[first[diff_id]]
+            layer_id = _digest.short(diff_id)
             if store.has_layer(diff_id):
-                say(f"{_digest.short(diff_id)}: Already exists")
+                progress.layer(layer_id, EXISTS)
             else:
+                total = size if size is not None else files.size(path)
+                done = 0
+
+                def on_bytes(n: int) -> None:
+                    nonlocal done
+                    done += n
+                    progress.layer(layer_id, LOADING, done, total)
+
                 def open_blob() -> BinaryIO:
-                    say(f"{_digest.short(diff_id)}: Loading layer{f' ({human_size(size)})' if size else ''}")
-                    return files.open(path)
+                    progress.layer(layer_id, LOADING, 0, total)
+                    return io.BufferedReader(_Counted(files.open(path), on_bytes), 1 << 20)
 
                 rec = add_layer(store, open_blob, diff_id=diff_id, digest=digest, size=size, media_type=media_type,
                                 lowers=lowers.below(index))
-                say(f"{_digest.short(diff_id)}: {'Already exists' if rec.existed else 'Loaded'}")
+                progress.layer(layer_id, EXISTS if rec.existed else LOADED)
             ok = True
         finally:
             lowers.done(diff_id, ok)
@@ -343,7 +493,7 @@ def _read_verified(files: _Files, digest: str, size: int) -> bytes:
     return data
 
 
-def _oci_candidates(files: _Files, src: Source) -> list[_Candidate]:
+def _oci_candidates(files: _Files, src: Source, wanted: _platform.Platform | None) -> list[_Candidate]:
     layout = _json(files, "oci-layout")
     if layout.get("imageLayoutVersion") != "1.0.0":
         raise BadImage(f"{src.path}: unsupported imageLayoutVersion {layout.get('imageLayoutVersion')!r}")
@@ -372,7 +522,7 @@ def _oci_candidates(files: _Files, src: Source) -> list[_Candidate]:
         index_digest, digest = None, top.digest
         documents = [(data, top.digest)]
         if media_type in _manifest.INDEX_TYPES:
-            child = _manifest.choose_platform(data, top.digest, None)
+            child = _manifest.choose_platform(data, top.digest, wanted)
             index_digest, digest = top.digest, child.digest
             data = _read_verified(files, child.digest, child.size)
             documents.append((data, digest))
@@ -383,7 +533,8 @@ def _oci_candidates(files: _Files, src: Source) -> list[_Candidate]:
         manifest = _manifest.parse_manifest(data, digest)
         out.append(_Candidate(_blob_path(manifest.config.digest), manifest.config.digest,
                               tuple((_blob_path(d.digest), d.digest, d.size, d.media_type) for d in manifest.layers),
-                              digest, index_digest, _names(annotations, src), tuple(documents)))
+                              digest, index_digest, _names(annotations, src, files.is_directory),
+                              tuple(documents)))
     return out
 
 
@@ -391,10 +542,12 @@ def _is_full(name: str) -> bool:
     return "/" in name or ":" in name
 
 
-def _names(annotations: dict[str, object], src: Source) -> tuple[Reference, ...]:
+def _names(annotations: dict[str, object], src: Source, directory: bool) -> tuple[Reference, ...]:
     """References for a layout entry: ``io.containerd.image.name`` or a full
-    ``org.opencontainers.image.ref.name``; a bare tag goes with the layout's file name as the
-    repository (``oci:./busybox:1`` -> ``busybox:1``), as skopeo's ``oci:NAME:TAG`` suggests."""
+    ``org.opencontainers.image.ref.name``; a bare tag goes with the layout directory's name as the
+    repository (``oci:./busybox:1`` -> ``busybox:1``), as podman names an ``oci:`` load.  An
+    archive's file name names nothing (``tiny.oci.tar.gz`` is no repository): its entry with a
+    bare tag loads untagged, as ``docker load`` leaves it."""
     full = annotations.get("io.containerd.image.name")
     ref_name = annotations.get("org.opencontainers.image.ref.name")
     for value in (full, ref_name):
@@ -403,8 +556,8 @@ def _names(annotations: dict[str, object], src: Source) -> tuple[Reference, ...]
                 return (parse_reference(value),)
             except LayerfsError:
                 pass
-    if isinstance(ref_name, str) and ref_name:
-        repo = re.sub(r"[^a-z0-9._-]+", "-", src.path.name.lower().removesuffix(".tar")).strip("._-") or "image"
+    if directory and isinstance(ref_name, str) and ref_name:
+        repo = re.sub(r"[^a-z0-9._-]+", "-", src.path.resolve().name.lower()).strip("._-") or "image"
         try:
             return (parse_reference(f"{repo}:{ref_name}"),)
         except LayerfsError:

@@ -21,9 +21,20 @@ The steps, in order (docs/oci.rst has the rules each one follows):
 6. Take the store lock to store the manifest(s) and config and record the image with its tag and
    repo digest.  Other commands (tag, rm, mount, another pull) run meanwhile: only steps 5's
    renames and 6 wait for the lock, and they are short.
-7. On any failure the other downloads are cancelled, and what this pull added is removed (the
-   layers it published, once no other command holds them): the store is as it was.  Errors are
-   one line, ``pull <ref>: <cause>``.
+7. On any failure the other downloads are cancelled, and what this pull added is removed: no
+   image record, reference, manifest or config is left.  Errors are one line,
+   ``pull <ref>: <cause>``.
+
+What a failed pull keeps, so that it costs only what is left next time (as docker keeps the
+layers it completed): each layer it completed (marked with :meth:`Store.keep_layer` as soon as
+it is published, so a killed pull keeps them too), and the bytes of each blob it was
+downloading, appended to ``tmp/resume-blob-<hex>`` as they arrive (:meth:`Store.partial_blob`).
+The next pull of that blob replays the kept bytes into the unpacker (which verifies the whole
+blob's digest, as for a fresh download: Python's hashlib cannot save a SHA-256 state, so the
+kept bytes are hashed again, locally) and asks the registry for the rest only (``Range:
+bytes=N-``).  If the blob then turns out wrong, the kept bytes are dropped and the blob fetched
+once more from the start.  Kept bytes are dropped when the blob is wrong or the disk is full,
+and expire a day after they were last written (:data:`layerfs._store.store.RESUME_SECONDS`).
 """
 
 from __future__ import annotations
@@ -32,11 +43,12 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import errno
+import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from .._errors import BadImage, ImageNotFound, LayerfsError
+from .._errors import BadArchive, BadImage, DigestMismatch, ImageNotFound, LayerfsError
 from .._oci import manifest as _manifest
 from .._oci import platform as _platform
 from .._oci.digest import short
@@ -44,7 +56,7 @@ from .._oci.manifest import INDEX_TYPES
 from .._oci.reference import Reference
 from .._oci.reference import parse as parse_reference
 from .._registry.client import BlobReader, RegistryClient
-from .layers import Lowers, add_layer
+from .layers import LowerDirs, Lowers, add_layer
 from .progress import (
     COMPLETE,
     DOWNLOADING,
@@ -58,7 +70,9 @@ from .progress import (
 )
 
 if TYPE_CHECKING:
-    from .._store.store import Image, Store
+    from .._store.store import Image, LayerRecord, PartialBlob, Store
+
+log = logging.getLogger(__name__)
 
 #: docker's ``max-concurrent-downloads`` default.
 MAX_CONCURRENT_DOWNLOADS = 3
@@ -87,6 +101,16 @@ class _Pull:
         self.workers = max(1, max_concurrent_downloads)
         self.cancelled = threading.Event()
         self.downloaded = 0
+        #: bytes fetched from the registry for layers, and bytes replayed from kept partial blobs
+        self.fetched = 0
+        self.resumed = 0
+        self._count_lock = threading.Lock()
+
+    def count(self, fetched: int = 0, resumed: int = 0) -> None:
+        """Add to :attr:`fetched` and :attr:`resumed` (from the layer threads)."""
+        with self._count_lock:
+            self.fetched += fetched
+            self.resumed += resumed
 
     def _manifest(self, digest: str, media_type: str | None) -> tuple[bytes, str]:
         """A manifest by digest, from the store if it has it, else from the registry."""
@@ -100,7 +124,7 @@ class _Pull:
 
     def run(self) -> Image:
         ref = self.ref
-        self.progress.header(f"{ref.digest or ref.tag}: Pulling from {ref.familiar_repository}")
+        self.progress.header(f"{ref.digest or ref.tag}: Pulling from {ref.path}")  # docker: library/alpine
         top = self.client.resolve(ref)
         if ref.digest and top.digest != ref.digest:
             raise BadImage(f"the registry resolved {ref.digest} to {top.digest}")
@@ -138,10 +162,14 @@ class _Pull:
                         writer.put_blob(blob, digest)
                     image = writer.add_image(config_digest, manifest_digest=manifest_digest,
                                              index_digest=index_digest, tags=tags, record_digests=False)
+                self.store.forget_kept_layers(layer.diff_id for layer in layers)  # the image lists them now
         except BaseException:
             with contextlib.suppress(Exception):
-                self.store.collect_garbage()  # the layers this pull published, unless another holds them
+                self.store.collect_garbage()  # what this pull added, but the layers kept to resume
             raise
+        if self.resumed:
+            log.debug("layers: %d bytes fetched, %d resumed from what an earlier pull kept", self.fetched,
+                      self.resumed)
         self.progress.line(f"Digest: {top.digest}")
         if existed and not self.downloaded:
             self.progress.line(f"Status: Image is up to date for {ref.familiar()}")
@@ -212,9 +240,39 @@ class _Pull:
             lowers.done(layer.diff_id, ok)
 
     def _add_layer(self, layer: LayerDescriptor, lowers: Lowers, index: int) -> None:
+        """Add one layer, resuming from the bytes an earlier pull kept of its blob (see the module
+        docstring); keep what this one downloads unless the blob is wrong or the disk full."""
         if self.cancelled.is_set():
             raise LayerfsError("cancelled")
         layer_id = short(layer.digest)
+        with self.store.partial_blob(layer.digest) as partial:
+            if partial is not None and partial.size > layer.size:
+                partial.truncate()  # more than the blob: not a part of it
+            kept = partial.size if partial is not None else 0
+            try:
+                try:
+                    record = self._add(layer, layer_id, partial, lowers.below(index))
+                except (DigestMismatch, BadArchive):
+                    if partial is None or not kept:
+                        raise
+                    # The kept bytes may be what is wrong (a disk that lost them): once more, all fetched.
+                    log.info("blob %s: wrong after resuming at %d; fetching it again from the start",
+                             layer.digest, kept)
+                    partial.truncate()
+                    record = self._add(layer, layer_id, partial, lowers.below(index))
+            except (DigestMismatch, BadArchive, OSError):
+                if partial is not None:
+                    partial.drop()  # wrong bytes, or no room for them: nothing to resume
+                raise
+            if partial is not None:
+                partial.drop()  # complete: the layer is in the store
+        if not record.existed:
+            self.store.keep_layer(layer.diff_id)  # until the image lists it, even if this pull dies
+            self.downloaded += 1
+        self.progress.layer(layer_id, EXISTS if record.existed else COMPLETE)
+
+    def _add(self, layer: LayerDescriptor, layer_id: str, partial: PartialBlob | None,
+             lowers: LowerDirs | None) -> LayerRecord:
         done = 0
 
         def on_bytes(n: int) -> None:
@@ -226,19 +284,65 @@ class _Pull:
             else:
                 self.progress.layer(layer_id, DOWNLOADING, done, layer.size)
 
-        def open_blob() -> BlobReader:
-            self.progress.layer(layer_id, DOWNLOADING, 0, layer.size)
-            return self.client.open_blob(self.ref, layer.digest, layer.size, on_bytes=on_bytes,
-                                         cancelled=self.cancelled)
+        def open_blob() -> _ResumedBlob:
+            self.progress.layer(layer_id, DOWNLOADING, partial.size if partial is not None else 0, layer.size)
+            return _ResumedBlob(self, layer, partial, on_bytes)
 
         # A corrupt blob usually breaks the decompressor first; the unpacker then drains the
         # blob and names the digest mismatch, as docker does ("digest did not match").
-        record = add_layer(self.store, open_blob, diff_id=layer.diff_id, digest=layer.digest, size=layer.size,
-                           media_type=layer.media_type, cancelled=self.cancelled.is_set,
-                           lowers=lowers.below(index))
-        if not record.existed:
-            self.downloaded += 1
-        self.progress.layer(layer_id, EXISTS if record.existed else COMPLETE)
+        return add_layer(self.store, open_blob, diff_id=layer.diff_id, digest=layer.digest, size=layer.size,
+                         media_type=layer.media_type, cancelled=self.cancelled.is_set, lowers=lowers)
+
+
+class _ResumedBlob:
+    """A layer blob as the unpacker reads it: the bytes kept of it first, then the registry's from
+    there on (``Range``), each of those also appended to the kept ones (if it can be: a full disk
+    stops the keeping, not the pull)."""
+
+    def __init__(self, pull: _Pull, layer: LayerDescriptor, partial: PartialBlob | None,
+                 on_bytes: Callable[[int], None]) -> None:
+        self._pull = pull
+        self._layer = layer
+        self._partial = partial
+        self._kept = partial.size if partial is not None else 0
+        self._pos = 0
+        self._on_bytes = on_bytes
+        self._remote: BlobReader | None = None
+
+    def __enter__(self) -> _ResumedBlob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._remote is not None:
+            self._remote.close()
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self._pos < self._kept and self._partial is not None:
+            if self._pull.cancelled.is_set():
+                raise LayerfsError(f"blob {self._layer.digest}: cancelled")
+            want = self._kept - self._pos if n is None or n < 0 else min(n, self._kept - self._pos)
+            data = self._partial.read(self._pos, want)
+            if data:
+                self._pos += len(data)
+                self._pull.count(resumed=len(data))
+                self._on_bytes(len(data))
+                return data
+            self._kept = self._pos  # shorter than it was: fetch from here
+        if self._remote is None:
+            pull = self._pull
+            self._remote = pull.client.open_blob(pull.ref, self._layer.digest, self._layer.size,
+                                                 on_bytes=self._on_bytes, cancelled=pull.cancelled)
+            self._remote.offset = self._kept  # the first request asks for the rest only
+        data = self._remote.read(n)
+        self._pull.count(fetched=len(data))
+        partial = self._partial
+        if data and partial is not None and not partial.dropped:
+            try:
+                partial.append(data)
+            except OSError as err:
+                log.info("blob %s: not kept for a resume: %s", self._layer.digest, err.strerror)
+                partial.drop()
+        return data
 
 
 def pull(store: Store, ref: Reference | str, *, platform: _platform.Platform | str | None = None,
@@ -263,7 +367,8 @@ def pull(store: Store, ref: Reference | str, *, platform: _platform.Platform | s
         The image, tagged with ``ref`` and with the repo digest of what was pulled.
     Raises:
         InvalidReference: ``ref`` does not parse (nothing was contacted).
-        LayerfsError: any failure, as one line ``pull <ref>: <cause>``; the store is unchanged.
+        LayerfsError: any failure, as one line ``pull <ref>: <cause>``; no image is recorded (what
+            was downloaded is kept for a resume: see the module docstring).
     """
     parsed = parse_reference(ref) if isinstance(ref, str) else ref
     wanted = _platform.parse(platform) if isinstance(platform, str) else platform
