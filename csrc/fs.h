@@ -123,7 +123,7 @@ struct lfs_fs {
     int work_fd;        /* O_PATH | O_DIRECTORY of WORKDIR/work (owned), or -1 */
     int privileged;     /* trusted.overlay.* (root) or user.overlay.* (userxattr) names */
     int metacopy;       /* metadata-only copy-up for chmod/chown/utimes/xattr changes */
-    int redirect_dir;   /* (reserved) renames of lower directories: EXDEV unless on */
+    int redirect_dir;   /* renames of lower directories write overlay.redirect (else EXDEV) */
     dev_t upper_dev;
     uint64_t tmp_seq;   /* names in the work directory (under tree) */
     pthread_rwlock_t tree;
@@ -204,6 +204,7 @@ int upper_copy_up(struct lfs_fs *fs, struct lfs_obj *obj, int data);
 int upper_copy_up_dir(struct lfs_fs *fs, uint64_t id, struct onode **out);
 int upper_whiteout(struct lfs_fs *fs, struct onode *dir, const char *name);
 int upper_set_opaque(struct lfs_fs *fs, int fd);
+int upper_set_redirect(struct lfs_fs *fs, int dirfd, uint32_t lower);
 int upper_tmpname(struct lfs_fs *fs, char *buf, size_t size);
 int upper_parent_fd(struct lfs_fs *fs, const struct onode *on);
 int upper_open(struct lfs_fs *fs, const struct onode *on, int flags);

@@ -343,6 +343,49 @@ static int upper_xattr_is(struct lfs_fs *fs, int dirfd, const char *name, const 
     return (size_t)n == strlen(want) && memcmp(value, want, (size_t)n) == 0;
 }
 
+/* The index directory that the redirect of upper directory `name` (in `dir`) names, or 0 when it
+ * has none or names no lower directory.  The kernel's form (docs/overlay.rst "Rename"): an absolute
+ * path from the root, or a bare name looked up in the lower directory of the same parent.  Only
+ * trusted.overlay.redirect is followed (the kernel's default, redirect_always_follow); an
+ * unprivileged upper's user.overlay.* markers are the userxattr mode's, which never follows. */
+static uint32_t upper_redirect(struct lfs_fs *fs, struct onode *dir, const char *name, int *has)
+{
+    char path[64 + LFS_NAME_MAX + 2], value[LFS_TARGET_MAX];
+    *has = 0;
+    if (!fs->privileged || dir->dirfd < 0)
+        return 0;
+    int n = snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dir->dirfd, name);
+    if (n < 0 || (size_t)n >= sizeof path)
+        return 0;
+    ssize_t len = lgetxattr(path, "trusted.overlay.redirect", value, sizeof value);
+    if (len <= 0)
+        return 0;
+    *has = 1;
+    if (value[0] != '/') {
+        if (memchr(value, '/', (size_t)len) != NULL)
+            return 0; /* a relative redirect is one name */
+        return node_lower_child(fs, dir, value, (size_t)len);
+    }
+    uint32_t ino = LFS_ROOT_INO;
+    for (ssize_t i = 0; i < len;) {
+        while (i < len && value[i] == '/')
+            i++;
+        ssize_t start = i;
+        while (i < len && value[i] != '/')
+            i++;
+        if (i == start)
+            break;
+        const struct lfs_node *d = lfs_node(&fs->ix, ino);
+        if (d == NULL || !lfs_is_dir(d->mode))
+            return 0;
+        ino = lfs_lookup(&fs->ix, d, value + start, (size_t)(i - start));
+        if (ino == 0)
+            return 0;
+    }
+    const struct lfs_node *t = lfs_node(&fs->ix, ino);
+    return ino != LFS_ROOT_INO && t != NULL && lfs_is_dir(t->mode) ? ino : 0;
+}
+
 /* The onode for an upper entry `e` of `dir` seen for the first time.  Called with tbl held. */
 static struct onode *node_from_upper(struct lfs_fs *fs, struct onode *dir, const struct uent *e)
 {
@@ -350,7 +393,14 @@ static struct onode *node_from_upper(struct lfs_fs *fs, struct onode *dir, const
     const struct lfs_node *ln = lower_c ? &fs->ix.nodes[lower_c] : NULL;
     struct onode *on;
     if (e->dtype == DT_DIR) {
-        int opaque = upper_xattr_is(fs, dir->dirfd, e->name, "opaque", "y");
+        int opaque = upper_xattr_is(fs, dir->dirfd, e->name, "opaque", "y"), redirected = 0;
+        if (!opaque) {
+            uint32_t to = upper_redirect(fs, dir, e->name, &redirected);
+            if (redirected) {
+                lower_c = to;
+                ln = lower_c ? &fs->ix.nodes[lower_c] : NULL;
+            }
+        }
         if (ln && lfs_is_dir(ln->mode) && !opaque && fs->ix_on[lower_c] == NULL) {
             on = node_new(fs, lower_c, S_IFDIR);
             if (on == NULL)
@@ -362,6 +412,8 @@ static struct onode *node_from_upper(struct lfs_fs *fs, struct onode *dir, const
                 return NULL;
             on->opaque = opaque;
             on->counted = 1;
+            if (redirected && ln && lfs_is_dir(ln->mode))
+                on->lower = lower_c; /* its lower directory has an onode already: merge it all the same */
         }
         on->dirfd = openat(dir->dirfd, e->name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (on->dirfd < 0) {

@@ -542,9 +542,10 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t n
         lfs_reply_err(req, fs, OP_RENAME, 0);
         return;
     }
-    if (rc == 0 && lfs_is_dir(st) && dir_has_lower(&src) && !fs->redirect_dir)
-        rc = -EXDEV;
-    if (rc == 0 && (flags & RENAME_EXCHANGE) && lfs_is_dir(dt) && dir_has_lower(&dst) && !fs->redirect_dir)
+    /* a directory with a lower part moves with a redirect to it, or not at all (docs/overlay.rst "Rename") */
+    int redirect1 = rc == 0 && lfs_is_dir(st) && dir_has_lower(&src);
+    int redirect2 = rc == 0 && (flags & RENAME_EXCHANGE) && lfs_is_dir(dt) && dir_has_lower(&dst);
+    if ((redirect1 || redirect2) && !fs->redirect_dir)
         rc = -EXDEV;
     if (rc == 0 && have_dst && !(flags & RENAME_EXCHANGE)) {
         if (lfs_is_dir(dt) && !lfs_is_dir(st))
@@ -567,12 +568,18 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t n
         rc = clear_whiteouts(fs, dst.on);
     int lower1 = rc == 0 ? node_lower_has(fs, d1, name, len1) : 0;
     int lower2 = rc == 0 ? node_lower_has(fs, d2, newname, len2) : 0;
-    if (rc == 0 && lfs_is_dir(st) && lower2 && !src.on->opaque) {
+    /* a redirect names the lower part wherever the directory goes; set before the move, it is
+     * true at both names, so a failed rename leaves a consistent upper */
+    if (rc == 0 && redirect1)
+        rc = src.on->lower ? upper_set_redirect(fs, src.on->dirfd, src.on->lower) : -EIO;
+    if (rc == 0 && redirect2)
+        rc = dst.on->lower ? upper_set_redirect(fs, dst.on->dirfd, dst.on->lower) : -EIO;
+    if (rc == 0 && lfs_is_dir(st) && lower2 && !src.on->opaque && !redirect1) {
         rc = upper_set_opaque(fs, src.on->dirfd); /* it must not merge with the lower name it lands on */
         if (rc == 0)
             src.on->opaque = 1;
     }
-    if (rc == 0 && (flags & RENAME_EXCHANGE) && lfs_is_dir(dt) && lower1 && !dst.on->opaque) {
+    if (rc == 0 && (flags & RENAME_EXCHANGE) && lfs_is_dir(dt) && lower1 && !dst.on->opaque && !redirect2) {
         rc = upper_set_opaque(fs, dst.on->dirfd);
         if (rc == 0)
             dst.on->opaque = 1;

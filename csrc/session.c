@@ -244,19 +244,20 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"index", "layer_dirs", "mountpoint", "options", "entry_timeout",
                              "attr_timeout", "negative_timeout", "threads", "debug", "max_open",
-                             "upper", "work", "privileged", "metacopy", NULL};
+                             "upper", "work", "privileged", "metacopy", "redirect_dir", NULL};
     PyObject *index_path = NULL, *layers, *mnt = NULL, *upper = Py_None, *work = Py_None;
     const char *options;
     double et, at, nt;
     unsigned threads = 1, max_open = 4096;
-    int debug = 0, privileged = 1, metacopy = 0;
+    int debug = 0, privileged = 1, metacopy = 0, redirect_dir = 0;
     if (self->se != NULL || self->looping) { /* never free a session that may be serving */
         PyErr_SetString(PyExc_RuntimeError, "FuseSession is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&OO&sddd|IpIOOpp", kwlist, PyUnicode_FSConverter, &index_path,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&OO&sddd|IpIOOppp", kwlist, PyUnicode_FSConverter, &index_path,
                                      &layers, PyUnicode_FSConverter, &mnt, &options, &et, &at, &nt,
-                                     &threads, &debug, &max_open, &upper, &work, &privileged, &metacopy))
+                                     &threads, &debug, &max_open, &upper, &work, &privileged, &metacopy,
+                                     &redirect_dir))
         return -1;
     if ((upper == Py_None) != (work == Py_None)) {
         PyErr_SetString(PyExc_ValueError, "upper and work go together");
@@ -274,6 +275,7 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw)
     fs->negative_timeout = nt;
     fs->privileged = privileged;
     fs->metacopy = metacopy && privileged; /* the metacopy xattr is trusted.* only (userxattr: off) */
+    fs->redirect_dir = redirect_dir && privileged; /* so is redirect (userxattr: nofollow) */
     fs->open_flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (geteuid() == 0 ? O_NOATIME : 0);
     int rc = lfs_index_open(&fs->ix, PyBytes_AS_STRING(index_path));
     if (rc < 0) {

@@ -169,6 +169,23 @@ int upper_set_opaque(struct lfs_fs *fs, int dirfd)
     return setxattr(path, ovl_xattr(fs, "opaque", attr, sizeof attr), "y", 1, 0) < 0 ? -errno : 0;
 }
 
+/* Record on the upper directory `dirfd` that its lower part is index directory `lower`, wherever
+ * it is renamed to: the kernel's redirect form, an absolute path from the root (docs/overlay.rst
+ * "Rename").  Written before the rename, it is true at the old name as at the new one. */
+int upper_set_redirect(struct lfs_fs *fs, int dirfd, uint32_t lower)
+{
+    char value[LFS_TARGET_MAX], path[64], attr[64];
+    if (lower == LFS_ROOT_INO || lfs_node(&fs->ix, lower) == NULL)
+        return -EINVAL;
+    value[0] = '/';
+    int rc = node_path(&fs->ix, lower, value + 1, sizeof value - 1);
+    if (rc < 0)
+        return rc;
+    if ((rc = fd_path(path, sizeof path, dirfd, NULL)) < 0)
+        return rc;
+    return setxattr(path, ovl_xattr(fs, "redirect", attr, sizeof attr), value, strlen(value), 0) < 0 ? -errno : 0;
+}
+
 int upper_tmpname(struct lfs_fs *fs, char *buf, size_t size)
 {
     int n = snprintf(buf, size, "#lfs%x.%llx", (unsigned)getpid(), (unsigned long long)++fs->tmp_seq);

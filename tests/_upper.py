@@ -141,11 +141,11 @@ def kernel_overlay(lowers: Sequence[Path], upper: Path, work: Path, mnt: Path, o
 
 @contextlib.contextmanager
 def layerfs_writable(lowers: Sequence[Path], upper: Path, work: Path, mnt: Path,
-                     metacopy: bool | None = None) -> Iterator[_mount.MountHandle]:
+                     metacopy: bool | None = None, redirect_dir: bool = False) -> Iterator[_mount.MountHandle]:
     """A writable layerfs mount (the C engine) of plain lower dirs, top first."""
     mnt.mkdir(parents=True, exist_ok=True)
     handle = _mount.mount(None, [str(p) for p in lowers], mnt, engine="c",
-                          upper=_upper.check(upper, work, metacopy=metacopy))
+                          upper=_upper.check(upper, work, metacopy=metacopy, redirect_dir=redirect_dir))
     try:
         yield handle
     finally:

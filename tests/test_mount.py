@@ -894,7 +894,9 @@ OPTION_CASES = [
     OptCase("redirect_dir=off is what layerfs does", ["redirect_dir=off,index=off,nfs_export=off"], {}),
     OptCase("metacopy=off", ["metacopy=off"], {"metacopy": False}),
     OptCase("data-only lower layers", ["lowerdir=/a::/b"], r"data-only lower layers \(::\) are not supported"),
-    OptCase("redirect_dir=on", ["redirect_dir=on"], "redirect_dir=on: not supported yet"),
+    OptCase("redirect_dir=on", ["redirect_dir=on"], {"redirect_dir": True}),
+    OptCase("the last redirect_dir= wins", ["redirect_dir=on,redirect_dir=follow"], {}),
+    OptCase("redirect_dir=nofollow", ["redirect_dir=nofollow"], "redirect_dir=nofollow: not supported"),
     OptCase("index=on", ["index=on"], "index=on: overlay's inode index"),
     OptCase("noexec", ["lowerdir=/a,noexec"], "noexec: not supported yet"),
     OptCase("sync", ["sync"], "sync: not supported yet"),
@@ -1029,7 +1031,8 @@ def test_mount_program_errors_are_one_line_and_leave_nothing(lifecycle: Mounts, 
     # an image's container has the store's upper: its options are not for -o
     proc = run_layerfs("mount", "-o", "metacopy=off", "busybox:latest", str(home / "c" / "merged"),
                        root=tmp_path / "store", check=False)
-    assert proc.returncode == 1 and proc.stderr.startswith("Error: -o userxattr, metacopy=: only with -o lowerdir=")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error: -o userxattr, metacopy=, redirect_dir=: only with -o lowerdir=")
 
 
 def test_ignored_options_are_noted_with_debug(lifecycle: Mounts, tmp_path: Path) -> None:

@@ -85,16 +85,18 @@ def _fresh(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
     return d / "upper", d / "work", d / "mnt"
 
 
-def _both(tmp_path: Path, lowers: list[Path], ops: list[tuple[object, ...]], tag: str = "x") -> None:
+def _both(tmp_path: Path, lowers: list[Path], ops: list[tuple[object, ...]], tag: str = "x",
+          redirect_dir: bool = False) -> None:
     """Run ``ops`` on layerfs and on the kernel overlay; compare results and views; then check
-    that the kernel reads layerfs's upper as layerfs showed it, and layerfs the kernel's."""
+    that the kernel reads layerfs's upper as layerfs showed it, and layerfs the kernel's (each
+    reader with its defaults: both follow redirects)."""
     lu, lw, lm = _fresh(tmp_path, f"lfs-{tag}")
     ku, kw, km = _fresh(tmp_path, f"krn-{tag}")
-    with kernel_overlay(lowers, ku, kw, km):
+    with kernel_overlay(lowers, ku, kw, km, options="redirect_dir=on" if redirect_dir else ""):
         kernel_results = [run_op(km, op) for op in ops]
         kernel_view = snapshot(km)
         kernel_view_untimed = snapshot(km, mtimes=False)
-    with layerfs_writable(lowers, lu, lw, lm):
+    with layerfs_writable(lowers, lu, lw, lm, redirect_dir=redirect_dir):
         ours = [run_op(lm, op) for op in ops]
         our_view = snapshot(lm)
         our_view_untimed = snapshot(lm, mtimes=False)
@@ -169,6 +171,35 @@ SCENARIOS: dict[str, list[tuple[object, ...]]] = {
 @pytest.mark.parametrize("name", SCENARIOS, ids=list(SCENARIOS))
 def test_scenario_matches_the_kernel(name: str, lowers: list[Path], tmp_path: Path) -> None:
     _both(tmp_path, lowers, SCENARIOS[name], tag="s")
+
+
+#: Renames of directories with lower parts, which -o redirect_dir=on allows (and off answers EXDEV).
+REDIRECTS: dict[str, list[tuple[object, ...]]] = {
+    "move a merged directory and what it holds": [
+        ("rename", "d", "d2", 0), ("listdir", "d2"), ("read", "d2/f"), ("stat", "d2"), ("stat", "d"),
+        ("write", "d2/new", b"n", "w"), ("unlink", "d2/g"), ("listdir", "d2"),
+        ("rename", "d2/sub", "sub2", 0), ("listdir", "sub2"), ("read", "sub2/x"), ("listdir", "d2"),
+        ("mkdir", "d"), ("listdir", "d"), ("rename", "sub2", "d/back", 0), ("listdir", "d/back"),
+    ],
+    "onto lower names, exchanged, moved twice, removed": [
+        ("rename", "e", "t", 0), ("rename", "e", "a", 0), ("rmtree", "opq"), ("rename", "e", "opq", 0),
+        ("listdir", "opq"), ("read", "opq/only"), ("rename", "d", "opq", RENAME_EXCHANGE), ("listdir", "opq"),
+        ("listdir", "d"), ("rename", "d", "d3", RENAME_NOREPLACE), ("rename", "d3", "opq/d4", 0),
+        ("listdir", "opq/d4"), ("read", "opq/d4/only"), ("rename", "opq/sub", "gone", 0), ("listdir", "gone"),
+        ("rmtree", "opq/d4"), ("listdir", "opq"), ("mkdir", "e"), ("listdir", "e"),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", REDIRECTS, ids=list(REDIRECTS))
+def test_redirect_dir_matches_the_kernel(name: str, lowers: list[Path], tmp_path: Path) -> None:
+    """-o redirect_dir=on renames directories with lower parts as the kernel's does, in its format."""
+    _both(tmp_path, lowers, REDIRECTS[name], tag="r", redirect_dir=True)
+
+
+def test_without_redirect_dir_lower_directories_do_not_move(lowers: list[Path], tmp_path: Path) -> None:
+    """The default: EXDEV, as the kernel's (so mv copies), and nothing written."""
+    _both(tmp_path, lowers, REDIRECTS["move a merged directory and what it holds"][:3], tag="n")
 
 
 def test_upper_is_the_kernel_format_markers(lowers: list[Path], tmp_path: Path) -> None:

@@ -69,13 +69,17 @@ Options (-o, comma-separated; the last of a pair such as suid/nosuid wins):
   metacopy=on|off    chmod, chown, utimes and xattr changes of a lower file copy its metadata
                      only (root; off by default, as in the kernel: `mount -t overlay` then
                      needs metacopy=on as well)
+  redirect_dir=on    a directory with lower files can be renamed: the upper records where its
+                     lower part is (overlay.redirect), as the kernel's redirect_dir=on does;
+                     off (the default): such a rename fails with EXDEV and tools copy instead.
+                     Both follow the redirects an upper holds (root; the kernel's default)
   suid, dev          see below (root only)
   uidmapping=, gidmapping=   the identity only (files keep their IDs); other mappings are refused
 Options that change nothing in a layerfs mount are accepted, and --debug says why each one is
 ignored: what podman passes (fsync=0, volatile, an SELinux context= on a host without SELinux),
 mount(8)'s (rw, defaults, noatime, nofail, x-*, ...), FUSE's (default_permissions, allow_other
 as root, ...) and fuse-overlayfs's (static_nlink, noacl, xino=, timeout=, ...).  Any other
-option is refused with a line naming it (noexec, sync, squash_to_uid=, redirect_dir=on, ...).
+option is refused with a line naming it (noexec, sync, squash_to_uid=, index=on, ...).
 
 The mount is nosuid,nodev, as untrusted media are: setuid bits show but give no privilege,
 and device nodes of the image cannot be opened.  As root, `-o suid` lets the image's setuid
@@ -185,6 +189,9 @@ class MountOptions:
     userxattr: bool = False
     #: ``metacopy=on|off``: metadata-only copy-up; None when not given (then off, as the kernel's default).
     metacopy: bool | None = None
+    #: ``redirect_dir=on``: renaming a directory with a lower part writes ``overlay.redirect``
+    #: (``off``, the default, answers EXDEV, as the kernel's; both follow the redirects an upper holds).
+    redirect_dir: bool = False
     #: ``debug``: as ``--debug``.
     debug: bool = False
     #: Options accepted that change nothing here, each with why (noted with ``--debug``).
@@ -252,8 +259,9 @@ _REFUSED: dict[str, str] = {
 
 #: Values of options that are accepted because they are what layerfs does anyway.
 _HARMLESS_VALUES = {
-    "redirect_dir": {"off": "layerfs writes no redirects (renaming a lower directory answers EXDEV)",
-                     "nofollow": "layerfs follows no redirects and writes none"},
+    "redirect_dir": {"off": "layerfs writes no redirects (renaming a lower directory answers EXDEV) and "
+                            "follows those an upper holds, as the kernel's default",
+                     "follow": "layerfs writes no redirects and follows those an upper holds"},
     "index": {"off": "layerfs keeps no inode index: copy-up breaks hard links, as with index=off"},
     "nfs_export": {"off": "file handles are not exported"},
     "xattr_permissions": {"0": "permissions are the files' own, not kept in xattrs"},
@@ -322,6 +330,7 @@ def _parse_options(values: list[str]) -> MountOptions:
     upper = work = None
     flags = {"suid": False, "dev": False, "ro": False, "userxattr": False, "debug": False}
     metacopy: bool | None = None
+    redirect_dir = False
     ignored: list[tuple[str, str]] = []
     for value in values:
         for opt in _split_options(value):
@@ -344,6 +353,9 @@ def _parse_options(values: list[str]) -> MountOptions:
                 flags["ro"] = False
             elif key == "metacopy" and arg in ("on", "off"):
                 metacopy = arg == "on"
+            elif key == "redirect_dir" and arg in ("off", "follow"):
+                redirect_dir = False
+                ignored.append((opt, _HARMLESS_VALUES[key][arg]))
             elif key in ("uidmapping", "gidmapping") and eq:
                 if not _id_mapping_is_identity(key, arg):
                     raise MountError(f"-o {opt}: ID mappings are not supported, only the identity "
@@ -363,15 +375,18 @@ def _parse_options(values: list[str]) -> MountOptions:
                 if os.geteuid() != 0:
                     raise MountError("-o allow_other: not supported for a user's mount (it is the user's alone)")
                 ignored.append((opt, "always on for root's mounts"))
+            elif key == "redirect_dir" and arg == "on":
+                redirect_dir = True
             elif key == "redirect_dir" and eq:
-                raise MountError(f"-o {opt}: not supported yet (layerfs writes no redirects: renaming a "
-                                 f"lower directory answers EXDEV; redirect_dir=off)")
+                raise MountError(f"-o {opt}: not supported (layerfs follows the redirects an upper holds, as "
+                                 f"the kernel does by default; redirect_dir=on writes them)")
             elif key == "xattr_permissions" and eq:
                 raise MountError(f"-o {opt}: permissions kept in xattrs are not supported (xattr_permissions=0)")
             else:
                 raise MountError(f"-o {opt}: unknown mount option")
     return MountOptions(lower, upper, work, read_only=flags["ro"], suid=flags["suid"], dev=flags["dev"],
-                        userxattr=flags["userxattr"], metacopy=metacopy, debug=flags["debug"],
+                        userxattr=flags["userxattr"], metacopy=metacopy, redirect_dir=redirect_dir,
+                        debug=flags["debug"],
                         ignored=tuple(ignored))
 
 
@@ -402,8 +417,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         return 0
     if opts.upperdir is not None or opts.workdir is not None:
         raise MountError("-o upperdir=, workdir=: only with -o lowerdir= (plain directories)")
-    if opts.userxattr or opts.metacopy is not None:
-        raise MountError("-o userxattr, metacopy=: only with -o lowerdir= (a container's upper is the store's)")
+    if opts.userxattr or opts.metacopy is not None or opts.redirect_dir:
+        raise MountError("-o userxattr, metacopy=, redirect_dir=: only with -o lowerdir= (a container's upper is "
+                         "the store's, and commit cannot store a redirect)")
     if len(args.args) != 2:
         raise MountError("usage: layerfs mount IMAGE MOUNTPOINT (or -o lowerdir=A:B MOUNTPOINT)")
     image, mountpoint = args.args
@@ -489,7 +505,9 @@ def _lowerdir_stack(lower: list[str], opts: MountOptions) -> tuple[list[str], _u
         return [up, *dirs], None
     if opts.userxattr and opts.metacopy:
         raise MountError("-o userxattr,metacopy=on: metadata-only copy-up needs trusted.* xattrs (as the kernel's)")
-    checked = _upper.check(up, work, metacopy=bool(opts.metacopy))
+    if opts.userxattr and opts.redirect_dir:
+        raise MountError("-o userxattr,redirect_dir=on: redirects need trusted.* xattrs (as the kernel's)")
+    checked = _upper.check(up, work, metacopy=bool(opts.metacopy), redirect_dir=opts.redirect_dir)
     if opts.userxattr:
         checked = dataclasses.replace(checked, privileged=False, metacopy=False)
     return dirs, checked

@@ -747,7 +747,8 @@ def _serve_native(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obje
                                 negative_timeout=policy.negative_timeout, threads=_cache.NATIVE_THREADS, debug=debug,
                                 max_open=_cache.max_open_files(),
                                 upper=str(up.upper) if up else None, work=str(up.work_dir) if up else None,
-                                privileged=up.privileged if up else True, metacopy=up.metacopy if up else False)
+                                privileged=up.privileged if up else True, metacopy=up.metacopy if up else False,
+                                redirect_dir=up.redirect_dir if up else False)
     except RuntimeError as err:
         raise MountError(f"cannot mount on {mnt}: {err}") from None
     del work_lock  # the fd stays open (O_CLOEXEC) for the daemon's life: the work dir stays ours

@@ -194,6 +194,8 @@ class NativeSession:
             (``WORKDIR/work``, empty, on the upper's file system); both None: read-only.
         privileged: write ``trusted.overlay.*`` markers (root) rather than ``user.overlay.*``.
         metacopy: copy only metadata up on chmod, chown, utimes and xattr changes.
+        redirect_dir: rename directories that have a lower part, writing ``overlay.redirect``
+            (else such a rename fails with EXDEV); privileged only, as the kernel's.
 
     Raises:
         OSError: the index or a layer dir cannot be opened.
@@ -204,10 +206,11 @@ class NativeSession:
     def __init__(self, index: str | os.PathLike[str], layer_dirs: list[str], mountpoint: str,
                  options: set[str], *, entry_timeout: float, attr_timeout: float, negative_timeout: float,
                  threads: int = 1, debug: bool = False, max_open: int = 4096, upper: str | None = None,
-                 work: str | None = None, privileged: bool = True, metacopy: bool = False) -> None:
+                 work: str | None = None, privileged: bool = True, metacopy: bool = False,
+                 redirect_dir: bool = False) -> None:
         self._s = _native.FuseSession(os.fspath(index), layer_dirs, mountpoint, ",".join(sorted(options)),
                                       entry_timeout, attr_timeout, negative_timeout, threads, debug, max_open,
-                                      upper, work, privileged, metacopy)
+                                      upper, work, privileged, metacopy, redirect_dir)
 
     def loop(self) -> int:
         """Serve requests until the kernel ends the connection or :meth:`exit`; blocks (GIL released)."""

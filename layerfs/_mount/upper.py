@@ -38,6 +38,7 @@ class Upper:
     work: Path
     privileged: bool
     metacopy: bool
+    redirect_dir: bool = False
 
     @property
     def work_dir(self) -> Path:
@@ -56,12 +57,15 @@ def default_privileged() -> bool:
         return True
 
 
-def check(upper: str | os.PathLike[str], work: str | os.PathLike[str], *, metacopy: bool | None = None) -> Upper:
+def check(upper: str | os.PathLike[str], work: str | os.PathLike[str], *, metacopy: bool | None = None,
+          redirect_dir: bool = False) -> Upper:
     """Check an upper and a work directory as a writable mount needs them.
 
     Args:
         upper, work: existing directories on one file system, neither inside the other.
         metacopy: metadata-only copy-up; default on when privileged (it needs ``trusted.*``).
+        redirect_dir: rename directories that have a lower part with ``overlay.redirect``
+            (privileged only: ``trusted.*``; the kernel's userxattr mode refuses it too).
 
     Returns:
         The checked pair (absolute, symlinks resolved).
@@ -89,7 +93,9 @@ def check(upper: str | os.PathLike[str], work: str | os.PathLike[str], *, metaco
     privileged = default_privileged()
     if metacopy and not privileged:
         raise MountError("-o metacopy=on: needs root (its trusted.overlay.* xattr); not available unprivileged")
-    return Upper(up, wk, privileged, privileged if metacopy is None else metacopy)
+    if redirect_dir and not privileged:
+        raise MountError("-o redirect_dir=on: needs root (its trusted.overlay.* xattr); not available unprivileged")
+    return Upper(up, wk, privileged, privileged if metacopy is None else metacopy, redirect_dir)
 
 
 def prepare(u: Upper) -> int:
