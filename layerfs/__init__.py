@@ -17,6 +17,8 @@ The package is a set of private subpackages named for the concepts, in the direc
 
 The public API is what this module re-exports.
 """
+from typing import TYPE_CHECKING, Any
+
 from ._errors import BadArchive as BadArchive
 from ._errors import BadImage as BadImage
 from ._errors import Conflict as Conflict
@@ -26,12 +28,34 @@ from ._errors import InvalidReference as InvalidReference
 from ._errors import LayerfsError as LayerfsError
 from ._errors import MountError as MountError
 from ._errors import RegistryError as RegistryError
-from ._oci.reference import Reference as Reference
-from ._oci.reference import parse as parse_reference
-from ._store import Image as Image
-from ._store import LayerRecord as LayerRecord
-from ._store import MountRecord as MountRecord
-from ._store import Store as Store
+
+if TYPE_CHECKING:
+    from ._oci.reference import Reference as Reference
+    from ._oci.reference import parse as parse_reference
+    from ._store import Image as Image
+    from ._store import LayerRecord as LayerRecord
+    from ._store import MountRecord as MountRecord
+    from ._store import Store as Store
+
+#: The re-exports imported when first used: every ``layerfs`` command imports this package, and
+#: the store's modules are not what ``layerfs -o ... TARGET`` (a mount program) needs.
+_LAZY = {
+    "Reference": ("._oci.reference", "Reference"), "parse_reference": ("._oci.reference", "parse"),
+    "Image": ("._store", "Image"), "LayerRecord": ("._store", "LayerRecord"),
+    "MountRecord": ("._store", "MountRecord"), "Store": ("._store", "Store"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'layerfs' has no attribute {name!r}")
+    import importlib
+
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(module, __name__), attr)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BadArchive", "BadImage", "Conflict", "DigestMismatch", "Image", "ImageNotFound", "InvalidReference",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import os
 
-from . import _native  # type: ignore[attr-defined]  # the C extension (csrc/), no stubs
+from . import _native  # the C extension (csrc/), no stubs: typed Any (the package's __getattr__)
 
 RESOLVE_IN_ROOT: int = _native.RESOLVE_IN_ROOT
 RESOLVE_NO_MAGICLINKS: int = _native.RESOLVE_NO_MAGICLINKS

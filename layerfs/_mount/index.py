@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import _native  # type: ignore[attr-defined]  # the C extension (csrc/), no stubs; the only importer of the native index type
+from .. import _native  # the C extension (csrc/), typed Any; the only importer of the native index type
 
 #: (ino, mode, nlink, uid, gid, rdev, size, blocks, atime_ns, mtime_ns, ctime_ns)
 Attr = tuple[int, int, int, int, int, int, int, int, int, int, int]
