@@ -884,8 +884,9 @@ OPTION_CASES = [
     OptCase("fuse-overlayfs's harmless options",
             ["static_nlink,noacl,xino=auto,timeout=5,threaded=1,fast_ino=1,noxattrs=1,xattr_permissions=0"], {}),
     OptCase("mount(8)'s and FUSE's", ["rw,defaults,noatime,nodiratime,nofail,_netdev,x-systemd.automount",
-                                       "default_permissions,allow_other,exec,async"], {}),
-    OptCase("the last of ro/rw wins", ["ro", "rw"], {}),
+                                       "default_permissions,allow_other,exec,async"], {"read_write": True}),
+    OptCase("the last of ro/rw wins", ["ro", "rw"], {"read_write": True}),
+    OptCase("the last of rw/ro wins", ["rw", "ro"], {"read_only": True}),
     OptCase("userxattr and metacopy", ["userxattr,metacopy=on,metacopy=off,metacopy=on"],
             {"userxattr": True, "metacopy": True}),
     OptCase("debug", ["debug"], {"debug": True}),
@@ -922,17 +923,18 @@ def test_mount_options_as_podman_mount8_and_fuse_overlayfs_pass_them(case: OptCa
     assert all(why for _, why in opts.ignored) and {o.partition("=")[0] for o, _ in opts.ignored} <= named
 
 
+FO, MF = ["--called-as", "fuse-overlayfs"], ["--called-as", "mount.fuse"]  # which form it was
 FORMS = [
     ("containers-storage", ["-o", "lowerdir=l/A,upperdir=c/diff,workdir=c/work", "c/merged"],
-     ["mount", "-o", "lowerdir=l/A,upperdir=c/diff,workdir=c/work", "c/merged"]),
+     ["mount", *FO, "-o", "lowerdir=l/A,upperdir=c/diff,workdir=c/work", "c/merged"]),
     ("fuse-overlayfs's flags", ["-f", "-olowerdir=/a", "-d", "/m"],
-     ["mount", "--foreground", "-olowerdir=/a", "--debug", "--foreground", "/m"]),
-    ("an -o value that looks like a flag", ["-o", "-d", "/m"], ["mount", "-o", "-d", "/m"]),
+     ["mount", *FO, "--foreground", "-olowerdir=/a", "--debug", "--foreground", "/m"]),
+    ("an -o value that looks like a flag", ["-o", "-d", "/m"], ["mount", *FO, "-o", "-d", "/m"]),
     ("mount.fuse3", ["none", "/m", "-o", "rw,lowerdir=/a,dev,suid"],
-     ["mount", "none", "/m", "-o", "rw,lowerdir=/a,dev,suid"]),
-    ("mount.fuse3, an image", ["busybox:latest", "/m", "-o", "rw"], ["mount", "busybox:latest", "/m", "-o", "rw"]),
+     ["mount", *MF, "none", "/m", "-o", "rw,lowerdir=/a,dev,suid"]),
+    ("mount.fuse3, an image", ["busybox:latest", "/m", "-o", "rw"], ["mount", *MF, "busybox:latest", "/m", "-o", "rw"]),
     ("global options first", ["--root", "/s", "--debug", "-o", "lowerdir=/a", "/m"],
-     ["--root", "/s", "--debug", "mount", "-o", "lowerdir=/a", "/m"]),
+     ["--root", "/s", "--debug", "mount", *FO, "-o", "lowerdir=/a", "/m"]),
     ("a command", ["mount", "-o", "lowerdir=/a", "/m"], None),
     ("a command after --root=", ["--root=/s", "images"], None),
     ("a mistyped command", ["imagse"], None),
