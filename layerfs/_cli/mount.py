@@ -68,6 +68,9 @@ program: `/path/to/layerfs#none`.  mount.fuse3 adds suid,dev unless nosuid,nodev
 Options (-o, comma-separated; the last of a pair such as suid/nosuid wins):
   lowerdir=, upperdir=, workdir=   the directories, as above
   ro                 read-only, as --read-only; an upper is then mounted as the top lower layer
+  rw                 writable: the default of an image, and of lowerdir= with upperdir=;
+                     without upperdir= refused (the mount would be read-only, as overlay's),
+                     but taken from mount(8), which passes rw to every mount
   userxattr          the upper's markers are user.overlay.*, as with the kernel's userxattr
   metacopy=on|off    chmod, chown, utimes and xattr changes of a lower file copy its metadata
                      only (root; off by default, as in the kernel: `mount -t overlay` then
@@ -80,7 +83,7 @@ Options (-o, comma-separated; the last of a pair such as suid/nosuid wins):
   uidmapping=, gidmapping=   the identity only (files keep their IDs); other mappings are refused
 Options that change nothing in a layerfs mount are accepted, and --debug says why each one is
 ignored: what podman passes (fsync=0, volatile, an SELinux context= on a host without SELinux),
-mount(8)'s (rw, defaults, noatime, nofail, x-*, ...), FUSE's (default_permissions, allow_other
+mount(8)'s (defaults, noatime, nofail, x-*, ...), FUSE's (default_permissions, allow_other
 as root, ...) and fuse-overlayfs's (static_nlink, noacl, xino=, timeout=, ...).  Any other
 option is refused with a line naming it (noexec, sync, squash_to_uid=, index=on, ...).
 
@@ -109,7 +112,7 @@ examples:
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="comma-separated mount options (above): lowerdir=A:B:C (top first), upperdir=, "
                         "workdir=; suid (the image's setuid bits take effect) and dev (its device nodes "
-                        "open host devices), root only, for chroots of trusted images; ro, nosuid, nodev "
+                        "open host devices), root only, for chroots of trusted images; nosuid, nodev "
                         "are the default; harmless ones are ignored (--debug says why), unknown ones "
                         "refused")
     p.add_argument("--read-only", action="store_true",
@@ -210,7 +213,6 @@ class MountOptions:
 #: (its fuse-overlayfs(1)), and from what containers-storage's overlay driver passes to its
 #: ``mount_program`` (its ``mountopt`` setting, ``volatile``, ``fsync=0``).
 _IGNORED: dict[str, str] = {
-    "rw": "the mount is writable with upperdir= and read-only without it, as overlay's",
     "defaults": "the defaults",
     "exec": "the default", "async": "the default", "nomand": "the default",
     "silent": "no meaning for FUSE", "loud": "no meaning for FUSE",
