@@ -258,9 +258,13 @@ int dir_upper_is_empty(struct lfs_fs *fs, struct onode *dir, int *only_whiteouts
     return 1;
 }
 
-/* Whether the merged directory shows no name at all (rmdir's and rename's ENOTEMPTY). */
+/* Whether the merged directory shows no name at all (rmdir's and rename's ENOTEMPTY): 1 or 0;
+ * -EACCES when its lower part could not be listed (node_denied: as the kernel overlay, which
+ * reads a directory with the mounter's rights to tell whether it is empty). */
 int dir_merged_is_empty(struct lfs_fs *fs, const struct lfs_obj *dir)
 {
+    if (node_denied(fs, dir))
+        return -EACCES;
     struct onode *on = dir->on;
     const struct lfs_node *ln = NULL;
     if (on == NULL || !on->has_upper)
@@ -408,6 +412,8 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int plus
     int rc = node_resolve(fs, ino, &dir);
     if (rc == 0 && !lfs_is_dir(node_type(fs, &dir)))
         rc = -ENOTDIR;
+    if (rc == 0 && node_denied(fs, &dir))
+        rc = -EACCES;
     char *buf = rc == 0 ? malloc(size) : NULL;
     if (rc == 0 && buf == NULL)
         rc = -ENOMEM;

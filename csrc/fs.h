@@ -164,6 +164,7 @@ struct lfs_obj {
 
 int node_resolve(struct lfs_fs *fs, uint64_t id, struct lfs_obj *out);
 int node_lookup(struct lfs_fs *fs, const struct lfs_obj *dir, const char *name, size_t len, struct lfs_obj *out);
+int node_denied(struct lfs_fs *fs, const struct lfs_obj *dir);
 int node_stat(struct lfs_fs *fs, const struct lfs_obj *obj, struct stat *st);
 mode_t node_type(struct lfs_fs *fs, const struct lfs_obj *obj);
 int node_lower_has(struct lfs_fs *fs, const struct onode *dir, const char *name, size_t len);
@@ -194,7 +195,7 @@ struct uent *dir_add(struct dirstate *ds, const char *name, size_t len, uint8_t 
 void dir_remove(struct dirstate *ds, struct uent *e);
 void dir_free(struct dirstate *ds);
 int dir_upper_is_empty(struct lfs_fs *fs, struct onode *dir, int *only_whiteouts);
-int dir_merged_is_empty(struct lfs_fs *fs, const struct lfs_obj *dir);
+int dir_merged_is_empty(struct lfs_fs *fs, const struct lfs_obj *dir); /* 1, 0, or -EACCES */
 void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int plus);
 
 /* upper.c */

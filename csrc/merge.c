@@ -553,6 +553,7 @@ int layerfs_init_merge(PyObject *module)
         PyModule_AddIntConstant(module, "INDEX_ROOT_INO", LFS_ROOT_INO) < 0 ||
         PyModule_AddIntConstant(module, "INDEX_FLAG_MERGED", LFS_FLAG_MERGED) < 0 ||
         PyModule_AddIntConstant(module, "INDEX_FLAG_OPAQUE", LFS_FLAG_OPAQUE) < 0 ||
+        PyModule_AddIntConstant(module, "INDEX_FLAG_DENIED", LFS_FLAG_DENIED) < 0 ||
         PyModule_AddIntConstant(module, "INDEX_NAME_MAX", LFS_NAME_MAX) < 0 ||
         add_owned(module, "INDEX_BLOB_MAX", PyLong_FromUnsignedLong(LFS_BLOB_MAX)) < 0)
         return -1;

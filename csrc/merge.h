@@ -33,6 +33,10 @@
 #define LFS_ROOT_INO 1
 #define LFS_FLAG_MERGED 1
 #define LFS_FLAG_OPAQUE 2
+/* A directory the build could not list in one of its layers (EACCES: the mounter may not read
+ * it): its entries are unknown and none are recorded; a mount answers EACCES to listing it and
+ * to looking a name up in it, as the kernel overlay does when the mounter's rights fail. */
+#define LFS_FLAG_DENIED 4
 #define LFS_NAME_MAX 255         /* a name component (NAME_MAX) */
 #define LFS_TARGET_MAX 4096      /* a symlink target is shorter (PATH_MAX) */
 #define LFS_XATTR_NAME_MAX 255   /* XATTR_NAME_MAX */

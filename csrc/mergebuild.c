@@ -22,7 +22,9 @@
  * stays allocated).
  *
  * GIL: released for the whole walk.  Errors: OSError (with the path) when a layer dir, an entry's
- * lstat or a symlink target cannot be read; unreadable xattrs count as none (as in Python).
+ * lstat or a symlink target cannot be read; unreadable xattrs count as none (as in Python).  A
+ * directory below a layer's root that the caller may not list (EACCES on its open or on an
+ * entry's lstat) is no error: it is recorded with no entries and LFS_FLAG_DENIED (merge.h).
  */
 #include "native.h"
 #include "merge.h"
@@ -680,16 +682,19 @@ static int read_target(struct builder *b, struct child *c, int dfd, const char *
     return 0;
 }
 
+/* list_layer's answer for a directory the caller may not list (EACCES). */
+#define LISTING_DENIED 1
+
 /* Read one layer's listing of a directory into b->ch (a name first seen here is the topmost
  * object of that name), its .wh.X names into *whiteouts (NUL-separated), and set *cut if it
- * holds the OCI opaque marker.  Returns 0 or a negative errno. */
+ * holds the OCI opaque marker.  Returns 0, LISTING_DENIED, or a negative errno. */
 static int list_layer(struct builder *b, const struct dirjob *job, int li, int holds_x,
                       struct buf *whiteouts, int *cut)
 {
     const char *root = b->roots[li];
     int dfd = open_layer_dir(b, li, job->rel);
     if (dfd < 0)
-        return fail(b, errno, root, job->rel, NULL);
+        return errno == EACCES && !job->is_root ? LISTING_DENIED : fail(b, errno, root, job->rel, NULL);
     DIR *d = fdopendir(dfd);
     if (d == NULL) {
         int e = errno;
@@ -725,7 +730,8 @@ static int list_layer(struct builder *b, const struct dirjob *job, int li, int h
             continue;
         struct stat st;
         if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-            rc = fail(b, errno, root, job->rel, name);
+            /* EACCES: the directory may be read but not searched (r without x) */
+            rc = errno == EACCES && !job->is_root ? LISTING_DENIED : fail(b, errno, root, job->rel, name);
             break;
         }
         int is_dir = S_ISDIR(st.st_mode);
@@ -779,7 +785,7 @@ static int list_layer(struct builder *b, const struct dirjob *job, int li, int h
 /* Merge one directory (all its layers), append its entries and queue its subdirectories. */
 static int merge_dir(struct builder *b, struct dirjob *job)
 {
-    int used = 0, opaque_below = 0, rc;
+    int used = 0, opaque_below = 0, denied = 0, rc;
     ch_clear(b);
     struct buf whiteouts = {0}; /* NUL-separated names */
     for (int k = 0; k < job->layers.n; k++) {
@@ -789,6 +795,12 @@ static int merge_dir(struct builder *b, struct dirjob *job)
         if ((rc = list_layer(b, job, li, job->layers.v[k].holds_x, &whiteouts, &cut)) < 0) {
             mb_free(whiteouts.data);
             return rc;
+        }
+        if (rc == LISTING_DENIED) { /* its entries are unknown: none is recorded */
+            denied = 1;
+            used = job->layers.n;
+            ch_clear(b);
+            break;
         }
         for (size_t off = 0; off < whiteouts.len;) { /* .wh.X hides X in the layers below only */
             const char *name = whiteouts.data + off;
@@ -868,7 +880,8 @@ static int merge_dir(struct builder *b, struct dirjob *job)
     struct lfs_node *dir = &((struct lfs_node *)b->nodes.data)[job->ino];
     dir->first_dent = first;
     dir->n_dents = b->n_dents - first;
-    dir->flags = (used > 1 ? LFS_FLAG_MERGED : 0) | (opaque_below ? LFS_FLAG_OPAQUE : 0);
+    dir->flags = (used > 1 ? LFS_FLAG_MERGED : 0) | (opaque_below ? LFS_FLAG_OPAQUE : 0) |
+                 (denied ? LFS_FLAG_DENIED : 0);
     if (used > 1)
         dir->nlink = 1;
     return 0;

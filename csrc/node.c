@@ -459,6 +459,17 @@ int node_load_dir(struct lfs_fs *fs, struct onode *dir)
     return rc;
 }
 
+/* Whether the lower part of directory `dir` is one the index could not list (LFS_FLAG_DENIED):
+ * listing it and looking names up in it answer EACCES, as the kernel overlay answers when the
+ * mounter may not read a lower directory (a name its upper holds is still found). */
+int node_denied(struct lfs_fs *fs, const struct lfs_obj *dir)
+{
+    const struct onode *on = dir->on;
+    uint32_t lower = on && on->has_upper ? (on->opaque ? 0 : on->lower) : dir->lower;
+    const struct lfs_node *n = lower ? lfs_node(&fs->ix, lower) : NULL;
+    return n != NULL && (n->flags & LFS_FLAG_DENIED);
+}
+
 int node_lookup(struct lfs_fs *fs, const struct lfs_obj *dir, const char *name, size_t len, struct lfs_obj *out)
 {
     if (len > LFS_NAME_MAX)
@@ -471,6 +482,8 @@ int node_lookup(struct lfs_fs *fs, const struct lfs_obj *dir, const char *name, 
         const struct lfs_node *dn = lfs_node(&fs->ix, dir->lower);
         if (dn == NULL)
             return -ESTALE;
+        if (dn->flags & LFS_FLAG_DENIED)
+            return -EACCES;
         uint32_t dent = lfs_lookup_dent(&fs->ix, dn, name, len);
         if (dent == UINT32_MAX)
             return -ENOENT;
@@ -500,6 +513,8 @@ int node_lookup(struct lfs_fs *fs, const struct lfs_obj *dir, const char *name, 
     if (d->lower == 0 || d->opaque)
         return -ENOENT;
     const struct lfs_node *ln = lfs_node(&fs->ix, d->lower);
+    if (ln && (ln->flags & LFS_FLAG_DENIED))
+        return -EACCES;
     uint32_t dent = ln && lfs_is_dir(ln->mode) ? lfs_lookup_dent(&fs->ix, ln, name, len) : UINT32_MAX;
     if (dent == UINT32_MAX)
         return -ENOENT;

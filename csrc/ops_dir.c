@@ -460,8 +460,9 @@ void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
         rc = node_lookup(fs, &dir, name, len, &child);
     if (rc == 0 && !lfs_is_dir(node_type(fs, &child)))
         rc = -ENOTDIR;
-    if (rc == 0 && !dir_merged_is_empty(fs, &child))
-        rc = -ENOTEMPTY;
+    int empty = rc == 0 ? dir_merged_is_empty(fs, &child) : 1;
+    if (empty <= 0)
+        rc = empty < 0 ? empty : -ENOTEMPTY;
     if (rc == 0)
         rc = prepare_dir(fs, parent, name, &dir, &d);
     if (rc == 0) {
@@ -552,8 +553,11 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t n
             rc = -EISDIR;
         else if (!lfs_is_dir(dt) && lfs_is_dir(st))
             rc = -ENOTDIR;
-        else if (lfs_is_dir(dt) && !dir_merged_is_empty(fs, &dst))
-            rc = -ENOTEMPTY;
+        else if (lfs_is_dir(dt)) {
+            int empty = dir_merged_is_empty(fs, &dst);
+            if (empty <= 0)
+                rc = empty < 0 ? empty : -ENOTEMPTY;
+        }
     }
     if (rc == 0)
         rc = prepare_dir(fs, parent, name, &dir1, &d1);

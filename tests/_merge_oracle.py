@@ -162,42 +162,50 @@ def build(layer_dirs: Sequence[str | os.PathLike[str]], *, key: str = "") -> tup
         ino, rel, layers, is_root = queue.popleft()
         children: dict[bytes, _Child] = {}
         used = 0
-        opaque_below = False
+        opaque_below = denied = False
         for li, holds_x in layers:
             used += 1
             whiteouts: list[bytes] = []
             cut = False
-            with os.scandir(roots[li] + b"/" + rel if rel else roots[li]) as it:
-                entries = list(it)
-            for entry in entries:
-                name = entry.name
-                if name.startswith(_WH_PREFIX):
-                    if name == _WH_OPAQUE:
-                        cut = True
-                    elif not name.startswith(_WH_META_PREFIX) and len(name) > len(_WH_PREFIX):
-                        whiteouts.append(name[len(_WH_PREFIX):])
-                    continue
-                child = children.get(name)
-                if child is not None and not child.open:
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                is_dir = stat.S_ISDIR(st.st_mode)
-                xattrs = _xattrs_of(entry.path) if (is_dir or holds_x or child is None) else None
-                if child is None:
-                    if _is_whiteout(st, xattrs, holds_x):
-                        children[name] = _Child(li, entry.path, None, {}, False)
+            try:
+                with os.scandir(roots[li] + b"/" + rel if rel else roots[li]) as it:
+                    entries = list(it)
+                for entry in entries:
+                    name = entry.name
+                    if name.startswith(_WH_PREFIX):
+                        if name == _WH_OPAQUE:
+                            cut = True
+                        elif not name.startswith(_WH_META_PREFIX) and len(name) > len(_WH_PREFIX):
+                            whiteouts.append(name[len(_WH_PREFIX):])
                         continue
-                    assert xattrs is not None
-                    opaque = is_dir and _is_opaque(xattrs)
-                    children[name] = _Child(li, entry.path, st, xattrs, is_dir and not opaque,
-                                            [(li, _holds_xattr_whiteouts(xattrs))] if is_dir else [])
-                elif is_dir and not _is_whiteout(st, xattrs, holds_x):
-                    assert xattrs is not None
-                    child.layers.append((li, _holds_xattr_whiteouts(xattrs)))
-                    if _is_opaque(xattrs):
-                        child.open = False
-                else:
-                    child.open = False  # a whiteout or a non-directory ends the merge
+                    child = children.get(name)
+                    if child is not None and not child.open:
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    is_dir = stat.S_ISDIR(st.st_mode)
+                    xattrs = _xattrs_of(entry.path) if (is_dir or holds_x or child is None) else None
+                    if child is None:
+                        if _is_whiteout(st, xattrs, holds_x):
+                            children[name] = _Child(li, entry.path, None, {}, False)
+                            continue
+                        assert xattrs is not None
+                        opaque = is_dir and _is_opaque(xattrs)
+                        children[name] = _Child(li, entry.path, st, xattrs, is_dir and not opaque,
+                                                [(li, _holds_xattr_whiteouts(xattrs))] if is_dir else [])
+                    elif is_dir and not _is_whiteout(st, xattrs, holds_x):
+                        assert xattrs is not None
+                        child.layers.append((li, _holds_xattr_whiteouts(xattrs)))
+                        if _is_opaque(xattrs):
+                            child.open = False
+                    else:
+                        child.open = False  # a whiteout or a non-directory ends the merge
+            except PermissionError:
+                if is_root:
+                    raise
+                # not ours to list (no r, or r without x): its entries are unknown, none is recorded
+                denied, used = True, len(layers)
+                children.clear()
+                break
             for name in whiteouts:  # .wh.X hides X in the layers below this one only
                 child = children.get(name)
                 if child is None:
@@ -207,7 +215,8 @@ def build(layer_dirs: Sequence[str | os.PathLike[str]], *, key: str = "") -> tup
             if cut and not is_root:
                 opaque_below = True
                 break
-        flags = (_index.FLAG_MERGED if used > 1 else 0) | (_index.FLAG_OPAQUE if opaque_below else 0)
+        flags = ((_index.FLAG_MERGED if used > 1 else 0) | (_index.FLAG_OPAQUE if opaque_below else 0)
+                 | (_index.FLAG_DENIED if denied else 0))
         first = len(dents)
         for name in sorted(children):
             child = children[name]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import gzip
 import json
@@ -718,6 +719,53 @@ def test_mounts_aligns_and_lists_dead_mounts_and_umount_takes_several(tiny: dict
     assert line.startswith("Error: ") and "not-mounted: not mounted" in line, line
     assert cli.listing() == []
     assert not any(str(cli.tmp) in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+def test_mount_usage_names_one_image_and_one_mount_point(cli: CliMounts) -> None:
+    """The usage promised `[IMAGE] MOUNTPOINT [[IMAGE] MOUNTPOINT ...]` and took one pair."""
+    usage = cli("mount", "--help").stdout.split("\n\n")[0]
+    assert usage == ("usage: layerfs mount [OPTIONS] IMAGE MOUNTPOINT\n"
+                     "       layerfs mount -o lowerdir=DIR:DIR[,upperdir=DIR,workdir=DIR] [OPTIONS] MOUNTPOINT"), usage
+    a, b = cli.mountpoint("a"), cli.mountpoint("b")
+    proc = cli("mount", "tiny:edge", str(a), "tiny:edge", str(b))
+    assert (proc.returncode, proc.stderr) == (1, f"Error: mount tiny:edge {a} tiny:edge {b}: takes one IMAGE and "
+                                                 f"one MOUNTPOINT (or -o lowerdir=A:B MOUNTPOINT), 4 given\n")
+    assert cli.listing() == []
+
+
+def test_mount_refuses_what_it_would_ignore(cli: CliMounts) -> None:
+    """A person's `-o rw` without an upper, and an IMAGE beside `-o lowerdir=`, were dropped
+    silently; a missing lower directory is named as missing.  What mount(8) passes (its `rw` and
+    source on every mount) is still taken, and gives the kernel overlay's read-only mount."""
+    lower = cli.tmp / "lower"
+    lower.mkdir()
+    (lower / "f").write_text("f\n")
+    mnt = cli.mountpoint("mnt")
+    refused = {
+        ("-o", f"rw,lowerdir={lower}", str(mnt)):
+            "Error: -o rw: a -o lowerdir= mount without upperdir= and workdir= is read-only, as the kernel "
+            "overlay's: give them for a writable mount",
+        ("-o", f"lowerdir={lower}", "tiny:edge", str(mnt)):
+            "Error: mount tiny:edge: -o lowerdir= mounts its directories, not an image: give -o lowerdir= or "
+            "IMAGE, not both",
+        ("-o", f"lowerdir={cli.tmp / 'nonexist'}:{lower}", str(mnt)):
+            f"Error: lowerdir {cli.tmp / 'nonexist'}: No such file or directory",
+        ("--read-only", "-o", "rw", "tiny:edge", str(mnt)): "Error: --read-only and -o rw: one or the other",
+    }
+    for args, error in refused.items():
+        proc = cli("mount", *args)
+        assert (proc.returncode, proc.stderr) == (1, error + "\n"), args
+        assert cli.listing() == [] and os.listdir(mnt) == []
+    # mount.fuse3 runs `layerfs SOURCE MOUNTPOINT -o rw,...` for every mount(8) and fstab mount
+    proc = cli("none", str(mnt), "-o", f"rw,lowerdir={lower},nosuid,nodev")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        assert os.listdir(mnt) == ["f"]
+        with pytest.raises(OSError) as err:
+            (mnt / "g").write_text("g")
+        assert err.value.errno == errno.EROFS  # as `mount -t overlay -o rw,lowerdir=...` gives
+    finally:
+        assert cli("umount", str(mnt)).returncode == 0
 
 
 # -- credential helpers -----------------------------------------------------------------------------

@@ -258,6 +258,74 @@ def test_c_build_without_xattrat_equals_python_reference(name: str, tmp_path: Pa
     assert data == _oracle.build(layers, key="k")[0]
 
 
+#: Run as the user who may not list some directories: the C build and the oracle of one stack.
+_BUILD_AS_USER = """\
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import _merge_oracle
+from layerfs._mount import index, merge
+out, layers = sys.argv[2], sys.argv[3:]
+try:
+    merge.build(layers)  # the first listing of a new dir updates its atime (relatime): settle it
+    data, _ = merge.build(layers, key="k")
+except OSError as err:
+    print(json.dumps({"error": err.strerror}))
+    sys.exit()
+with open(out, "wb") as f:
+    f.write(data)
+ix = index.Index(out)
+nodes = {ix.path(i).decode(): ix.node(i) for i in range(1, ix.n_nodes)}
+print(json.dumps({"same": data == _merge_oracle.build(layers, key="k")[0],
+                  "denied": sorted(p for p, n in nodes.items() if n.flags & index.FLAG_DENIED),
+                  "merged": sorted(p for p, n in nodes.items() if n.flags & index.FLAG_MERGED),
+                  "paths": sorted(nodes)}))
+"""
+
+
+def test_a_directory_the_caller_may_not_list_is_recorded_denied(tmp_path: Path) -> None:
+    """A non-root user's build met a directory it may not list (EACCES on its open, or on an
+    entry's lstat when it may read but not search) and failed.  It is recorded with no entries
+    and FLAG_DENIED (the mount answers EACCES there); the oracle agrees byte for byte.  A layer's
+    root the user may not read still fails the build."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO, require_tool
+
+    require_root()
+    require_tool("setpriv")
+    base = Path(f"/tmp/layerfs-denied-merge-{os.getpid()}")
+    base.mkdir(mode=0o755)
+    try:
+        layers = build_stack(base, [["f top/below 1", "f lowdeny/x 1", "f pub/a 1"],
+                                    ["f top/own 2", "f noread/f 2", "f nosearch/f 2", "f lowdeny/y 2", "f pub/b 2"]],
+                             kernel_form=False)
+        deny = {layers[1] / "top": 0o700, layers[1] / "noread": 0o311, layers[1] / "nosearch": 0o744,
+                layers[0] / "lowdeny": 0o700}
+        for path, mode in deny.items():
+            os.chown(path, 4243, 4243)
+            os.chmod(path, mode)
+        os.chmod(base, 0o777)
+
+        def build_as_nobody(*dirs: Path) -> dict[str, object]:
+            proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                                   "-c", _BUILD_AS_USER, str(REPO / "tests"), str(base / "index"), *map(str, dirs)],
+                                  capture_output=True, text=True, timeout=60, check=True)
+            got: dict[str, object] = json.loads(proc.stdout)
+            return got
+
+        got = build_as_nobody(*layers)
+        assert got == {"same": True, "denied": ["lowdeny", "noread", "nosearch", "top"],
+                       "merged": [".", "lowdeny", "pub", "top"],  # in both layers, listed or not
+                       "paths": [".", "lowdeny", "noread", "nosearch", "pub", "pub/a", "pub/b", "top"]}, got
+        os.chmod(layers[1], 0o700)
+        os.chown(layers[1], 4243, 4243)
+        assert build_as_nobody(*layers) == {"error": "Permission denied"}
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
 def test_c_build_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         _merge.build([tmp_path / "missing"])

@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import json
 import os
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -449,6 +451,134 @@ def test_non_root_user_mounts_through_fusermount(tmp_path: Path) -> None:
                 subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
         assert proc.returncode == 0, proc.stderr
         assert not _is_mounted(mnt)
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+#: What a reader sees of each path of the denied-directory tree, as JSON (run as the reader).
+_PROBE = """\
+import json, os, sys
+mnt, writable = sys.argv[1], sys.argv[2] == "rw"
+out = {}
+def probe(what, fn):
+    try:
+        got = fn()
+        out[what] = "ok" if got is None else got
+    except OSError as err:
+        out[what] = os.strerror(err.errno)
+at = lambda p: os.path.join(mnt, p)
+for d in [".", "pub", "secret", "secret/inner", "acl", "pub2"]:
+    probe("ls " + d, lambda d=d: sorted(os.listdir(at(d))))
+for f in ["pub/f", "secret/inner/f", "secret/below", "acl/g"]:
+    probe("read " + f, lambda f=f: open(at(f)).read())
+for d in ["secret", "acl"]:
+    probe("mode " + d, lambda d=d: oct(os.stat(at(d)).st_mode))
+if writable:
+    probe("rmdir acl", lambda: os.rmdir(at("acl")))
+    probe("create acl/x", lambda: open(at("acl/x"), "w").close())
+    probe("rmdir pub2", lambda: os.rmdir(at("pub2")))
+    probe("mkdir new", lambda: os.mkdir(at("new")))
+    probe("ls . after", lambda: sorted(os.listdir(mnt)))
+print(json.dumps(out, sort_keys=True))
+"""
+
+_AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _acl_denying(uid: int) -> bytes:
+    """A POSIX access ACL (the ``system.posix_acl_access`` value, as the kernel's
+    include/uapi/linux/posix_acl_xattr.h lays it out) of mode 0755 that gives ``uid`` nothing."""
+    def entry(tag: int, perm: int, qualifier: int = 0xFFFFFFFF) -> bytes:
+        return struct.pack("<HHI", tag, perm, qualifier)
+    # version 2; owner rwx, the user nothing, group r-x, mask r-x, others r-x
+    return struct.pack("<I", 2) + b"".join([entry(0x01, 7), entry(0x02, 0, uid), entry(0x04, 5), entry(0x10, 5),
+                                            entry(0x20, 5)])
+
+
+@pytest.mark.parametrize("engine,writable", [("c", False), ("pyfuse3", False), ("c", True)])
+def test_a_directory_the_mounter_may_not_read_answers_eacces(engine: str, writable: bool, tmp_path: Path) -> None:
+    """A lower directory the mounting user may not list failed the whole mount.  The kernel
+    overlay mounts it and answers EACCES for that directory alone; layerfs, mounted by that user
+    (nobody), must answer as the kernel overlay does for the same reader: mounted by root
+    (`secret`, 0700 and another user's: the mode bits refuse), and mounted by nobody in a user
+    namespace (`acl`, 0755 with an ACL that gives nobody nothing: FUSE checks no ACL, so the
+    daemon itself must refuse, from what the index records)."""
+    require_root()
+    require_fuse()
+    require_tool("setpriv", "unshare")
+    require(os.access("/usr/bin/python3", os.X_OK), "the system's /usr/bin/python3")
+    require(os.stat("/dev/fuse").st_mode & 0o006 == 0o006, "/dev/fuse usable by every user (mode 0666)")
+    userns = subprocess.run([*_AS_NOBODY, "unshare", "-Urm", "true"], capture_output=True)
+    require(userns.returncode == 0, "unprivileged user namespaces (unshare -Urm)")
+    base = Path(f"/tmp/layerfs-denied-{os.getpid()}")
+    base.mkdir(mode=0o755)
+    try:
+        top, low = base / "top", base / "low"
+        for path, text in [(top / "pub" / "f", "p\n"), (top / "secret" / "inner" / "f", "s\n"),
+                           (low / "secret" / "below", "b\n"), (top / "acl" / "g", "g\n")]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        (low / "pub2").mkdir()
+        run = {n: base / n for n in ("mnt", "kmnt", "run", "store", "up", "work", "kup", "kwork")}
+        for p in run.values():
+            p.mkdir()
+        subprocess.run(["chown", "-R", "65534:65534", str(base)], check=True)
+        os.chown(top / "secret", 4243, 4243)  # another user's, 0700: mode bits refuse
+        os.chmod(top / "secret", 0o700)
+        os.chown(top / "acl", 0, 0)  # 0755, but its ACL refuses nobody: only the daemon can tell
+        os.setxattr(top / "acl", "system.posix_acl_access", _acl_denying(65534))
+        lower = f"lowerdir={top}:{low}"
+        # the probe runs after unshare, which finds its program by path: this venv's python may lie
+        # under a home that nobody cannot search (setpriv opens its program before dropping root)
+        probe = ["/usr/bin/python3", "-c", _PROBE]
+        mode = "rw" if writable else "ro"
+
+        # layerfs, mounted by nobody
+        env = dict(os.environ, LAYERFS_RUNTIME_DIR=str(run["run"]), HOME=str(base))
+        layerfs = [*_AS_NOBODY, sys.executable, "-m", "layerfs", "--root", str(run["store"])]
+        opts = lower + (f",upperdir={run['up']},workdir={run['work']}" if writable else "")
+        proc = subprocess.run([*layerfs, "mount", "--engine", engine, "-o", opts, str(run["mnt"])],
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        try:
+            got = subprocess.run([*_AS_NOBODY, *probe, str(run["mnt"]), mode], capture_output=True, text=True,
+                                 timeout=60, check=True)
+        finally:
+            proc = subprocess.run([*layerfs, "umount", str(run["mnt"])], capture_output=True, text=True, env=env,
+                                  timeout=60)
+            if proc.returncode != 0:
+                subprocess.run(["fusermount3", "-uz", str(run["mnt"])], capture_output=True)
+        assert proc.returncode == 0, proc.stderr
+        ours = json.loads(got.stdout)
+        assert ours["ls ."] == ["acl", "pub", "pub2", "secret"] and ours["ls pub"] == ["f"], ours
+        assert ours["ls secret"] == ours["ls acl"] == ours["read acl/g"] == "Permission denied", ours
+
+        # the kernel overlay, mounted by nobody in a user namespace: the mounter's rights fail alike.
+        # A writable one needs userxattr, and then the kernel reads each lower directory's
+        # user.overlay.* xattrs at lookup, which needs read permission: it refuses even the stat
+        # of a directory the mounter may not read, where layerfs shows its attributes.
+        kopts = lower + (f",upperdir={run['kup']},workdir={run['kwork']},userxattr" if writable else "")
+        script = 'mount -t overlay -o "$1" none "$2" && shift 2 && exec "$@"'
+        kernel = subprocess.run([*_AS_NOBODY, "unshare", "-Urm", "sh", "-c", script, "sh", kopts, str(run["kmnt"]),
+                                 *probe, str(run["kmnt"]), mode], capture_output=True, text=True, timeout=60)
+        assert kernel.returncode == 0, kernel.stderr
+        theirs = json.loads(kernel.stdout)
+        if writable:
+            for key in ("mode secret", "mode acl"):
+                assert theirs.pop(key) == "Permission denied" and ours.pop(key).startswith("0o40"), key
+        assert ours == theirs
+
+        # the kernel overlay mounted by root, read by nobody: the same, but for the ACL (FUSE
+        # enforces none, "noacl" in layerfs/_cli/mount.py: root's layerfs mount would serve `acl`)
+        if not writable:
+            with contextlib.ExitStack() as stack:
+                subprocess.run(["mount", "-t", "overlay", "-o", lower, "none", str(run["kmnt"])], check=True)
+                stack.callback(subprocess.run, ["umount", str(run["kmnt"])], check=True)
+                by_root = subprocess.run([*_AS_NOBODY, *probe, str(run["kmnt"]), mode], capture_output=True,
+                                         text=True, timeout=60, check=True)
+            theirs = json.loads(by_root.stdout)
+            assert {k: v for k, v in ours.items() if "acl" not in k} == {k: v for k, v in theirs.items()
+                                                                       if "acl" not in k}
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
@@ -884,8 +1014,9 @@ OPTION_CASES = [
     OptCase("fuse-overlayfs's harmless options",
             ["static_nlink,noacl,xino=auto,timeout=5,threaded=1,fast_ino=1,noxattrs=1,xattr_permissions=0"], {}),
     OptCase("mount(8)'s and FUSE's", ["rw,defaults,noatime,nodiratime,nofail,_netdev,x-systemd.automount",
-                                       "default_permissions,allow_other,exec,async"], {}),
-    OptCase("the last of ro/rw wins", ["ro", "rw"], {}),
+                                       "default_permissions,allow_other,exec,async"], {"read_write": True}),
+    OptCase("the last of ro/rw wins", ["ro", "rw"], {"read_write": True}),
+    OptCase("the last of rw/ro wins", ["rw", "ro"], {"read_only": True}),
     OptCase("userxattr and metacopy", ["userxattr,metacopy=on,metacopy=off,metacopy=on"],
             {"userxattr": True, "metacopy": True}),
     OptCase("debug", ["debug"], {"debug": True}),
@@ -922,17 +1053,18 @@ def test_mount_options_as_podman_mount8_and_fuse_overlayfs_pass_them(case: OptCa
     assert all(why for _, why in opts.ignored) and {o.partition("=")[0] for o, _ in opts.ignored} <= named
 
 
+FO, MF = ["--called-as", "fuse-overlayfs"], ["--called-as", "mount.fuse"]  # which form it was
 FORMS = [
     ("containers-storage", ["-o", "lowerdir=l/A,upperdir=c/diff,workdir=c/work", "c/merged"],
-     ["mount", "-o", "lowerdir=l/A,upperdir=c/diff,workdir=c/work", "c/merged"]),
+     ["mount", *FO, "-o", "lowerdir=l/A,upperdir=c/diff,workdir=c/work", "c/merged"]),
     ("fuse-overlayfs's flags", ["-f", "-olowerdir=/a", "-d", "/m"],
-     ["mount", "--foreground", "-olowerdir=/a", "--debug", "--foreground", "/m"]),
-    ("an -o value that looks like a flag", ["-o", "-d", "/m"], ["mount", "-o", "-d", "/m"]),
+     ["mount", *FO, "--foreground", "-olowerdir=/a", "--debug", "--foreground", "/m"]),
+    ("an -o value that looks like a flag", ["-o", "-d", "/m"], ["mount", *FO, "-o", "-d", "/m"]),
     ("mount.fuse3", ["none", "/m", "-o", "rw,lowerdir=/a,dev,suid"],
-     ["mount", "none", "/m", "-o", "rw,lowerdir=/a,dev,suid"]),
-    ("mount.fuse3, an image", ["busybox:latest", "/m", "-o", "rw"], ["mount", "busybox:latest", "/m", "-o", "rw"]),
+     ["mount", *MF, "none", "/m", "-o", "rw,lowerdir=/a,dev,suid"]),
+    ("mount.fuse3, an image", ["busybox:latest", "/m", "-o", "rw"], ["mount", *MF, "busybox:latest", "/m", "-o", "rw"]),
     ("global options first", ["--root", "/s", "--debug", "-o", "lowerdir=/a", "/m"],
-     ["--root", "/s", "--debug", "mount", "-o", "lowerdir=/a", "/m"]),
+     ["--root", "/s", "--debug", "mount", *FO, "-o", "lowerdir=/a", "/m"]),
     ("a command", ["mount", "-o", "lowerdir=/a", "/m"], None),
     ("a command after --root=", ["--root=/s", "images"], None),
     ("a mistyped command", ["imagse"], None),

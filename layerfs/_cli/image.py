@@ -89,8 +89,13 @@ examples:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.set_defaults(handler=cmd_inspect)
 
-    p = sub.add_parser("tag", help="give an image another name: tag SOURCE TARGET",
-                       description="Point the reference TARGET (name[:tag]) at the image SOURCE.")
+    p = sub.add_parser("tag", formatter_class=fmt, help="give an image another name: tag SOURCE TARGET",
+                       description="""\
+Point the reference TARGET (name[:tag]) at the image SOURCE.
+
+examples:
+  layerfs tag busybox:latest mybox:1
+  layerfs tag 3f57 localhost:5000/team/app:2      before `layerfs push localhost:5000/team/app:2`""")
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("target", metavar="TARGET")
     p.set_defaults(handler=cmd_tag)

@@ -108,7 +108,9 @@ def mount_program_argv(argv: Sequence[str], commands: Collection[str]) -> list[s
     - ``layerfs SOURCE TARGET -o OPTIONS``: what mount.fuse3 runs for mount(8) and fstab entries
       of type ``fuse.layerfs`` (SOURCE is ignored with ``lowerdir=``, else it is the image).
 
-    The global options (``--root DIR``, ``--debug``) may come first.
+    The global options (``--root DIR``, ``--debug``) may come first.  The arguments returned say
+    which form it was (``--called-as``): ``mount`` takes what these programs pass (mount(8)'s
+    ``rw`` and source on every mount) where it refuses the same from a person.
     """
     i = 0
     while i < len(argv) and (argv[i] in ("--root", "--debug") or argv[i].startswith("--root=")):
@@ -117,7 +119,7 @@ def mount_program_argv(argv: Sequence[str], commands: Collection[str]) -> list[s
         return None
     rest = list(argv[i:])
     if _is_o(rest[0]) or rest[0] in _FUSE_FLAGS:
-        out, j = [], 0
+        out, j = ["--called-as", "fuse-overlayfs"], 0
         while j < len(rest):
             if rest[j] == "-o" and j + 1 < len(rest):
                 out += rest[j:j + 2]
@@ -127,7 +129,7 @@ def mount_program_argv(argv: Sequence[str], commands: Collection[str]) -> list[s
             j += 1
         return [*argv[:i], "mount", *out]
     if not rest[0].startswith("-") and rest[0] not in commands and any(_is_o(a) for a in rest[1:]):
-        return [*argv[:i], "mount", *rest]
+        return [*argv[:i], "mount", "--called-as", "mount.fuse", *rest]
     return None
 
 

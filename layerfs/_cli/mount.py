@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser("mount", formatter_class=fmt, help="mount an image as a merged, writable tree",
+                       usage="""\
+layerfs mount [OPTIONS] IMAGE MOUNTPOINT
+       layerfs mount -o lowerdir=DIR:DIR[,upperdir=DIR,workdir=DIR] [OPTIONS] MOUNTPOINT""",
                        description="""\
 Mount an image's layers as one merged tree: what `docker run` would see as its root filesystem.
 The image is pulled first if the store does not hold it.  The command returns once the mount is
@@ -65,6 +68,9 @@ program: `/path/to/layerfs#none`.  mount.fuse3 adds suid,dev unless nosuid,nodev
 Options (-o, comma-separated; the last of a pair such as suid/nosuid wins):
   lowerdir=, upperdir=, workdir=   the directories, as above
   ro                 read-only, as --read-only; an upper is then mounted as the top lower layer
+  rw                 writable: the default of an image, and of lowerdir= with upperdir=;
+                     without upperdir= refused (the mount would be read-only, as overlay's),
+                     but taken from mount(8), which passes rw to every mount
   userxattr          the upper's markers are user.overlay.*, as with the kernel's userxattr
   metacopy=on|off    chmod, chown, utimes and xattr changes of a lower file copy its metadata
                      only (root; off by default, as in the kernel: `mount -t overlay` then
@@ -77,7 +83,7 @@ Options (-o, comma-separated; the last of a pair such as suid/nosuid wins):
   uidmapping=, gidmapping=   the identity only (files keep their IDs); other mappings are refused
 Options that change nothing in a layerfs mount are accepted, and --debug says why each one is
 ignored: what podman passes (fsync=0, volatile, an SELinux context= on a host without SELinux),
-mount(8)'s (rw, defaults, noatime, nofail, x-*, ...), FUSE's (default_permissions, allow_other
+mount(8)'s (defaults, noatime, nofail, x-*, ...), FUSE's (default_permissions, allow_other
 as root, ...) and fuse-overlayfs's (static_nlink, noacl, xino=, timeout=, ...).  Any other
 option is refused with a line naming it (noexec, sync, squash_to_uid=, index=on, ...).
 
@@ -100,13 +106,13 @@ examples:
   layerfs -o lowerdir=l/ABC:l/DEF,upperdir=c/diff,workdir=c/work c/merged     as podman runs it
   mount -t fuse -o lowerdir=/l/top:/l/base,nosuid,nodev /opt/layerfs/bin/layerfs#none ./merged
   layerfs mount -o suid,dev debian:12 ./rootfs         as root, for `chroot ./rootfs` to run su""")
-    p.add_argument("args", nargs="+", metavar="[IMAGE] MOUNTPOINT",
-                   help="the image and the mount point; with -o lowerdir= only the mount point "
-                        "(a leading source argument, as mount(8) passes it, is ignored)")
+    p.add_argument("args", nargs="+", metavar="IMAGE MOUNTPOINT",
+                   help="the image and the mount point (one of each); with -o lowerdir= only the "
+                        "mount point")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="comma-separated mount options (above): lowerdir=A:B:C (top first), upperdir=, "
                         "workdir=; suid (the image's setuid bits take effect) and dev (its device nodes "
-                        "open host devices), root only, for chroots of trusted images; ro, nosuid, nodev "
+                        "open host devices), root only, for chroots of trusted images; nosuid, nodev "
                         "are the default; harmless ones are ignored (--debug says why), unknown ones "
                         "refused")
     p.add_argument("--read-only", action="store_true",
@@ -125,6 +131,8 @@ examples:
     p.add_argument("--engine", choices=_mount.ENGINES, default=_mount.DEFAULT_ENGINE,
                    help="what serves the mount: c (libfuse in C, the default) or pyfuse3 (Python "
                         "handlers); env LAYERFS_ENGINE")
+    # Set by main.mount_program_argv: layerfs was run as a mount program, not by a person.
+    p.add_argument("--called-as", choices=["fuse-overlayfs", "mount.fuse"], default=None, help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_mount)
 
     p = sub.add_parser("umount", aliases=["unmount"], formatter_class=fmt,
@@ -182,6 +190,8 @@ class MountOptions:
     workdir: str | None = None
     #: ``ro``: read-only even with an upper (which is then mounted as the top lower layer).
     read_only: bool = False
+    #: ``rw``: a writable mount asked for (the last of ``ro``/``rw``).
+    read_write: bool = False
     #: ``suid`` / ``dev``: the image's setuid bits and device nodes take effect (root only).
     suid: bool = False
     dev: bool = False
@@ -203,7 +213,6 @@ class MountOptions:
 #: (its fuse-overlayfs(1)), and from what containers-storage's overlay driver passes to its
 #: ``mount_program`` (its ``mountopt`` setting, ``volatile``, ``fsync=0``).
 _IGNORED: dict[str, str] = {
-    "rw": "the mount is writable with upperdir= and read-only without it, as overlay's",
     "defaults": "the defaults",
     "exec": "the default", "async": "the default", "nomand": "the default",
     "silent": "no meaning for FUSE", "loud": "no meaning for FUSE",
@@ -328,7 +337,7 @@ def _parse_options(values: list[str]) -> MountOptions:
     """
     lower: list[str] | None = None
     upper = work = None
-    flags = {"suid": False, "dev": False, "ro": False, "userxattr": False, "debug": False}
+    flags = {"suid": False, "dev": False, "ro": False, "rw": False, "userxattr": False, "debug": False}
     metacopy: bool | None = None
     redirect_dir = False
     ignored: list[tuple[str, str]] = []
@@ -347,10 +356,13 @@ def _parse_options(values: list[str]) -> MountOptions:
                 work = _unescape(arg)
             elif key in ("suid", "dev", "ro", "userxattr", "debug") and not eq:
                 flags[key] = True
+                if key == "ro":
+                    flags["rw"] = False
             elif key in ("nosuid", "nodev") and not eq:
                 flags[key[2:]] = False
             elif key == "rw" and not eq:
                 flags["ro"] = False
+                flags["rw"] = True
             elif key == "metacopy" and arg in ("on", "off"):
                 metacopy = arg == "on"
             elif key == "redirect_dir" and arg in ("off", "follow"):
@@ -384,9 +396,9 @@ def _parse_options(values: list[str]) -> MountOptions:
                 raise MountError(f"-o {opt}: permissions kept in xattrs are not supported (xattr_permissions=0)")
             else:
                 raise MountError(f"-o {opt}: unknown mount option")
-    return MountOptions(lower, upper, work, read_only=flags["ro"], suid=flags["suid"], dev=flags["dev"],
-                        userxattr=flags["userxattr"], metacopy=metacopy, redirect_dir=redirect_dir,
-                        debug=flags["debug"],
+    return MountOptions(lower, upper, work, read_only=flags["ro"], read_write=flags["rw"], suid=flags["suid"],
+                        dev=flags["dev"], userxattr=flags["userxattr"], metacopy=metacopy,
+                        redirect_dir=redirect_dir, debug=flags["debug"],
                         ignored=tuple(ignored))
 
 
@@ -400,16 +412,22 @@ def cmd_mount(args: argparse.Namespace) -> int:
     lower = opts.lowerdir
     store = Store(args.root)
     upper: _upper.Upper | None = None
+    if opts.read_write and args.read_only:
+        raise MountError("--read-only and -o rw: one or the other")
     if lower is not None:
         if not lower:
             raise MountError("-o lowerdir=: no directories given")
-        if len(args.args) not in (1, 2):
-            raise MountError("usage: layerfs mount -o lowerdir=A:B:C MOUNTPOINT")
+        _check_lowerdir_args(args, opts)
         if args.name or args.rm:
             raise MountError("--name, --rm: containers are made of images; with -o lowerdir= the changes go "
                              "to upperdir=")
         opts = dataclasses.replace(opts, read_only=opts.read_only or args.read_only,
                                    upperdir=opts.upperdir or args.upper, workdir=opts.workdir or args.work)
+        if opts.read_write and opts.upperdir is None:
+            if args.called_as is None:
+                raise MountError("-o rw: a -o lowerdir= mount without upperdir= and workdir= is read-only, as the "
+                                 "kernel overlay's: give them for a writable mount")
+            log.debug("mount option 'rw' ignored: without upperdir= the mount is read-only, as overlay's")
         lower, upper = _lowerdir_stack(lower, opts)
         mountpoint = args.args[-1]
         _mount.mount(None, lower, mountpoint, foreground=args.foreground, debug=args.debug, engine=args.engine,
@@ -421,7 +439,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise MountError("-o userxattr, metacopy=, redirect_dir=: only with -o lowerdir= (a container's upper is "
                          "the store's, and commit cannot store a redirect)")
     if len(args.args) != 2:
-        raise MountError("usage: layerfs mount IMAGE MOUNTPOINT (or -o lowerdir=A:B MOUNTPOINT)")
+        raise MountError(f"mount {' '.join(args.args)}: takes one IMAGE and one MOUNTPOINT "
+                         f"(or -o lowerdir=A:B MOUNTPOINT), {len(args.args)} given")
     image, mountpoint = args.args
     _ensure_image(store, image)
     if not (args.read_only or opts.read_only):
@@ -429,6 +448,22 @@ def cmd_mount(args: argparse.Namespace) -> int:
     _mount.mount(store, image, mountpoint, foreground=args.foreground, debug=args.debug, engine=args.engine,
                  suid=opts.suid, dev=opts.dev)
     return 0
+
+
+def _check_lowerdir_args(args: argparse.Namespace, opts: MountOptions) -> None:
+    """A ``-o lowerdir=`` mount takes the mount point alone; mount.fuse3 passes a source first
+    (``none``, or whatever the fstab line names), which is ignored as the kernel overlay ignores
+    it.  From a person, an image beside ``lowerdir=`` is a mistake: it would not be mounted.
+
+    Raises:
+        MountError: not one mount point (after mount.fuse3's source).
+    """
+    n = len(args.args)
+    if n == 2 and args.called_as != "mount.fuse":
+        raise MountError(f"mount {args.args[0]}: -o lowerdir= mounts its directories, not an image: give "
+                         f"-o lowerdir= or IMAGE, not both")
+    if n not in (1, 2):
+        raise MountError(f"mount {' '.join(args.args)}: -o lowerdir= takes one MOUNTPOINT, {n} given")
 
 
 def _mount_container(store: Store, image_name: str, mountpoint: str, args: argparse.Namespace,

@@ -35,7 +35,13 @@ examples:
     container = sub.add_parser("container", formatter_class=fmt, help="container commands: ls, prune",
                                description="Container commands, as `docker container ...`.")
     csub = container.add_subparsers(dest="container_command", metavar="COMMAND", required=True)
-    p = csub.add_parser("ls", help="list containers (as `layerfs ps`)")
+    p = csub.add_parser("ls", formatter_class=fmt, help="list containers (as `layerfs ps`)",
+                        description="""\
+List containers, as `layerfs ps`.
+
+examples:
+  layerfs container ls
+  layerfs container ls -q""")
     p.add_argument("-q", "--quiet", action="store_true", help="only the container IDs")
     p.add_argument("--no-trunc", action="store_true", help="full container IDs")
     p.add_argument("--format", choices=["table", "json"], default="table")
@@ -43,7 +49,11 @@ examples:
     p = csub.add_parser("prune", formatter_class=fmt, help="remove containers that are not mounted",
                         description="""\
 Remove every container no mount serves, with its changes, and print their IDs and the space
-freed, like `docker container prune`.  Asks first on a terminal; -f does not ask.""")
+freed, like `docker container prune`.  Asks first on a terminal; -f does not ask.
+
+examples:
+  layerfs container prune
+  layerfs container prune -f""")
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     p.set_defaults(handler=cmd_container_prune)
 
@@ -53,7 +63,11 @@ freed, like `docker container prune`.  Asks first on a terminal; -f does not ask
     p = ssub.add_parser("prune", formatter_class=fmt, help="remove unused containers, then unused images",
                         description="""\
 `container prune`, then `image prune` (dangling images, or every unused one with -a), as
-`docker system prune`.  Asks first on a terminal; -f does not ask.""")
+`docker system prune`.  Asks first on a terminal; -f does not ask.
+
+examples:
+  layerfs system prune
+  layerfs system prune -af""")
     p.add_argument("-a", "--all", action="store_true", help="every unused image, not only dangling ones")
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     p.set_defaults(handler=cmd_system_prune)

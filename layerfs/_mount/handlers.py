@@ -32,7 +32,7 @@ from pyfuse3 import EntryAttributes, FileHandleT, FileInfo, InodeT, ReaddirToken
 
 from .. import _sys
 from .cache import POLICY, CachePolicy
-from .index import NAME_MAX, Index
+from .index import FLAG_DENIED, NAME_MAX, Index
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,9 @@ class Handlers(pyfuse3.Operations):
 
     @_handler
     async def lookup(self, parent_inode: InodeT, name: bytes, ctx: RequestContext) -> EntryAttributes:
-        """Look ``name`` up in a merged dir; a miss is a cached negative entry (``_cache``)."""
+        """Look ``name`` up in a merged dir; a miss is a cached negative entry (``_cache``).
+        EACCES in a directory the index could not list (``FLAG_DENIED``), as the kernel overlay."""
+        self._check_listable(parent_inode)
         ino = self._ix.lookup(parent_inode, name)
         if ino == 0:
             return self._negative
@@ -186,7 +188,13 @@ class Handlers(pyfuse3.Operations):
         """The handle is the inode itself: listings come from the immutable index."""
         if self._ix.getattr(inode)[1] & _S_IFMT != _S_IFDIR:
             raise OSError(errno.ENOTDIR, "not a directory")
+        self._check_listable(inode)
         return FileHandleT(inode)
+
+    def _check_listable(self, inode: int) -> None:
+        """Raise EACCES for a directory the index could not list (the mounter may not read it)."""
+        if self._ix.node(inode).flags & FLAG_DENIED:
+            raise OSError(errno.EACCES, "the mounter may not list this directory")
 
     @_handler
     async def readdir(self, fh: FileHandleT, start_id: int, token: ReaddirToken) -> None:

@@ -28,9 +28,11 @@ NODE_SIZE: int = _native.INDEX_NODE_SIZE
 DENT_SIZE: int = _native.INDEX_DENT_SIZE
 #: The root's inode number; node 0 is unused.
 ROOT_INO: int = _native.INDEX_ROOT_INO
-#: Node flags: a directory merged from more than one layer; one that cuts off the layers below.
+#: Node flags: a directory merged from more than one layer; one that cuts off the layers below;
+#: one the build could not list in a layer (EACCES: no entries recorded; mounts answer EACCES).
 FLAG_MERGED: int = _native.INDEX_FLAG_MERGED
 FLAG_OPAQUE: int = _native.INDEX_FLAG_OPAQUE
+FLAG_DENIED: int = _native.INDEX_FLAG_DENIED
 #: The longest name a directory entry may have.
 NAME_MAX: int = _native.INDEX_NAME_MAX
 #: The most bytes of names, symlink targets and xattrs one index can hold (32-bit offsets).

@@ -29,6 +29,14 @@ Documentation/filesystems/overlayfs.rst):
   dropped (docs/overlay.rst "Private xattrs").
 - Hard links: names of one backing inode in one layer share one node, so one inode number and the
   layer's nlink (docs/overlay.rst "Hard links"); links are never merged across layers.
+- A directory below a layer's root that the building user may not list (EACCES on its open, or
+  on an entry's lstat: a user's ``-o lowerdir=`` holding another user's 0700 directory) keeps its
+  attributes, gets no entries and the flag ``FLAG_DENIED``; the mount answers EACCES to listing
+  it, to a lookup in it and to its removal, as the kernel overlay does, which reads its lowers
+  with the mounter's rights.  Known differences: in a directory the user may search but not read
+  (``--x``) the kernel finds names a lookup gives, layerfs answers EACCES; one the user may read
+  but not search (``r--``) the kernel lists, layerfs does not.  A layer's root the user may not
+  read fails the build.
 
 Inode numbers are the node numbers of the index: the root is 1, then breadth-first, children in
 byte order of their names.  The index of a stack is computed once and kept, so numbers are stable
