@@ -132,6 +132,16 @@ def test_a_terminal_with_t(root: Path) -> None:
     assert b"/dev/pts/" in out and b"both-tty" in out
 
 
+def test_t_without_a_terminal_says_so(root: Path) -> None:
+    """-t from a pipe: docker's one line (runc said only "open /dev/tty: no such device or
+    address"), and no container is made."""
+    for flags in (["-t"], ["-it"]):
+        proc = _run(root, "--rm", *flags, "app:1", "true", input=b"")
+        assert proc.returncode == 1
+        assert proc.stderr == "Error: the input device is not a TTY (run from a terminal, or without -t)\n"
+    assert _containers(root) == []
+
+
 def test_network_none_has_only_loopback(root: Path) -> None:
     out = _run(root, "--rm", "--network", "none", "-u", "0", "app:1", "cat", "/proc/net/dev").stdout
     interfaces = [line.split(":")[0].strip() for line in out.splitlines()[2:]]

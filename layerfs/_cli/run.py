@@ -120,6 +120,9 @@ def _container(store: Store, image: Image, args: argparse.Namespace) -> tuple[Co
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.tty and not sys.stdin.isatty():
+        # runc relays its own terminal to the container's: without one it can only fail, later and vaguely
+        raise LayerfsError("the input device is not a TTY (run from a terminal, or without -t)")
     store = Store(args.root)
     opts = _options(args)
     runtime = _runtime.find(args.runtime)
