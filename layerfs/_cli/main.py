@@ -26,6 +26,7 @@ from .._errors import LayerfsError
 #: The modules that add subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = [
     "layerfs._cli.registry",
+    "layerfs._cli.remote",
     "layerfs._cli.image",
     "layerfs._cli.mount",
     "layerfs._cli.container",
@@ -133,6 +134,23 @@ def mount_program_argv(argv: Sequence[str], commands: Collection[str]) -> list[s
     return None
 
 
+#: Boolean flags spelled as Go programs spell them: given alone they mean true, and a value goes
+#: after ``=`` only (``--tls-verify=false``, ``-H=false``): the next word is never theirs.
+GO_BOOL_FLAGS = ("--tls-verify", "-H", "--human")
+
+
+def go_bool_flags(argv: Sequence[str]) -> list[str]:
+    """``argv`` with each :data:`GO_BOOL_FLAGS` flag given alone written ``FLAG=true`` (before
+    any ``--``), so that argparse never takes the next word as its value."""
+    out = list(argv)
+    for i, word in enumerate(out):
+        if word == "--":
+            break
+        if word in GO_BOOL_FLAGS:
+            out[i] = f"{word}=true"
+    return out
+
+
 def _configure_logging(debug: int) -> None:
     """``--debug``: layerfs's own lines at DEBUG (the HTTP library logs every request and socket
     step: those stay out); ``--debug --debug``: every library's too."""
@@ -165,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns (and, as a console script, exits with) the status."""
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(mount_program_argv(words, parser.get_default("commands")) or words)
+    words = mount_program_argv(words, parser.get_default("commands")) or go_bool_flags(words)
+    args = parser.parse_args(words)
     if args.root is None:
         args.root = default_root()
     _configure_logging(args.debug)
