@@ -492,7 +492,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.remote or any(name.startswith(DOCKER_TRANSPORT) for name in args.images):
         return cmd_inspect_remote(args)
     for flag, given in (("--raw", args.raw), ("--config", args.config), ("--no-tags", args.no_tags),
-                        ("--platform", args.platform), ("--creds", args.creds)):
+                        ("--platform", args.platform), ("--creds", args.creds),
+                        ("--tls-verify=false", not args.tls_verify), ("--insecure-registry", args.insecure_registry)):
         if given:
             raise LayerfsError(f"inspect: {flag} is for an image in a registry: inspect --remote REF or "
                                f"inspect docker://REF")

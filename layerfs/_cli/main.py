@@ -46,6 +46,8 @@ examples:
   layerfs load oci:./layout:latest      load an OCI image layout (also oci-archive:, docker-archive:)
   layerfs images                        list images, like `docker image ls`
   layerfs inspect busybox:latest        show an image's config and layers as JSON
+  layerfs inspect docker://alpine       the same of an image in its registry, not pulled (also manifest, tags)
+  layerfs history busybox:latest        how each layer was made (also system df)
   layerfs mount busybox:latest ./rootfs mount an image as a merged read-only tree (also umount, mounts)
 """
 

@@ -75,8 +75,8 @@ Show what the store's images, containers and layers take, as `docker system df` 
   Containers   every container; ACTIVE: those mounted; SIZE: their changes (upper
                directories); RECLAIMABLE: the changes of those not mounted
   Layers       every layer directory; ACTIVE: those an image lists; SIZE: unpacked plus the
-               blob kept for save and push; RECLAIMABLE: layers no image lists (kept by a
-               failed pull for the next one, or left to prune)
+               blob kept for save and push; RECLAIMABLE: layers no image lists (what a
+               failed pull kept for the next one, for a day)
 
 -v adds a row per image (SIZE, SHARED SIZE: its layers other images use too, UNIQUE SIZE,
 CONTAINERS), per container and per layer.  Sizes are docker's (decimal units, 4 digits).
