@@ -31,6 +31,7 @@ from _oracles import blob_path
 from _registry_server import Proxy, Registry, free_port, push, write_htpasswd
 from conftest import require_root, require_tool
 
+from layerfs._cli.main import go_bool_flags
 from layerfs._oci.reference import parse as parse_reference
 from layerfs._registry.client import RegistryClient
 
@@ -412,3 +413,16 @@ def test_every_command_has_a_teaching_help(tmp_path: Path) -> None:
         text = ok(layerfs(*command, "--help", root=tmp_path / "s", tmp_path=tmp_path)).decode()
         for word in words:
             assert word in text, (command, word)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["pull", "--tls-verify", "r"], ["pull", "--tls-verify=true", "r"]),
+    (["--root", "s", "tags", "--tls-verify=false", "r"], ["--root", "s", "tags", "--tls-verify=false", "r"]),
+    (["--debug", "history", "-H", "img"], ["--debug", "history", "-H=true", "img"]),
+    (["run", "img", "ls", "-H", "--tls-verify"], ["run", "img", "ls", "-H", "--tls-verify"]),  # the command's own
+    (["inspect", "--", "--tls-verify"], ["inspect", "--", "--tls-verify"]),
+])
+def test_go_boolean_flags_never_take_the_next_word(argv: list[str], expected: list[str]) -> None:
+    """Go's boolean flags (skopeo's --tls-verify, docker history's -H) alone mean true; only the
+    commands that have them are rewritten, so a command run in a container keeps its words."""
+    assert go_bool_flags(argv) == expected

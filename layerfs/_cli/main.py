@@ -136,20 +136,27 @@ def mount_program_argv(argv: Sequence[str], commands: Collection[str]) -> list[s
     return None
 
 
-#: Boolean flags spelled as Go programs spell them: given alone they mean true, and a value goes
-#: after ``=`` only (``--tls-verify=false``, ``-H=false``): the next word is never theirs.
-GO_BOOL_FLAGS = ("--tls-verify", "-H", "--human")
+#: Boolean flags spelled as Go programs spell them, by the commands that have them: given alone
+#: they mean true, and a value goes after ``=`` only (``--tls-verify=false``, ``-H=false``): the
+#: next word is never theirs.
+GO_BOOL_FLAGS = {"pull": ("--tls-verify",), "push": ("--tls-verify",), "inspect": ("--tls-verify",),
+                 "manifest": ("--tls-verify",), "tags": ("--tls-verify",), "history": ("-H", "--human")}
 
 
 def go_bool_flags(argv: Sequence[str]) -> list[str]:
-    """``argv`` with each :data:`GO_BOOL_FLAGS` flag given alone written ``FLAG=true`` (before
-    any ``--``), so that argparse never takes the next word as its value."""
+    """``argv`` with each :data:`GO_BOOL_FLAGS` flag of its command given alone written
+    ``FLAG=true`` (before any ``--``), so that argparse never takes the next word as its value.
+    Other commands' words are left alone (``run IMAGE ls -H`` passes ``-H`` to ``ls``)."""
     out = list(argv)
-    for i, word in enumerate(out):
-        if word == "--":
+    i = 0
+    while i < len(out) and (out[i] in ("--root", "--debug") or out[i].startswith("--root=")):
+        i += 2 if out[i] == "--root" else 1
+    flags = GO_BOOL_FLAGS.get(out[i], ()) if i < len(out) else ()
+    for j in range(i + 1, len(out)):
+        if out[j] == "--":
             break
-        if word in GO_BOOL_FLAGS:
-            out[i] = f"{word}=true"
+        if out[j] in flags:
+            out[j] = f"{out[j]}=true"
     return out
 
 

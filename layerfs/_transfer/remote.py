@@ -24,7 +24,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 
-from .._errors import BadImage, LayerfsError
+from .._errors import BadImage
 from .._oci import manifest as _manifest
 from .._oci import platform as _platform
 from .._oci.digest import of_bytes
@@ -221,7 +221,3 @@ def oci_config(config: bytes, digest: str) -> dict[str, object]:
         out[name] = "" if value is None and kind == "" else value
     return out
 
-
-def inspect_error(err: LayerfsError, ref: Reference) -> LayerfsError:
-    """``err`` with the reference as its context, as ``inspect`` prints it."""
-    return err.with_context(f"inspect {ref.familiar()}")
