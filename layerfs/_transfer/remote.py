@@ -153,14 +153,14 @@ def skopeo_inspect(image: RemoteImage, tags: Sequence[str]) -> dict[str, object]
         "RepoTags": list(tags),
         "Created": go_time(created) if isinstance(created, str) and created else None,
         "DockerVersion": config.get("docker_version") or "",
-        "Labels": section.get("Labels") or None,
+        "Labels": section.get("Labels"),  # {} stays {}, as Go decodes and encodes an empty map
         "Architecture": config.get("architecture") or "",
         "Os": config.get("os") or "",
         "Layers": [layer.get("digest") for layer in image.layers],
         "LayersData": [{"MIMEType": layer.get("mediaType") or "", "Digest": layer.get("digest"),
-                        "Size": layer.get("size"), "Annotations": layer.get("annotations") or None}
+                        "Size": layer.get("size"), "Annotations": layer.get("annotations")}
                        for layer in image.layers],
-        "Env": section.get("Env") or None,
+        "Env": section.get("Env"),
     }
 
 
