@@ -3,32 +3,44 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 
 from .._errors import LayerfsError
 from .._store import containers as _containers
 from .._store.store import Store
 from .._units import human_size, since
+from .rows import go_time_string, unix_time
+from .template import Row, format_rows
+
+
+def add_ps_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``ps`` (and ``container ls``)."""
+    p.add_argument("-q", "--quiet", action="store_true", help="only the container IDs")
+    p.add_argument("--no-trunc", action="store_true", help="full container IDs")
+    p.add_argument("--format", metavar="FORMAT",
+                   help="table (default), json (an object per container), or a Go template")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("ps", aliases=["containers"], formatter_class=fmt,
                        help="list containers (writable sides of images), like `docker ps -a`",
-                       description="""\\
+                       description="""\
 List the containers of the store: every writable mount of an image belongs to one, and keeps its
 changes (its upper directory) until `layerfs rm NAME`.  MOUNTED ON is where a live mount serves
 it; SIZE is what its changes take on disk.
 
+--format takes docker's Go templates: `table` (the default), `json` (an object per container),
+`table TEMPLATE` or TEMPLATE, with the fields ID, Names, Image, ImageID, RunningFor (CREATED),
+CreatedAt, MountedOn, Size and Upper (the directory of its changes).
+
 examples:
   layerfs ps
   layerfs ps -q | xargs layerfs rm
-  layerfs ps --format json""")
-    p.add_argument("-q", "--quiet", action="store_true", help="only the container IDs")
-    p.add_argument("--no-trunc", action="store_true", help="full container IDs")
-    p.add_argument("--format", choices=["table", "json"], default="table",
-                   help="json: one JSON object per container")
+  layerfs ps --format json
+  layerfs ps --format '{{.Names}} {{.Upper}}'""")
+    add_ps_options(p)
     p.set_defaults(handler=cmd_ps)
 
     p = sub.add_parser("diff", formatter_class=fmt, help="show a container's changes, like `docker diff`",
@@ -107,29 +119,29 @@ def cmd_commit(args: argparse.Namespace) -> int:
     return 0
 
 
+#: docker's column names for the fields of a ``ps`` row, and layerfs's own.
+PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "ImageID": "IMAGE ID", "RunningFor": "CREATED",
+              "CreatedAt": "CREATED AT", "MountedOn": "MOUNTED ON", "Size": "SIZE", "Names": "NAMES", "Upper": "UPPER"}
+PS_TABLE = "table {{.ID}}\t{{.Image}}\t{{.RunningFor}}\t{{.MountedOn}}\t{{.Size}}\t{{.Names}}"
+
+
+def ps_rows(store: Store, *, trunc: bool) -> list[Row]:
+    """A row per container of the store (docker's ``ContainerContext`` fields where they apply):
+    Image is the image's first tag, else its short ID; MountedOn where a live mount serves it."""
+    mounts = {m.container: m.mountpoint for m in store.mounts() if m.container}
+    names = {image.id: image.repo_tags[0] if image.repo_tags else image.short_id for image in store.images()}
+    return [Row({"ID": c.short_id if trunc else c.id, "Image": names.get(c.image_id, c.image_id[7:19]),
+                 "ImageID": c.image_id, "Names": c.name, "CreatedAt": go_time_string(unix_time(c.created)),
+                 "RunningFor": since(c.created), "MountedOn": mounts.get(c.id, ""), "Upper": str(c.upper),
+                 "Size": human_size(_containers.size(c))})
+            for c in _containers.containers(store)]
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     store = Store(args.root)
-    rows = _containers.containers(store)
-    if args.quiet:
-        for c in rows:
+    if args.quiet and (not args.format or args.format.strip() == "table"):
+        for c in _containers.containers(store):
             print(c.id if args.no_trunc else c.short_id)
         return 0
-    mounts = {m.container: m.mountpoint for m in store.mounts() if m.container}
-    names = {}
-    for image in store.images():
-        names[image.id] = image.repo_tags[0] if image.repo_tags else image.short_id
-    if args.format == "json":
-        for c in rows:
-            print(json.dumps({"ID": c.id if args.no_trunc else c.short_id, "Image": names.get(c.image_id, c.image_id),
-                              "ImageID": c.image_id, "Names": c.name, "CreatedAt": c.created,
-                              "MountedOn": mounts.get(c.id, ""), "Upper": str(c.upper),
-                              "Size": human_size(_containers.size(c))}))
-        return 0
-    table = [["CONTAINER ID", "IMAGE", "CREATED", "MOUNTED ON", "SIZE", "NAMES"]]
-    for c in rows:
-        table.append([c.id if args.no_trunc else c.short_id, names.get(c.image_id, c.image_id[7:19]),
-                      since(c.created), mounts.get(c.id, ""), human_size(_containers.size(c)), c.name])
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    for r in table:
-        print("   ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    sys.stdout.write(format_rows(args.format, ps_rows(store, trunc=not args.no_trunc), PS_HEADERS, PS_TABLE))
     return 0

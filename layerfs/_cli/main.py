@@ -26,6 +26,7 @@ from .._errors import LayerfsError
 #: The modules that add subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = [
     "layerfs._cli.registry",
+    "layerfs._cli.remote",
     "layerfs._cli.image",
     "layerfs._cli.mount",
     "layerfs._cli.container",
@@ -45,6 +46,8 @@ examples:
   layerfs load oci:./layout:latest      load an OCI image layout (also oci-archive:, docker-archive:)
   layerfs images                        list images, like `docker image ls`
   layerfs inspect busybox:latest        show an image's config and layers as JSON
+  layerfs inspect docker://alpine       the same of an image in its registry, not pulled (also manifest, tags)
+  layerfs history busybox:latest        how each layer was made (also system df)
   layerfs mount busybox:latest ./rootfs mount an image as a merged read-only tree (also umount, mounts)
 """
 
@@ -133,6 +136,30 @@ def mount_program_argv(argv: Sequence[str], commands: Collection[str]) -> list[s
     return None
 
 
+#: Boolean flags spelled as Go programs spell them, by the commands that have them: given alone
+#: they mean true, and a value goes after ``=`` only (``--tls-verify=false``, ``-H=false``): the
+#: next word is never theirs.
+GO_BOOL_FLAGS = {"pull": ("--tls-verify",), "push": ("--tls-verify",), "inspect": ("--tls-verify",),
+                 "manifest": ("--tls-verify",), "tags": ("--tls-verify",), "history": ("-H", "--human")}
+
+
+def go_bool_flags(argv: Sequence[str]) -> list[str]:
+    """``argv`` with each :data:`GO_BOOL_FLAGS` flag of its command given alone written
+    ``FLAG=true`` (before any ``--``), so that argparse never takes the next word as its value.
+    Other commands' words are left alone (``run IMAGE ls -H`` passes ``-H`` to ``ls``)."""
+    out = list(argv)
+    i = 0
+    while i < len(out) and (out[i] in ("--root", "--debug") or out[i].startswith("--root=")):
+        i += 2 if out[i] == "--root" else 1
+    flags = GO_BOOL_FLAGS.get(out[i], ()) if i < len(out) else ()
+    for j in range(i + 1, len(out)):
+        if out[j] == "--":
+            break
+        if out[j] in flags:
+            out[j] = f"{out[j]}=true"
+    return out
+
+
 def _configure_logging(debug: int) -> None:
     """``--debug``: layerfs's own lines at DEBUG (the HTTP library logs every request and socket
     step: those stay out); ``--debug --debug``: every library's too."""
@@ -165,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns (and, as a console script, exits with) the status."""
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(mount_program_argv(words, parser.get_default("commands")) or words)
+    words = mount_program_argv(words, parser.get_default("commands")) or go_bool_flags(words)
+    args = parser.parse_args(words)
     if args.root is None:
         args.root = default_root()
     _configure_logging(args.debug)

@@ -11,6 +11,7 @@ from .._oci.reference import parse as parse_reference
 from .._registry.auth import Credentials, docker_config_path, remove_credentials, store_credentials
 from .._store.store import Store
 from .._transfer.progress import for_stream, is_terminal
+from .remote import add_registry_options, registry_client
 
 _INSECURE_HELP = ("talk to this registry (host[:port]) over plain HTTP; repeatable.  localhost and "
                   "127.0.0.1 always are, and so are registries marked insecure in "
@@ -44,11 +45,13 @@ from where the blob stopped).
 examples:
   layerfs pull alpine
   layerfs pull --platform linux/arm64 localhost:5000/app:1.0
-  layerfs pull -q registry.example.com:5000/team/app@sha256:...""")
+  layerfs pull -q registry.example.com:5000/team/app@sha256:...
+  layerfs pull --creds ci:$TOKEN --tls-verify=false reg.lan:5000/app:1""")
     p.add_argument("reference", metavar="REF")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                    help="the platform to pull from a multi-platform image (default: this host's)")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", help=_INSECURE_HELP)
+    add_registry_options(p, insecure=False)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
     p.add_argument("--max-concurrent-downloads", type=_positive, default=None, metavar="N",
                    help="layers downloaded at once (default 3, as docker)")
@@ -121,9 +124,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from .._transfer.pull import MAX_CONCURRENT_DOWNLOADS, pull  # httpx costs ~50 ms to import: only here
 
     progress = for_stream(sys.stdout, quiet=args.quiet)
-    image = pull(Store(args.root), ref, platform=args.platform, progress=progress,
-                 insecure_registries=args.insecure_registry, stall_timeout=args.stall_timeout,
-                 max_concurrent_downloads=args.max_concurrent_downloads or MAX_CONCURRENT_DOWNLOADS)
+    with registry_client(args, ref, stall_timeout=args.stall_timeout) as client:
+        image = pull(Store(args.root), ref, platform=args.platform, progress=progress, client=client,
+                     max_concurrent_downloads=args.max_concurrent_downloads or MAX_CONCURRENT_DOWNLOADS)
     print(image.id if args.quiet else ref.familiar() if ref.digest else str(ref))
     return 0
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 
 from .._errors import LayerfsError
 from .._maint import prune as _prune
 from .._maint import verify as _verify
-from .._store.store import Store
-from .._units import human_size
-from .container import cmd_ps
+from .._store import containers as _containers
+from .._store.store import Image, Store
+from .._units import human_size, since
+from .container import add_ps_options, cmd_ps
+from .rows import human_size4
+from .template import Row, Template, format_rows, render_rows
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,14 +42,13 @@ examples:
     csub = container.add_subparsers(dest="container_command", metavar="COMMAND", required=True)
     p = csub.add_parser("ls", formatter_class=fmt, help="list containers (as `layerfs ps`)",
                         description="""\
-List containers, as `layerfs ps`.
+List containers, as `layerfs ps` (the same options, --format templates too).
 
 examples:
   layerfs container ls
-  layerfs container ls -q""")
-    p.add_argument("-q", "--quiet", action="store_true", help="only the container IDs")
-    p.add_argument("--no-trunc", action="store_true", help="full container IDs")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+  layerfs container ls -q
+  layerfs container ls --format '{{.Names}}'""")
+    add_ps_options(p)
     p.set_defaults(handler=cmd_ps)
     p = csub.add_parser("prune", formatter_class=fmt, help="remove containers that are not mounted",
                         description="""\
@@ -57,9 +61,37 @@ examples:
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     p.set_defaults(handler=cmd_container_prune)
 
-    system = sub.add_parser("system", formatter_class=fmt, help="system commands: prune",
+    system = sub.add_parser("system", formatter_class=fmt, help="system commands: df, prune",
                             description="Store-wide commands, as `docker system ...`.")
     ssub = system.add_subparsers(dest="system_command", metavar="COMMAND", required=True)
+    p = ssub.add_parser("df", formatter_class=fmt, help="show the store's disk usage, like `docker system df`",
+                        description="""\
+Show what the store's images, containers and layers take, as `docker system df` does:
+
+  TYPE         TOTAL   ACTIVE   SIZE   RECLAIMABLE
+  Images       every image; ACTIVE: those a container or a mount uses; SIZE: their layers
+               unpacked, each layer counted once; RECLAIMABLE: what no active image uses (what
+               `image prune -a` frees)
+  Containers   every container; ACTIVE: those mounted; SIZE: their changes (upper
+               directories); RECLAIMABLE: the changes of those not mounted
+  Layers       every layer directory; ACTIVE: those an image lists; SIZE: unpacked plus the
+               blob kept for save and push; RECLAIMABLE: layers no image lists (what a
+               failed pull kept for the next one, for a day)
+
+-v adds a row per image (SIZE, SHARED SIZE: its layers other images use too, UNIQUE SIZE,
+CONTAINERS), per container and per layer.  Sizes are docker's (decimal units, 4 digits).
+--format takes docker's Go templates: `table`, `json`, `table TEMPLATE` or TEMPLATE with the
+fields Type, TotalCount, Active, Size, Reclaimable (with -v: a template over .Images,
+.Containers and .Layers).
+
+examples:
+  layerfs system df
+  layerfs system df -v
+  layerfs system df --format '{{.Type}}: {{.Size}}'""")
+    p.add_argument("-v", "--verbose", action="store_true", help="a row per image, container and layer")
+    p.add_argument("--format", metavar="FORMAT", help="table (default), json, or a Go template")
+    p.set_defaults(handler=cmd_system_df)
+
     p = ssub.add_parser("prune", formatter_class=fmt, help="remove unused containers, then unused images",
                         description="""\
 `container prune`, then `image prune` (dangling images, or every unused one with -a), as
@@ -154,3 +186,152 @@ def cmd_verify(args: argparse.Namespace) -> int:
                                                                     " (layerfs verify --repair removes them)"),
           file=sys.stderr)
     return 1
+
+
+# -- system df -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerUsage:
+    """A layer directory of the store: its diff ID, unpacked size, kept blob's size, and how many
+    images list it."""
+
+    diff_id: str
+    size: int
+    blob: int
+    images: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskUsage:
+    """What ``system df`` reports (see its help), in bytes."""
+
+    images: list[Image]
+    active_images: set[str]
+    layers: list[LayerUsage]
+    containers: list[_containers.Container]
+    container_sizes: dict[str, int]
+    mounted: set[str]
+
+    def layer(self, diff_id: str) -> LayerUsage | None:
+        return next((layer for layer in self.layers if layer.diff_id == diff_id), None)
+
+
+def _store_layers(store: Store) -> list[str]:
+    """The diff IDs of the layers published in the store (``layers/<hex>/layer.json``)."""
+    try:
+        names = sorted(os.listdir(store.root / "layers"))
+    except FileNotFoundError:
+        return []
+    return [f"sha256:{n}" for n in names if store.has_layer(f"sha256:{n}")]
+
+
+def disk_usage(store: Store) -> DiskUsage:
+    """Measure the store for ``system df``: layer sizes from each layer's record, container sizes
+    on disk (``du`` of each upper)."""
+    images = store.images()
+    containers = _containers.containers(store)
+    mounts = store.mounts()
+    active = {c.image_id for c in containers} | {m.image_id for m in mounts}
+    users: dict[str, int] = {}
+    for image in images:
+        for diff_id in set(image.diff_ids):
+            users[diff_id] = users.get(diff_id, 0) + 1
+    layers = []
+    for diff_id in _store_layers(store):
+        try:
+            info = store.layer_info(diff_id)
+        except (OSError, LayerfsError):
+            continue  # removed meanwhile
+        blob = info.get("blob")
+        blob_size = blob.get("size") if isinstance(blob, dict) else 0
+        size = info.get("size", 0)
+        layers.append(LayerUsage(diff_id, size if isinstance(size, int) else 0,
+                                 blob_size if isinstance(blob_size, int) else 0, users.get(diff_id, 0)))
+    return DiskUsage(images, active, layers, containers, {c.id: _containers.size(c) for c in containers},
+                     {m.container for m in mounts if m.container})
+
+
+def _reclaimable(reclaimable: int, total: int) -> str:
+    """docker's RECLAIMABLE cell: the size, and its share of the total."""
+    return f"{human_size4(reclaimable)} ({reclaimable * 100 // total}%)" if total > 0 else human_size4(reclaimable)
+
+
+def _summary_rows(du: DiskUsage) -> list[Row]:
+    def unpacked(ids: set[str]) -> int:
+        return sum(layer.size for d in ids if (layer := du.layer(d)) is not None)
+
+    all_ids = {d for image in du.images for d in image.diff_ids}
+    active_ids = {d for image in du.images if image.id in du.active_images for d in image.diff_ids}
+    images_size = unpacked(all_ids)
+    containers_size = sum(du.container_sizes.values())
+    idle = sum(size for cid, size in du.container_sizes.items() if cid not in du.mounted)
+    layers_size = sum(layer.size + layer.blob for layer in du.layers)
+    unused = sum(layer.size + layer.blob for layer in du.layers if not layer.images)
+
+    def row(kind: str, total: int, active: int, size: int, reclaimable: int) -> Row:
+        return Row({"Type": kind, "TotalCount": str(total), "Active": str(active), "Size": human_size4(size),
+                    "Reclaimable": _reclaimable(reclaimable, size)})
+
+    return [row("Images", len(du.images), sum(1 for i in du.images if i.id in du.active_images), images_size,
+                images_size - unpacked(active_ids)),
+            row("Containers", len(du.containers), sum(1 for c in du.containers if c.id in du.mounted),
+                containers_size, idle),
+            row("Layers", len(du.layers), sum(1 for layer in du.layers if layer.images), layers_size, unused)]
+
+
+def _image_rows(du: DiskUsage) -> list[Row]:
+    """docker's ``df -v`` image rows: the first tag only, sizes with their shared part."""
+    rows = []
+    for image in du.images:
+        shared = sum(layer.size for d in set(image.diff_ids) if (layer := du.layer(d)) is not None and layer.images > 1)
+        repo, _, tag = image.repo_tags[0].rpartition(":") if image.repo_tags else ("<none>", "", "<none>")
+        rows.append(Row({"Repository": repo, "Tag": tag, "ID": image.short_id, "CreatedSince": since(image.created),
+                         "Size": human_size4(image.size), "SharedSize": human_size4(shared),
+                         "UniqueSize": human_size4(image.size - shared),
+                         "Containers": str(sum(1 for c in du.containers if c.image_id == image.id))}))
+    return rows
+
+
+def _container_rows(du: DiskUsage, store: Store) -> list[Row]:
+    names = {image.id: image.repo_tags[0] if image.repo_tags else image.short_id for image in du.images}
+    mounts = {m.container: m.mountpoint for m in store.mounts() if m.container}
+    return [Row({"ID": c.short_id, "Image": names.get(c.image_id, c.image_id[7:19]),
+                 "Size": human_size4(du.container_sizes.get(c.id, 0)), "RunningFor": since(c.created),
+                 "MountedOn": mounts.get(c.id, ""), "Names": c.name}) for c in du.containers]
+
+
+def _layer_rows(du: DiskUsage) -> list[Row]:
+    return [Row({"DiffID": layer.diff_id[7:19], "Size": human_size4(layer.size), "BlobSize": human_size4(layer.blob),
+                 "Images": str(layer.images)}) for layer in du.layers]
+
+
+_DF_HEADERS = {"Type": "TYPE", "TotalCount": "TOTAL", "Active": "ACTIVE", "Size": "SIZE", "Reclaimable": "RECLAIMABLE"}
+_DF_TABLE = "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaimable}}"
+_DF_IMAGES = ("table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}\t{{.SharedSize}}\t"
+              "{{.UniqueSize}}\t{{.Containers}}")
+_DF_IMAGE_HEADERS = {"Repository": "REPOSITORY", "Tag": "TAG", "ID": "IMAGE ID", "CreatedSince": "CREATED",
+                     "Size": "SIZE", "SharedSize": "SHARED SIZE", "UniqueSize": "UNIQUE SIZE",
+                     "Containers": "CONTAINERS"}
+_DF_CONTAINERS = "table {{.ID}}\t{{.Image}}\t{{.Size}}\t{{.RunningFor}}\t{{.MountedOn}}\t{{.Names}}"
+_DF_CONTAINER_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Size": "SIZE", "RunningFor": "CREATED",
+                         "MountedOn": "MOUNTED ON", "Names": "NAMES"}
+_DF_LAYERS = "table {{.DiffID}}\t{{.Size}}\t{{.BlobSize}}\t{{.Images}}"
+_DF_LAYER_HEADERS = {"DiffID": "DIFF ID", "Size": "SIZE", "BlobSize": "BLOB SIZE", "Images": "IMAGES"}
+
+
+def cmd_system_df(args: argparse.Namespace) -> int:
+    store = Store(args.root)
+    du = disk_usage(store)
+    if not args.verbose:
+        sys.stdout.write(format_rows(args.format, _summary_rows(du), _DF_HEADERS, _DF_TABLE))
+        return 0
+    images, containers, layers = _image_rows(du), _container_rows(du, store), _layer_rows(du)
+    if args.format and args.format.strip() != "table":
+        everything = {"Images": images, "Containers": containers, "Layers": layers}
+        sys.stdout.write(Template(args.format).render(everything) + "\n")
+        return 0
+    sys.stdout.write("Images space usage:\n\n" + render_rows(_DF_IMAGES, images, _DF_IMAGE_HEADERS))
+    sys.stdout.write("\nContainers space usage:\n\n" + render_rows(_DF_CONTAINERS, containers, _DF_CONTAINER_HEADERS))
+    sys.stdout.write("\nLayers space usage:\n\n" + render_rows(_DF_LAYERS, layers, _DF_LAYER_HEADERS))
+    return 0

@@ -4,14 +4,22 @@ So that scripts written for docker work (docker's docs, "Format command and log 
 
 - ``{{.Field}}``, ``{{.A.B}}``: a field of the row (dict keys, as docker names them); a missing
   one is ``<no value>``, as Go prints it;
-- ``{{json .}}``, ``{{json .Config}}``: JSON of a value (Go's encoding: compact, ``<``/``>``/``&``
-  escaped as docker prints them); ``{{upper X}}``, ``{{lower X}}``, ``{{title X}}``,
+- ``{{json .}}``, ``{{json .Config}}``: JSON of a value, compact, as docker's ``json`` function
+  writes it (docker/cli ``templates/templates.go``: HTML characters are not escaped); a whole row
+  of a list command (a :class:`Row`, one of docker's formatter contexts) goes through Go's
+  ``json.Marshal`` of a map, as docker's ``MarshalJSON`` does it: keys sorted, ``<``/``>``/``&``
+  escaped (``"Digest":"\\u003cnone\\u003e"``); ``{{upper X}}``, ``{{lower X}}``, ``{{title X}}``,
   ``{{split X "sep"}}``, ``{{join X "sep"}}``, ``{{index X "key"}}`` / ``{{index X 0}}``,
   ``{{len X}}``, ``{{println X...}}``, ``{{printf "%s" X}}`` (``%s %d %v %q``);
 - ``{{if X}}...{{else}}...{{end}}``, ``{{range X}}...{{.}}...{{end}}`` (``{{range $i, $v := X}}``
   too), and ``{{- `` / `` -}}`` trimming of the spaces next to an action;
-- a template starting with ``table `` prints the header row first (docker's directive), with
-  columns separated by tabs then aligned.
+- a template starting with ``table`` prints the header row first (docker's directive): the
+  template rendered with each field's column name, as docker renders it (``json``, ``upper``,
+  ... give the name unchanged); then the columns, separated by tabs, are aligned as docker's
+  tabwriter aligns them (each cell padded by 3 spaces, to at least 10 columns).
+- :func:`format_rows` turns docker's ``--format`` values into output: ``table`` (or none) for
+  the command's default table, ``json`` for ``{{json .}}`` per row, ``table TEMPLATE``, or a
+  template printed once per row.
 
 What it refuses (a clear ``template: ...`` error): pipelines with ``|``, variables other than
 range's, ``with``, ``define``/``template``, comparison functions.
@@ -35,9 +43,16 @@ class TemplateError(LayerfsError):
     """A template that does not parse or cannot be applied."""
 
 
+class Row(dict[str, object]):
+    """A row of a list command (``images``, ``ps``, ``history``, ...): one of docker's formatter
+    contexts, whose ``{{json .}}`` is Go's ``json.Marshal`` of a map (keys sorted, HTML escaped)."""
+
+
 def _go_json(value: object) -> str:
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    if isinstance(value, Row):
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+        return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _go_str(value: object) -> str:
@@ -179,9 +194,13 @@ def _printf(fmt: str, args: Sequence[object]) -> str:
     return "".join(out)
 
 
+#: The functions that give a header's column name unchanged (docker's ``HeaderFunctions``).
+_HEADER_FUNCS = ("json", "split", "join", "title", "lower", "upper")
+
+
 class _Scope:
-    def __init__(self, dot: object, root: object, variables: Mapping[str, object]) -> None:
-        self.dot, self.root, self.vars = dot, root, dict(variables)
+    def __init__(self, dot: object, root: object, variables: Mapping[str, object], header: bool = False) -> None:
+        self.dot, self.root, self.vars, self.header = dot, root, dict(variables), header
 
     def value(self, token: str) -> object:
         if token.startswith('"'):
@@ -191,7 +210,10 @@ class _Scope:
         if token == ".":
             return self.dot
         if token.startswith("."):
-            return _field(self.dot, token[1:])
+            found = _field(self.dot, token[1:])
+            if found is None and self.header:  # a field without a column name: its own, in capitals
+                return token[1:].upper()
+            return found
         if token.startswith("$"):
             name, _, rest = token.partition(".")
             base = self.root if name == "$" else self.vars.get(name)
@@ -210,6 +232,8 @@ class _Scope:
                 raise TemplateError(f"template: {head!r} is not a function")
             return self.value(head)
         vals = [self.value(a) for a in args]
+        if self.header and head in _HEADER_FUNCS:
+            return _go_str(vals[0] if vals else self.dot)
         if head == "json":
             return _go_json(vals[0] if vals else self.dot)
         if head == "upper":
@@ -270,15 +294,15 @@ def _render(nodes: Sequence[_Node], scope: _Scope, out: list[str]) -> None:
                     variables[node.vars[0]] = item
                 elif len(node.vars) == 2:
                     variables[node.vars[0]], variables[node.vars[1]] = key, item
-                _render(node.body, _Scope(item, scope.root, variables), out)
+                _render(node.body, _Scope(item, scope.root, variables, scope.header), out)
 
 
 class Template:
     """A parsed ``--format`` template (see the module docstring)."""
 
     def __init__(self, text: str) -> None:
-        self.table = text.startswith("table ") or text == "table"
-        self.text = text[len("table "):] if self.table else text
+        self.table = text.startswith("table")  # docker's test (formatter.Format.IsTable)
+        self.text = text[len("table"):].strip(" ") if self.table else text
         self.text = self.text.replace("\\t", "\t").replace("\\n", "\n")
         self._nodes = _parse(self.text)
 
@@ -289,13 +313,30 @@ class Template:
         return "".join(out)
 
     def header(self, names: Mapping[str, str]) -> str:
-        """The header row of a ``table`` template: each ``{{.Field}}`` replaced by its column name."""
-        def title(m: re.Match[str]) -> str:
-            field = m.group(2).strip()
-            if field.startswith(".") and " " not in field:
-                return names.get(field[1:], field[1:].upper())
-            return ""
-        return _ACTION.sub(title, self.text)
+        """The header row of a ``table`` template: the template rendered with each field's column
+        name (a field ``names`` lacks is named by itself, in capitals)."""
+        out: list[str] = []
+        _render(self._nodes, _Scope(names, names, {}, header=True), out)
+        return "".join(out)
+
+
+#: docker's tabwriter settings (docker/cli ``formatter.Context.postFormat``): a cell is at least
+#: this wide, and padded by this many spaces.
+_MIN_WIDTH, _PADDING = 10, 3
+
+
+def align(lines: Sequence[str]) -> str:
+    """Tab-separated ``lines`` as docker's tabwriter aligns them: every cell but a line's last is
+    padded to its column's width (its widest cell plus 3, at least 10); trailing spaces dropped."""
+    cells = [line.split("\t") for line in lines]
+    widths: list[int] = []
+    for row in cells:
+        for i, cell in enumerate(row[:-1]):
+            if i >= len(widths):
+                widths.append(_MIN_WIDTH)
+            widths[i] = max(widths[i], len(cell) + _PADDING)
+    return "".join("".join(c.ljust(widths[i]) if i < len(row) - 1 else c for i, c in enumerate(row)).rstrip() + "\n"
+                   for row in cells)
 
 
 def render_rows(fmt: str, rows: Sequence[object], names: Mapping[str, str]) -> str:
@@ -305,12 +346,19 @@ def render_rows(fmt: str, rows: Sequence[object], names: Mapping[str, str]) -> s
     lines = [t.render(r) for r in rows]
     if not t.table:
         return "".join(line + "\n" for line in lines)
-    table = [t.header(names)] + lines
-    cells = [line.split("\t") for line in table]
-    widths: list[int] = []
-    for row in cells:
-        for i, cell in enumerate(row):
-            if i >= len(widths):
-                widths.append(0)
-            widths[i] = max(widths[i], len(cell))
-    return "".join("   ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() + "\n" for row in cells)
+    return align("\n".join([t.header(names), *lines]).split("\n"))
+
+
+def format_rows(fmt: str | None, rows: Sequence[object], names: Mapping[str, str], default: str) -> str:
+    """The output of a list command for docker's ``--format`` value ``fmt``: ``None`` or
+    ``table`` prints ``default`` (the command's table template), ``json`` prints ``{{json .}}``
+    per row, anything else is a template (``table TEMPLATE`` with a header).
+
+    Raises:
+        TemplateError: the template does not parse or cannot be applied.
+    """
+    if not fmt or fmt.strip() == "table":
+        fmt = default
+    elif fmt.strip() == "json":
+        fmt = "{{json .}}"
+    return render_rows(fmt, rows, names)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .._errors import InvalidReference
+from .._oci.reference import Reference
+from .._oci.reference import parse as parse_reference
 from .._store.store import Store
+from .remote import add_registry_options, registry_client
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,11 +25,13 @@ pulled or loaded), the manifest last.  A pulled image pushes with its original d
 examples:
   layerfs push 127.0.0.1:5000/app:1
   layerfs push myapp:dev registry.example.com/team/app:dev
-  layerfs push --insecure-registry reg.lan:5000 app reg.lan:5000/app:latest""")
+  layerfs push --insecure-registry reg.lan:5000 app reg.lan:5000/app:latest
+  layerfs push --creds ci:$TOKEN --tls-verify=false app reg.lan:5000/app:latest""")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("reference", nargs="?", metavar="REF")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
                    help="talk to this registry over plain HTTP (localhost and 127.0.0.1 always are)")
+    add_registry_options(p, insecure=False)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the manifest digest")
     p.set_defaults(handler=cmd_push)
 
@@ -51,9 +57,13 @@ def cmd_push(args: argparse.Namespace) -> int:
     from .._transfer.progress import for_stream
     from .._transfer.push import push
 
+    try:
+        target: Reference | None = parse_reference(args.reference or args.image)
+    except InvalidReference:
+        target = None  # an image ID and no REF: push says what to give
     progress = for_stream(sys.stdout, quiet=args.quiet)
-    digest = push(Store(args.root), args.image, args.reference, progress=progress,
-                  insecure_registries=args.insecure_registry)
+    with registry_client(args, target) as client:
+        digest = push(Store(args.root), args.image, args.reference, progress=progress, client=client)
     if args.quiet:
         print(digest)
     return 0

@@ -449,6 +449,49 @@ class RegistryClient:
         """GET a manifest or index by digest, verified.  Returns (exact bytes, media type)."""
         return self._get_manifest(ref, check_digest(digest), digest)
 
+    def get_manifest(self, ref: Reference) -> tuple[bytes, str]:
+        """GET the manifest or index ``ref`` names (its digest, else its tag, else ``latest``) as
+        the registry serves it; by digest it is verified.  Returns (exact bytes, media type)."""
+        if ref.digest:
+            return self.fetch_manifest(ref, ref.digest)
+        return self._get_manifest(ref, ref.tag or "latest", None)
+
+    def list_tags(self, ref: Reference, *, page_size: int | None = None) -> list[str]:
+        """The tags of ``ref``'s repository, in the registry's order: ``GET /v2/<name>/tags/list``,
+        following the ``Link: <URL>; rel="next"`` pages (distribution-spec "Listing Tags").
+
+        Args:
+            page_size: ask for pages of this many tags (``?n=``); default the registry's choice.
+        Raises:
+            RegistryError: the registry refused, or a page is not a tag list.
+        """
+        what = "repository"
+        path = f"/v2/{ref.path}/tags/list" + (f"?{urlencode({'n': page_size})}" if page_size else "")
+        tags: list[str] = []
+        seen: set[str] = set()
+        while True:
+            seen.add(path)
+            resp = self.request("GET", ref.domain, path, scopes=[self._scope(ref)])
+            if resp.status_code != 200:
+                raise self._fail(resp, what, ref.familiar_repository)
+            link = resp.headers.get("link", "")
+            data = self._read_capped(resp, MAX_MANIFEST_BYTES, what)
+            try:
+                page = json.loads(data)
+            except ValueError:
+                page = None
+            found = page.get("tags") if isinstance(page, dict) else []
+            if not isinstance(page, dict) or not (found is None or isinstance(found, list)) or \
+                    not all(isinstance(t, str) for t in found or []):
+                raise RegistryError(f"{what}: the registry sent no tag list")
+            tags += found or []
+            m = _NEXT_LINK_RE.search(link)
+            if not m:
+                return tags
+            path = self._upload_path(ref, m.group(1), "the next page of tags")  # its own origin only
+            if path in seen:
+                raise RegistryError(f"{what}: the registry's next page is one it sent already")
+
     def _get_manifest(self, ref: Reference, what: str, digest: str | None) -> tuple[bytes, str]:
         path = f"/v2/{ref.path}/manifests/{what}"
         resp = self.request("GET", ref.domain, path, scopes=[self._scope(ref)],
@@ -547,11 +590,12 @@ class RegistryClient:
             return False
         raise self._fail(resp, f"mount of blob {digest} from {from_path}", ref.familiar_repository)
 
-    def _upload_path(self, ref: Reference, location: str) -> str:
-        """The path (and query) of an upload URL the registry gave, which must be on its own origin."""
+    def _upload_path(self, ref: Reference, location: str, what: str = "an upload") -> str:
+        """The path (and query) of an upload (or other) URL the registry gave, which must be on its
+        own origin."""
         parts = urlsplit(urljoin(self.base_url(ref.domain) + "/", location))
         if _origin(parts.geturl()) != _origin(self.base_url(ref.domain)):
-            raise RegistryError(f"the registry sent an upload to another host ({parts.netloc}): not supported")
+            raise RegistryError(f"the registry sent {what} to another host ({parts.netloc}): not supported")
         return parts.path + (f"?{parts.query}" if parts.query else "")
 
     def upload_blob(self, ref: Reference, digest: str, size: int, opener: Callable[[], BinaryIO], *,
@@ -650,6 +694,8 @@ def _check_media_type(media_type: str, what: str, data: bytes | None = None) -> 
 
 
 _CONTENT_RANGE_RE = re.compile(r"\Abytes (\d+)-(\d+|\*)/(\d+|\*)\Z")
+#: The next page of a tag list (RFC 8288 ``Link``, as distribution-spec "Listing Tags" sends it).
+_NEXT_LINK_RE = re.compile(r'<([^>]*)>\s*;[^,]*\brel="?next"?', re.I)
 
 
 class BlobReader:
