@@ -713,6 +713,10 @@ def test_mounts_aligns_and_lists_dead_mounts_and_umount_takes_several(tiny: dict
         for start in starts:
             assert row[start - 1] == " " and row[start] != " ", (table, start)
     assert sorted(row.split()[-1] for row in table[1:]) == ["dead", "serving"]
+    templated = cli("mounts", "--format", "{{.Mountpoint}} {{.Status}} {{.Pid}}").stdout.splitlines()
+    assert sorted(templated) == sorted(f"{m['mountpoint']} {'serving' if m['alive'] else 'dead'} {m['pid']}"
+                                       for m in cli.listing())
+    assert cli("mounts", "--format", "table {{.Status}}").stdout.splitlines()[0] == "STATUS"
     proc = cli("umount", str(short), str(cli.tmp / "not-mounted"), str(long))
     assert proc.returncode == 1
     [line] = proc.stderr.splitlines()

@@ -163,8 +163,11 @@ with `layerfs umount`).
 
 examples:
   layerfs mounts
-  layerfs mounts --format json""")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+  layerfs mounts --format json
+  layerfs mounts --format '{{.Mountpoint}} {{.Status}}'     a Go template, as docker's --format""")
+    p.add_argument("--format", default="table", metavar="FORMAT",
+                   help="table (default), json (one object per line), or a Go template over the fields "
+                        + ", ".join(MOUNTS_HEADERS))
     p.set_defaults(handler=cmd_mounts)
 
     p = sub.add_parser("mount-stats", formatter_class=fmt, help="show a mount's request counts (JSON)",
@@ -618,11 +621,24 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return status
 
 
+#: The fields of a ``mounts`` row for ``--format`` templates, and their column names.
+MOUNTS_HEADERS = {"Mountpoint": "MOUNTPOINT", "Source": "SOURCE", "Container": "CONTAINER", "Pid": "PID",
+                  "Since": "SINCE", "Status": "STATUS", "ImageID": "IMAGE ID", "Upper": "UPPER"}
+
+
 def cmd_mounts(args: argparse.Namespace) -> int:
     rows = _mount.mounts()
     if args.format == "json":
         for row in rows:
             print(json.dumps(dataclasses.asdict(row)))
+        return 0
+    if args.format and args.format.strip() != "table":
+        from .template import Row, format_rows
+
+        sys.stdout.write(format_rows(args.format, [
+            Row({"Mountpoint": r.mountpoint, "Source": r.source, "Pid": r.pid, "Since": r.since,
+                 "Container": r.container or "", "Upper": r.upper or "", "ImageID": r.image_id or "",
+                 "Status": "serving" if r.alive else "dead"}) for r in rows], MOUNTS_HEADERS, ""))
         return 0
     table = [["MOUNTPOINT", "SOURCE", "CONTAINER", "PID", "SINCE", "STATUS"]]
     for row in rows:
