@@ -19,21 +19,25 @@ import select
 import signal
 import sys
 from collections.abc import Collection, Sequence
-from importlib import metadata
 
 from .._errors import LayerfsError
 
-#: The modules that add subcommands, in the order ``--help`` lists them.
-COMMAND_MODULES = [
-    "layerfs._cli.registry",
-    "layerfs._cli.remote",
-    "layerfs._cli.image",
-    "layerfs._cli.mount",
-    "layerfs._cli.container",
-    "layerfs._cli.run",
-    "layerfs._cli.system",
-    "layerfs._cli.transfer",
-]
+#: The modules that add subcommands, in the order ``--help`` lists them, each with the commands
+#: (and aliases) it adds.  A command imports its own module only: a mount program's start
+#: (``layerfs -o ... TARGET``) is not slowed by every other command's imports.
+#: ``tests/test_cli_commands.py`` checks the lists against what each module registers.
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "layerfs._cli.registry": ("pull", "login", "logout"),
+    "layerfs._cli.remote": ("manifest", "tags"),
+    "layerfs._cli.image": ("load", "images", "ls", "history", "inspect", "tag", "rm", "rmi"),
+    "layerfs._cli.mount": ("mount", "umount", "unmount", "mounts", "mount-stats"),
+    "layerfs._cli.container": ("ps", "containers", "diff", "commit"),
+    "layerfs._cli.run": ("run", "bundle", "export"),
+    "layerfs._cli.system": ("image", "container", "system", "verify"),
+    "layerfs._cli.transfer": ("push", "save"),
+}
+COMMAND_MODULES = list(COMMANDS)
+_MODULE_OF = {command: module for module, commands in COMMANDS.items() for command in commands}
 
 _DESCRIPTION = """\
 Pull, unpack and mount OCI and Docker images without a daemon.
@@ -65,17 +69,33 @@ def default_root() -> str:
 
 def version() -> str:
     """The installed layerfs's version (``setup.py``'s), or ``unknown`` outside an install."""
+    from importlib import metadata  # only here: reading the install's metadata costs milliseconds
+
     try:
         return metadata.version("layerfs")
     except metadata.PackageNotFoundError:
         return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _VersionAction(argparse.Action):
+    """``--version``: the version, read when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        print(f"layerfs version {version()}")
+        parser.exit()
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with ``command``, of that command's module only (what
+    :func:`main` uses when the command is known: the others' modules are not imported)."""
     parser = argparse.ArgumentParser(
         prog="layerfs", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"layerfs version {version()}",
-                        help="print the version and exit")
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("--root", metavar="DIR", default=None,
                         help="the store directory (env LAYERFS_ROOT; default /var/lib/layerfs for root, "
                              "$XDG_DATA_HOME/layerfs otherwise)")
@@ -84,9 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "lines too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     sub.required = True
-    for name in COMMAND_MODULES:
+    for name in [_MODULE_OF[command]] if command in _MODULE_OF else COMMAND_MODULES:
         importlib.import_module(name).register(sub)
-    parser.set_defaults(commands=tuple(sub.choices))  # the names and aliases, for mount_program_argv
+    parser.set_defaults(commands=tuple(_MODULE_OF))  # the names and aliases, for mount_program_argv
     # The global options are accepted after the command too (`layerfs images --root R`).
     for subparser in set(sub.choices.values()):
         subparser.add_argument("--root", metavar="DIR", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -160,6 +180,14 @@ def go_bool_flags(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names (after the global options), or None (``--help``, a typo)."""
+    i = 0
+    while i < len(argv) and (argv[i] in ("--root", "--debug") or argv[i].startswith("--root=")):
+        i += 2 if argv[i] == "--root" else 1
+    return argv[i] if i < len(argv) and argv[i] in _MODULE_OF else None
+
+
 def _configure_logging(debug: int) -> None:
     """``--debug``: layerfs's own lines at DEBUG (the HTTP library logs every request and socket
     step: those stay out); ``--debug --debug``: every library's too."""
@@ -190,10 +218,9 @@ def _die_of_sigpipe_if_stdout_is_gone() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns (and, as a console script, exits with) the status."""
-    parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
-    words = mount_program_argv(words, parser.get_default("commands")) or go_bool_flags(words)
-    args = parser.parse_args(words)
+    words = mount_program_argv(words, _MODULE_OF) or go_bool_flags(words)
+    args = build_parser(_command_word(words)).parse_args(words)
     if args.root is None:
         args.root = default_root()
     _configure_logging(args.debug)
