@@ -7,7 +7,10 @@
 - container prune: every container no live mount serves, with its upper and work directories
   (if they are the store's).
 
-Each returns what it removed and the bytes freed, measured on disk (``du``) before removal.
+Each first runs the store's clean-up (what killed commands left: ``tmp/`` leftovers, references to
+an image whose removal was cut short, stale mount records), as every writer does on entry: a prune
+with nothing to remove still leaves a clean store.  Each returns what it removed and the bytes
+freed, measured on disk (``du``) before removal.
 Removal writes nothing before it deletes (see ``Writer.remove``), so it works on a full disk.
 """
 
@@ -51,6 +54,7 @@ def _store_usage(store: Store) -> int:
 
 def prune_images(store: Store, *, all_images: bool = False) -> Pruned:
     """Remove dangling images (every unused image with ``all_images``); see the module docstring."""
+    store.collect_garbage()  # first what killed commands left: with nothing to prune, no rm would
     used = {c.image_id for c in _containers.containers(store)} | {m.image_id for m in store.mounts()}
     before = _store_usage(store)
     lines: list[str] = []
@@ -69,6 +73,7 @@ def prune_images(store: Store, *, all_images: bool = False) -> Pruned:
 
 def prune_containers(store: Store) -> Pruned:
     """Remove every container no live mount serves (see the module docstring)."""
+    store.collect_garbage()  # what killed commands left (a container half removed, in ``tmp/``)
     mounted = {m.container for m in store.mounts() if m.container}
     lines: list[str] = []
     freed = 0
