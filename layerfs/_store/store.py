@@ -547,7 +547,9 @@ class Store:
         From now on, while ``pid`` lives, the image counts as in use: ``rm`` refuses it.  A mount
         registers before it starts its daemon, then hands the record over to it
         (:meth:`hand_over_mount`), so that no daemon ever serves an image the store does not know
-        to be in use.  Takes the store lock briefly (no clean-up), so it cannot race with ``rm``.
+        to be in use.  Takes the store lock briefly, so it cannot race with ``rm``, and removes what
+        killed commands left in ``tmp/`` and the records of mounts that are gone (:meth:`Writer.reap`,
+        not the whole clean-up: a mount stays fast).
 
         Raises:
             ImageNotFound: the image is not (or no longer) in the store.
@@ -556,6 +558,8 @@ class Store:
         """
         rec = MountRecord(image_id, os.path.abspath(mountpoint), pid, _now(), container)
         with self._locked():
+            with _step("clean up"):
+                Writer(self).reap()  # what a killed command left, stale records (after a reboot) too
             if image_id not in self._image_ids():
                 raise ImageNotFound(f"No such image: {image_id}")
             for other in self.mounts():
@@ -1155,10 +1159,16 @@ class Writer:
 
     # -- consistency -------------------------------------------------------------------------
 
-    def collect_garbage(self) -> list[str]:
-        """Remove leftovers: what no live command owns in ``tmp/``, stale mount records, and layers,
-        chains, blobs and state files that no image uses (nor, for layers, a live :meth:`Store.hold`).
-        Returns the diff IDs of the layers removed."""
+    def reap(self) -> set[str]:
+        """Remove what killed commands left: what no live command owns in ``tmp/`` (temporary files,
+        stages, trees being removed, holds) and the records of mounts whose process is gone.
+
+        Cheap (two directory listings): the commands that write only records (``mount``) run this
+        instead of the whole :meth:`collect_garbage`.
+
+        Returns:
+            The layers (hex) that live holds keep.
+        """
         store = self.store
         held: set[str] = set()
         kept: set[str] = set()
@@ -1185,6 +1195,13 @@ class Writer:
             if entry not in live_mounts:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(store.root / "mounts" / entry)
+        return held
+
+    def collect_garbage(self) -> list[str]:
+        """Remove leftovers (:meth:`reap`), and layers, chains, blobs and state files that no image
+        uses (nor, for layers, a live :meth:`Store.hold`).  Returns the diff IDs of the layers removed."""
+        store = self.store
+        held = self.reap()
         used_layers: set[str] = set()
         used_chains: set[str] = set()
         used_blobs: set[str] = set()
