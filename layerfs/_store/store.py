@@ -619,10 +619,10 @@ class Store:
 
         Raises:
             InvalidReference: a diff ID is not a digest.
-            OSError: the hold cannot be written (no space): nothing is held.
+            OSError: ``hold the image's layers: <cause>`` (no space): nothing is held.
         """
         ids = sorted({_digest.check_digest(d) for d in diff_ids})
-        with self._locked():
+        with self._locked(), _step("hold the image's layers"):
             lease = self.temp_file("hold")
             try:
                 lease.write_all(_json_bytes({"layers": ids, "pid": os.getpid()}))

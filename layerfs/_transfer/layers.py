@@ -63,9 +63,19 @@ def add_layer(store: Store, open_blob: Callable[[], AbstractContextManager[Reada
     Returns:
         The record; ``existed`` is true if the layer was already there (no blob was opened).
     Raises:
-        DigestMismatch, BadArchive, OSError: nothing of the layer is left in the store.
+        DigestMismatch, BadArchive: nothing of the layer is left in the store.
+        OSError: ``layer <diff ID>: <step>: <cause>`` (no space); nothing of the layer is left.
         LayerfsError: a layer below failed, or ``cancelled`` while waiting.
     """
+    try:
+        return _add_layer(store, open_blob, diff_id, digest, size, media_type, cancelled, lowers)
+    except OSError as err:  # no space (the stage, the kept blob, layer.json, parked): name the layer
+        raise OSError(err.errno, f"layer {diff_id}: {err.strerror or err}") from err
+
+
+def _add_layer(store: Store, open_blob: Callable[[], AbstractContextManager[Readable]], diff_id: str,
+               digest: str | None, size: int | None, media_type: str | None, cancelled: Callable[[], bool] | None,
+               lowers: LowerDirs | None) -> LayerRecord:
     with store.stage_layer(diff_id, cancelled=cancelled) as stage:
         if isinstance(stage, LayerRecord):
             return stage
@@ -137,8 +147,11 @@ class _Tee:
         data = self._stream.read(n)
         if data and self._fd >= 0:
             view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
+            try:
+                while view:
+                    view = view[os.write(self._fd, view):]
+            except OSError as err:
+                raise OSError(err.errno, f"keep its blob: {err.strerror or err}") from err
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:

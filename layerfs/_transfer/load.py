@@ -339,6 +339,7 @@ def load_images(store: Store, source: str | BinaryIO, *, tags: Sequence[str] = (
         The images loaded, each with the names the source (and ``tags``) gave it.
     Raises:
         BadImage, DigestMismatch, BadArchive, InvalidReference: the store is left as it was.
+        LayerfsError: ``load SOURCE: <step>: <cause>`` for a system call that failed (no space).
     """
     extra = [parse_reference(t) for t in tags]
     for ref in extra:
@@ -362,6 +363,8 @@ def load_images(store: Store, source: str | BinaryIO, *, tags: Sequence[str] = (
         return _load_all(store, files, candidates, extra, shown, wanted)
     except LayerfsError as err:
         raise err.with_context(f"load {label}") from err
+    except OSError as err:  # a full disk, a store that cannot be written: one line naming the load
+        raise LayerfsError(f"load {label}: {err.strerror or err}") from err
     finally:
         files.close()
         shown.close()

@@ -131,7 +131,12 @@ def _full(tag: str) -> str:
 
 def save_to(store: Store, names: Sequence[str], path: str | None, *, fmt: str) -> list[Image]:
     """:func:`save` to the file ``path`` (written whole, then renamed into place) or, with None,
-    to standard output."""
+    to standard output.
+
+    Raises:
+        LayerfsError: as :func:`save`; ``save NAMES: write PATH: <cause>`` when the archive cannot
+            be written (no space): the partial file is removed.
+    """
     if path is None:
         with os.fdopen(os.dup(1), "wb", buffering=1 << 20) as out:
             return save(store, names, out, fmt=fmt)
@@ -143,10 +148,12 @@ def save_to(store: Store, names: Sequence[str], path: str | None, *, fmt: str) -
             out.flush()
             os.fsync(out.fileno())
         os.replace(part, target)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(part)
         except FileNotFoundError:
             pass
+        if isinstance(err, OSError):  # a full disk: one line naming the archive, nothing of it left
+            raise LayerfsError(f"save {' '.join(names)}: write {path}: {err.strerror or err}") from err
         raise
     return images
