@@ -182,9 +182,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 0
     left = sum(1 for p in report.problems if not p.repaired or p.repaired.startswith("not "))
-    print(f"{left} problem(s) left in {total} objects checked" + ("" if args.repair else
-                                                                    " (layerfs verify --repair removes them)"),
-          file=sys.stderr)
+    repairable = not args.repair and any(not p.repaired for p in report.problems)
+    print(f"{left} problem(s) left in {total} objects checked" + (" (layerfs verify --repair removes them)"
+                                                                    if repairable else ""), file=sys.stderr)
     return 1
 
 

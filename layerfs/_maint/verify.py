@@ -14,7 +14,8 @@ What is checked, and against what:
   ChainID records present and right (diff ID and parent);
 - references (repositories.json): readable, each naming an image the store has;
 - containers: the record readable, its image present, its upper and work directories present;
-- mount records: their process alive (a dead one is stale);
+- mount records: their process alive; a record whose process is gone is stale, unless its mount
+  point is still mounted: a dead mount (its daemon killed), which ``layerfs umount`` removes;
 - merged indexes (``state/merged/*.idx``): each loads as the C engine loads it (every offset,
   name and parent link checked) and names an existing chain.
 
@@ -203,9 +204,14 @@ def verify(store: Store, *, repair: bool = False, progress: Callable[[str], None
 
     # mount records
     live_keys = {store._mount_record_path(m.mountpoint).name for m in live}
+    dead = {store._mount_record_path(m.mountpoint).name: m for m in store.dead_mounts()}
     for name in sorted(os.listdir(root / "mounts")) if (root / "mounts").is_dir() else []:
         checked["mounts"] += 1
-        if name not in live_keys:
+        if name in dead:
+            m = dead[name]
+            problems.append(Problem(f"mount at {m.mountpoint}", f"dead: its daemon (pid {m.pid}) is gone, every "
+                                    f"access fails", f"not repaired: `layerfs umount {m.mountpoint}` removes it"))
+        elif name not in live_keys:
             problems.append(Problem(f"mount record {name}", "its process is gone (stale)"))
 
     # merged indexes

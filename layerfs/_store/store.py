@@ -16,7 +16,8 @@ Layout of a store root (``--root``)::
     chains/<hex>.json        one per ChainID: its diff_id and parent ChainID
     images/<hex>.json        one per image ID (= config digest): manifest and index digests
     repositories.json        {"Repositories": {repo: {"repo:tag" | "repo@digest": image ID}}}
-    mounts/<key>.json        a mount that uses an image (image ID, mount point, pid, since, container)
+    mounts/<key>.json        a mount that uses an image (image ID, mount point, pid, since, container);
+                             one whose process died stays while its dead mount does (dead_mounts)
     containers/<id>/         a container: its record, upper and work dirs (see _store.containers)
     state/<name>/            derived data kept beside the layers (e.g. the merged index)
     reserve                  space kept so that ``rm`` can write repositories.json on a full disk
@@ -530,6 +531,30 @@ class Store:
                     if rec.mountpoint in mounted:
                         out.append(rec)
                 elif _proc.start_time(rec.pid) == start:
+                    out.append(rec)
+        return out
+
+    def dead_mounts(self) -> list[MountRecord]:
+        """Mounts whose process is gone (a daemon killed, or crashed) while their mount point is
+        still a FUSE mount here: a dead mount, where every access fails with ENOTCONN until
+        ``layerfs umount`` removes it.  A dead mount keeps nothing in use (``rm`` may remove its
+        image), but its record stays until then, so that it can be named; the clean-up removes only
+        the records of mounts that no longer exist (as after a reboot).
+        """
+        try:
+            names = sorted(os.listdir(self.root / "mounts"))
+        except FileNotFoundError:
+            return []
+        live = {self._mount_record_path(m.mountpoint).name for m in self.mounts()}
+        table = _proc.mountpoints()
+        out = []
+        for name in names:
+            if name in live:
+                continue
+            with contextlib.suppress(OSError, ValueError, KeyError, BadImage):
+                rec, _ = self._read_mount(self.root / "mounts" / name)
+                entry = table.get(rec.mountpoint)
+                if entry is not None and entry.fstype.startswith("fuse"):
                     out.append(rec)
         return out
 
@@ -1161,7 +1186,9 @@ class Writer:
 
     def reap(self) -> set[str]:
         """Remove what killed commands left: what no live command owns in ``tmp/`` (temporary files,
-        stages, trees being removed, holds) and the records of mounts whose process is gone.
+        stages, trees being removed, holds) and the records of mounts that no longer exist (their
+        process is gone and their mount point is not mounted: after a reboot; a dead mount's record
+        stays until ``umount``, see :meth:`Store.dead_mounts`).
 
         Cheap (two directory listings): the commands that write only records (``mount``) run this
         instead of the whole :meth:`collect_garbage`.
@@ -1190,7 +1217,7 @@ class Writer:
                 with contextlib.suppress(OSError, ValueError):
                     layers = json.loads((store.tmp_dir / entry).read_bytes()).get("layers", [])
                     held.update(_hex(d) for d in layers if isinstance(d, str) and _digest.is_digest(d))
-        live_mounts = {store._mount_record_path(m.mountpoint).name for m in store.mounts()}
+        live_mounts = {store._mount_record_path(m.mountpoint).name for m in [*store.mounts(), *store.dead_mounts()]}
         for entry in os.listdir(store.root / "mounts"):
             if entry not in live_mounts:
                 with contextlib.suppress(FileNotFoundError):
