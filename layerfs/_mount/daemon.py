@@ -63,6 +63,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import hashlib
 import json
 import logging
@@ -291,19 +292,25 @@ def check_mountpoint(mountpoint: str | os.PathLike[str]) -> Path:
         MountError: missing, not a directory, a dead FUSE mount, already a mount point, not empty.
     """
     path = Path(os.path.abspath(mountpoint))
+    dead = MountError(f"mount point {path}: is a dead mount (transport endpoint is not connected): run "
+                      f"`layerfs umount {path}` first")
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise MountError(f"mount point {path}: does not exist") from None
     except OSError as err:
-        if err.errno == 107:  # ENOTCONN: a FUSE mount whose daemon is gone
-            raise MountError(f"mount point {path}: is a dead mount (transport endpoint is not "
-                             f"connected): run `layerfs umount {path}` first") from None
+        if err.errno == errno.ENOTCONN:  # a FUSE mount whose daemon is gone
+            raise dead from None
         raise MountError(f"mount point {path}: {err.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mount point {path}: is not a directory")
     real = os.path.realpath(path)
     if real in _proc.mountpoints():
+        try:
+            os.statvfs(path)  # the kernel may answer stat from its cache; statfs asks the daemon
+        except OSError as err:
+            if err.errno == errno.ENOTCONN:
+                raise dead from None
         raise MountError(f"mount point {path}: is already a mount point (unmount it first)")
     try:
         with os.scandir(path) as it:
