@@ -41,6 +41,7 @@ import datetime
 import hashlib
 import http.server
 import json
+import re
 import secrets
 import socket
 import subprocess
@@ -106,13 +107,14 @@ class Registry:
 
     @classmethod
     def start(cls, work: Path, storage: Path, *, htpasswd: Path | None = None, token: TokenServer | None = None,
-              redirect_base: str | None = None) -> Registry:
-        """Start a registry serving ``storage``; returns once ``/v2/`` answers."""
+              redirect_base: str | None = None, accesslog: bool = False) -> Registry:
+        """Start a registry serving ``storage``; returns once ``/v2/`` answers.  With ``accesslog``
+        it logs every request to ``reg.log`` (see :meth:`blob_gets`)."""
         work.mkdir(parents=True, exist_ok=True)
         port = free_port()
         config: dict[str, Any] = {
             "version": 0.1,
-            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            "log": {"level": "warn", "accesslog": {"disabled": not accesslog}},
             "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
             "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
         }
@@ -147,6 +149,15 @@ class Registry:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def blob_gets(self) -> list[str]:
+        """The digests of the blobs answered to a GET (200), in order (needs ``accesslog``)."""
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            m = re.search(r'"GET /v2/\S+/blobs/(sha256:[0-9a-f]{64}) HTTP/[\d.]+" 200 ', line)
+            if m:
+                out.append(m.group(1))
+        return out
 
     def blob_data_path(self, storage: Path, digest: str) -> Path:
         """Where the registry keeps a blob's bytes (to corrupt it)."""
