@@ -17,8 +17,8 @@ What is checked after each kill (:meth:`World.run_point`):
 1. at once, before any other command: the store holds no half-made part: every layer directory
    matches the tree digest recorded when it was published, every image has its config, layers
    and chains (``verify``'s checks; only dangling references and stale mount records, which the
-   next writer drops, may be left); the container ``keep``'s upper still holds the file written
-   in it before;
+   next writer drops, and a dead mount, which ``umount`` clears, may be left); the container
+   ``keep``'s upper still holds the file written in it before;
 2. the next command: a dead mount left behind is cleared by ``layerfs umount``; the killed command
    is run again and must succeed (an ``rm`` whose image is already gone may say so);
 3. ``layerfs verify`` passes (exit 0, nothing printed); ``tmp/`` and ``mounts/`` are empty; no
@@ -121,8 +121,10 @@ def _parse(log: str) -> list[tuple[int, str, str]]:
         if m is None:
             continue
         pid = int(m.group(1))
-        if m.group(2):
+        if m.group(2) in SYSCALLS:  # (strace shows calls it has no name for, e.g. syscall_0x1d0)
             out.append((pid, m.group(2), m.group(3)))
+        elif m.group(2):
+            continue
         else:
             out.append((pid, "+++", m.group(4)))
     return out
@@ -329,7 +331,7 @@ class World:
     def _check_at_once(self, kp: KillPoint, point: Path) -> None:
         store = Store(point / "store")
         report = _verify.verify(store)
-        bad = [p.line() for p in report.problems if not p.what.startswith(("reference ", "mount record "))]
+        bad = [p.line() for p in report.problems if not p.what.startswith(("reference ", "mount record ", "mount at "))]
         if bad:
             raise AssertionError(f"{kp.name}: right after the kill: {bad}")
         self._check_survivor(store)
