@@ -299,7 +299,7 @@ def check_mountpoint(mountpoint: str | os.PathLike[str]) -> Path:
     except FileNotFoundError:
         raise MountError(f"mount point {path}: does not exist") from None
     except OSError as err:
-        if err.errno == errno.ENOTCONN:  # a FUSE mount whose daemon is gone
+        if err.errno in (errno.ENOTCONN, errno.ECONNABORTED):  # a FUSE mount whose daemon is gone
             raise dead from None
         raise MountError(f"mount point {path}: {err.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
@@ -309,7 +309,7 @@ def check_mountpoint(mountpoint: str | os.PathLike[str]) -> Path:
         try:
             os.statvfs(path)  # the kernel may answer stat from its cache; statfs asks the daemon
         except OSError as err:
-            if err.errno == errno.ENOTCONN:
+            if err.errno in (errno.ENOTCONN, errno.ECONNABORTED):
                 raise dead from None
         raise MountError(f"mount point {path}: is already a mount point (unmount it first)")
     try:
@@ -522,6 +522,7 @@ def _start_daemon(store: Store | None, stack: _Stack, mnt: Path, rundir: Path, r
         except BaseException as err:  # noqa: B036 - the child must never return into the caller
             with contextlib.suppress(BaseException):
                 log.exception("daemon failed")
+                _unregister(store, mnt, os.getpid())  # the command may be gone: it would not do it
                 os.write(wfd, f"error: {err}\n".encode())
         finally:
             os._exit(code)
@@ -780,6 +781,14 @@ def _serve_native(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obje
     finally:
         with contextlib.suppress(Exception):
             write_stats()
+        if loop.is_alive():
+            # failed while serving had begun (the command that started us died before we could say
+            # "ok": no one would know of this mount): stop as on SIGTERM, so the mount goes too
+            session.exit()
+            loop.join(STOP_GRACE)
+            if loop.is_alive():
+                _abort_connection(device)
+                loop.join(STOP_GRACE)
         if not loop.is_alive():
             # libfuse's order: the loop has returned (its threads are joined), then unmount, then
             # destroy; nothing frees what a request thread may still use
