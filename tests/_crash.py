@@ -1,6 +1,7 @@
 """Crash points: kill a real ``layerfs`` process (SIGKILL) at one system call, then check the store.
 
-Shared by tests/test_crash.py (a fixed subset, in CI) and scripts/crashtest (every point).
+Shared by tests/test_crash.py (a fixed subset, in CI) and scripts/crashtest (every point); the
+strace details are in docs/testing.rst "Crash points".
 
 How a point is made.  Each scenario is one command (pull, load, commit, push, rm of an image or a
 container, tag, image prune, mount, umount) run against a fresh copy of one template store.  A

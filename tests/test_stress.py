@@ -216,7 +216,7 @@ class Stress:
                 fine = "No such image" in r.stderr  # the rm went first: the mount fails, cleanly
                 stopped += 2
             assert fine, f"round {number}: {r.argv} failed: {r.stderr.strip() or r.stdout.strip()}"
-        assert len(result.ran) + stopped == commands, f"round {number}: a client stopped: {[r.argv for r in result.ran]}"
+        assert len(result.ran) + stopped == commands, f"round {number}: a client stopped: {result.ran}"
         store = Store(self.root)
         ids = {i.id: i for i in store.images()}
         for r in result.ran:
@@ -228,7 +228,7 @@ class Stress:
                     assert any(t.endswith(want) for t in ids[image_id].repo_tags), (r.argv, ids[image_id].repo_tags)
                 if r.argv[0] == "commit" and image_id in ids:
                     top = store.layer_dirs(ids[image_id])[-1]
-                    assert (top / f"round-{number}.txt").read_text() == str(number)
+                    assert (top / f"round-{number}.txt").read_text() == str(number), f"round {number}: {r.argv}"
         for diff_id, count in result.fetches.items():
             allowed = 1 + result.deletions[diff_id]
             assert 1 <= count <= allowed, (f"round {number}: layer {diff_id} fetched {count} times, "
@@ -238,10 +238,13 @@ class Stress:
             if any(r.number == i for r in self.results):
                 assert (upper / f"round-{i}.txt").read_text() == str(i), f"round {i}'s file is lost"
         proc = self._layerfs("verify", "-q")
-        assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
-        assert os.listdir(self.root / "tmp") == [] and os.listdir(self.root / "mounts") == []
-        assert not any(m.mountpoint.startswith(str(self.work)) for m in _proc.mounts())
-        assert {"k1:1", "k2:1"} <= {t for i in ids.values() for t in i.repo_tags}
+        assert proc.returncode == 0 and proc.stdout == "", f"round {number}: verify: {proc.stdout}{proc.stderr}"
+        left = os.listdir(self.root / "tmp") + os.listdir(self.root / "mounts")
+        assert left == [], f"round {number}: left in tmp/ or mounts/: {left}"
+        mounted = [m.mountpoint for m in _proc.mounts() if m.mountpoint.startswith(str(self.work))]
+        assert mounted == [], f"round {number}: still mounted: {mounted}"
+        tags = {t for i in ids.values() for t in i.repo_tags}
+        assert {"k1:1", "k2:1"} <= tags, f"round {number}: K1 or K2 lost its tag: {sorted(tags)}"
 
 
 def _manifest_layers(layout: Path) -> list[str]:
