@@ -60,7 +60,8 @@ SYSCALLS = ("rename", "renameat", "renameat2", "unlink", "unlinkat", "rmdir", "m
             "ftruncate", "fallocate", "mount", "umount2", "kill", "clone", "clone3", "execve")
 
 #: The scenarios, in the order the table lists them.
-SCENARIOS = ("pull", "load", "commit", "push", "rm", "rm-container", "tag", "prune", "mount", "umount")
+SCENARIOS = ("pull", "load", "commit", "push", "rm", "rm-container", "tag", "prune", "mount", "mount-new",
+             "umount")
 
 #: The file written in the container ``keep`` before any kill: it must survive every one.
 SURVIVOR = ("survivor.txt", "written before the crashes\n")
@@ -465,6 +466,24 @@ def _check_mounted_view(w: World, point: Path) -> None:
         _ok(layerfs(root, "umount", str(mnt), env=w.env), "umount")
 
 
+def _check_fresh(w: World, point: Path) -> None:
+    """The new container exists, once, mounted by the retry: it takes a write; umount."""
+    from layerfs._store import containers as _containers
+
+    root, mnt = point / "store", point / "mnt"
+    names = [c.name for c in _containers.containers(Store(root))]
+    if sorted(names) != ["fresh", "keep", "spare"]:
+        raise AssertionError(f"containers: {names}")
+    try:
+        (mnt / "new.txt").write_text("new\n")
+        if (mnt / "victim" / "data").stat().st_size != 200 << 10:
+            raise AssertionError("the new container's image does not show")
+    finally:
+        _ok(layerfs(root, "umount", str(mnt), env=w.env), "umount")
+    if (_containers.get(Store(root), "fresh").upper / "new.txt").read_text() != "new\n":
+        raise AssertionError("the new container's write did not reach its upper")
+
+
 def _mount_keep(w: World, point: Path) -> None:
     _ok(layerfs(point / "store", "mount", "--name", "keep", "keep:1", str(point / "mnt"), env=w.env), "mount keep")
 
@@ -493,6 +512,8 @@ SCENARIO_TABLE: dict[str, Scenario] = {s.name: s for s in [
              check=_check_prune),
     Scenario("mount", lambda w, p: ["mount", "--name", "keep", "keep:1", str(p / "mnt")],
              retry=lambda w, p: ["mount", "--name", "keep", "keep:1", str(p / "mnt")], check=_check_mounted_view),
+    Scenario("mount-new", lambda w, p: ["mount", "--name", "fresh", "victim:1", str(p / "mnt")],
+             retry=lambda w, p: ["mount", "--name", "fresh", "victim:1", str(p / "mnt")], check=_check_fresh),
     Scenario("umount", lambda w, p: ["umount", str(p / "mnt")], before=_mount_keep,
              attach=lambda w, p: daemons_of(p / "mnt"),
              retry=lambda w, p: ["mount", "--name", "keep", "keep:1", str(p / "mnt")], check=_check_mounted_view),

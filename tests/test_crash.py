@@ -1,5 +1,6 @@
 """Crash points everywhere (issue 12): a real ``layerfs`` killed with SIGKILL at a system call of
-pull, load, commit, push, rm (of an image, of a container), tag, image prune, mount and umount,
+pull, load, commit, push, rm (of an image, of a container), tag, image prune, mount (of a
+container, and of a new one, which mount makes) and umount,
 then the next command's clean-up and ``verify`` (tests/_crash.py says how points are made and
 what is checked after each).
 
@@ -17,7 +18,7 @@ import pytest
 from _crash import SCENARIO_TABLE, SCENARIOS, KillPoint, World, subset
 from conftest import require_fuse, require_root, require_tool
 
-#: Points of each command in CI (10 commands: at least 50 points killed in all).
+#: Points of each command in CI (11 commands: at least 55 points killed in all).
 PER_SCENARIO = 6
 
 #: The kill points that showed a defect: the first (or, with -1, the last) point of the scenario
