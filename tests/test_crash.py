@@ -1,8 +1,7 @@
 """Crash points everywhere (issue 12): a real ``layerfs`` killed with SIGKILL at a system call of
 pull, load, commit, push, rm (of an image, of a container), tag, image prune, mount (of a
-container, and of a new one, which mount makes) and umount,
-then the next command's clean-up and ``verify`` (tests/_crash.py says how points are made and
-what is checked after each).
+container, and of a new one, which mount makes) and umount, then the next command's clean-up and
+``verify`` (tests/_crash.py says how points are made and what is checked after each).
 
 CI runs a fixed subset (:data:`PER_SCENARIO` points of each command, chosen by ``_crash.subset``
 from a recorded run) and the points that once showed a defect (:data:`REGRESSIONS`);
