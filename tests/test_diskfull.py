@@ -107,6 +107,7 @@ def _sweep(disk: Disk, argv: list[str], what: str, *, outside: Path | None = Non
         if proc.returncode == 0:
             assert level > 0, f"{what} succeeded with no room at all"
             disk.intact()
+            print(f"{what}: ENOSPC at {failed} levels of free space, then succeeded with {level} bytes free")
             return failed
         failed += 1
         errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]  # load's progress: stderr
