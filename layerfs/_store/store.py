@@ -1184,9 +1184,10 @@ class Writer:
 
     # -- consistency -------------------------------------------------------------------------
 
-    def reap(self) -> set[str]:
+    def reap(self) -> tuple[set[str], set[str]]:
         """Remove what killed commands left: what no live command owns in ``tmp/`` (temporary files,
-        stages, trees being removed, holds) and the records of mounts that no longer exist (their
+        stages, trees being removed, holds; what a failed pull keeps for a resume only once it
+        expires, :data:`RESUME_SECONDS`) and the records of mounts that no longer exist (their
         process is gone and their mount point is not mounted: after a reboot; a dead mount's record
         stays until ``umount``, see :meth:`Store.dead_mounts`).
 
@@ -1194,7 +1195,7 @@ class Writer:
         instead of the whole :meth:`collect_garbage`.
 
         Returns:
-            The layers (hex) that live holds keep.
+            The layers (hex) that live holds keep, and those a failed pull keeps for its resume.
         """
         store = self.store
         held: set[str] = set()
@@ -1217,18 +1218,18 @@ class Writer:
                 with contextlib.suppress(OSError, ValueError):
                     layers = json.loads((store.tmp_dir / entry).read_bytes()).get("layers", [])
                     held.update(_hex(d) for d in layers if isinstance(d, str) and _digest.is_digest(d))
-        live_mounts = {store._mount_record_path(m.mountpoint).name for m in [*store.mounts(), *store.dead_mounts()]}
+        mounts = {store._mount_record_path(m.mountpoint).name for m in [*store.mounts(), *store.dead_mounts()]}
         for entry in os.listdir(store.root / "mounts"):
-            if entry not in live_mounts:
+            if entry not in mounts:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(store.root / "mounts" / entry)
-        return held
+        return held, kept
 
     def collect_garbage(self) -> list[str]:
         """Remove leftovers (:meth:`reap`), and layers, chains, blobs and state files that no image
         uses (nor, for layers, a live :meth:`Store.hold`).  Returns the diff IDs of the layers removed."""
         store = self.store
-        held = self.reap()
+        held, kept = self.reap()
         used_layers: set[str] = set()
         used_chains: set[str] = set()
         used_blobs: set[str] = set()
