@@ -33,8 +33,9 @@ The next pull of that blob replays the kept bytes into the unpacker (which verif
 blob's digest, as for a fresh download: Python's hashlib cannot save a SHA-256 state, so the
 kept bytes are hashed again, locally) and asks the registry for the rest only (``Range:
 bytes=N-``).  If the blob then turns out wrong, the kept bytes are dropped and the blob fetched
-once more from the start.  Kept bytes are dropped when the blob is wrong or the disk is full,
-and expire a day after they were last written (:data:`layerfs._store.store.RESUME_SECONDS`).
+once more from the start.  Kept bytes are dropped when the blob is wrong, and expire a day
+after they were last written (:data:`layerfs._store.store.RESUME_SECONDS`).  A pull that fails
+on a full disk keeps nothing (no layer, no bytes): it gives back all the room it took.
 """
 
 from __future__ import annotations
@@ -163,7 +164,14 @@ class _Pull:
                     image = writer.add_image(config_digest, manifest_digest=manifest_digest,
                                              index_digest=index_digest, tags=tags, record_digests=False)
                 self.store.forget_kept_layers(layer.diff_id for layer in layers)  # the image lists them now
-        except BaseException:
+        except BaseException as err:
+            if _no_space(err):  # keeping what was fetched would keep the disk full: give it all back
+                with contextlib.suppress(Exception):
+                    self.store.forget_kept_layers(layer.diff_id for layer in layers)
+                    for layer in layers:
+                        with self.store.partial_blob(layer.digest) as partial:
+                            if partial is not None:
+                                partial.drop()
             with contextlib.suppress(Exception):
                 self.store.collect_garbage()  # what this pull added, but the layers kept to resume
             raise
@@ -343,6 +351,16 @@ class _ResumedBlob:
                 log.info("blob %s: not kept for a resume: %s", self._layer.digest, err.strerror)
                 partial.drop()
         return data
+
+
+def _no_space(err: BaseException | None) -> bool:
+    """Whether ``err`` (or what caused it) is a full disk (ENOSPC)."""
+    seen = 0
+    while err is not None and seen < 20:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
 
 
 def pull(store: Store, ref: Reference | str, *, platform: _platform.Platform | str | None = None,
