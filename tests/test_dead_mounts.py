@@ -1,7 +1,7 @@
 """Dead mounts (issue 12): a mount whose daemon was killed, and the records a reboot leaves.
 
-- A daemon killed (SIGKILL) leaves a dead mount: every access fails with ENOTCONN.  The store's
-  record names it (``Store.dead_mounts``, ``verify`` says "dead" and what removes it) and keeps
+- A daemon killed (SIGKILL) leaves a dead mount: every access fails with ENOTCONN.  ``layerfs
+  mounts`` lists it as dead; the store's record names it (``Store.dead_mounts``, ``verify`` says "dead" and what removes it) and keeps
   nothing in use; the clean-up of other writers leaves the record while the dead mount is there;
   ``mount`` there refuses with what to do; ``layerfs umount`` clears it; the container's upper
   keeps everything written before, also when the daemon died in the middle of a write, and the
@@ -95,6 +95,8 @@ def test_a_killed_daemon_leaves_a_dead_mount_that_umount_clears(mounted: Mounted
     with pytest.raises(OSError) as err:
         os.stat(m.mnt / "mine.txt")
     assert err.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)  # (the latter: a request in flight)
+    listed = [json.loads(line) for line in m.layerfs("mounts", "--format", "json").stdout.splitlines()]
+    assert [(row["mountpoint"], row["alive"]) for row in listed] == [(str(m.mnt), False)]
     store = Store(m.root)
     assert store.mounts() == []  # nothing is in use any more
     assert [(d.mountpoint, d.pid) for d in store.dead_mounts()] == [(str(m.mnt), pid)]
