@@ -790,6 +790,14 @@ class Store:
         finally:
             partial.close()
 
+    def drop_partial_blob(self, digest: str) -> None:
+        """Remove the kept first bytes of the layer blob ``digest``, unless a pull is using them:
+        for a layer the store has, they serve nothing (a pull killed after it published the layer
+        but before it dropped them left them, for a day)."""
+        path = self.tmp_dir / f"{RESUME_BLOB}{_hex(_digest.check_digest(digest))}"
+        with contextlib.suppress(OSError):
+            _lease.reap(path, _remove_now)
+
     def keep_layer(self, diff_id: str) -> None:
         """Keep the published layer ``diff_id`` :data:`RESUME_SECONDS` although no image uses it
         (yet): a pull marks each layer it completes, so that one that fails, is interrupted or

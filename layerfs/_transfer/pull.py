@@ -212,6 +212,7 @@ class _Pull:
         lowers = Lowers(self.store, [layer.diff_id for layer in unique], cancelled=self.cancelled.is_set)
         for index, layer in enumerate(unique):
             if self.store.has_layer(layer.diff_id):
+                self.store.drop_partial_blob(layer.digest)  # what a killed pull kept of it
                 self.progress.layer(short(layer.digest), EXISTS)
                 lowers.done(layer.diff_id)
             else:
