@@ -4,9 +4,8 @@
   mounts`` lists it as dead; the store's record names it (``Store.dead_mounts``, ``verify`` says
   "dead" and what removes it) and keeps nothing in use; the clean-up of other writers leaves the
   record while the dead mount is there; ``mount`` there refuses with what to do; ``layerfs
-  umount`` clears it; the container's upper
-  keeps everything written before, also when the daemon died in the middle of a write, and the
-  container mounts again.
+  umount`` clears it; the container's upper keeps everything written before, also when the
+  daemon died in the middle of a write, and the container mounts again.
 - After a "reboot" (records whose process is gone and whose mount point is no longer mounted, and
   a record whose pid now belongs to another process), the next writer removes the records.
 """
