@@ -43,6 +43,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from _registry_server import Registry, push
 from conftest import require_fuse, require_root, require_tool
 from test_store import BASE, make_layout
@@ -269,3 +270,24 @@ def test_many_commands_at_once(tmp_path: Path) -> None:
         assert shared_fetched_once >= ROUNDS  # at least the shared layers of every pair came once
         assert time.monotonic() - started < 300
 
+
+
+def test_an_image_removed_while_it_is_looked_up_is_no_such_image(tmp_path: Path) -> None:
+    """Found by the stress test (client 7): ``mount ID`` while an ``rm`` of that ID ran said
+    "Error: No such file or directory: .../images/<id>.json".  The rm is made to happen between
+    finding the ID and reading its record."""
+    from layerfs import ImageNotFound
+    from layerfs._transfer.load import load
+
+    make_layout(tmp_path / "app", [BASE], tag="1")
+
+    class Racing(Store):
+        def _resolve(self, name: str) -> str:
+            image_id = super()._resolve(name)
+            with Store(self.root).writer() as w:
+                w.remove(image_id)  # another command's rm, at the worst moment
+            return image_id
+
+    (image,) = load(Store(tmp_path / "store"), f"oci:{tmp_path / 'app'}")
+    with pytest.raises(ImageNotFound, match=f"No such image: {image.id}"):
+        Racing(tmp_path / "store").get(image.id)

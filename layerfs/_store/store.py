@@ -406,10 +406,14 @@ class Store:
         """Find an image by reference (``repo:tag``, ``repo@digest``), full ID or unique ID prefix.
 
         Raises:
-            ImageNotFound: nothing answers to ``name`` (docker's words: "No such image").
+            ImageNotFound: nothing answers to ``name`` (docker's words: "No such image"), also
+                when the image is removed while it is being read.
         """
         image_id = self._resolve(name)
-        return self._load_image(image_id, self._references_by_image().get(image_id, []))
+        try:
+            return self._load_image(image_id, self._references_by_image().get(image_id, []))
+        except FileNotFoundError:  # its record (or config) went with an rm meanwhile
+            raise ImageNotFound(f"No such image: {name}") from None
 
     def _resolve(self, name: str) -> str:
         ids = self._image_ids()
