@@ -18,6 +18,10 @@ layers below it are in the store: :class:`Lowers` lets the threads that add one 
 in parallel wait for each other.  A layer never waits while it holds its stage, which another
 command may be waiting for (that command's image could hold the two layers in the other order):
 it parks what it unpacked in a directory of its own, waits, and stages again to publish.
+Another command that then stages the same layer waits for the parked one to be published
+instead of fetching it again (two pulls sharing a layer fetch it once); for a few seconds only
+if it has layers of its own parked, as two such commands could wait for each other
+(:func:`_wait_parked`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -68,17 +73,74 @@ def add_layer(store: Store, open_blob: Callable[[], AbstractContextManager[Reada
         LayerfsError: a layer below failed, or ``cancelled`` while waiting.
     """
     try:
-        return _add_layer(store, open_blob, diff_id, digest, size, media_type, cancelled, lowers)
+        wait = True
+        while True:
+            try:
+                return _add_layer(store, open_blob, diff_id, digest, size, media_type, cancelled, lowers, wait)
+            except _ParkedElsewhere:
+                wait = _wait_parked(store, diff_id, cancelled)
     except OSError as err:  # no space (the stage, the kept blob, layer.json, parked): name the layer
         raise OSError(err.errno, f"layer {diff_id}: {err.strerror or err}") from err
 
 
+class _ParkedElsewhere(Exception):
+    """Another command has this layer unpacked and parked: wait for it rather than fetch it again."""
+
+
+#: How many layers this process has parked now (see :func:`_wait_parked`), and its guard.
+_parked_here = 0
+_parked_lock = threading.Lock()
+
+
+def _parked_by_another(store: Store, diff_id: str) -> bool:
+    """Whether a live command (not this one) has ``diff_id`` parked in ``tmp/``."""
+    prefix = f"parked-{short(diff_id)}-"
+    for name in os.listdir(store.tmp_dir):
+        if name.startswith(prefix):
+            lease = _lease.take(store.tmp_dir / name)
+            if lease is None:
+                if (store.tmp_dir / name).exists():
+                    return True  # leased: its owner lives
+            else:
+                lease.release()  # a dead command's leftover: the clean-up removes it
+    return False
+
+
+#: How long a command that has layers of its own parked waits for another's parked layer.
+PARKED_WAIT = 5.0
+
+
+def _wait_parked(store: Store, diff_id: str, cancelled: Callable[[], bool] | None) -> bool:
+    """Wait while another command has ``diff_id`` parked, until it is published or given up.
+
+    A command that has no layer parked may wait as long as that takes: the other one waits only
+    for the layers below its own, which nothing of this command holds.  One that has layers
+    parked too could be waited for in turn (the two images holding the layers in the other
+    order): it waits :data:`PARKED_WAIT` at most, then fetches the layer itself.
+
+    Returns:
+        False when it gave up waiting (the layer is to be fetched without waiting again).
+    """
+    deadline = time.monotonic() + PARKED_WAIT
+    while not store.has_layer(diff_id) and _parked_by_another(store, diff_id):
+        with _parked_lock:
+            if _parked_here and time.monotonic() > deadline:
+                return False
+        if cancelled is not None and cancelled():
+            raise LayerfsError(f"layer {diff_id}: cancelled")
+        time.sleep(_lease.POLL_SECONDS)
+    return True
+
+
 def _add_layer(store: Store, open_blob: Callable[[], AbstractContextManager[Readable]], diff_id: str,
                digest: str | None, size: int | None, media_type: str | None, cancelled: Callable[[], bool] | None,
-               lowers: LowerDirs | None) -> LayerRecord:
+               lowers: LowerDirs | None, wait_for_parked: bool) -> LayerRecord:
+    global _parked_here
     with store.stage_layer(diff_id, cancelled=cancelled) as stage:
         if isinstance(stage, LayerRecord):
             return stage
+        if wait_for_parked and _parked_by_another(store, diff_id):
+            raise _ParkedElsewhere  # (the stage goes with the block)
         keep = keep_blobs()
         with open_blob() as stream, _Tee(stream, stage.path / "blob" if keep else None) as tee:
             try:
@@ -91,9 +153,16 @@ def _add_layer(store: Store, open_blob: Callable[[], AbstractContextManager[Read
             inherit_attributes(stage.diff, stats.implicit_dirs, below)
             return _publish(store, stage, stats, digest, media_type, keep)
         # the layers below are not all in: park what was unpacked, leave the stage to others, wait
-        parked = _lease.new_dir(store.tmp_dir, f"parked-{short(diff_id)}")
-        for name in os.listdir(stage.path):
-            os.rename(stage.path / name, parked.path / name)
+        with _parked_lock:
+            _parked_here += 1
+        try:
+            parked = _lease.new_dir(store.tmp_dir, f"parked-{short(diff_id)}")
+            for name in os.listdir(stage.path):
+                os.rename(stage.path / name, parked.path / name)
+        except BaseException:
+            with _parked_lock:
+                _parked_here -= 1
+            raise
     try:
         assert lowers is not None
         below = lowers(True)
@@ -110,6 +179,8 @@ def _add_layer(store: Store, open_blob: Callable[[], AbstractContextManager[Read
     finally:
         shutil.rmtree(parked.path, ignore_errors=True)
         parked.release()
+        with _parked_lock:
+            _parked_here -= 1
 
 
 def _publish(store: Store, stage: LayerStage, stats: LayerStats, digest: str | None, media_type: str | None,
