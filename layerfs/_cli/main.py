@@ -21,6 +21,7 @@ import sys
 from collections.abc import Collection, Sequence
 
 from .._errors import LayerfsError
+from .._layer import unpack as _unpack
 
 #: The modules that add subcommands, in the order ``--help`` lists them, each with the commands
 #: (and aliases) it adds.  A command imports its own module only: a mount program's start
@@ -224,6 +225,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.root is None:
         args.root = default_root()
     _configure_logging(args.debug)
+    try:
+        return _run(args)
+    finally:
+        lost = _unpack.take_not_kept()   # once, after the command's own output
+        if lost:
+            print(_unpack.not_kept_line(lost), file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         status: int = args.handler(args)
         if sys.stdout is not None:
