@@ -50,6 +50,7 @@
 #include <sys/types.h>
 
 #include "merge.h"
+#include "override.h"
 
 #define LFS_UPPER_BIT (1ULL << 63)
 #define LFS_GEN_SHIFT 32
@@ -121,7 +122,10 @@ struct lfs_fs {
     int writable;
     int upper_fd;       /* O_PATH | O_DIRECTORY of the upper directory (owned), or -1 */
     int work_fd;        /* O_PATH | O_DIRECTORY of WORKDIR/work (owned), or -1 */
-    int privileged;     /* trusted.overlay.* (root) or user.overlay.* (userxattr) names */
+    int privileged;     /* trusted.overlay.* (root) or user.overlay.* (userxattr) names; when 0,
+                           what the mount cannot make as it is takes the override form (override.h) */
+    uid_t self_uid;     /* the daemon's own ids: what it can make as it is when unprivileged */
+    gid_t self_gid;
     int metacopy;       /* metadata-only copy-up for chmod/chown/utimes/xattr changes */
     int redirect_dir;   /* renames of lower directories write overlay.redirect (else EXDEV) */
     dev_t upper_dev;
@@ -215,6 +219,10 @@ int upper_listxattr(struct lfs_fs *fs, const struct onode *on, char *buf, size_t
 int upper_setxattr(struct lfs_fs *fs, const struct onode *on, const char *name, const void *v, size_t size, int flags);
 int upper_removexattr(struct lfs_fs *fs, const struct onode *on, const char *name);
 int upper_keep_times(struct lfs_fs *fs, int dirfd, struct timespec saved[2]);
+int upper_needs_override(const struct lfs_fs *fs, mode_t mode, uid_t uid, gid_t gid, dev_t rdev);
+int upper_apply_override(struct lfs_fs *fs, int dirfd, const char *name, struct stat *st);
+int upper_set_override(struct lfs_fs *fs, int dirfd, const char *name, mode_t mode, uid_t uid, gid_t gid, dev_t rdev);
+int upper_set_owner_mode(struct lfs_fs *fs, const struct onode *on, const struct stat *attr, int to_set);
 void upper_restore_times(int dirfd, const struct timespec saved[2]);
 int is_private_xattr(const char *name);
 

@@ -132,13 +132,19 @@ static int apply_setattr(struct lfs_fs *fs, struct lfs_obj *obj, const struct st
         name = path;
     }
     int nofollow = name == path ? 0 : AT_SYMLINK_NOFOLLOW;
-    if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+    /* unprivileged: an owner the daemon cannot give, or an object in the override form, keeps
+     * owner and mode in its override instead (upper.c) */
+    int done = (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID | FUSE_SET_ATTR_MODE))
+                   ? upper_set_owner_mode(fs, on, attr, to_set) : 0;
+    if (done < 0)
+        return done;
+    if (!done && (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
         uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? attr->st_uid : (uid_t)-1;
         gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? attr->st_gid : (gid_t)-1;
         if (fchownat(dirfd, name, uid, gid, nofollow) < 0)
             return -errno;
     }
-    if ((to_set & FUSE_SET_ATTR_MODE) && !S_ISLNK(on->type)) {
+    if (!done && (to_set & FUSE_SET_ATTR_MODE) && !S_ISLNK(on->type)) {
         if (fchmodat(dirfd, name, attr->st_mode & 07777, 0) < 0)
             return -errno;
     }

@@ -274,6 +274,8 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw)
     fs->attr_timeout = at;
     fs->negative_timeout = nt;
     fs->privileged = privileged;
+    fs->self_uid = geteuid();
+    fs->self_gid = getegid();
     fs->metacopy = metacopy && privileged; /* the metacopy xattr is trusted.* only (userxattr: off) */
     fs->redirect_dir = redirect_dir && privileged; /* so is redirect (userxattr: nofollow) */
     fs->open_flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (geteuid() == 0 ? O_NOATIME : 0);

@@ -37,6 +37,11 @@ Documentation/filesystems/overlayfs.rst):
   (``--x``) the kernel finds names a lookup gives, layerfs answers EACCES; one the user may read
   but not search (``r--``) the kernel lists, layerfs does not.  A layer's root the user may not
   read fails the build.
+- Owners, modes and device numbers an unprivileged unpack kept in ``user.containers.override_stat``
+  are those the index records, in a layer whose root carries one and belongs to root or to the
+  (unprivileged) builder; the xattr itself is private (docs/overlay.rst "Owners kept in an xattr",
+  ``layerfs._layer.override``).  Which layers are believed depends on who builds, so an index
+  built by a user other than root is saved under a key naming the user (:func:`stored_key`).
 
 Inode numbers are the node numbers of the index: the root is 1, then breadth-first, children in
 byte order of their names.  The index of a stack is computed once and kept, so numbers are stable
@@ -110,10 +115,18 @@ def build(layer_dirs: Sequence[str | os.PathLike[str]], *, key: str = "") -> tup
     dirs = [os.fspath(d) for d in layer_dirs]
     if not dirs:
         raise ValueError("a merged tree needs at least one layer")
-    data, nodes, dents, hidden = _index.build(dirs, key)
+    data, nodes, dents, hidden = _index.build(dirs, stored_key(key))
     stats = MergeStatistics(layers=len(dirs), nodes=nodes, dents=dents, hidden=hidden,
                             seconds=time.perf_counter() - started, bytes=len(data))
     return data, stats
+
+
+def stored_key(key: str) -> str:
+    """The key an index of the stack ``key`` is stored under: ``key`` as root, ``key`` and the
+    user's ID otherwise (the overrides a build believes depend on who builds it: see the
+    module docstring)."""
+    euid = os.geteuid()
+    return key if euid == 0 else f"{key} uid={euid}"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -137,7 +150,7 @@ def is_current(path: Path, key: str) -> bool:
     is rebuilt instead of being served.
     """
     try:
-        return _index.Index(path).key == key
+        return _index.Index(path).key == stored_key(key)
     except (OSError, ValueError):
         return False
 
