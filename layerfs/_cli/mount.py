@@ -80,6 +80,8 @@ Options (-o, comma-separated; the last of a pair such as suid/nosuid wins):
                      off (the default): such a rename fails with EXDEV and tools copy instead.
                      Both follow the redirects an upper holds (root; the kernel's default)
   suid, dev          see below (root only)
+  allow_other        other users may enter (root's mounts always do; a user's needs the line
+                     user_allow_other in /etc/fuse.conf, else it is refused saying so)
   uidmapping=, gidmapping=   the identity only (files keep their IDs); other mappings are refused
 Options that change nothing in a layerfs mount are accepted, and --debug says why each one is
 ignored: what podman passes (fsync=0, volatile, an SELinux context= on a host without SELinux),
@@ -207,6 +209,8 @@ class MountOptions:
     redirect_dir: bool = False
     #: ``debug``: as ``--debug``.
     debug: bool = False
+    #: ``allow_other``: other users may enter (root's mounts always; a user's where /etc/fuse.conf allows).
+    allow_other: bool = False
     #: Options accepted that change nothing here, each with why (noted with ``--debug``).
     ignored: tuple[tuple[str, str], ...] = ()
 
@@ -266,7 +270,7 @@ _REFUSED: dict[str, str] = {
     "plugins": "fuse-overlayfs plugins are not supported",
     "nfs_export": "file handles are not exported",
     "index": "overlay's inode index is not supported (copy-up breaks hard links, as with index=off)",
-    "allow_root": "not supported (as root the mount is allow_other; a user's mount is the user's alone)",
+    "allow_root": "not supported (as root the mount is allow_other; a user may ask for allow_other)",
 }
 
 #: Values of options that are accepted because they are what layerfs does anyway.
@@ -340,7 +344,8 @@ def _parse_options(values: list[str]) -> MountOptions:
     """
     lower: list[str] | None = None
     upper = work = None
-    flags = {"suid": False, "dev": False, "ro": False, "rw": False, "userxattr": False, "debug": False}
+    flags = {"suid": False, "dev": False, "ro": False, "rw": False, "userxattr": False, "debug": False,
+             "allow_other": False}
     metacopy: bool | None = None
     redirect_dir = False
     ignored: list[tuple[str, str]] = []
@@ -387,9 +392,10 @@ def _parse_options(values: list[str]) -> MountOptions:
             elif key in _IGNORED or key.startswith("x-"):
                 ignored.append((opt, _IGNORED.get(key, "for mount(8) and its helpers")))
             elif key == "allow_other" and not eq:
-                if os.geteuid() != 0:
-                    raise MountError("-o allow_other: not supported for a user's mount (it is the user's alone)")
-                ignored.append((opt, "always on for root's mounts"))
+                if os.geteuid() == 0:
+                    ignored.append((opt, "always on for root's mounts"))
+                else:
+                    flags["allow_other"] = True   # where /etc/fuse.conf allows it (_cache.mount_options)
             elif key == "redirect_dir" and arg == "on":
                 redirect_dir = True
             elif key == "redirect_dir" and eq:
@@ -401,7 +407,7 @@ def _parse_options(values: list[str]) -> MountOptions:
                 raise MountError(f"-o {opt}: unknown mount option")
     return MountOptions(lower, upper, work, read_only=flags["ro"], read_write=flags["rw"], suid=flags["suid"],
                         dev=flags["dev"], userxattr=flags["userxattr"], metacopy=metacopy,
-                        redirect_dir=redirect_dir, debug=flags["debug"],
+                        redirect_dir=redirect_dir, debug=flags["debug"], allow_other=flags["allow_other"],
                         ignored=tuple(ignored))
 
 
@@ -434,7 +440,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         lower, upper = _lowerdir_stack(lower, opts)
         mountpoint = args.args[-1]
         _mount.mount(None, lower, mountpoint, foreground=args.foreground, debug=args.debug, engine=args.engine,
-                     suid=opts.suid, dev=opts.dev, upper=upper)
+                     suid=opts.suid, dev=opts.dev, upper=upper, allow_other=opts.allow_other)
         return 0
     if opts.upperdir is not None or opts.workdir is not None:
         raise MountError("-o upperdir=, workdir=: only with -o lowerdir= (plain directories)")
@@ -449,7 +455,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not (args.read_only or opts.read_only):
         return _mount_container(store, image, mountpoint, args, opts)
     _mount.mount(store, image, mountpoint, foreground=args.foreground, debug=args.debug, engine=args.engine,
-                 suid=opts.suid, dev=opts.dev)
+                 suid=opts.suid, dev=opts.dev, allow_other=opts.allow_other)
     return 0
 
 
@@ -494,7 +500,8 @@ def _mount_container(store: Store, image_name: str, mountpoint: str, args: argpa
                                               remove_on_umount=args.rm)
     try:
         _mount.mount(store, image_name, mountpoint, foreground=args.foreground, debug=args.debug,
-                     engine=args.engine, suid=opts.suid, dev=opts.dev, container=container)
+                     engine=args.engine, suid=opts.suid, dev=opts.dev, container=container,
+                     allow_other=opts.allow_other)
     except BaseException:
         if made is not None:
             with contextlib.suppress(LayerfsError, OSError):

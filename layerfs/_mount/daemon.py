@@ -378,7 +378,8 @@ def parse_lowerdir(value: str) -> list[str]:
 def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
           mountpoint: str | os.PathLike[str], *, foreground: bool = False, debug: bool = False,
           engine: str = DEFAULT_ENGINE, suid: bool = False, dev: bool = False,
-          upper: _upper.Upper | None = None, container: Container | None = None) -> MountHandle:
+          upper: _upper.Upper | None = None, container: Container | None = None,
+          allow_other: bool = False) -> MountHandle:
     """Mount an image of the store or a stack of plain dirs at ``mountpoint``.
 
     Args:
@@ -390,6 +391,8 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         engine: "c" or "pyfuse3" (see :data:`ENGINES`).
         suid, dev: honour setuid bits and device nodes (root only; ``nosuid,nodev`` otherwise:
             see ``_cache.mount_options``).
+        allow_other: let other users in (always so for root; a user needs ``user_allow_other`` in
+            /etc/fuse.conf, else MountError says so: ``_cache.mount_options``).
         upper: the checked upper and work directories of a writable mount (``_mount.upper.check``);
             None for a read-only mount.  Only the C engine writes.
         container: the container (``_store.containers``) this writable mount of an image belongs
@@ -423,7 +426,8 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         stack = dataclasses.replace(stack, container=container)
     if upper is not None:
         stack = dataclasses.replace(stack, upper=upper)
-    options = _cache.mount_options(fsname=f"layerfs:{stack.source}"[:200].replace(",", "_"), suid=suid, dev=dev)
+    options = _cache.mount_options(fsname=f"layerfs:{stack.source}"[:200].replace(",", "_"), suid=suid, dev=dev,
+                                   allow_other=allow_other)
     if upper is not None:
         options.discard("ro")
     what = f"mount {stack.source} on {mnt}"
@@ -741,6 +745,8 @@ def _serve_native(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obje
     work_lock = -1
     if up is not None:
         work_lock = _upper.prepare(up)  # held (flock) until this process exits
+        if stack.container is not None and stack.container.own_dirs:
+            _upper.own_root(up)
     try:
         session = NativeSession(stack.index_path, [str(d) for d in stack.layer_dirs], str(mnt), options,
                                 entry_timeout=policy.entry_timeout, attr_timeout=policy.attr_timeout,
