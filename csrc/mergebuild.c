@@ -4,7 +4,8 @@
  * layer dirs (base first) breadth-first with getdents (fdopendir/readdir), fstatat, readlinkat
  * and listxattrat/getxattrat, applies the overlay rules and returns the same bytes as the
  * Python oracle tests/_merge_oracle.py (tests/test_merge.py checks byte equality on every
- * rule case).  The rules, the numbering and the file format are documented once, in
+ * rule case).  Owners, modes and device numbers kept in `user.containers.override_stat` are
+ * those recorded, in the layers whose overrides are believed (override.h, apply_override).  The rules, the numbering and the file format are documented once, in
  * layerfs/_mount/merge.py; the format is defined in merge.h, the marker forms below.
  *
  * Paths: each layer root is opened once; every directory below it is opened with openat2

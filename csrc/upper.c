@@ -11,6 +11,11 @@
  *     metacopy is on): an upper file of the right size whose data is still the lower file's,
  *     marked `trusted.overlay.metacopy` (empty value); the kernel needs `-o metacopy=on` to
  *     follow it.  Its data is copied at the first write or truncation.
+ *   - unprivileged, an object the daemon cannot make as it is (another's owner, a device node): a
+ *     regular file or directory carrying `user.containers.override_stat` with its owner, mode and
+ *     type, a mode on disk the daemon can use (override.h; docs/overlay.rst "Owners kept in an
+ *     xattr"), as fuse-overlayfs writes it when it may not chown.  Everything else is made as it
+ *     is, so that the kernel overlay reads a user's own changes alike.
  *
  * Copy-up follows the kernel's order (fs/overlayfs/copy_up.c): parents first; the object is
  * made under a temporary name in WORKDIR/work with its data (copy_file_range, holes kept through

@@ -212,7 +212,7 @@ def not_kept_line(lost: NotKept) -> str:
     parts = []
     if lost.symlink_owners:
         n = lost.symlink_owners
-        parts.append(f"the owners of {n} symlink{'s' if n != 1 else ''} (they are yours)")
+        parts.append(f"the owners of {n} symlink{'s' if n != 1 else ''} (now yours)")
     if lost.xattrs:
         n = sum(count for _, count in lost.xattrs)
         names = ", ".join(name for name, _ in lost.xattrs)
@@ -1020,9 +1020,9 @@ class _Applier:
             os.chmod(name, 0o755 | (st.st_mode & stat.S_ISGID), dir_fd=dirfd)
         else:   # root's mkdir(2) would make it root's, and setgid in a parent the override says is
             pst = os.fstat(dirfd)
-            parent = _override.effective(pst, _override.read(dirfd, "", pst))
-            setgid = parent.st_mode & stat.S_ISGID
-            keep = _override.Override(0, parent.st_gid if setgid else 0, stat.S_IFDIR | 0o755 | setgid)
+            above = _override.effective(pst, _override.read(dirfd, "", pst))
+            setgid = above.st_mode & stat.S_ISGID
+            keep = _override.Override(0, above.st_gid if setgid else 0, stat.S_IFDIR | 0o755 | setgid)
             os.chmod(name, 0o755, dir_fd=dirfd)
             _override.write(dirfd, name, keep)
             st = _override.effective(os.stat(name, dir_fd=dirfd, follow_symlinks=False), keep)
@@ -1564,7 +1564,10 @@ __all__ = [
     "MAX_PATH_BYTES",
     "ImplicitDir",
     "LayerStats",
+    "NotKept",
     "default_privileged",
     "inherit_attributes",
+    "not_kept_line",
+    "take_not_kept",
     "unpack_layer",
 ]
