@@ -5,8 +5,9 @@
  * and listxattrat/getxattrat, applies the overlay rules and returns the same bytes as the
  * Python oracle tests/_merge_oracle.py (tests/test_merge.py checks byte equality on every
  * rule case).  Owners, modes and device numbers kept in `user.containers.override_stat` are
- * those recorded, in the layers whose overrides are believed (override.h, apply_override).  The rules, the numbering and the file format are documented once, in
- * layerfs/_mount/merge.py; the format is defined in merge.h, the marker forms below.
+ * those recorded, in the layers whose overrides are believed (override.h, apply_override).  The
+ * rules, the numbering and the file format are documented once, in layerfs/_mount/merge.py; the
+ * format is defined in merge.h, the marker forms below.
  *
  * Paths: each layer root is opened once; every directory below it is opened with openat2
  * (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) relative to that fd, and every entry is read

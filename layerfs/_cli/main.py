@@ -21,7 +21,6 @@ import sys
 from collections.abc import Collection, Sequence
 
 from .._errors import LayerfsError
-from .._layer import unpack as _unpack
 
 #: The modules that add subcommands, in the order ``--help`` lists them, each with the commands
 #: (and aliases) it adds.  A command imports its own module only: a mount program's start
@@ -228,9 +227,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     finally:
-        lost = _unpack.take_not_kept()   # once, after the command's own output
-        if lost:
-            print(_unpack.not_kept_line(lost), file=sys.stderr)
+        _say_what_was_not_kept()
+
+
+def _say_what_was_not_kept() -> None:
+    """Once, after the command's own output: what its unprivileged unpacks could not keep (the
+    unpacker counts it; a command that unpacked nothing never imported it)."""
+    if "layerfs._layer.unpack" not in sys.modules:
+        return
+    from .._layer import unpack
+
+    lost = unpack.take_not_kept()
+    if lost:
+        print(unpack.not_kept_line(lost), file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:
