@@ -339,7 +339,7 @@ def _image_stack(store: Store, name: str, rundir: Path) -> _Stack:
         return _Stack([empty], store.state_dir("merged") / f"{image.id.partition(':')[2]}.idx", f"empty:{image.id}",
                       name, image)
     index_path = store.state_dir("merged") / f"{top.partition(':')[2] or top}.idx"
-    return _Stack(store.layer_dirs(image), index_path, top, name, image)
+    return _Stack(store.layer_dirs(image), index_path, _merge.stored_key(top), name, image)
 
 
 def _lowerdir_stack(lowerdirs_top_first: Sequence[str | os.PathLike[str]], rundir: Path) -> _Stack:

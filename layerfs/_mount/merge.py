@@ -40,8 +40,8 @@ Documentation/filesystems/overlayfs.rst):
 - Owners, modes and device numbers an unprivileged unpack kept in ``user.containers.override_stat``
   are those the index records, in a layer whose root carries one and belongs to root or to the
   (unprivileged) builder; the xattr itself is private (docs/overlay.rst "Owners kept in an xattr",
-  ``layerfs._layer.override``).  Which layers are believed depends on who builds, so an index
-  built by a user other than root is saved under a key naming the user (:func:`stored_key`).
+  ``layerfs._layer.override``).  Which layers are believed depends on who builds, so the daemon
+  names an image's index with a key naming the user other than root (:func:`stored_key`).
 
 Inode numbers are the node numbers of the index: the root is 1, then breadth-first, children in
 byte order of their names.  The index of a stack is computed once and kept, so numbers are stable
@@ -115,16 +115,16 @@ def build(layer_dirs: Sequence[str | os.PathLike[str]], *, key: str = "") -> tup
     dirs = [os.fspath(d) for d in layer_dirs]
     if not dirs:
         raise ValueError("a merged tree needs at least one layer")
-    data, nodes, dents, hidden = _index.build(dirs, stored_key(key))
+    data, nodes, dents, hidden = _index.build(dirs, key)
     stats = MergeStatistics(layers=len(dirs), nodes=nodes, dents=dents, hidden=hidden,
                             seconds=time.perf_counter() - started, bytes=len(data))
     return data, stats
 
 
 def stored_key(key: str) -> str:
-    """The key an index of the stack ``key`` is stored under: ``key`` as root, ``key`` and the
-    user's ID otherwise (the overrides a build believes depend on who builds it: see the
-    module docstring)."""
+    """The key to store the index of the stack named ``key`` under: ``key`` as root, ``key`` and
+    the user's ID otherwise, since the overrides a build believes depend on who builds it (see
+    the module docstring): a store that root and a user share keeps their indexes apart."""
     euid = os.geteuid()
     return key if euid == 0 else f"{key} uid={euid}"
 
@@ -150,7 +150,7 @@ def is_current(path: Path, key: str) -> bool:
     is rebuilt instead of being served.
     """
     try:
-        return _index.Index(path).key == stored_key(key)
+        return _index.Index(path).key == key
     except (OSError, ValueError):
         return False
 
