@@ -13,7 +13,8 @@
  * ENOTEMPTY when it shows any child (whiteouts do not count).
  *
  * Ownership of new objects: the caller's uid, and its gid or the parent's when the parent is
- * setgid (the kernel's inode_init_owner rules); the kernel has already applied the umask
+ * setgid (the kernel's inode_init_owner rules), the caller's taken back to the IDs on disk when
+ * the mount has an ID mapping (idmap.h); the kernel has already applied the umask
  * (FUSE_CAP_DONT_MASK is not asked for) and checked permissions (default_permissions).
  *
  * Every request here takes fs->tree exclusively.
@@ -67,8 +68,8 @@ static void new_owner(fuse_req_t req, struct lfs_fs *fs, struct onode *d, mode_t
 {
     const struct fuse_ctx *ctx = fuse_req_ctx(req);
     struct stat dst;
-    *uid = ctx->uid;
-    *gid = ctx->gid;
+    *uid = lfs_idmap_to_container(&fs->uids, ctx->uid); /* the caller's IDs are host IDs (idmap.h) */
+    *gid = lfs_idmap_to_container(&fs->gids, ctx->gid);
     if (fstat(d->dirfd, &dst) == 0 && upper_apply_override(fs, d->dirfd, NULL, &dst) == 0 && (dst.st_mode & S_ISGID)) {
         *gid = dst.st_gid;
         if (S_ISDIR(*mode))

@@ -110,6 +110,7 @@ void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         lfs_reply_err(req, fs, OP_GETATTR, -rc);
         return;
     }
+    lfs_attr_shown(fs, &st);
     fuse_reply_attr(req, &st, fs->attr_timeout);
 }
 
@@ -174,9 +175,12 @@ static int apply_setattr(struct lfs_fs *fs, struct lfs_obj *obj, const struct st
     return 0;
 }
 
-/* Whether the request's caller is in group `gid` (primary or supplementary). */
+/* Whether the request's caller is in group `gid` (an ID on disk; primary or supplementary), as the
+ * kernel judges it: by the group the mount shows, since the caller's groups are host IDs (idmap.h). */
 int lfs_caller_in_group(fuse_req_t req, gid_t gid)
 {
+    const struct lfs_fs *fs = fuse_req_userdata(req);
+    gid = lfs_idmap_to_host(&fs->gids, gid);
     if (fuse_req_ctx(req)->gid == gid)
         return 1;
     gid_t list[64];
@@ -214,6 +218,11 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, s
         lfs_reply_err(req, fs, OP_SETATTR, EROFS);
         return;
     }
+    /* chown names host IDs; the upper and its overrides keep the IDs on disk (idmap.h) */
+    if (to_set & FUSE_SET_ATTR_UID)
+        attr->st_uid = lfs_idmap_to_container(&fs->uids, attr->st_uid);
+    if (to_set & FUSE_SET_ATTR_GID)
+        attr->st_gid = lfs_idmap_to_container(&fs->gids, attr->st_gid);
     struct lfs_obj obj;
     struct stat st;
     WRLOCK(fs);
@@ -237,6 +246,7 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, s
         lfs_reply_err(req, fs, OP_SETATTR, -rc);
         return;
     }
+    lfs_attr_shown(fs, &st);
     fuse_reply_attr(req, &st, fs->attr_timeout);
 }
 
