@@ -426,6 +426,16 @@ fail:
     return -1;
 }
 
+/* A new, uninitialised session owns no descriptor: -1, not the 0 of a zeroed object, so that
+ * session_free (which Session_init and a failed init call) never closes the caller's fd 0. */
+static PyObject *Session_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    SessionObject *self = (SessionObject *)PyType_GenericNew(type, args, kw);
+    if (self != NULL)
+        self->fs.upper_fd = self->fs.work_fd = -1;
+    return (PyObject *)self;
+}
+
 static void Session_dealloc(SessionObject *self)
 {
     if (!self->looping)
@@ -566,7 +576,7 @@ static PyTypeObject SessionType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "FuseSession(index, layer_dirs, mountpoint, options, entry_timeout, attr_timeout, "
               "negative_timeout, threads=1, debug=False): a mounted read-only merged session",
-    .tp_new = PyType_GenericNew,
+    .tp_new = Session_new,
     .tp_init = (initproc)Session_init,
     .tp_dealloc = (destructor)Session_dealloc,
     .tp_methods = Session_methods,
