@@ -9,6 +9,7 @@
  *   dir.c       upper directories: their entries loaded once, merged listings (readdir)
  *   upper.c     writing the upper: copy-up, whiteouts, opaque directories, the work directory
  *   fdcache.c   backing file descriptors for data, bounded (CLOCK)
+ *   idmap.c     -o uidmapping= / gidmapping=: the owners shown and the owners taken (idmap.h)
  *   ops_meta.c  FUSE requests on one object: lookup, forget, getattr, setattr, readlink, xattrs, statfs
  *   ops_dir.c   FUSE requests on names: mknod, mkdir, symlink, create, link, unlink, rmdir, rename
  *   ops_data.c  FUSE requests on data: open, read, write, flush, release, fsync, fallocate
@@ -49,7 +50,9 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
+#include "idmap.h"
 #include "merge.h"
+#include "override.h"
 
 #define LFS_UPPER_BIT (1ULL << 63)
 #define LFS_GEN_SHIFT 32
@@ -121,9 +124,14 @@ struct lfs_fs {
     int writable;
     int upper_fd;       /* O_PATH | O_DIRECTORY of the upper directory (owned), or -1 */
     int work_fd;        /* O_PATH | O_DIRECTORY of WORKDIR/work (owned), or -1 */
-    int privileged;     /* trusted.overlay.* (root) or user.overlay.* (userxattr) names */
+    int privileged;     /* trusted.overlay.* (root) or user.overlay.* (userxattr) names; when 0,
+                           what the mount cannot make as it is takes the override form (override.h) */
+    uid_t self_uid;     /* the daemon's own ids: what it can make as it is when unprivileged */
+    gid_t self_gid;
     int metacopy;       /* metadata-only copy-up for chmod/chown/utimes/xattr changes */
     int redirect_dir;   /* renames of lower directories write overlay.redirect (else EXDEV) */
+    struct lfs_idmap uids, gids; /* the IDs shown for those on disk (idmap.h); n == 0: the identity.
+                           Every ID the engine holds is an ID on disk (a container ID). */
     dev_t upper_dev;
     uint64_t tmp_seq;   /* names in the work directory (under tree) */
     pthread_rwlock_t tree;
@@ -188,6 +196,11 @@ int node_path(const struct lfs_index *ix, uint32_t ino, char *buf, size_t size);
 void node_entry(struct lfs_fs *fs, uint64_t id, const struct stat *st, struct fuse_entry_param *e);
 void node_fill_stat(uint64_t id, const struct lfs_node *n, struct stat *st);
 
+/* idmap.c: give *st the owner the mount shows (the host IDs of its IDs on disk).  Called on every
+ * attribute that leaves the engine: node_entry (lookup, readdirplus, the replies of creating
+ * requests) and the replies of GETATTR and SETATTR. */
+void lfs_attr_shown(const struct lfs_fs *fs, struct stat *st);
+
 /* dir.c */
 int dir_load(struct lfs_fs *fs, struct onode *dir);
 struct uent *dir_find(struct dirstate *ds, const char *name, size_t len);
@@ -215,6 +228,10 @@ int upper_listxattr(struct lfs_fs *fs, const struct onode *on, char *buf, size_t
 int upper_setxattr(struct lfs_fs *fs, const struct onode *on, const char *name, const void *v, size_t size, int flags);
 int upper_removexattr(struct lfs_fs *fs, const struct onode *on, const char *name);
 int upper_keep_times(struct lfs_fs *fs, int dirfd, struct timespec saved[2]);
+int upper_needs_override(const struct lfs_fs *fs, mode_t mode, uid_t uid, gid_t gid, dev_t rdev);
+int upper_apply_override(struct lfs_fs *fs, int dirfd, const char *name, struct stat *st);
+int upper_set_override(struct lfs_fs *fs, int dirfd, const char *name, mode_t mode, uid_t uid, gid_t gid, dev_t rdev);
+int upper_set_owner_mode(struct lfs_fs *fs, const struct onode *on, const struct stat *attr, int to_set);
 void upper_restore_times(int dirfd, const struct timespec saved[2]);
 int is_private_xattr(const char *name);
 
@@ -227,7 +244,7 @@ void fd_free(struct lfs_fs *fs);
 int open_in_layer(int layer_fd, const char *path, int flags);
 
 /* The operations (ops_*.c). */
-int lfs_caller_in_group(fuse_req_t req, gid_t gid);
+int lfs_caller_in_group(fuse_req_t req, gid_t gid); /* gid: an ID on disk */
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name);
 void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup);
 void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets);

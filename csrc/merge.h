@@ -29,7 +29,7 @@
 #include <string.h>
 
 #define LFS_MAGIC "LFSMERGE"
-#define LFS_VERSION 1
+#define LFS_VERSION 2 /* 2: user.containers.override_stat is applied (override.h) */
 #define LFS_ROOT_INO 1
 #define LFS_FLAG_MERGED 1
 #define LFS_FLAG_OPAQUE 2

@@ -4,8 +4,10 @@
  * layer dirs (base first) breadth-first with getdents (fdopendir/readdir), fstatat, readlinkat
  * and listxattrat/getxattrat, applies the overlay rules and returns the same bytes as the
  * Python oracle tests/_merge_oracle.py (tests/test_merge.py checks byte equality on every
- * rule case).  The rules, the numbering and the file format are documented once, in
- * layerfs/_mount/merge.py; the format is defined in merge.h, the marker forms below.
+ * rule case).  Owners, modes and device numbers kept in `user.containers.override_stat` are
+ * those recorded, in the layers whose overrides are believed (override.h, apply_override).  The
+ * rules, the numbering and the file format are documented once, in layerfs/_mount/merge.py; the
+ * format is defined in merge.h, the marker forms below.
  *
  * Paths: each layer root is opened once; every directory below it is opened with openat2
  * (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) relative to that fd, and every entry is read
@@ -28,6 +30,7 @@
  */
 #include "native.h"
 #include "merge.h"
+#include "override.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -55,8 +58,8 @@ static const char *const kernel_opaque_xattrs[] = {"trusted.overlay.opaque",
                                                    "user.overlay.opaque"};      /* KERNEL_OPAQUE_XATTRS */
 static const char *const whiteout_xattrs[] = {"trusted.overlay.whiteout",
                                               "user.overlay.whiteout"};         /* WHITEOUT_XATTRS */
-static const char *const private_prefixes[] = {"trusted.overlay.", "user.overlay.",
-                                               "user.fuseoverlayfs."};          /* PRIVATE_XATTR_PREFIXES */
+static const char *const private_prefixes[] = {"trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.",
+                                               LFS_OVERRIDE_PREFIX};            /* PRIVATE_XATTR_PREFIXES */
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ---- allocations ---------------------------------------------------------------------------- */
@@ -156,6 +159,8 @@ struct xattrs {
     int opaque;       /* an opaque marker = "y" */
     int holds_x;      /* trusted/user.overlay.opaque = "x" */
     int whiteout;     /* one of the whiteout xattrs present */
+    int override_len; /* the LFS_OVERRIDE_XATTR value's length, or -1 (none, or too long: malformed) */
+    char override[LFS_OVERRIDE_MAX];
     char *visible;    /* packed (u32 nl, u32 vl, name, value), names sorted, private ones dropped */
     uint32_t visible_len;
 };
@@ -268,6 +273,7 @@ static ssize_t xsrc_get(const struct xsrc *s, const char *name, void *buf, size_
 static int read_xattrs(const struct xsrc *src, struct xattrs *out)
 {
     memset(out, 0, sizeof *out);
+    out->override_len = -1;
     char stackbuf[1024], *names = stackbuf;
     ssize_t n = xsrc_list(src, stackbuf, sizeof stackbuf);
     if (n < 0 && errno == ERANGE) {
@@ -331,6 +337,10 @@ static int read_xattrs(const struct xsrc *src, struct xattrs *out)
             out->holds_x = 1;
         if (in_list(name, whiteout_xattrs, NELEM(whiteout_xattrs)))
             out->whiteout = 1;
+        if (strcmp(name, LFS_OVERRIDE_XATTR) == 0 && (size_t)vl < sizeof out->override) {
+            memcpy(out->override, val, (size_t)vl);
+            out->override_len = (int)vl;
+        }
         int private = 0;
         for (size_t p = 0; p < NELEM(private_prefixes); p++)
             if (strncmp(name, private_prefixes[p], strlen(private_prefixes[p])) == 0)
@@ -422,6 +432,7 @@ struct dirjob {
 struct builder {
     char **roots;
     int *root_fds; /* each layer's root dir, opened once; every other open is relative to one */
+    int *trusted;  /* each layer's user.containers.override_stat values are believed (override.h) */
     int n_roots;
     struct buf nodes, dents, blob;
     uint32_t n_nodes, n_dents, hidden;
@@ -639,6 +650,32 @@ static int child_cmp(const void *a, const void *c)
     return r ? r : (x->name_len < y->name_len ? -1 : x->name_len > y->name_len);
 }
 
+/* Give *st the owner, mode and device number that the override in xa records, if layer li's
+ * overrides are believed: its root carries one and belongs to root, or to this (unprivileged)
+ * process (layerfs/_layer/override.py).  A malformed override is ignored. */
+static void apply_override(const struct builder *b, int li, const struct xattrs *xa, struct stat *st)
+{
+    struct lfs_override o;
+    if (!b->trusted[li] || xa->override_len < 0 ||
+        lfs_override_parse(xa->override, (size_t)xa->override_len, (uint32_t)st->st_mode, &o) < 0)
+        return;
+    st->st_uid = o.uid;
+    st->st_gid = o.gid;
+    st->st_mode = o.mode;
+    st->st_rdev = (dev_t)o.rdev;
+}
+
+/* Whether layer li's overrides are believed (see apply_override); xa: its root's xattrs. */
+static int layer_trusted(const struct xattrs *xa, const struct stat *root)
+{
+    struct lfs_override o;
+    uid_t me = geteuid();
+    if (root->st_uid != 0 && (me == 0 || root->st_uid != me))
+        return 0;
+    return xa->override_len >= 0 &&
+           lfs_override_parse(xa->override, (size_t)xa->override_len, (uint32_t)root->st_mode, &o) == 0;
+}
+
 static int is_whiteout(const struct stat *st, const struct xattrs *xa, int parent_holds_x)
 {
     if (S_ISCHR(st->st_mode) && st->st_rdev == 0)
@@ -755,6 +792,7 @@ static int list_layer(struct builder *b, const struct dirjob *job, int li, int h
                 continue;
             }
             c->st = st;
+            apply_override(b, li, &xa, &c->st);
             c->xa = xa;
             c->open = is_dir && !xa.opaque;
             if (S_ISLNK(st.st_mode) && (rc = read_target(b, c, dfd, root, job->rel)) < 0)
@@ -906,11 +944,18 @@ static int build(struct builder *b, const char *key, size_t key_len)
     int top = b->n_roots - 1;
     struct layers root_layers = {0};
     struct xattrs top_xa = {0};
+    struct stat st;
     for (int li = top; li >= 0; li--) {
         struct xattrs xa;
         struct xsrc src = {b->root_fds[li], NULL};
         if ((rc = read_xattrs(&src, &xa)) < 0)
             goto out;
+        if (fstat(b->root_fds[li], &st) < 0) {
+            mb_free(xa.visible);
+            rc = fail(b, errno, b->roots[li], "", NULL);
+            goto out;
+        }
+        b->trusted[li] = layer_trusted(&xa, &st);
         if (li == top)
             top_xa = xa;
         else
@@ -918,11 +963,11 @@ static int build(struct builder *b, const char *key, size_t key_len)
         if ((rc = layers_add(&root_layers, li, xa.holds_x)) < 0)
             goto out;
     }
-    struct stat st;
     if (fstat(b->root_fds[top], &st) < 0) {
         rc = fail(b, errno, b->roots[top], "", NULL);
         goto out;
     }
+    apply_override(b, top, &top_xa, &st);
     if ((rc = add_node(b, &st, top, LFS_ROOT_INO, 0, 0, &top_xa, NULL, 0)) < 0)
         goto out;
     char *rel = mb_strdup("");
@@ -976,6 +1021,7 @@ static void builder_free(struct builder *b)
                 close(b->root_fds[i]);
         mb_free(b->root_fds);
     }
+    mb_free(b->trusted);
 }
 
 static PyObject *merge_build(PyObject *self, PyObject *args)
@@ -1004,10 +1050,11 @@ static PyObject *merge_build(PyObject *self, PyObject *args)
     }
     b.roots = mb_calloc(n, sizeof *b.roots);
     b.root_fds = mb_malloc(sizeof *b.root_fds * n);
+    b.trusted = mb_calloc(n, sizeof *b.trusted);
     b.n_roots = (int)n;
     for (Py_ssize_t i = 0; b.root_fds != NULL && i < n; i++)
         b.root_fds[i] = -1; /* none open yet */
-    if (b.roots == NULL || b.root_fds == NULL) {
+    if (b.roots == NULL || b.root_fds == NULL || b.trusted == NULL) {
         Py_DECREF(seq);
         builder_free(&b);
         return PyErr_NoMemory();

@@ -13,7 +13,8 @@ PyMODINIT_FUNC PyInit__native(void)
     PyObject *m = PyModule_Create(&native_module);
     if (m == NULL)
         return NULL;
-    if (layerfs_init_sys(m) < 0 || layerfs_init_merge(m) < 0 || layerfs_init_session(m) < 0 || layerfs_init_mergebuild(m) < 0) {
+    if (layerfs_init_sys(m) < 0 || layerfs_init_merge(m) < 0 || layerfs_init_session(m) < 0 || layerfs_init_mergebuild(m) < 0 ||
+        layerfs_init_override(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

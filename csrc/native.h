@@ -14,5 +14,6 @@ int layerfs_init_sys(PyObject *module);   /* sys.c: openat2 and the *at() calls 
 int layerfs_init_merge(PyObject *module); /* merge.c: the merged-tree index (MergedIndex) of a mount */
 int layerfs_init_session(PyObject *module); /* session.c: the C libfuse engine (FuseSession) */
 int layerfs_init_mergebuild(PyObject *module); /* mergebuild.c: merge_build, the index walk in C */
+int layerfs_init_override(PyObject *module); /* override.c: user.containers.override_stat (tests' hooks) */
 
 #endif

@@ -579,6 +579,7 @@ void node_entry(struct lfs_fs *fs, uint64_t id, const struct stat *st, struct fu
     e->entry_timeout = fs->entry_timeout;
     e->attr_timeout = fs->attr_timeout;
     e->attr = *st;
+    lfs_attr_shown(fs, &e->attr);
 }
 
 void node_count_lookup(struct lfs_fs *fs, const struct lfs_obj *obj)

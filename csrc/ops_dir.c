@@ -13,7 +13,8 @@
  * ENOTEMPTY when it shows any child (whiteouts do not count).
  *
  * Ownership of new objects: the caller's uid, and its gid or the parent's when the parent is
- * setgid (the kernel's inode_init_owner rules); the kernel has already applied the umask
+ * setgid (the kernel's inode_init_owner rules), the caller's taken back to the IDs on disk when
+ * the mount has an ID mapping (idmap.h); the kernel has already applied the umask
  * (FUSE_CAP_DONT_MASK is not asked for) and checked permissions (default_permissions).
  *
  * Every request here takes fs->tree exclusively.
@@ -67,9 +68,9 @@ static void new_owner(fuse_req_t req, struct lfs_fs *fs, struct onode *d, mode_t
 {
     const struct fuse_ctx *ctx = fuse_req_ctx(req);
     struct stat dst;
-    *uid = ctx->uid;
-    *gid = ctx->gid;
-    if (fstat(d->dirfd, &dst) == 0 && (dst.st_mode & S_ISGID)) {
+    *uid = lfs_idmap_to_container(&fs->uids, ctx->uid); /* the caller's IDs are host IDs (idmap.h) */
+    *gid = lfs_idmap_to_container(&fs->gids, ctx->gid);
+    if (fstat(d->dirfd, &dst) == 0 && upper_apply_override(fs, d->dirfd, NULL, &dst) == 0 && (dst.st_mode & S_ISGID)) {
         *gid = dst.st_gid;
         if (S_ISDIR(*mode))
             *mode |= S_ISGID;
@@ -86,11 +87,13 @@ struct maker {
     dev_t rdev;
     const char *target;
     int fd;          /* create: the opened file (returned) */
+    int as_file;     /* unprivileged: a device (or another's fifo) made as a regular file whose
+                        override gives its type (upper_needs_override) */
 };
 
 static int make_at(struct lfs_fs *fs, int dirfd, const char *name, struct maker *m)
 {
-    switch (m->mode & S_IFMT) {
+    switch (m->as_file ? S_IFREG : m->mode & S_IFMT) {
     case S_IFDIR:
         return mkdirat(dirfd, name, 0700) < 0 ? -errno : 0;
     case S_IFLNK:
@@ -105,13 +108,18 @@ static int make_at(struct lfs_fs *fs, int dirfd, const char *name, struct maker 
         }
         /* fall through: mknod of a regular file */
     default:
+        if (m->as_file)
+            return mknodat(dirfd, name, S_IFREG | 0600, 0) < 0 ? -errno : 0;
         return mknodat(dirfd, name, (m->mode & S_IFMT) | 0600, m->rdev) < 0 ? -errno : 0;
     }
 }
 
-static int set_owner_mode(int dirfd, const char *name, mode_t mode, uid_t uid, gid_t gid, int privileged)
+static int set_owner_mode(struct lfs_fs *fs, int dirfd, const char *name, const struct maker *m, mode_t mode,
+                          uid_t uid, gid_t gid)
 {
-    if (fchownat(dirfd, name, uid, gid, AT_SYMLINK_NOFOLLOW) < 0 && (privileged || errno != EPERM))
+    if (upper_needs_override(fs, mode, uid, gid, m->rdev))
+        return upper_set_override(fs, dirfd, name, mode, uid, gid, m->rdev);
+    if (fchownat(dirfd, name, uid, gid, AT_SYMLINK_NOFOLLOW) < 0 && (fs->privileged || errno != EPERM))
         return -errno;
     if (!S_ISLNK(mode) && fchmodat(dirfd, name, mode & 07777, 0) < 0)
         return -errno;
@@ -133,13 +141,14 @@ static int create_node(fuse_req_t req, struct lfs_fs *fs, struct onode *d, const
     uid_t uid;
     gid_t gid;
     new_owner(req, fs, d, &mode, &uid, &gid);
+    m->as_file = !S_ISREG(mode) && !S_ISDIR(mode) && upper_needs_override(fs, mode, uid, gid, m->rdev);
     struct uent *e = dir_find(d->ds, name, len);
     int over_whiteout = e && e->whiteout;
     int opaque = 0;
     if (!over_whiteout) {
         if ((rc = make_at(fs, d->dirfd, name, m)) < 0)
             return rc;
-        rc = set_owner_mode(d->dirfd, name, mode, uid, gid, fs->privileged);
+        rc = set_owner_mode(fs, d->dirfd, name, m, mode, uid, gid);
         if (rc < 0) {
             if (m->fd >= 0) {
                 close(m->fd);
@@ -154,7 +163,7 @@ static int create_node(fuse_req_t req, struct lfs_fs *fs, struct onode *d, const
             return rc;
         if ((rc = make_at(fs, fs->work_fd, tmp, m)) < 0)
             return rc;
-        rc = set_owner_mode(fs->work_fd, tmp, mode, uid, gid, fs->privileged);
+        rc = set_owner_mode(fs, fs->work_fd, tmp, m, mode, uid, gid);
         if (rc == 0 && S_ISDIR(mode)) {
             /* a directory where a lower name was deleted must not merge with it */
             int fd = openat(fs->work_fd, tmp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -182,6 +191,8 @@ static int create_node(fuse_req_t req, struct lfs_fs *fs, struct onode *d, const
     struct stat st;
     if (fstatat(d->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
         return -errno;
+    if ((rc = upper_apply_override(fs, d->dirfd, name, &st)) < 0)
+        return rc;
     if (dir_add(d->ds, name, len, (uint8_t)IFTODT(st.st_mode), 0, st.st_ino) == NULL)
         return -ENOMEM;
     struct onode *on = node_new(fs, LFS_UPPER_BIT | (uint64_t)st.st_ino, st.st_mode);

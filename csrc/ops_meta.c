@@ -110,6 +110,7 @@ void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         lfs_reply_err(req, fs, OP_GETATTR, -rc);
         return;
     }
+    lfs_attr_shown(fs, &st);
     fuse_reply_attr(req, &st, fs->attr_timeout);
 }
 
@@ -132,13 +133,19 @@ static int apply_setattr(struct lfs_fs *fs, struct lfs_obj *obj, const struct st
         name = path;
     }
     int nofollow = name == path ? 0 : AT_SYMLINK_NOFOLLOW;
-    if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+    /* unprivileged: an owner the daemon cannot give, or an object in the override form, keeps
+     * owner and mode in its override instead (upper.c) */
+    int done = (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID | FUSE_SET_ATTR_MODE))
+                   ? upper_set_owner_mode(fs, on, attr, to_set) : 0;
+    if (done < 0)
+        return done;
+    if (!done && (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))) {
         uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? attr->st_uid : (uid_t)-1;
         gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? attr->st_gid : (gid_t)-1;
         if (fchownat(dirfd, name, uid, gid, nofollow) < 0)
             return -errno;
     }
-    if ((to_set & FUSE_SET_ATTR_MODE) && !S_ISLNK(on->type)) {
+    if (!done && (to_set & FUSE_SET_ATTR_MODE) && !S_ISLNK(on->type)) {
         if (fchmodat(dirfd, name, attr->st_mode & 07777, 0) < 0)
             return -errno;
     }
@@ -168,9 +175,12 @@ static int apply_setattr(struct lfs_fs *fs, struct lfs_obj *obj, const struct st
     return 0;
 }
 
-/* Whether the request's caller is in group `gid` (primary or supplementary). */
+/* Whether the request's caller is in group `gid` (an ID on disk; primary or supplementary), as the
+ * kernel judges it: by the group the mount shows, since the caller's groups are host IDs (idmap.h). */
 int lfs_caller_in_group(fuse_req_t req, gid_t gid)
 {
+    const struct lfs_fs *fs = fuse_req_userdata(req);
+    gid = lfs_idmap_to_host(&fs->gids, gid);
     if (fuse_req_ctx(req)->gid == gid)
         return 1;
     gid_t list[64];
@@ -208,6 +218,11 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, s
         lfs_reply_err(req, fs, OP_SETATTR, EROFS);
         return;
     }
+    /* chown names host IDs; the upper and its overrides keep the IDs on disk (idmap.h) */
+    if (to_set & FUSE_SET_ATTR_UID)
+        attr->st_uid = lfs_idmap_to_container(&fs->uids, attr->st_uid);
+    if (to_set & FUSE_SET_ATTR_GID)
+        attr->st_gid = lfs_idmap_to_container(&fs->gids, attr->st_gid);
     struct lfs_obj obj;
     struct stat st;
     WRLOCK(fs);
@@ -231,6 +246,7 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, s
         lfs_reply_err(req, fs, OP_SETATTR, -rc);
         return;
     }
+    lfs_attr_shown(fs, &st);
     fuse_reply_attr(req, &st, fs->attr_timeout);
 }
 

@@ -2,8 +2,9 @@
  * FuseSession, the set-up of a mount, its loop and its stop.
  *
  * What it does: `FuseSession(index, layer_dirs, mountpoint, options, timeouts, threads, ...,
- * upper=None, work=None)` maps the merged index (merge.c), opens one O_PATH fd per layer (and, for a
- * writable mount, the upper directory and the work directory), creates and mounts a libfuse session;
+ * upper=None, work=None, ..., uidmap=None, gidmap=None)` maps the merged index (merge.c), opens one
+ * O_PATH fd per layer (and, for a writable mount, the upper directory and the work directory),
+ * takes the ID mappings (idmap.h), creates and mounts a libfuse session;
  * `loop()` serves it until the kernel ends the connection or `exit()` is called.  The requests are
  * served by the files named in fs.h: a read-only mount, and every untouched lower object of a
  * writable one, from the index in memory; a writable mount's changes in its upper directory, in the
@@ -224,6 +225,45 @@ static void session_free(SessionObject *self)
     lfs_index_close(&fs->ix);
 }
 
+/* An ID mapping argument into *out: None (the identity), or (overflow, ((container, host, size),
+ * ...)), at most LFS_IDMAP_MAX ranges that lfs_idmap_check takes.  Returns 0, or -1 with
+ * ValueError or TypeError set naming `what`. */
+static int idmap_arg(PyObject *obj, const char *what, struct lfs_idmap *out)
+{
+    memset(out, 0, sizeof *out);
+    if (obj == Py_None)
+        return 0;
+    PyObject *ranges;
+    unsigned int overflow;
+    if (!PyArg_ParseTuple(obj, "IO", &overflow, &ranges))
+        return -1;
+    PyObject *seq = PySequence_Fast(ranges, "an ID mapping's ranges must be a sequence");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n < 1 || n > LFS_IDMAP_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s: 1 to %d ranges, %zd given", what, LFS_IDMAP_MAX, n);
+        Py_DECREF(seq);
+        return -1;
+    }
+    out->overflow = overflow;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        struct lfs_idrange *r = &out->r[i];
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "III", &r->container, &r->host, &r->size)) {
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    out->n = (uint32_t)n;
+    if (lfs_idmap_check(out) < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: an empty range, one past 2^32, or ranges that overlap", what);
+        memset(out, 0, sizeof *out);
+        return -1;
+    }
+    return 0;
+}
+
 /* Open a directory given by the caller (the upper or the work directory) as an O_PATH fd. */
 static int open_dir_arg(PyObject *path_obj, int *out)
 {
@@ -244,8 +284,9 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"index", "layer_dirs", "mountpoint", "options", "entry_timeout",
                              "attr_timeout", "negative_timeout", "threads", "debug", "max_open",
-                             "upper", "work", "privileged", "metacopy", "redirect_dir", NULL};
+                             "upper", "work", "privileged", "metacopy", "redirect_dir", "uidmap", "gidmap", NULL};
     PyObject *index_path = NULL, *layers, *mnt = NULL, *upper = Py_None, *work = Py_None;
+    PyObject *uidmap = Py_None, *gidmap = Py_None;
     const char *options;
     double et, at, nt;
     unsigned threads = 1, max_open = 4096;
@@ -254,10 +295,10 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "FuseSession is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&OO&sddd|IpIOOppp", kwlist, PyUnicode_FSConverter, &index_path,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&OO&sddd|IpIOOpppOO", kwlist, PyUnicode_FSConverter, &index_path,
                                      &layers, PyUnicode_FSConverter, &mnt, &options, &et, &at, &nt,
                                      &threads, &debug, &max_open, &upper, &work, &privileged, &metacopy,
-                                     &redirect_dir))
+                                     &redirect_dir, &uidmap, &gidmap))
         return -1;
     if ((upper == Py_None) != (work == Py_None)) {
         PyErr_SetString(PyExc_ValueError, "upper and work go together");
@@ -274,8 +315,12 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw)
     fs->attr_timeout = at;
     fs->negative_timeout = nt;
     fs->privileged = privileged;
+    fs->self_uid = geteuid();
+    fs->self_gid = getegid();
     fs->metacopy = metacopy && privileged; /* the metacopy xattr is trusted.* only (userxattr: off) */
     fs->redirect_dir = redirect_dir && privileged; /* so is redirect (userxattr: nofollow) */
+    if (idmap_arg(uidmap, "uidmap", &fs->uids) < 0 || idmap_arg(gidmap, "gidmap", &fs->gids) < 0)
+        goto fail;
     fs->open_flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (geteuid() == 0 ? O_NOATIME : 0);
     int rc = lfs_index_open(&fs->ix, PyBytes_AS_STRING(index_path));
     if (rc < 0) {
@@ -379,6 +424,16 @@ fail:
     Py_XDECREF(index_path);
     Py_XDECREF(mnt);
     return -1;
+}
+
+/* A new, uninitialised session owns no descriptor: -1, not the 0 of a zeroed object, so that
+ * session_free (which Session_init and a failed init call) never closes the caller's fd 0. */
+static PyObject *Session_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    SessionObject *self = (SessionObject *)PyType_GenericNew(type, args, kw);
+    if (self != NULL)
+        self->fs.upper_fd = self->fs.work_fd = -1;
+    return (PyObject *)self;
 }
 
 static void Session_dealloc(SessionObject *self)
@@ -521,7 +576,7 @@ static PyTypeObject SessionType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "FuseSession(index, layer_dirs, mountpoint, options, entry_timeout, attr_timeout, "
               "negative_timeout, threads=1, debug=False): a mounted read-only merged session",
-    .tp_new = PyType_GenericNew,
+    .tp_new = Session_new,
     .tp_init = (initproc)Session_init,
     .tp_dealloc = (destructor)Session_dealloc,
     .tp_methods = Session_methods,

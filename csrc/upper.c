@@ -11,6 +11,11 @@
  *     metacopy is on): an upper file of the right size whose data is still the lower file's,
  *     marked `trusted.overlay.metacopy` (empty value); the kernel needs `-o metacopy=on` to
  *     follow it.  Its data is copied at the first write or truncation.
+ *   - unprivileged, an object the daemon cannot make as it is (another's owner, a device node): a
+ *     regular file or directory carrying `user.containers.override_stat` with its owner, mode and
+ *     type, a mode on disk the daemon can use (override.h; docs/overlay.rst "Owners kept in an
+ *     xattr"), as fuse-overlayfs writes it when it may not chown.  Everything else is made as it
+ *     is, so that the kernel overlay reads a user's own changes alike.
  *
  * Copy-up follows the kernel's order (fs/overlayfs/copy_up.c): parents first; the object is
  * made under a temporary name in WORKDIR/work with its data (copy_file_range, holes kept through
@@ -44,7 +49,8 @@
 #define RENAME_EXCHANGE (1 << 1)
 #endif
 
-static const char *const private_prefixes[] = {"trusted.overlay.", "user.overlay.", "user.fuseoverlayfs."};
+static const char *const private_prefixes[] = {"trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.",
+                                               LFS_OVERRIDE_PREFIX};
 
 int is_private_xattr(const char *name)
 {
@@ -90,18 +96,133 @@ int upper_parent_fd(struct lfs_fs *fs, const struct onode *on)
     return on->parent ? on->parent->dirfd : -1;
 }
 
+/* Whether an object with this type, owner and mode takes the override form in the upper: on an
+ * unprivileged mount, a device node (no mknod without CAP_MKNOD), or anything but a symlink whose
+ * owner is not the daemon's (no chown without CAP_CHOWN).  Everything else is made as it is, so
+ * that the kernel overlay reads the upper as layerfs does.  A symlink cannot carry a user.* xattr:
+ * it stays the daemon's (layerfs/_layer/override.py). */
+int upper_needs_override(const struct lfs_fs *fs, mode_t mode, uid_t uid, gid_t gid, dev_t rdev)
+{
+    if (fs->privileged || S_ISLNK(mode) || (S_ISCHR(mode) && rdev == 0))
+        return 0; /* a 0/0 char device needs no CAP_MKNOD since Linux 5.8 (and is a whiteout) */
+    if (S_ISCHR(mode) || S_ISBLK(mode))
+        return 1;
+    return uid != fs->self_uid || gid != fs->self_gid;
+}
+
+/* On an unprivileged mount, give *st (the lstat of `name` in dirfd, or of dirfd itself when name
+ * is NULL) the owner, mode and device number its override records, if it has one.  Returns 0 or
+ * -errno. */
+int upper_apply_override(struct lfs_fs *fs, int dirfd, const char *name, struct stat *st)
+{
+    if (fs->privileged)
+        return 0;
+    char path[PATH_MAX];
+    int rc = fd_path(path, sizeof path, dirfd, name);
+    if (rc < 0)
+        return rc;
+    uint32_t uid = st->st_uid, gid = st->st_gid, mode = st->st_mode;
+    uint64_t rdev = st->st_rdev;
+    rc = lfs_override_get(path, name == NULL, &uid, &gid, &mode, &rdev);
+    if (rc <= 0)
+        return rc;
+    st->st_uid = uid;
+    st->st_gid = gid;
+    st->st_mode = mode;
+    st->st_rdev = (dev_t)rdev;
+    return 0;
+}
+
+/* Write the override form of `name` in dirfd (a regular file or directory): the xattr, and the
+ * mode on disk that lets the daemon use it.  Returns 0 or -errno. */
+int upper_set_override(struct lfs_fs *fs, int dirfd, const char *name, mode_t mode, uid_t uid, gid_t gid, dev_t rdev)
+{
+    char path[PATH_MAX];
+    int rc = fd_path(path, sizeof path, dirfd, name);
+    if (rc < 0)
+        return rc;
+    struct lfs_override o = {uid, gid, mode, (S_ISCHR(mode) || S_ISBLK(mode)) ? (uint64_t)rdev : 0};
+    if ((rc = lfs_override_set(path, 0, &o)) < 0)
+        return rc;
+    return fchmodat(dirfd, name, lfs_override_disk_mode(mode), 0) < 0 ? -errno : 0;
+}
+
 int upper_stat(struct lfs_fs *fs, const struct onode *on, struct stat *st)
 {
-    int rc;
-    if (lfs_is_dir(on->type) && on->dirfd >= 0)
-        rc = fstat(on->dirfd, st);
-    else if (on->name && on->parent && on->parent->dirfd >= 0)
-        rc = fstatat(on->parent->dirfd, on->name, st, AT_SYMLINK_NOFOLLOW);
-    else if (on->keepfd >= 0)
-        rc = fstat(on->keepfd, st);
-    else
+    int rc, dirfd;
+    const char *name = NULL;
+    if (lfs_is_dir(on->type) && on->dirfd >= 0) {
+        dirfd = on->dirfd;
+        rc = fstat(dirfd, st);
+    } else if (on->name && on->parent && on->parent->dirfd >= 0) {
+        dirfd = on->parent->dirfd;
+        name = on->name;
+        rc = fstatat(dirfd, name, st, AT_SYMLINK_NOFOLLOW);
+    } else if (on->keepfd >= 0) {
+        dirfd = on->keepfd;
+        rc = fstat(dirfd, st);
+    } else {
         return -ESTALE;
-    return rc < 0 ? -errno : 0;
+    }
+    if (rc < 0)
+        return -errno;
+    return upper_apply_override(fs, dirfd, name, st);
+}
+
+/* chown and chmod (the SETATTR bits in to_set, values in attr) of an upper object on an
+ * unprivileged mount, in the override form when the object has it or needs it now (see
+ * upper_needs_override).  Returns 1 when done here, 0 when the caller is to chown and chmod the
+ * object itself (it is made as it is), or -errno. */
+int upper_set_owner_mode(struct lfs_fs *fs, const struct onode *on, const struct stat *attr, int to_set)
+{
+    if (fs->privileged)
+        return 0;
+    struct stat disk, eff;
+    int rc, dirfd;
+    const char *name = NULL;
+    if (lfs_is_dir(on->type) && on->dirfd >= 0) {
+        dirfd = on->dirfd;
+        rc = fstat(dirfd, &disk);
+    } else if (on->name && on->parent && on->parent->dirfd >= 0) {
+        dirfd = on->parent->dirfd;
+        name = on->name;
+        rc = fstatat(dirfd, name, &disk, AT_SYMLINK_NOFOLLOW);
+    } else if (on->keepfd >= 0) {
+        dirfd = on->keepfd;
+        rc = fstat(dirfd, &disk);
+    } else {
+        return -ESTALE;
+    }
+    if (rc < 0)
+        return -errno;
+    if (!S_ISREG(disk.st_mode) && !S_ISDIR(disk.st_mode))
+        return 0; /* a symlink, fifo or socket of the daemon's: it cannot carry an override */
+    char path[PATH_MAX];
+    if ((rc = fd_path(path, sizeof path, dirfd, name)) < 0)
+        return rc;
+    uint32_t euid = disk.st_uid, egid = disk.st_gid, emode = disk.st_mode;
+    uint64_t erdev = disk.st_rdev;
+    int has = lfs_override_get(path, name == NULL, &euid, &egid, &emode, &erdev);
+    if (has < 0)
+        return has;
+    eff = disk;
+    eff.st_uid = euid;
+    eff.st_gid = egid;
+    eff.st_mode = emode;
+    eff.st_rdev = (dev_t)erdev;
+    uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? attr->st_uid : eff.st_uid;
+    gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? attr->st_gid : eff.st_gid;
+    mode_t mode = (to_set & FUSE_SET_ATTR_MODE) ? (eff.st_mode & S_IFMT) | (attr->st_mode & 07777) : eff.st_mode;
+    if (!has && !upper_needs_override(fs, mode, uid, gid, eff.st_rdev))
+        return 0;
+    if (name == NULL) { /* the directory itself, or a kept fd: by its /proc path */
+        struct lfs_override o = {uid, gid, mode, eff.st_rdev};
+        if ((rc = lfs_override_set(path, 1, &o)) < 0)
+            return rc;
+        return chmod(path, lfs_override_disk_mode(mode)) < 0 ? -errno : 1;
+    }
+    rc = upper_set_override(fs, dirfd, name, mode, uid, gid, eff.st_rdev);
+    return rc < 0 ? rc : 1;
 }
 
 int upper_open(struct lfs_fs *fs, const struct onode *on, int flags)
@@ -311,14 +432,20 @@ static int apply_attrs(struct lfs_fs *fs, int workfd, const char *tmp, const str
         return rc;
     int is_link = S_ISLNK(n->mode);
     /* chown, then xattrs (chown clears security.capability), then chmod (chown clears
-     * setuid/setgid), then times: the order of layer application (docs/oci.rst "Applying a layer") */
-    if (fchownat(workfd, tmp, n->uid, n->gid, AT_SYMLINK_NOFOLLOW) < 0 && (fs->privileged || errno != EPERM))
+     * setuid/setgid), then times: the order of layer application (docs/oci.rst "Applying a layer").
+     * Unprivileged, what cannot be made as it is keeps its owner and mode in the override. */
+    int over = upper_needs_override(fs, n->mode, n->uid, n->gid, (dev_t)n->rdev);
+    if (!over && fchownat(workfd, tmp, n->uid, n->gid, AT_SYMLINK_NOFOLLOW) < 0 && (fs->privileged || errno != EPERM))
         return -errno;
     rc = copy_xattrs(fs, n, path, is_link);
     if (rc < 0)
         return rc;
-    if (!is_link && fchmodat(workfd, tmp, n->mode & 07777, 0) < 0)
+    if (over) {
+        if ((rc = upper_set_override(fs, workfd, tmp, n->mode, n->uid, n->gid, (dev_t)n->rdev)) < 0)
+            return rc;
+    } else if (!is_link && fchmodat(workfd, tmp, n->mode & 07777, 0) < 0) {
         return -errno;
+    }
     struct timespec ts[2];
     ts[0].tv_sec = n->atime_ns / 1000000000LL;
     ts[0].tv_nsec = n->atime_ns % 1000000000LL;
@@ -589,8 +716,15 @@ int upper_copy_up(struct lfs_fs *fs, struct lfs_obj *obj, int data)
         break;
     }
     default:
-        if (mknodat(fs->work_fd, tmp, (n->mode & S_IFMT) | 0600, (dev_t)n->rdev) < 0)
+        if (upper_needs_override(fs, n->mode, n->uid, n->gid, (dev_t)n->rdev)) {
+            /* a device (or another's fifo) an unprivileged mount cannot make: an empty regular
+             * file, its type in the override (apply_attrs) */
+            int fd = openat(fs->work_fd, tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+            if (fd < 0 || close(fd) < 0)
+                return -errno;
+        } else if (mknodat(fs->work_fd, tmp, (n->mode & S_IFMT) | 0600, (dev_t)n->rdev) < 0) {
             return -errno;
+        }
         break;
     }
     if (rc == 0)

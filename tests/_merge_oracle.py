@@ -6,7 +6,8 @@ API::
     HEADER, NODE, DENT, XATTR_HEAD                    # the records, as struct layouts
 
 The rules are those ``layerfs/_mount/merge.py`` documents; the marker forms come from
-``layerfs._layer.whiteout`` (their one definition for Python) and the format constants from
+``layerfs._layer.whiteout`` (their one definition for Python), the owners an unprivileged unpack
+keeps in ``user.containers.override_stat`` from ``layerfs._layer.override``, and the format constants from
 ``layerfs._mount.index`` (read from ``csrc/merge.h`` through the extension).  The struct layouts
 below are this oracle's own reading of ``merge.h``: tests/test_merge.py checks their sizes against
 the extension's.  ``tests/test_merge.py`` compares :func:`build` with the C build byte for byte on
@@ -23,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from layerfs._layer import override as _override
 from layerfs._layer import whiteout as _whiteout
 from layerfs._mount import index as _index
 from layerfs._mount.merge import MergeStatistics
@@ -102,6 +104,24 @@ class _Blob:
         return off
 
 
+def _with_override(st: os.stat_result, xattrs: dict[bytes, bytes], trusted: bool) -> os.stat_result:
+    """``st`` as the override among ``xattrs`` gives it, in a layer whose overrides are believed."""
+    value = xattrs.get(_override.XATTR.encode())
+    if not trusted or value is None:
+        return st
+    return _override.effective(st, _override.parse(value, st.st_mode))
+
+
+def _trusted(root: bytes, st: os.stat_result, xattrs: dict[bytes, bytes]) -> bool:
+    """Whether a layer's overrides are believed: its root has a valid one and is root's, or this
+    (unprivileged) process's (``layerfs._layer.override``)."""
+    me = os.geteuid()
+    if st.st_uid != 0 and (me == 0 or st.st_uid != me):
+        return False
+    value = xattrs.get(_override.XATTR.encode())
+    return value is not None and _override.parse(value, st.st_mode) is not None
+
+
 def _visible_xattrs(xattrs: dict[bytes, bytes]) -> bytes:
     out = bytearray()
     for name in sorted(xattrs):
@@ -150,11 +170,14 @@ def build(layer_dirs: Sequence[str | os.PathLike[str]], *, key: str = "") -> tup
 
     top = len(roots) - 1
     root_layers = []
+    trusted = [False] * len(roots)
     for li in range(top, -1, -1):
         xa = _xattrs_of(roots[li])
         root_layers.append((li, _holds_xattr_whiteouts(xa)))
+        trusted[li] = _trusted(roots[li], os.stat(roots[li]), xa)
     root_st = os.stat(roots[top])  # a root is the caller's path: followed, as the C build opens it
-    nodes.append(pack_node(root_st, top, _index.ROOT_INO, 0, 0, _xattrs_of(roots[top])))
+    root_xa = _xattrs_of(roots[top])
+    nodes.append(pack_node(_with_override(root_st, root_xa, trusted[top]), top, _index.ROOT_INO, 0, 0, root_xa))
     # Directories to fill: (ino, relative path with trailing "/" or b"", layers top first).
     queue: collections.deque[tuple[int, bytes, list[tuple[int, bool]], bool]] = collections.deque()
     queue.append((_index.ROOT_INO, b"", root_layers, True))
@@ -190,7 +213,8 @@ def build(layer_dirs: Sequence[str | os.PathLike[str]], *, key: str = "") -> tup
                             continue
                         assert xattrs is not None
                         opaque = is_dir and _is_opaque(xattrs)
-                        children[name] = _Child(li, entry.path, st, xattrs, is_dir and not opaque,
+                        children[name] = _Child(li, entry.path, _with_override(st, xattrs, trusted[li]), xattrs,
+                                                is_dir and not opaque,
                                                 [(li, _holds_xattr_whiteouts(xattrs))] if is_dir else [])
                     elif is_dir and not _is_whiteout(st, xattrs, holds_x):
                         assert xattrs is not None

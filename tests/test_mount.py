@@ -38,6 +38,7 @@ from test_merge import CASES, LONG, build_stack
 
 from layerfs import Image, MountError, Store, _proc
 from layerfs._mount import daemon as _mount
+from layerfs._mount import idmap as _idmap
 from layerfs._transfer.load import load
 
 DAEMON_EXIT_TIMEOUT = 10.0
@@ -1004,8 +1005,15 @@ OPTION_CASES = [
             {"lowerdir": ["/o/l/A", "/o/l/B"], "upperdir": "/o/c/diff", "workdir": "/o/c/work"}),
     OptCase("podman's --rm and fsync=0", ["lowerdir=/a,volatile,fsync=0"], {"lowerdir": ["/a"]}),
     OptCase("the identity ID mapping",
-            ["lowerdir=/a,uidmapping=0:0:4294967295,gidmapping=0:0:10:10:10:100"], {"lowerdir": ["/a"]}),
-    OptCase("an ID mapping", ["lowerdir=/a,uidmapping=0:100000:65536"], "ID mappings are not supported"),
+            ["lowerdir=/a,uidmapping=0:0:4294967295,gidmapping=0:0:10:10:10:100"],
+            {"lowerdir": ["/a"], "idmap": _idmap.IdMapping((_idmap.IdRange(0, 0, 4294967295),),
+                                                           (_idmap.IdRange(0, 0, 10), _idmap.IdRange(10, 10, 100)))}),
+    OptCase("rootless podman's ID mapping (containers-storage joins ranges with colons)",
+            ["lowerdir=/a,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1"],
+            {"lowerdir": ["/a"],
+             "idmap": _idmap.IdMapping((_idmap.IdRange(0, 1000, 1), _idmap.IdRange(1, 100000, 65536)),
+                                       (_idmap.IdRange(0, 1000, 1),))}),
+    OptCase("overlapping ID ranges", ["lowerdir=/a,uidmapping=0:1000:10:5:2000:1"], "overlap on the container side"),
     OptCase("a mangled ID mapping", ["uidmapping=0:1"], "not a list of CONTAINER:HOST:SIZE"),
     OptCase("squash_to_uid", ["squash_to_uid=1000"], "squashing owners is not supported"),
     OptCase("an SELinux context without SELinux, its comma quoted",
@@ -1149,7 +1157,7 @@ def test_mount_program_errors_are_one_line_and_leave_nothing(lifecycle: Mounts, 
     home, opts = _storage_home(tmp_path)
     cases = {
         f"{opts},bogus": "Error: -o bogus: unknown mount option",
-        f"{opts},uidmapping=0:100000:65536": "Error: -o uidmapping=0:100000:65536: ID mappings are not supported",
+        f"{opts},uidmapping=0:100000": "Error: -o uidmapping=0:100000: not a list of CONTAINER:HOST:SIZE ranges",
         opts.replace("l/BASE/../diff1", "l/NONE"): "Error: lowerdir l/NONE: No such file or directory",
         opts.replace("workdir=c/work", "workdir=c/nowork"): "Error: workdir c/nowork: No such file or directory",
         opts.replace(",workdir=c/work", ""): "Error: -o upperdir=: needs both upperdir= and workdir=",

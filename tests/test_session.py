@@ -137,3 +137,35 @@ def test_backing_files_are_opened_inside_the_layer(c_mounts: list[Path], tmp_pat
     finally:
         _mount.umount(mnt)
     assert _wait_gone(handle.pid, 10)
+
+
+def test_a_session_that_fails_to_start_closes_no_descriptor_of_its_caller(tmp_path: Path) -> None:
+    """A new session owns no descriptor until it opens one.  Before: a fresh session's first
+    clean-up closed fd 0 (twice: as its upper and its work directory), so the daemon's caller lost
+    its stdin, and a process that made a session which failed (a bad index, a bad option) had
+    its next descriptor 0 closed under it."""
+    from layerfs._mount.index import NativeSession
+
+    def fds() -> dict[int, tuple[int, int]]:
+        out = {}
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                st = os.fstat(int(name))
+            except OSError:
+                continue  # the listing's own descriptor
+            out[int(name)] = (st.st_dev, st.st_ino)
+        return out
+
+    with open(os.devnull) as null:
+        saved = os.dup(0)
+        os.dup2(null.fileno(), 0)  # fd 0 is ours to watch, whatever pytest made of stdin
+        try:
+            before = fds()
+            for _ in range(2):
+                with pytest.raises((OSError, ValueError)):
+                    NativeSession(tmp_path / "missing.idx", [], str(tmp_path), set(), entry_timeout=1.0,
+                                  attr_timeout=1.0, negative_timeout=1.0)
+            assert fds() == before
+        finally:
+            os.dup2(saved, 0)
+            os.close(saved)

@@ -225,6 +225,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.root = default_root()
     _configure_logging(args.debug)
     try:
+        return _run(args)
+    finally:
+        _say_what_was_not_kept()
+
+
+def _say_what_was_not_kept() -> None:
+    """Once, after the command's own output: what its unprivileged unpacks could not keep (the
+    unpacker counts it; a command that unpacked nothing never imported it)."""
+    if "layerfs._layer.unpack" not in sys.modules:
+        return
+    from .._layer import unpack
+
+    lost = unpack.take_not_kept()
+    if lost:
+        print(unpack.not_kept_line(lost), file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
         status: int = args.handler(args)
         if sys.stdout is not None:
             sys.stdout.flush()  # here, where a reader that went away can still be told apart

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .._errors import ImageNotFound, LayerfsError, MountError
 from .._mount import daemon as _mount
+from .._mount import idmap as _idmap
 from .._mount import upper as _upper
 from .._store import containers as _containers
 from .._store.store import Store
@@ -80,7 +81,13 @@ Options (-o, comma-separated; the last of a pair such as suid/nosuid wins):
                      off (the default): such a rename fails with EXDEV and tools copy instead.
                      Both follow the redirects an upper holds (root; the kernel's default)
   suid, dev          see below (root only)
-  uidmapping=, gidmapping=   the identity only (files keep their IDs); other mappings are refused
+  allow_other        other users may enter (root's mounts always do; a user's needs the line
+                     user_allow_other in /etc/fuse.conf, else it is refused saying so)
+  uidmapping=C:H:N[:C:H:N...], gidmapping=C:H:N[:...]
+                     ID mappings, as fuse-overlayfs's: an owner C+k on disk (k < N) shows as
+                     H+k, and chown and the IDs of a caller creating a file go back; an ID no
+                     range holds becomes the overflow ID (65534) either way.  For a mount that
+                     a user namespace mapping C to H uses (podman --uidmap); at most 64 ranges
 Options that change nothing in a layerfs mount are accepted, and --debug says why each one is
 ignored: what podman passes (fsync=0, volatile, an SELinux context= on a host without SELinux),
 mount(8)'s (defaults, noatime, nofail, x-*, ...), FUSE's (default_permissions, allow_other
@@ -207,6 +214,10 @@ class MountOptions:
     redirect_dir: bool = False
     #: ``debug``: as ``--debug``.
     debug: bool = False
+    #: ``allow_other``: other users may enter (root's mounts always; a user's where /etc/fuse.conf allows).
+    allow_other: bool = False
+    #: ``uidmapping=`` / ``gidmapping=``: the owners shown for those on disk (``_mount.idmap``).
+    idmap: _idmap.IdMapping = _idmap.IdMapping()
     #: Options accepted that change nothing here, each with why (noted with ``--debug``).
     ignored: tuple[tuple[str, str], ...] = ()
 
@@ -266,7 +277,7 @@ _REFUSED: dict[str, str] = {
     "plugins": "fuse-overlayfs plugins are not supported",
     "nfs_export": "file handles are not exported",
     "index": "overlay's inode index is not supported (copy-up breaks hard links, as with index=off)",
-    "allow_root": "not supported (as root the mount is allow_other; a user's mount is the user's alone)",
+    "allow_root": "not supported (as root the mount is allow_other; a user may ask for allow_other)",
 }
 
 #: Values of options that are accepted because they are what layerfs does anyway.
@@ -307,20 +318,6 @@ def _unescape(value: str) -> str:
     return re.sub(r"\\(.)", r"\1", value)
 
 
-def _id_mapping_is_identity(key: str, value: str) -> bool:
-    """Whether a ``uidmapping=`` / ``gidmapping=`` value (``CONTAINER:HOST:SIZE`` ranges, joined
-    by ``:`` as containers-storage writes them, or by ``,`` as fuse-overlayfs(1) shows them) maps
-    every ID to itself.
-
-    Raises:
-        MountError: the value is not a list of such ranges.
-    """
-    fields = re.split(r"[:,]", value)
-    if not value or len(fields) % 3 or not all(f.isdigit() for f in fields):
-        raise MountError(f"-o {key}={value}: not a list of CONTAINER:HOST:SIZE ranges")
-    return all(fields[i] == fields[i + 1] for i in range(0, len(fields), 3))
-
-
 def _selinux_enabled() -> bool:
     """Whether the kernel runs SELinux (it mounts selinuxfs at /sys/fs/selinux then)."""
     return os.path.exists("/sys/fs/selinux/enforce")
@@ -331,18 +328,20 @@ def _parse_options(values: list[str]) -> MountOptions:
 
     The last of ``suid``/``nosuid`` (``dev``/``nodev``, ``ro``/``rw``, ``metacopy=``) wins.
     Options that change nothing in a layerfs mount are accepted and listed in
-    :attr:`MountOptions.ignored` with why (:data:`_IGNORED`).  An ID mapping is accepted only when
-    it is the identity (the files keep their IDs).  SELinux ``context=`` options are ignored on a
-    host without SELinux (no labels to apply).
+    :attr:`MountOptions.ignored` with why (:data:`_IGNORED`).  ``uidmapping=`` / ``gidmapping=``
+    are read as fuse-overlayfs reads them (``_mount.idmap.parse``; the last of each wins).  SELinux
+    ``context=`` options are ignored on a host without SELinux (no labels to apply).
 
     Raises:
         MountError: an option layerfs does not know or cannot honour, named with the reason.
     """
     lower: list[str] | None = None
     upper = work = None
-    flags = {"suid": False, "dev": False, "ro": False, "rw": False, "userxattr": False, "debug": False}
+    flags = {"suid": False, "dev": False, "ro": False, "rw": False, "userxattr": False, "debug": False,
+             "allow_other": False}
     metacopy: bool | None = None
     redirect_dir = False
+    idmap = _idmap.IdMapping()
     ignored: list[tuple[str, str]] = []
     for value in values:
         for opt in _split_options(value):
@@ -371,11 +370,10 @@ def _parse_options(values: list[str]) -> MountOptions:
             elif key == "redirect_dir" and arg in ("off", "follow"):
                 redirect_dir = False
                 ignored.append((opt, _HARMLESS_VALUES[key][arg]))
-            elif key in ("uidmapping", "gidmapping") and eq:
-                if not _id_mapping_is_identity(key, arg):
-                    raise MountError(f"-o {opt}: ID mappings are not supported, only the identity "
-                                     f"(run the container without --uidmap/--userns, or with the kernel overlay)")
-                ignored.append((opt, "the identity mapping: files keep their IDs"))
+            elif key == "uidmapping" and eq:
+                idmap = dataclasses.replace(idmap, uids=_idmap.parse(key, arg))
+            elif key == "gidmapping" and eq:
+                idmap = dataclasses.replace(idmap, gids=_idmap.parse(key, arg))
             elif key in ("context", "fscontext", "defcontext", "rootcontext") and eq:
                 if _selinux_enabled():
                     raise MountError(f"-o {key}=: SELinux labels are not supported yet")
@@ -387,9 +385,10 @@ def _parse_options(values: list[str]) -> MountOptions:
             elif key in _IGNORED or key.startswith("x-"):
                 ignored.append((opt, _IGNORED.get(key, "for mount(8) and its helpers")))
             elif key == "allow_other" and not eq:
-                if os.geteuid() != 0:
-                    raise MountError("-o allow_other: not supported for a user's mount (it is the user's alone)")
-                ignored.append((opt, "always on for root's mounts"))
+                if os.geteuid() == 0:
+                    ignored.append((opt, "always on for root's mounts"))
+                else:
+                    flags["allow_other"] = True   # where /etc/fuse.conf allows it (_cache.mount_options)
             elif key == "redirect_dir" and arg == "on":
                 redirect_dir = True
             elif key == "redirect_dir" and eq:
@@ -401,8 +400,8 @@ def _parse_options(values: list[str]) -> MountOptions:
                 raise MountError(f"-o {opt}: unknown mount option")
     return MountOptions(lower, upper, work, read_only=flags["ro"], read_write=flags["rw"], suid=flags["suid"],
                         dev=flags["dev"], userxattr=flags["userxattr"], metacopy=metacopy,
-                        redirect_dir=redirect_dir, debug=flags["debug"],
-                        ignored=tuple(ignored))
+                        redirect_dir=redirect_dir, debug=flags["debug"], allow_other=flags["allow_other"],
+                        idmap=idmap, ignored=tuple(ignored))
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -434,7 +433,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         lower, upper = _lowerdir_stack(lower, opts)
         mountpoint = args.args[-1]
         _mount.mount(None, lower, mountpoint, foreground=args.foreground, debug=args.debug, engine=args.engine,
-                     suid=opts.suid, dev=opts.dev, upper=upper)
+                     suid=opts.suid, dev=opts.dev, upper=upper, allow_other=opts.allow_other, idmap=opts.idmap)
         return 0
     if opts.upperdir is not None or opts.workdir is not None:
         raise MountError("-o upperdir=, workdir=: only with -o lowerdir= (plain directories)")
@@ -449,7 +448,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not (args.read_only or opts.read_only):
         return _mount_container(store, image, mountpoint, args, opts)
     _mount.mount(store, image, mountpoint, foreground=args.foreground, debug=args.debug, engine=args.engine,
-                 suid=opts.suid, dev=opts.dev)
+                 suid=opts.suid, dev=opts.dev, allow_other=opts.allow_other, idmap=opts.idmap)
     return 0
 
 
@@ -494,7 +493,8 @@ def _mount_container(store: Store, image_name: str, mountpoint: str, args: argpa
                                               remove_on_umount=args.rm)
     try:
         _mount.mount(store, image_name, mountpoint, foreground=args.foreground, debug=args.debug,
-                     engine=args.engine, suid=opts.suid, dev=opts.dev, container=container)
+                     engine=args.engine, suid=opts.suid, dev=opts.dev, container=container,
+                     allow_other=opts.allow_other, idmap=opts.idmap)
     except BaseException:
         if made is not None:
             with contextlib.suppress(LayerfsError, OSError):

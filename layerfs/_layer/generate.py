@@ -36,6 +36,10 @@ the differences marked *deviation*:
   tar (Go's ``archive/tar``): they are skipped and counted.
 - The root is written as ``./`` with the upper root's attributes, which is what the merged root
   shows.  *Deviation*: moby leaves the root out, so a committed image loses a changed root mode.
+- Owners, modes and device numbers kept in ``user.containers.override_stat`` (an unprivileged
+  mount's upper, an unprivileged unpack's layers: ``override``) are those written, where the
+  mount believes them: in an upper or a layer whose root carries one and is root's or the
+  caller's.  The xattr itself is private, never written.
 
 Refused, with :class:`LayerfsError` naming the path: a name starting with ``.wh.`` (image-spec
 layer.md "Whiteouts": no such file may exist in a layer), a whiteout of a name longer than 251
@@ -73,6 +77,7 @@ import zstandard
 from .. import _sys
 from .._errors import LayerfsError
 from .._oci.digest import Hasher
+from . import override as _override
 from . import whiteout as _whiteout
 from .compress import Compression
 
@@ -239,6 +244,12 @@ class Lowers:
             raise
         #: (layer, dir path) -> (opaque, holds xattr whiteouts)
         self._info: dict[tuple[int, str], tuple[bool, bool]] = {}
+        #: per layer: its owners kept in overrides are believed (``override.trusted_layer``)
+        self._believed = [_override.trusted_layer(tree.fd) for tree in self.trees]
+
+    def _stat(self, layer: int, fd: int, name: str, st: os.stat_result) -> os.stat_result:
+        """``st`` (the lstat of ``name`` in ``fd`` of ``layer``) with its override, if believed."""
+        return _override.effective(st, _override.read(fd, name, st)) if self._believed[layer] else st
 
     def close(self) -> None:
         for tree in self.trees:
@@ -248,7 +259,8 @@ class Lowers:
         """The merged root: always merged across every layer (an opaque root changes nothing)."""
         if not self.trees:
             return None
-        return LowerEntry(os.fstat(self.trees[0].fd), 0, tuple(range(len(self.trees))))
+        fd = self.trees[0].fd
+        return LowerEntry(self._stat(0, fd, "", os.fstat(fd)), 0, tuple(range(len(self.trees))))
 
     def _dir_info(self, layer: int, path: str) -> tuple[bool, bool]:
         key = (layer, path)
@@ -284,9 +296,9 @@ class Lowers:
                     break  # a whiteout: nothing below counts
                 continue
             if found is None:
-                found, top = st, layer
+                found, top = self._stat(layer, fd, name, st), layer
                 if not stat.S_ISDIR(st.st_mode):
-                    return LowerEntry(st, layer)
+                    return LowerEntry(found, layer)
             elif not stat.S_ISDIR(st.st_mode):
                 break  # a non-directory ends the merge of a directory
             layers.append(layer)
@@ -385,6 +397,9 @@ class UpperView:
         self.upper = _Tree(upper, "upper")
         try:
             self.lowers = Lowers(lowers)
+            #: owners kept in overrides are believed (``override.trusted_layer``: an unprivileged
+            #: container's upper, whose root the mount gave one)
+            self.believed = _override.trusted_layer(self.upper.fd)
         except BaseException:
             self.upper.close()
             raise
@@ -406,7 +421,13 @@ class UpperView:
         xattrs = _listxattr(fd, "")
         lower = self.lowers.root()
         holds = _has_value(fd, "", xattrs, _whiteout.KERNEL_OPAQUE_XATTRS, _whiteout.XATTR_WHITEOUTS_VALUE)
-        return UpperDir("", os.fstat(fd), lower, lower is not None, False, holds), xattrs
+        return UpperDir("", self._stat(fd, "", os.fstat(fd), xattrs), lower, lower is not None, False, holds), xattrs
+
+    def _stat(self, fd: int, name: str, st: os.stat_result, xattrs: Sequence[str]) -> os.stat_result:
+        """``st`` with the override of ``name`` in ``fd`` (listing ``xattrs``), where believed."""
+        if not self.believed or _override.XATTR not in xattrs:
+            return st
+        return _override.effective(st, _override.read(fd, name, st))
 
     def entries(self, d: UpperDir) -> list[UpperEntry]:
         """The names of upper directory ``d``, in byte order (never ``.``/``..``)."""
@@ -414,8 +435,9 @@ class UpperView:
         out = []
         with os.scandir(fd) as it:
             for e in it:
-                out.append(UpperEntry(e.name, _join(d.path, e.name), e.stat(follow_symlinks=False),
-                                      _listxattr(fd, e.name)))
+                xattrs = _listxattr(fd, e.name)
+                out.append(UpperEntry(e.name, _join(d.path, e.name),
+                                      self._stat(fd, e.name, e.stat(follow_symlinks=False), xattrs), xattrs))
         out.sort(key=lambda e: os.fsencode(e.name))
         return out
 

@@ -42,8 +42,14 @@ docs/overlay.rst "Whiteouts and opaque directories"):
 - Hard links may only point at earlier entries of the same layer: a target elsewhere (a lower
   layer) raises :class:`BadArchive`, like overlay2's per-layer extraction.
 - Sparse files (GNU old, PAX 0.0/0.1/1.0) keep their holes on disk.
-- Unprivileged: no chown (files belong to the caller); char/block devices are skipped with a
-  warning; ``trusted.*``/``security.*`` xattrs the kernel refuses are skipped.
+- Unprivileged (no CAP_CHOWN, CAP_MKNOD): files belong to the caller, and every regular file and
+  directory, the root included, keeps the image's owner and mode in the xattr
+  ``user.containers.override_stat``, as rootless containers-storage writes it; devices and fifos
+  are empty regular files whose override gives their type and device numbers; the modes on disk
+  let the caller work (``layerfs._layer.override`` has the table).  What cannot be kept: the
+  owners of symlinks (a symlink takes no ``user.*`` xattr) and the ``trusted.*`` / ``security.*``
+  xattrs the kernel refuses (file capabilities); :attr:`LayerStats.not_kept` counts them and
+  :func:`take_not_kept` gathers them for the one line the command line prints.
 
 Safety (docs/oci.rst "Unpack security"): ``dest`` is opened once; every entry's parent is resolved with
 ``openat2(RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS)`` so that ``..`` and symlinks, even ones the layer
@@ -84,6 +90,7 @@ from typing import Generic, TypeVar
 from .. import _sys
 from .._errors import BadArchive, DigestMismatch
 from .._oci.digest import ALGORITHM, Hasher, Readable, check_digest
+from . import override as _override
 from . import whiteout as _whiteout
 from .compress import BLOCK_SIZE, Compression, Reader, open_decompressed
 from .whiteout import Marker
@@ -152,12 +159,67 @@ class LayerStats:
     whiteouts: int = 0
     #: directories marked opaque by ``.wh..wh..opq``
     opaque_dirs: int = 0
-    #: entries or xattrs skipped: devices and refused xattrs when unprivileged, dropped private
-    #: xattrs, AUFS metadata
+    #: entries or xattrs skipped: refused xattrs when unprivileged, dropped private xattrs, AUFS
+    #: metadata
     skipped: int = 0
     #: directories the layer made only as parents (the root first, without a root entry), in
     #: the order made: their attributes come from the layers below (:func:`inherit_attributes`)
     implicit_dirs: tuple[ImplicitDir, ...] = ()
+    #: what an unprivileged unpack could not keep (None when privileged or nothing was lost)
+    not_kept: NotKept | None = None
+
+
+@dataclass(frozen=True)
+class NotKept:
+    """What an unprivileged unpack could not keep of the image (``layerfs._layer.override``)."""
+
+    #: symlinks whose owner was not the caller's (they are the caller's now)
+    symlink_owners: int = 0
+    #: (xattr name, entries) of the xattrs the kernel refused, by name
+    xattrs: tuple[tuple[str, int], ...] = ()
+
+    def __add__(self, other: NotKept) -> NotKept:
+        names: dict[str, int] = dict(self.xattrs)
+        for name, n in other.xattrs:
+            names[name] = names.get(name, 0) + n
+        return NotKept(self.symlink_owners + other.symlink_owners, tuple(sorted(names.items())))
+
+    def __bool__(self) -> bool:
+        return bool(self.symlink_owners or self.xattrs)
+
+
+_not_kept_lock = threading.Lock()
+_not_kept = NotKept()
+
+
+def take_not_kept() -> NotKept:
+    """What the unprivileged unpacks of this process could not keep since the last call (a
+    command prints it once, after its progress: :func:`not_kept_line`), and forget it."""
+    global _not_kept
+    with _not_kept_lock:
+        taken, _not_kept = _not_kept, NotKept()
+    return taken
+
+
+def _record_not_kept(lost: NotKept) -> None:
+    global _not_kept
+    with _not_kept_lock:
+        _not_kept = _not_kept + lost
+
+
+def not_kept_line(lost: NotKept) -> str:
+    """The one plain line that says what an unprivileged unpack kept and what it could not."""
+    parts = []
+    if lost.symlink_owners:
+        n = lost.symlink_owners
+        parts.append(f"the owners of {n} symlink{'s' if n != 1 else ''} (now yours)")
+    if lost.xattrs:
+        n = sum(count for _, count in lost.xattrs)
+        names = ", ".join(name for name, _ in lost.xattrs)
+        parts.append(f"{n} xattr{'s' if n != 1 else ''} that only root may set ({names})")
+    return (f"Note: unpacked without root: the image's owners, modes and device nodes are kept in "
+            f"{_override.XATTR} xattrs, which layerfs mount and fuse-overlayfs show; not kept: "
+            f"{' and '.join(parts)}")
 
 
 def unpack_layer(stream: Readable, dest: str | os.PathLike[str], *, diff_id: str, digest: str | None = None,
@@ -226,10 +288,14 @@ def unpack_layer(stream: Readable, dest: str | os.PathLike[str], *, diff_id: str
         actual = (inflater.hasher or blob.hasher).digest()
         if actual != diff_id:
             raise DigestMismatch("layer diff_id", diff_id, actual)
+        lost = NotKept(applier.lost_owners, tuple(sorted(applier.lost_xattrs.items())))
+        if lost:
+            _record_not_kept(lost)
         return LayerStats(diff_id=actual, digest=blob.hasher.digest(), compressed_size=blob.hasher.size,
                           size=applier.size, entries=applier.entries, compression=compression.value,
                           whiteouts=applier.whiteouts, opaque_dirs=applier.opaque_dirs,
-                          skipped=applier.skipped, implicit_dirs=applier.implicit_dirs())
+                          skipped=applier.skipped, implicit_dirs=applier.implicit_dirs(),
+                          not_kept=lost or None)
     finally:
         os.close(rootfd)
 
@@ -294,7 +360,7 @@ def inherit_attributes(dest: str | os.PathLike[str], implicit_dirs: Sequence[Imp
             src = _lower_dir(lowers, d.path.split("/") if d.path else []) if d.below_visible else None
             want = -2   # -2: leave as it is; -1: no setgid bit; else: setgid with that group
             if src is not None:
-                st = os.fstat(src)
+                st = _dir_stat(src, privileged)
                 made[d.path] = st.st_gid if st.st_mode & stat.S_ISGID else -1
             elif d.after_parent:
                 # made by mkdir(2) in its parent as the merged tree then had it, not as the layer did
@@ -312,11 +378,14 @@ def inherit_attributes(dest: str | os.PathLike[str], implicit_dirs: Sequence[Imp
                 if src is not None:
                     _copy_dir_attributes(src, dst, privileged)
                     done += 1
-                else:
-                    if privileged:
-                        os.fchown(dst, -1, max(want, 0))
+                elif privileged:
+                    os.fchown(dst, -1, max(want, 0))
                     mode = stat.S_IMODE(os.fstat(dst).st_mode) & ~stat.S_ISGID
                     os.fchmod(dst, mode | (stat.S_ISGID if want >= 0 else 0))
+                else:
+                    st = _dir_stat(dst, privileged)
+                    mode = stat.S_IMODE(st.st_mode) & ~stat.S_ISGID | (stat.S_ISGID if want >= 0 else 0)
+                    _override.write(dst, "", _override.Override(st.st_uid, max(want, 0), stat.S_IFDIR | mode))
             finally:
                 os.close(dst)
                 if src is not None and src not in lowers:
@@ -367,11 +436,21 @@ def _lower_dir(lowers: list[int], comps: list[str]) -> int | None:
                 os.close(fd)
 
 
+def _dir_stat(fd: int, privileged: bool) -> os.stat_result:
+    """The fstat of directory ``fd`` of a layer, with its override when unprivileged (the layers
+    an unprivileged unpack builds on are its own, unpacked so)."""
+    st = os.fstat(fd)
+    return st if privileged else _override.effective(st, _override.read(fd, "", st))
+
+
 def _copy_dir_attributes(src: int, dst: int, privileged: bool) -> None:
-    """Owner, xattrs (not the overlay's private ones), mode and times of ``src`` onto ``dst``."""
-    st = os.fstat(src)
+    """Owner, xattrs (not the overlay's private ones), mode and times of ``src`` onto ``dst``
+    (unprivileged: owner and mode into the override)."""
+    st = _dir_stat(src, privileged)
     if privileged:
         os.fchown(dst, st.st_uid, st.st_gid)
+    else:
+        _override.write(dst, "", _override.Override(st.st_uid, st.st_gid, st.st_mode))
     for attr in os.listxattr(src):
         if _whiteout.is_private_xattr(attr) or attr in _DROPPED_XATTRS:
             continue
@@ -380,7 +459,7 @@ def _copy_dir_attributes(src: int, dst: int, privileged: bool) -> None:
         except OSError as err:
             if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA):
                 raise
-    os.fchmod(dst, stat.S_IMODE(st.st_mode))
+    os.fchmod(dst, stat.S_IMODE(st.st_mode) if privileged else _override.disk_mode(st.st_mode))
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
@@ -817,8 +896,11 @@ class _Applier:
         self._upper = _PathSet(self._removals)
         #: directories made only as parents, in order (see :class:`ImplicitDir`)
         self._implicit: _PathMap[ImplicitDir] = _PathMap(self._removals)
-        #: devices skipped (unprivileged): hard links to them are skipped too
-        self._skipped_devices: set[str] = set()
+        #: the caller's ids: what an unprivileged unpack gives every entry on disk
+        self.uid, self.gid = os.geteuid(), os.getegid()
+        #: what an unprivileged unpack could not keep: symlink owners, refused xattrs by name
+        self.lost_owners = 0
+        self.lost_xattrs: dict[str, int] = {}
         self._root_seen = False
         #: the root entry came after other entries
         self._root_seen_after = False
@@ -933,8 +1015,17 @@ class _Applier:
             self._cut.add(path)
         os.mkdir(name, 0o755, dir_fd=dirfd)
         # not the umask's idea; but a setgid parent gives the setgid bit (and its group) as mkdir(2) does
-        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-        os.chmod(name, 0o755 | (st.st_mode & stat.S_ISGID), dir_fd=dirfd)
+        if self.privileged:
+            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            os.chmod(name, 0o755 | (st.st_mode & stat.S_ISGID), dir_fd=dirfd)
+        else:   # root's mkdir(2) would make it root's, and setgid in a parent the override says is
+            pst = os.fstat(dirfd)
+            above = _override.effective(pst, _override.read(dirfd, "", pst))
+            setgid = above.st_mode & stat.S_ISGID
+            keep = _override.Override(0, above.st_gid if setgid else 0, stat.S_IFDIR | 0o755 | setgid)
+            os.chmod(name, 0o755, dir_fd=dirfd)
+            _override.write(dirfd, name, keep)
+            st = _override.effective(os.stat(name, dir_fd=dirfd, follow_symlinks=False), keep)
         parent_path = path.rpartition("/")[0]
         parent = self._implicit.get(parent_path) if parent_path else (
             None if self._root_seen else ImplicitDir(""))
@@ -988,7 +1079,7 @@ class _Applier:
                 self._root_seen_after = True   # dirs may have been made below the implicit root
             self._root_seen = True
             self._clear_xattrs(self.rootfd)   # a later root entry replaces an earlier one's
-            self._attrs(self.rootfd, "", info, entry)
+            self._attrs(self.rootfd, "", info, entry, stat.S_IFDIR)
             self._dir_times.set("", _times(info))
             return
         for part in comps[:-1]:
@@ -1176,20 +1267,28 @@ class _Applier:
                     raise BadArchive(f"layer entry {entry!r}: xattr {attr}: {err.strerror}") from None
                 log.debug("layer entry %r: xattr %s not set: %s", entry, attr, err.strerror)
                 self.skipped += 1
+                if not self.privileged and err.errno == errno.EPERM:
+                    self.lost_xattrs[attr] = self.lost_xattrs.get(attr, 0) + 1
 
-    def _attrs(self, fd: int, name: str, info: tarfile.TarInfo, entry: str) -> None:
+    def _attrs(self, fd: int, name: str, info: tarfile.TarInfo, entry: str, kind: int, rdev: int = 0) -> None:
         """lchown, xattrs, chmod of ``name`` in ``fd`` (``""``: fd itself, a real fd), in that
-        order.  Not for symlinks (no chmod)."""
+        order; unprivileged, the override of a regular file or directory instead of the lchown
+        (``kind``, ``rdev``: the entry's type and device number, which the override records for a
+        device made as a regular file).  Not for symlinks (no chmod)."""
         if self.privileged:
             if name:
                 os.chown(name, info.uid, info.gid, dir_fd=fd, follow_symlinks=False)
             else:
                 os.fchown(fd, info.uid, info.gid)
         self._set_xattrs(fd, name, self._xattrs(info), entry)
+        mode = info.mode & 0o7777
+        if not self.privileged and (kind, rdev) != (stat.S_IFCHR, 0):
+            _override.write(fd, name, _override.Override(info.uid, info.gid, kind | mode, rdev))
+            mode = _override.disk_mode(kind | mode)
         if name:
-            os.chmod(name, info.mode & 0o7777, dir_fd=fd)
+            os.chmod(name, mode, dir_fd=fd)
         else:
-            os.fchmod(fd, info.mode & 0o7777)
+            os.fchmod(fd, mode)
 
     def _regular(self, parent: int, name: str, path: str, info: tarfile.TarInfo, tar: _TarInput,
                  data_end: int, entry: str) -> None:
@@ -1199,6 +1298,9 @@ class _Applier:
         atime, mtime = _times(info)
         mode = info.mode & 0o7777
         sparse: list[tuple[int, int]] | None = info.sparse  # type: ignore[assignment]  # typeshed
+        keep = None if self.privileged else _override.Override(info.uid, info.gid, stat.S_IFREG | mode)
+        if keep is not None:
+            mode = _override.disk_mode(keep.mode)
         if not xattrs and sparse is None and size <= tar.available():
             # the hot path: one native call creates, fills, chowns, chmods and stamps the file
             data = tar.take(size)
@@ -1209,6 +1311,8 @@ class _Applier:
                 self._remove(parent, name, path, for_dir=False)
                 _sys.create_file(parent, name, data, mode=mode, uid=info.uid, gid=info.gid,
                                  atime_ns=atime, mtime_ns=mtime, chown=self.privileged)
+            if keep is not None:
+                _override.write(parent, name, keep)
             return
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
@@ -1232,6 +1336,8 @@ class _Applier:
             if self.privileged:
                 os.fchown(fd, info.uid, info.gid)
             self._set_xattrs(fd, "", xattrs, entry)
+            if keep is not None:
+                _override.write(fd, "", keep)
             os.fchmod(fd, mode)
             os.utime(fd, ns=(atime, mtime))
         finally:
@@ -1253,7 +1359,7 @@ class _Applier:
                     os.close(fd)
             else:
                 os.mkdir(name, 0o700, dir_fd=parent)
-        self._attrs(parent, name, info, entry)
+        self._attrs(parent, name, info, entry, stat.S_IFDIR)
         if path in self._cut and path not in self._opaque:
             self._make_opaque(parent, name, path)
         self._dir_times.set(path, _times(info))
@@ -1277,6 +1383,8 @@ class _Applier:
             os.symlink(target, name, dir_fd=parent)
         if self.privileged:
             os.chown(name, info.uid, info.gid, dir_fd=parent, follow_symlinks=False)
+        elif (info.uid, info.gid) != (self.uid, self.gid):
+            self.lost_owners += 1   # a symlink takes no user.* xattr: its owner is ours
         self._set_xattrs(parent, name, self._xattrs(info), entry)
         os.utime(name, ns=_times(info), dir_fd=parent, follow_symlinks=False)
 
@@ -1285,10 +1393,6 @@ class _Applier:
         if not tcomps:
             raise BadArchive(f"layer entry {entry!r}: hard link to the layer root")
         tpath = "/".join(tcomps)
-        if tpath in self._skipped_devices:
-            self._skipped_devices.add(path)
-            self.skipped += 1
-            return
         if tpath == path:
             return   # a link to itself: nothing to do
         try:
@@ -1315,30 +1419,37 @@ class _Applier:
             os.close(tparent)
         # moby/containerd apply the link header's attributes to the (shared) inode; but a chown,
         # even to the same owner, drops security.capability and setuid: only when it changes
+        mode = info.mode & 0o7777
         if self.privileged and (st.st_uid, st.st_gid) != (info.uid, info.gid):
             os.chown(name, info.uid, info.gid, dir_fd=parent, follow_symlinks=False)
+        elif not self.privileged and stat.S_ISREG(st.st_mode):
+            # the link's header applies to the shared inode; a device made as a file stays one
+            kept = _override.read(parent, name, st)
+            kind, rdev = (stat.S_IFMT(kept.mode), kept.rdev) if kept else (stat.S_IFREG, 0)
+            _override.write(parent, name, _override.Override(info.uid, info.gid, kind | mode, rdev))
+            mode = _override.disk_mode(kind | mode)
+        elif not self.privileged and stat.S_ISLNK(st.st_mode) and (info.uid, info.gid) != (self.uid, self.gid):
+            self.lost_owners += 1
         self._set_xattrs(parent, name, self._xattrs(info), entry)
         if not stat.S_ISLNK(st.st_mode):
-            os.chmod(name, info.mode & 0o7777, dir_fd=parent)
+            os.chmod(name, mode, dir_fd=parent)
         os.utime(name, ns=_times(info), dir_fd=parent, follow_symlinks=False)
 
     def _special(self, parent: int, name: str, path: str, info: tarfile.TarInfo, entry: str) -> None:
         if info.type == tarfile.FIFOTYPE:
             kind, device = stat.S_IFIFO, 0
         else:
-            if not self.privileged:
-                log.warning("layer entry %r: device node skipped (unprivileged unpack)", entry)
-                self._skipped_devices.add(path)
-                self.skipped += 1
-                return
             kind = stat.S_IFCHR if info.type == tarfile.CHRTYPE else stat.S_IFBLK
             device = os.makedev(info.devmajor, info.devminor)
+        # unprivileged: an empty regular file whose override says what it is (but a 0/0 char
+        # device, a whiteout anyway, needs no CAP_MKNOD since Linux 5.8)
+        as_file = not self.privileged and (kind, device) != (stat.S_IFCHR, 0)
         try:
-            os.mknod(name, kind | 0o600, device, dir_fd=parent)
+            _make_special(parent, name, kind, device, as_file)
         except FileExistsError:
             self._remove(parent, name, path, for_dir=False)
-            os.mknod(name, kind | 0o600, device, dir_fd=parent)
-        self._attrs(parent, name, info, entry)
+            _make_special(parent, name, kind, device, as_file)
+        self._attrs(parent, name, info, entry, kind, device)
         os.utime(name, ns=_times(info), dir_fd=parent, follow_symlinks=False)
 
     # -- the end ---------------------------------------------------------------------------
@@ -1359,6 +1470,8 @@ class _Applier:
                 os.unlink(name, dir_fd=parent)
         if not self._root_seen:
             os.fchmod(self.rootfd, 0o755)
+            if not self.privileged:
+                _override.write(self.rootfd, "", _override.Override(0, 0, stat.S_IFDIR | 0o755))
             self._dir_times.set("", (0, 0))
         for path, implicit in self._implicit.items():
             if not implicit.explicit:
@@ -1407,6 +1520,16 @@ class _Applier:
         return fd
 
 
+def _make_special(dirfd: int, name: str, kind: int, device: int, as_file: bool) -> None:
+    """Make the device or fifo ``name`` in ``dirfd`` (mode 0600), or an empty regular file in its
+    place (``as_file``).  Raises FileExistsError if the name exists."""
+    if as_file:
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dirfd))
+    else:
+        os.mknod(name, kind | 0o600, device, dir_fd=dirfd)
+
+
 def _lstat(dirfd: int, name: str) -> os.stat_result | None:
     try:
         return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
@@ -1441,7 +1564,10 @@ __all__ = [
     "MAX_PATH_BYTES",
     "ImplicitDir",
     "LayerStats",
+    "NotKept",
     "default_privileged",
     "inherit_attributes",
+    "not_kept_line",
+    "take_not_kept",
     "unpack_layer",
 ]

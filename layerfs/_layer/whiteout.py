@@ -64,8 +64,10 @@ METACOPY_XATTRS = ("trusted.overlay.metacopy", "user.overlay.metacopy")
 #: (the kernel's ``redirect_dir``): ``/abs/path`` from the root, or a name in the same directory.
 REDIRECT_XATTRS = ("trusted.overlay.redirect", "user.overlay.redirect")
 #: xattr namespaces private to overlay implementations: never taken from a layer tar, never shown
-#: to users, never copied up (docs/overlay.rst "Private xattrs").
-PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
+#: to users, never copied up (docs/overlay.rst "Private xattrs"); the last is where rootless
+#: containers-storage and layerfs keep the owners an unprivileged unpack cannot give
+#: (``layerfs._layer.override``).
+PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.", "user.containers.override_")
 
 
 class Marker(enum.Enum):

@@ -134,11 +134,28 @@ def apply_read_ahead(mountpoint: str, policy: CachePolicy = POLICY) -> bool:
         return False
 
 
-def mount_options(*, fsname: str, euid: int | None = None, suid: bool = False, dev: bool = False) -> set[str]:
+#: Where fusermount3 reads whether users may mount with ``allow_other`` (fuse(8), "CONFIGURATION").
+FUSE_CONF = "/etc/fuse.conf"
+
+
+def users_may_allow_other(conf: str = FUSE_CONF) -> bool:
+    """Whether ``conf`` has the line ``user_allow_other``, which lets fusermount3 mount a user's
+    FUSE file system with ``allow_other`` (a missing or unreadable file: no)."""
+    try:
+        with open(conf, encoding="utf-8", errors="replace") as f:
+            return any(line.strip() == "user_allow_other" for line in f)
+    except OSError:
+        return False
+
+
+def mount_options(*, fsname: str, euid: int | None = None, suid: bool = False, dev: bool = False,
+                  allow_other: bool = False, fuse_conf: str = FUSE_CONF) -> set[str]:
     """The FUSE mount options of a read-only layerfs mount.
 
     ``ro`` and ``default_permissions`` (the kernel checks modes against our attributes, so no
-    ACCESS requests); ``noatime`` (lowers are immutable); as root also ``allow_other``.  An
+    ACCESS requests); ``noatime`` (lowers are immutable); as root also ``allow_other``, and for a
+    user who asks for it (``allow_other``) when ``fuse_conf`` allows it, as fusermount3 requires
+    (other users then see the mount, with the image's owners and modes checked by the kernel).  An
     image is untrusted media: ``nosuid`` and ``nodev`` unless ``suid`` / ``dev`` ask otherwise,
     so that a setuid-root binary or a device node (say, the host's disk as block device 8:0)
     that an image carries gives no user anything (as mount(8)'s ``user`` option implies them).
@@ -148,14 +165,18 @@ def mount_options(*, fsname: str, euid: int | None = None, suid: bool = False, d
     ``nosuid,nodev``).
 
     Raises:
-        MountError: ``suid`` or ``dev`` asked for by a user other than root.
+        MountError: ``suid`` or ``dev`` asked for by a user other than root; ``allow_other``
+            asked for by a user where ``fuse_conf`` does not allow it.
     """
     root = (os.geteuid() if euid is None else euid) == 0
     if (suid or dev) and not root:
         asked = ",".join(name for name, on in (("suid", suid), ("dev", dev)) if on)
         raise MountError(f"-o {asked}: only root may mount with {asked} (fusermount3 mounts nosuid,nodev)")
+    if allow_other and not root and not users_may_allow_other(fuse_conf):
+        raise MountError(f"-o allow_other: {fuse_conf} has no line user_allow_other, without which "
+                         f"fusermount3 lets only root mount for other users (root may add it)")
     opts = {"ro", "default_permissions", "noatime", f"fsname={fsname}", "subtype=layerfs",
             "suid" if suid else "nosuid", "dev" if dev else "nodev"}
-    if root:
+    if root or allow_other:
         opts.add("allow_other")
     return opts

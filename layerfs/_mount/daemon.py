@@ -82,6 +82,7 @@ from .._store import containers as _containers
 from .._store.containers import Container
 from .._store.store import Image, Store
 from . import cache as _cache
+from . import idmap as _idmap
 from . import merge as _merge
 from . import upper as _upper
 
@@ -242,6 +243,8 @@ class MountInfo:
     #: False for a dead mount: still in the mount table, but its daemon is gone (every access
     #: fails with ENOTCONN, "Transport endpoint is not connected"); `layerfs umount` removes it
     alive: bool = True
+    #: its ID mapping, as ``-o`` options (``uidmapping=...``); empty: the owners on disk
+    idmap: tuple[str, ...] = ()
 
 
 def mounts() -> list[MountInfo]:
@@ -267,10 +270,11 @@ def mounts() -> list[MountInfo]:
                 _remove_runtime(root / name)
             continue  # served in another mount namespace only, or gone
         image_id = rec.get("image_id")
-        upper, container = rec.get("upper"), rec.get("container")
+        upper, container, idmap = rec.get("upper"), rec.get("container"), rec.get("idmap")
         out.append(MountInfo(mnt, pid, str(rec.get("source")), str(image_id) if image_id else None,
                              str(rec.get("since")), str(upper) if upper else None,
-                             str(container) if container else None, alive))
+                             str(container) if container else None, alive,
+                             tuple(str(o) for o in idmap) if isinstance(idmap, list) else ()))
     return out
 
 
@@ -333,6 +337,7 @@ class _Stack:
     image: Image | None
     upper: _upper.Upper | None = None
     container: Container | None = None
+    idmap: _idmap.IdMapping = _idmap.IdMapping()
 
 
 def _image_stack(store: Store, name: str, rundir: Path) -> _Stack:
@@ -346,7 +351,7 @@ def _image_stack(store: Store, name: str, rundir: Path) -> _Stack:
         return _Stack([empty], store.state_dir("merged") / f"{image.id.partition(':')[2]}.idx", f"empty:{image.id}",
                       name, image)
     index_path = store.state_dir("merged") / f"{top.partition(':')[2] or top}.idx"
-    return _Stack(store.layer_dirs(image), index_path, top, name, image)
+    return _Stack(store.layer_dirs(image), index_path, _merge.stored_key(top), name, image)
 
 
 def _lowerdir_stack(lowerdirs_top_first: Sequence[str | os.PathLike[str]], rundir: Path) -> _Stack:
@@ -385,7 +390,8 @@ def parse_lowerdir(value: str) -> list[str]:
 def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
           mountpoint: str | os.PathLike[str], *, foreground: bool = False, debug: bool = False,
           engine: str = DEFAULT_ENGINE, suid: bool = False, dev: bool = False,
-          upper: _upper.Upper | None = None, container: Container | None = None) -> MountHandle:
+          upper: _upper.Upper | None = None, container: Container | None = None,
+          allow_other: bool = False, idmap: _idmap.IdMapping | None = None) -> MountHandle:
     """Mount an image of the store or a stack of plain dirs at ``mountpoint``.
 
     Args:
@@ -397,11 +403,15 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         engine: "c" or "pyfuse3" (see :data:`ENGINES`).
         suid, dev: honour setuid bits and device nodes (root only; ``nosuid,nodev`` otherwise:
             see ``_cache.mount_options``).
+        allow_other: let other users in (always so for root; a user needs ``user_allow_other`` in
+            /etc/fuse.conf, else MountError says so: ``_cache.mount_options``).
         upper: the checked upper and work directories of a writable mount (``_mount.upper.check``);
             None for a read-only mount.  Only the C engine writes.
         container: the container (``_store.containers``) this writable mount of an image belongs
             to: its upper and work, recorded with the mount; removed after the mount ends when it
             was made with ``--rm``.
+        idmap: the owners the mount shows for those on disk, and back (``-o uidmapping=``,
+            ``gidmapping=``: ``_mount.idmap``); None: as they are.  The C engine only.
 
     Returns:
         The running mount (in the foreground case, the mount that was).
@@ -415,6 +425,8 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         raise MountError(f"unknown engine {engine!r} (one of {', '.join(ENGINES)})")
     if upper is not None and engine != "c":
         raise MountError(f"the {engine} engine serves read-only mounts only (writable mounts: --engine c)")
+    if idmap and engine != "c":
+        raise MountError(f"the {engine} engine shows the owners on disk only (ID mappings: --engine c)")
     started = time.perf_counter()
     mnt = check_mountpoint(mountpoint)
     rundir = runtime_dir(mnt)
@@ -430,7 +442,10 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         stack = dataclasses.replace(stack, container=container)
     if upper is not None:
         stack = dataclasses.replace(stack, upper=upper)
-    options = _cache.mount_options(fsname=f"layerfs:{stack.source}"[:200].replace(",", "_"), suid=suid, dev=dev)
+    if idmap:
+        stack = dataclasses.replace(stack, idmap=idmap)
+    options = _cache.mount_options(fsname=f"layerfs:{stack.source}"[:200].replace(",", "_"), suid=suid, dev=dev,
+                                   allow_other=allow_other)
     if upper is not None:
         options.discard("ro")
     what = f"mount {stack.source} on {mnt}"
@@ -454,7 +469,8 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
                 "index": str(stack.index_path), "layers": [str(d) for d in stack.layer_dirs],
                 "upper": str(stack.upper.upper) if stack.upper else None,
                 "work": str(stack.upper.work) if stack.upper else None,
-                "container": stack.container.name if stack.container else None}
+                "container": stack.container.name if stack.container else None,
+                "idmap": stack.idmap.options()}
             if foreground:
                 record["pid"] = os.getpid()
                 try:
@@ -749,6 +765,8 @@ def _serve_native(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obje
     work_lock = -1
     if up is not None:
         work_lock = _upper.prepare(up)  # held (flock) until this process exits
+        if stack.container is not None and stack.container.own_dirs:
+            _upper.own_root(up)
     try:
         session = NativeSession(stack.index_path, [str(d) for d in stack.layer_dirs], str(mnt), options,
                                 entry_timeout=policy.entry_timeout, attr_timeout=policy.attr_timeout,
@@ -756,7 +774,7 @@ def _serve_native(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obje
                                 max_open=_cache.max_open_files(),
                                 upper=str(up.upper) if up else None, work=str(up.work_dir) if up else None,
                                 privileged=up.privileged if up else True, metacopy=up.metacopy if up else False,
-                                redirect_dir=up.redirect_dir if up else False)
+                                redirect_dir=up.redirect_dir if up else False, idmap=stack.idmap)
     except RuntimeError as err:
         raise MountError(f"cannot mount on {mnt}: {err}") from None
     del work_lock  # the fd stays open (O_CLOEXEC) for the daemon's life: the work dir stays ours

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import _native  # the C extension (csrc/), typed Any; the only importer of the native index type
+from .idmap import IdMapping, overflow_ids
 
 #: (ino, mode, nlink, uid, gid, rdev, size, blocks, atime_ns, mtime_ns, ctime_ns)
 Attr = tuple[int, int, int, int, int, int, int, int, int, int, int]
@@ -198,10 +199,13 @@ class NativeSession:
         metacopy: copy only metadata up on chmod, chown, utimes and xattr changes.
         redirect_dir: rename directories that have a lower part, writing ``overlay.redirect``
             (else such a rename fails with EXDEV); privileged only, as the kernel's.
+        idmap: the owners shown for those on disk, and back (``_mount.idmap``, ``csrc/idmap.h``);
+            None or an empty mapping: the owners on disk, as they are.
 
     Raises:
         OSError: the index or a layer dir cannot be opened.
-        ValueError: the index is malformed or does not match the number of layers.
+        ValueError: the index is malformed or does not match the number of layers, or the ID
+            mapping is not one ``_mount.idmap.parse`` takes.
         RuntimeError: libfuse could not create the session or mount it.
     """
 
@@ -209,10 +213,17 @@ class NativeSession:
                  options: set[str], *, entry_timeout: float, attr_timeout: float, negative_timeout: float,
                  threads: int = 1, debug: bool = False, max_open: int = 4096, upper: str | None = None,
                  work: str | None = None, privileged: bool = True, metacopy: bool = False,
-                 redirect_dir: bool = False) -> None:
+                 redirect_dir: bool = False, idmap: IdMapping | None = None) -> None:
+        uidmap = gidmap = None
+        if idmap:
+            overflow_uid, overflow_gid = overflow_ids()
+            if idmap.uids:
+                uidmap = (overflow_uid, [(r.container, r.host, r.size) for r in idmap.uids])
+            if idmap.gids:
+                gidmap = (overflow_gid, [(r.container, r.host, r.size) for r in idmap.gids])
         self._s = _native.FuseSession(os.fspath(index), layer_dirs, mountpoint, ",".join(sorted(options)),
                                       entry_timeout, attr_timeout, negative_timeout, threads, debug, max_open,
-                                      upper, work, privileged, metacopy, redirect_dir)
+                                      upper, work, privileged, metacopy, redirect_dir, uidmap, gidmap)
 
     def loop(self) -> int:
         """Serve requests until the kernel ends the connection or :meth:`exit`; blocks (GIL released)."""

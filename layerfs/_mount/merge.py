@@ -37,6 +37,11 @@ Documentation/filesystems/overlayfs.rst):
   (``--x``) the kernel finds names a lookup gives, layerfs answers EACCES; one the user may read
   but not search (``r--``) the kernel lists, layerfs does not.  A layer's root the user may not
   read fails the build.
+- Owners, modes and device numbers an unprivileged unpack kept in ``user.containers.override_stat``
+  are those the index records, in a layer whose root carries one and belongs to root or to the
+  (unprivileged) builder; the xattr itself is private (docs/overlay.rst "Owners kept in an xattr",
+  ``layerfs._layer.override``).  Which layers are believed depends on who builds, so the daemon
+  names an image's index with a key naming the user other than root (:func:`stored_key`).
 
 Inode numbers are the node numbers of the index: the root is 1, then breadth-first, children in
 byte order of their names.  The index of a stack is computed once and kept, so numbers are stable
@@ -114,6 +119,14 @@ def build(layer_dirs: Sequence[str | os.PathLike[str]], *, key: str = "") -> tup
     stats = MergeStatistics(layers=len(dirs), nodes=nodes, dents=dents, hidden=hidden,
                             seconds=time.perf_counter() - started, bytes=len(data))
     return data, stats
+
+
+def stored_key(key: str) -> str:
+    """The key to store the index of the stack named ``key`` under: ``key`` as root, ``key`` and
+    the user's ID otherwise, since the overrides a build believes depend on who builds it (see
+    the module docstring): a store that root and a user share keeps their indexes apart."""
+    euid = os.geteuid()
+    return key if euid == 0 else f"{key} uid={euid}"
 
 
 def write_atomic(path: Path, data: bytes) -> None:

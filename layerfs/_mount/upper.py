@@ -14,7 +14,11 @@ is the Python side: the policy and the set-up the engine relies on.
 - Privileged (root in the initial user namespace): markers are ``trusted.overlay.*`` and metacopy
   (a metadata-only copy-up for chmod, chown, utimes and xattr changes of lower files) is on by
   default; a kernel overlay then needs ``-o metacopy=on`` to follow such files.  Unprivileged:
-  ``user.overlay.*`` markers (the kernel's ``userxattr`` mode), which forbids metacopy.
+  ``user.overlay.*`` markers (the kernel's ``userxattr`` mode), which forbids metacopy, and what
+  the daemon cannot make as it is (an owner not its own, a device node) keeps its owner, mode and
+  device number in ``user.containers.override_stat`` (``csrc/upper.c``; docs/overlay.rst "Owners
+  kept in an xattr").  The root of a container's upper, which the store makes, is root's then
+  too, as under a root store (:func:`own_root`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import stat
 from pathlib import Path
 
 from .._errors import MountError
+from .._layer import override as _override
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +101,28 @@ def check(upper: str | os.PathLike[str], work: str | os.PathLike[str], *, metaco
     if redirect_dir and not privileged:
         raise MountError("-o redirect_dir=on: needs root (its trusted.overlay.* xattr); not available unprivileged")
     return Upper(up, wk, privileged, privileged if metacopy is None else metacopy, redirect_dir)
+
+
+def own_root(u: Upper) -> bool:
+    """Give the root of a container's upper (made by the store, 0755) the owner root's store gives
+    it, root, in its override, when the mount is unprivileged and it has none: the merged root
+    shows the upper's root (the kernel's overlayfs.rst "Directories"), so a rootless container
+    then shows ``/`` as a root one does.  Returns whether it wrote one.
+
+    Raises:
+        OSError: the upper cannot be read or written.
+    """
+    if u.privileged:
+        return False
+    fd = os.open(u.upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if _override.read(fd, "", st) is not None:
+            return False
+        _override.write(fd, "", _override.Override(0, 0, stat.S_IFDIR | stat.S_IMODE(st.st_mode)))
+        return True
+    finally:
+        os.close(fd)
 
 
 def prepare(u: Upper) -> int:

@@ -15,7 +15,9 @@ Docker's defaults (moby's oci/defaults.go and daemon/oci_linux.go; runc's ``runc
   (``sysfs``, or a read-only bind of the host's when in a user namespace, where sysfs cannot be
   mounted), the cgroup hierarchy read-only;
 - namespaces: mount, PID, UTS, IPC; network unless ``--network host``; user when not root (one
-  mapping: the caller's uid and gid become 0 in the container, ``runc spec --rootless``'s form);
+  mapping: the caller's uid and gid become 0 in the container, ``runc spec --rootless``'s form,
+  :func:`user_namespace`; the rootfs is mounted with the same mapping, so that the container's
+  root owns what the image's root owns);
 - capabilities: docker's default set for the process (chown, dac_override, fowner, fsetid, kill,
   setgid, setuid, setpcap, net_bind_service, net_raw, sys_chroot, mknod, audit_write, setfcap);
   the masked and read-only /proc and /sys paths of ``runc spec``;
@@ -35,6 +37,7 @@ import resource
 from collections.abc import Mapping, Sequence
 
 from .._errors import LayerfsError
+from .._mount import idmap as _idmap
 from .users import User
 
 #: docker's default capability set (moby oci/caps/defaults.go).
@@ -63,6 +66,13 @@ class RunOptions:
     terminal: bool = False
     network: str = "host"
     read_only: bool = False
+
+
+def user_namespace() -> _idmap.IdMapping:
+    """The user namespace of a rootless container: its root is the caller, nothing else is
+    mapped (no ``/etc/subuid`` ranges).  The rootfs mount shows the image's owners through the
+    same mapping (``_mount.idmap.for_user_namespace``)."""
+    return _idmap.for_user_namespace(os.geteuid(), os.getegid())
 
 
 def image_process(image_config: Mapping[str, object]) -> Mapping[str, object]:
@@ -191,8 +201,9 @@ def runtime_config(image_config: Mapping[str, object], rootfs: str, user: User, 
                                f"/etc/subuid ranges are used); run as root, or with -u 0")
         process["user"] = {"uid": 0, "gid": 0}  # supplementary groups cannot be mapped either
         namespaces.append({"type": "user"})
-        linux["uidMappings"] = [{"containerID": 0, "hostID": os.geteuid(), "size": 1}]
-        linux["gidMappings"] = [{"containerID": 0, "hostID": os.getegid(), "size": 1}]
+        userns = user_namespace()
+        linux["uidMappings"] = [{"containerID": r.container, "hostID": r.host, "size": r.size} for r in userns.uids]
+        linux["gidMappings"] = [{"containerID": r.container, "hostID": r.host, "size": r.size} for r in userns.gids]
         del linux["resources"]  # cgroups are not ours to set unprivileged
     return {
         "ociVersion": "1.0.2",
