@@ -7,6 +7,7 @@
 #include "idmap.h"
 
 #include <errno.h>
+#include <sys/stat.h>
 
 int lfs_idmap_check(const struct lfs_idmap *m)
 {
@@ -48,10 +49,26 @@ uint32_t lfs_idmap_to_container(const struct lfs_idmap *m, uint32_t id)
     return m->overflow;
 }
 
+uid_t lfs_idmap_caller_uid(const struct lfs_fs *fs, uid_t host)
+{
+    return lfs_idmap_to_container(&fs->uids, host);
+}
+
+int lfs_idmap_own_link(const struct lfs_fs *fs, mode_t mode)
+{
+    return !fs->privileged && S_ISLNK(mode);
+}
+
 void lfs_attr_shown(const struct lfs_fs *fs, struct stat *st)
 {
     if (fs->uids.n == 0 && fs->gids.n == 0)
         return;
-    st->st_uid = lfs_idmap_to_host(&fs->uids, st->st_uid);
-    st->st_gid = lfs_idmap_to_host(&fs->gids, st->st_gid);
+    /* An unprivileged daemon's symlink carries no override (xattr(7): no user.* xattrs on a
+     * symlink), so its owner on disk is the daemon's own, which stands for whatever the mapping
+     * shows as the daemon's user: the caller (docs/overlay.rst "ID mappings"). */
+    int own = lfs_idmap_own_link(fs, st->st_mode);
+    if (!(own && st->st_uid == fs->self_uid))
+        st->st_uid = lfs_idmap_to_host(&fs->uids, st->st_uid);
+    if (!(own && st->st_gid == fs->self_gid))
+        st->st_gid = lfs_idmap_to_host(&fs->gids, st->st_gid);
 }

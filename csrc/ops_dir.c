@@ -70,13 +70,18 @@ static void new_owner(fuse_req_t req, struct lfs_fs *fs, struct onode *d, mode_t
     struct stat dst;
     *uid = lfs_idmap_to_container(&fs->uids, ctx->uid); /* the caller's IDs are host IDs (idmap.h) */
     *gid = lfs_idmap_to_container(&fs->gids, ctx->gid);
+    int from_parent = 0;
     if (fstat(d->dirfd, &dst) == 0 && upper_apply_override(fs, d->dirfd, NULL, &dst) == 0 && (dst.st_mode & S_ISGID)) {
         *gid = dst.st_gid;
+        from_parent = 1;
         if (S_ISDIR(*mode))
             *mode |= S_ISGID;
     }
-    /* a setgid file whose group the (unprivileged) creator is not in loses the bit */
-    if (!S_ISDIR(*mode) && (*mode & S_ISGID) && ctx->uid != 0 && !lfs_caller_in_group(req, *gid))
+    /* a setgid file given the parent's group, which its creator is not in, loses the bit unless
+     * the creator is root (taken to have CAP_FSETID), the host's or the mapped namespace's;
+     * a group of the caller's own is always the caller's (the kernel's inode_init_owner) */
+    if (!S_ISDIR(*mode) && (*mode & S_ISGID) && from_parent && ctx->uid != 0 && lfs_idmap_caller_uid(fs, ctx->uid) != 0 &&
+        !lfs_caller_in_group(req, *gid))
         *mode &= ~(mode_t)S_ISGID;
 }
 

@@ -133,6 +133,16 @@ static int apply_setattr(struct lfs_fs *fs, struct lfs_obj *obj, const struct st
         name = path;
     }
     int nofollow = name == path ? 0 : AT_SYMLINK_NOFOLLOW;
+    struct stat given = *attr;
+    if (lfs_idmap_own_link(fs, on->type)) {
+        /* its owner on disk is the daemon's own, shown as the caller: an owner given that shows as
+         * the daemon's user is that owner on disk (lfs_attr_shown); any other fails below (EPERM) */
+        if ((to_set & FUSE_SET_ATTR_UID) && lfs_idmap_to_host(&fs->uids, given.st_uid) == fs->self_uid)
+            given.st_uid = fs->self_uid;
+        if ((to_set & FUSE_SET_ATTR_GID) && lfs_idmap_to_host(&fs->gids, given.st_gid) == fs->self_gid)
+            given.st_gid = fs->self_gid;
+        attr = &given;
+    }
     /* unprivileged: an owner the daemon cannot give, or an object in the override form, keeps
      * owner and mode in its override instead (upper.c) */
     int done = (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID | FUSE_SET_ATTR_MODE))
@@ -196,11 +206,12 @@ int lfs_caller_in_group(fuse_req_t req, gid_t gid)
  * FUSE without HANDLE_KILLPRIV_V2 (libfuse 3.14 has none) forwards only the group-executable case
  * as a mode change.  What reaches us instead: a SETATTR with no attribute at all (before a write,
  * or for chown(-1, -1)) or one with a size.  Whether the caller has CAP_FSETID is not known here:
- * uid 0 is taken to have it. */
+ * uid 0 is taken to have it, the host's or, with an ID mapping, the namespace's (idmap.h). */
 static void drop_sgid(fuse_req_t req, struct lfs_fs *fs, const struct lfs_obj *obj, struct stat *attr, int *to_set)
 {
     struct stat cur;
-    if (fuse_req_ctx(req)->uid == 0 || (*to_set != 0 && !(*to_set & FUSE_SET_ATTR_SIZE)) ||
+    uid_t caller = fuse_req_ctx(req)->uid;
+    if (caller == 0 || lfs_idmap_caller_uid(fs, caller) == 0 || (*to_set != 0 && !(*to_set & FUSE_SET_ATTR_SIZE)) ||
         node_stat(fs, obj, &cur) < 0)
         return;
     if (S_ISREG(cur.st_mode) && (cur.st_mode & (S_ISGID | S_IXGRP)) == S_ISGID && !(*to_set & FUSE_SET_ATTR_MODE) &&

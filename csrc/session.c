@@ -225,19 +225,40 @@ static void session_free(SessionObject *self)
     lfs_index_close(&fs->ix);
 }
 
-/* An ID mapping argument into *out: None (the identity), or (overflow, ((container, host, size),
- * ...)), at most LFS_IDMAP_MAX ranges that lfs_idmap_check takes.  Returns 0, or -1 with
- * ValueError or TypeError set naming `what`. */
+/* One ID of an ID mapping argument: a Python int in [0, 2^32).  Returns 0, or -1 with
+ * TypeError, ValueError or OverflowError set naming `what`. */
+static int id_arg(PyObject *obj, const char *what, uint32_t *out)
+{
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: an ID must be an int", what);
+        return -1;
+    }
+    unsigned long v = PyLong_AsUnsignedLong(obj); /* OverflowError for a negative int */
+    if (v == (unsigned long)-1 && PyErr_Occurred())
+        return -1;
+    if (v > UINT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s: ID %lu is past 2^32 - 1", what, v);
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* An ID mapping argument into *out: None (the identity), or a tuple (overflow, ranges) where
+ * ranges is a sequence of 1 to LFS_IDMAP_MAX tuples (container, host, size) that lfs_idmap_check
+ * takes.  Returns 0, or -1 with TypeError or ValueError set naming `what`. */
 static int idmap_arg(PyObject *obj, const char *what, struct lfs_idmap *out)
 {
     memset(out, 0, sizeof *out);
     if (obj == Py_None)
         return 0;
-    PyObject *ranges;
-    unsigned int overflow;
-    if (!PyArg_ParseTuple(obj, "IO", &overflow, &ranges))
+    if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) != 2) {
+        PyErr_Format(PyExc_TypeError, "%s: None or a tuple (overflow, ranges)", what);
         return -1;
-    PyObject *seq = PySequence_Fast(ranges, "an ID mapping's ranges must be a sequence");
+    }
+    if (id_arg(PyTuple_GET_ITEM(obj, 0), what, &out->overflow) < 0)
+        return -1;
+    PyObject *seq = PySequence_Fast(PyTuple_GET_ITEM(obj, 1), "an ID mapping's ranges must be a sequence");
     if (seq == NULL)
         return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -246,10 +267,16 @@ static int idmap_arg(PyObject *obj, const char *what, struct lfs_idmap *out)
         Py_DECREF(seq);
         return -1;
     }
-    out->overflow = overflow;
     for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PySequence_Fast_GET_ITEM(seq, i); /* borrowed */
         struct lfs_idrange *r = &out->r[i];
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "III", &r->container, &r->host, &r->size)) {
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
+            PyErr_Format(PyExc_TypeError, "%s: a range is a tuple (container, host, size)", what);
+            Py_DECREF(seq);
+            return -1;
+        }
+        if (id_arg(PyTuple_GET_ITEM(t, 0), what, &r->container) < 0 || id_arg(PyTuple_GET_ITEM(t, 1), what, &r->host) < 0 ||
+            id_arg(PyTuple_GET_ITEM(t, 2), what, &r->size) < 0) {
             Py_DECREF(seq);
             return -1;
         }
@@ -575,7 +602,9 @@ static PyTypeObject SessionType = {
     .tp_basicsize = sizeof(SessionObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "FuseSession(index, layer_dirs, mountpoint, options, entry_timeout, attr_timeout, "
-              "negative_timeout, threads=1, debug=False): a mounted read-only merged session",
+              "negative_timeout, threads=1, debug=False, max_open=4096, upper=None, work=None, "
+              "privileged=True, metacopy=False, redirect_dir=False, uidmap=None, gidmap=None): "
+              "a mounted merged session, read-only or writable",
     .tp_new = Session_new,
     .tp_init = (initproc)Session_init,
     .tp_dealloc = (destructor)Session_dealloc,

@@ -98,6 +98,15 @@ def test_the_c_engine_takes_what_the_option_takes_only() -> None:
             with pytest.raises(ValueError, match=message):
                 NativeSession("/nonexistent.idx", [], "/nonexistent", set(), entry_timeout=1.0, attr_timeout=1.0,
                               negative_timeout=1.0, idmap=idmap)
+    # the extension's own argument: every ID checked, not cut to 32 bits (before: 2^32 was taken
+    # as 0 and -1 as 4294967295), and a wrong shape is a TypeError, not a SystemError
+    from layerfs import _native
+
+    for arg, error in (((65534, [(2**32, 0, 1)]), ValueError), ((65534, [(0, -1, 1)]), OverflowError),
+                       ((2**32, [(0, 1, 1)]), ValueError), ((65534, [[0, 1, 1]]), TypeError),
+                       ([65534, [(0, 1, 1)]], TypeError), ((65534, [(0, "1", 1)]), TypeError)):
+        with pytest.raises(error):
+            _native.FuseSession("/nonexistent.idx", [], "/nonexistent", "", 1.0, 1.0, 1.0, uidmap=arg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,9 +328,16 @@ def test_as_root_layerfs_maps_as_fuse_overlayfs_does(site: Site) -> None:
             proc = subprocess.run(["setpriv", "--regid=200001", *who, sys.executable, "-c", SETGID_FILE,
                                    str(mnt / "sg" / name)], capture_output=True, text=True, timeout=60)
             assert proc.returncode == 0, proc.stderr
+        # a group of the caller's own (no setgid parent) is the caller's, even unmapped: the bit
+        # stays (before: the unmapped group, taken as the overflow ID, was not the caller's)
+        proc = subprocess.run(["setpriv", "--reuid=100005", "--regid=4343", "--clear-groups", sys.executable, "-c",
+                               SETGID_FILE, str(mnt / "d" / "own")], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
         shown_in, shown_out = os.lstat(mnt / "sg" / "in"), os.lstat(mnt / "sg" / "out")
+        shown_own = os.lstat(mnt / "d" / "own")
     finally:
         site.umount("lf")
+    assert (shown_own.st_uid, shown_own.st_gid, stat.S_IMODE(shown_own.st_mode)) == (100005, NOBODY, 0o2755)
     assert (shown_in.st_uid, shown_in.st_gid, stat.S_IMODE(shown_in.st_mode)) == (100004, 200007, 0o2755)
     assert (shown_out.st_uid, shown_out.st_gid, stat.S_IMODE(shown_out.st_mode)) == (100005, 200007, 0o755)
     on_disk = os.lstat(site.base / "lf" / "up" / "sg" / "in")
@@ -401,3 +417,74 @@ def test_as_nobody_layerfs_maps_as_fuse_overlayfs_does(site: Site) -> None:
     assert ours["f0"] == (3, 4) and ours["f5"] == (0, 0) and ours["f1000"] == (NOBODY, NOBODY)
     assert ours["mine"] == ours["mydir"] == ours["d/theirs"] == (0, 0) and ours["d/x"] == (0, 9)
     assert os.getxattr(site.base / "lf" / "up" / "mine", _override.XATTR) == b"0:0:0644:file"
+
+
+@pytest.mark.parametrize("site", ["nobody"], indirect=True)
+def test_the_namespace_root_keeps_a_setgid_bit_as_root_does(site: Site) -> None:
+    """The caller the mapping makes the image's root (a rootless container's root, with
+    CAP_FSETID) creates a setgid file in a setgid directory whose group it is not in: the bit
+    stays, as for root and as the kernel does for a caller with CAP_FSETID.  Before: only host
+    uid 0 kept it."""
+    mnt = site.mount("lf", USER_UIDS, USER_GIDS)
+    try:
+        _sh(f"python3 -c '{SETGID_FILE}' \"$1/sg/made\"", mnt, *AS_NOBODY_ACTING)
+        # only the mounting user may enter
+        proc = subprocess.run([*AS_NOBODY_ACTING, "stat", "-c", "%g %a", str(mnt / "sg" / "made")],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        site.umount("lf")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["200007", "2755"]
+
+
+def test_a_users_symlinks_show_as_the_caller_under_a_mapping(tmp_path: Path) -> None:
+    """A user's symlinks carry no override, so on disk they are the user's: under
+    ``uidmapping=0:UID:1`` (a rootless run's) they show as the user's, as the files whose override
+    says root do, and chown -h to the user works; so for a symlink made in the mount.  Before: the
+    user's own ID, taken as an image ID no range holds, showed as the overflow ID, and the
+    container's root could not lchown them (dpkg and tar -p do).  The user is not nobody: nobody's
+    ID is the overflow ID, which would hide the difference; it is daemon (uid 1), a user of every
+    Debian system that fusermount3 can name."""
+    require_root()
+    require_fuse()
+    require_tool("setpriv")
+    user = 1
+    base = Path(tempfile.mkdtemp(prefix="layerfs-idmap-link-"))
+    try:
+        os.chmod(base, 0o755)
+        for sub in ("l1", "up", "wk", "mnt", "run"):
+            (base / sub).mkdir()
+            os.chown(base / sub, user, user)
+        (base / "l1" / "f").write_text("f\n")
+        (base / "l1" / "link").symlink_to("f")
+        os.chown(base / "l1" / "f", user, user)
+        os.lchown(base / "l1" / "link", user, user)
+        os.setxattr(base / "l1" / "f", _override.XATTR, b"0:0:0644:file")
+        os.setxattr(base / "l1", _override.XATTR, b"0:0:0755:dir")
+        os.setxattr(base / "up", _override.XATTR, b"0:0:0755:dir")  # root's, as a container's upper
+        who = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
+        env = dict(os.environ, LAYERFS_RUNTIME_DIR=str(base / "run"), HOME=str(base / "run"))
+        env.pop("LAYERFS_ROOT", None)
+        opts = (f"lowerdir={base / 'l1'},upperdir={base / 'up'},workdir={base / 'wk'},"
+                f"uidmapping=0:{user}:1,gidmapping=0:{user}:1")
+        proc = subprocess.run([*who, sys.executable, "-m", "layerfs", "--root", str(base / "run" / "store"), "mount",
+                               "-o", opts, str(base / "mnt")], capture_output=True, text=True, env=env, timeout=120,
+                              cwd="/")
+        assert proc.returncode == 0, proc.stderr
+        try:
+            _sh('set -e; ln -s f "$1/mine"; chown -h 1:1 "$1/link" "$1/mine"', base / "mnt", *who)
+            # only the user may enter
+            proc = subprocess.run([*who, "sh", "-c", 'cd "$1" && stat -c "%n %u %g" f link mine', "sh",
+                                   str(base / "mnt")], capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, proc.stderr
+            owners = {n: (int(u), int(g)) for n, u, g in (line.split() for line in proc.stdout.splitlines())}
+        finally:
+            subprocess.run([*who, sys.executable, "-m", "layerfs", "umount", str(base / "mnt")], capture_output=True,
+                           env=env, timeout=120, cwd="/")
+        assert owners == {"f": (user, user), "link": (user, user), "mine": (user, user)}
+        assert os.lstat(base / "up" / "link")[4:6] == os.lstat(base / "up" / "mine")[4:6] == (user, user)
+    finally:
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            if line.split()[4].startswith(str(base) + "/"):
+                unmount(Path(line.split()[4]))
+        shutil.rmtree(base, ignore_errors=True)

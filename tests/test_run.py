@@ -249,3 +249,24 @@ def test_export_equals_the_merged_view(root: Path, tmp_path: Path) -> None:
         assert_same_tree(snapshot(extracted), expect, names=("export", "mount"))
     run_layerfs("umount", str(mnt), root=root)
     assert run_layerfs("export", "nosuch", root=root, check=False).stderr.strip() == "Error: No such image: nosuch"
+
+
+def test_a_container_mounted_with_an_id_mapping_is_not_exported_or_run_through_it(root: Path, tmp_path: Path) -> None:
+    """A container mounted with ``-o uidmapping=`` shows its owners mapped: ``export`` through
+    that mount would write the shown owners into the tar, and root's ``run`` would give runc a
+    rootfs whose root is not root's.  Both refuse in one line naming the mount.  Before: both
+    went through the mapped mount (the tar held uid 1000 for root's files)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run_layerfs("mount", "--name", "mapped", "-o", "uidmapping=0:1000:1,gidmapping=0:1000:1", "app:1", str(mnt),
+                root=root)
+    try:
+        assert os.stat(mnt / "bin").st_uid == 1000  # the mapping is in force
+        exported = run_layerfs("export", "-o", str(tmp_path / "x.tar"), "mapped", root=root, check=False)
+        ran = _run(root, "--name", "mapped", "app:1", "true")
+    finally:
+        run_layerfs("umount", str(mnt), root=root)
+    assert exported.returncode != 0 and not (tmp_path / "x.tar").exists()
+    assert exported.stderr.count("\n") == 1 and "uidmapping=0:1000:1" in exported.stderr, exported.stderr
+    assert ran.returncode != 0 and ran.stderr.count("\n") == 1 and "with -o uidmapping=0:1000:1" in ran.stderr, \
+        ran.stderr

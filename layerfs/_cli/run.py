@@ -186,6 +186,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     where = _containers.mounted_at(store, container) if container else []
     tmp = None
     if where:
+        mapped = next((m.idmap for m in _mount.mounts() if m.mountpoint == where[0]), ())
+        if mapped:  # the tar would hold the owners the mount shows, not the container's
+            raise LayerfsError(f"container {args.source} is mounted at {where[0]} with -o {','.join(mapped)}: "
+                               f"its owners show mapped there; run `layerfs umount {where[0]}` first")
         tree = Path(where[0])
     else:
         tmp = Path(tempfile.mkdtemp(prefix="layerfs-export-"))

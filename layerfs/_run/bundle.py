@@ -45,8 +45,9 @@ def make(store: Store, image: Image, container: Container, path: Path, opts: _co
 
     Raises:
         MountError, LayerfsError: the mount or the config could not be made (nothing is left
-            mounted by this call then), or, rootless, the container is mounted already with
-            another ID mapping than its user namespace's.
+            mounted by this call then), or the container is mounted already with another ID
+            mapping than the runtime's user namespace needs (none, as root), or where this mount
+            namespace has no record of the mount.
     """
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     idmap = _config.user_namespace() if rootless else None
@@ -55,8 +56,12 @@ def make(store: Store, image: Image, container: Container, path: Path, opts: _co
     if where:
         rootfs = Path(where[0])
         wanted = tuple(idmap.options()) if idmap else ()
-        mapped = next((m.idmap for m in _mount.mounts() if m.mountpoint == where[0]), wanted)
-        if idmap and mapped != wanted:
+        mapped = next((m.idmap for m in _mount.mounts() if m.mountpoint == where[0]), None)
+        if mapped is None:
+            raise LayerfsError(f"container {container.name} is mounted at {where[0]}, but not by this "
+                               f"namespace's layerfs (no record of it here): run `layerfs umount {where[0]}` "
+                               f"where it was mounted first")
+        if mapped != wanted:
             raise LayerfsError(f"container {container.name} is mounted at {where[0]} "
                                f"{'with -o ' + ','.join(mapped) if mapped else 'without an ID mapping'}; its user "
                                f"namespace needs -o {','.join(wanted)}: run `layerfs umount {where[0]}` first")
