@@ -16,6 +16,7 @@ import os
 import pty
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -270,3 +271,58 @@ def test_a_container_mounted_with_an_id_mapping_is_not_exported_or_run_through_i
     assert exported.stderr.count("\n") == 1 and "uidmapping=0:1000:1" in exported.stderr, exported.stderr
     assert ran.returncode != 0 and ran.stderr.count("\n") == 1 and "with -o uidmapping=0:1000:1" in ran.stderr, \
         ran.stderr
+
+
+def test_signals_reach_the_command(root: Path) -> None:
+    """SIGTERM and SIGINT sent to ``layerfs run`` reach the command (PID 1 of the container, which
+    gets only the signals it handles); the exit status is then the command's."""
+    for sig, status in ((signal.SIGTERM, 3), (signal.SIGINT, 4)):
+        proc = subprocess.Popen([sys.executable, "-m", "layerfs", "--root", str(root), "run", "--rm", "-u", "0",
+                                 "app:1", "sh", "-c", "trap 'echo got TERM; exit 3' TERM; trap 'echo got INT; exit 4' "
+                                 "INT; echo ready; while :; do sleep 0.1; done"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "ready\n"
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert (proc.returncode, out) == (status, f"got {sig.name[3:]}\n"), err
+    assert _containers(root) == []
+
+
+def test_read_only_runtime_choice_and_the_default_mounts(root: Path) -> None:
+    """--read-only: the root file system refuses writes (docker's --read-only), /dev/shm still
+    takes them; the default mount set: /proc, /dev a tmpfs with /dev/pts and /dev/shm, /sys
+    read-only; --runtime picks the runtime, and one that does not exist is named in one line."""
+    ro = _run(root, "--rm", "--read-only", "-u", "0", "app:1", "sh", "-c",
+              "touch /x 2>&1; echo shm > /dev/shm/ok && cat /dev/shm/ok")
+    assert ro.returncode == 0 and "Read-only file system" in ro.stdout and ro.stdout.endswith("shm\n"), ro
+    mounts = _run(root, "--rm", "--runtime", "runc", "-u", "0", "app:1", "cat", "/proc/mounts")
+    assert mounts.returncode == 0, mounts.stderr
+    table = {f[1]: (f[2], f[3].split(",")) for f in (line.split() for line in mounts.stdout.splitlines())}
+    assert table["/proc"][0] == "proc" and table["/dev"][0] == "tmpfs"
+    assert table["/dev/pts"][0] == "devpts" and table["/dev/shm"][0] == "tmpfs"
+    assert table["/sys"][0] == "sysfs" and "ro" in table["/sys"][1]
+    assert "rw" in table["/"][1]
+    missing = _run(root, "--rm", "--runtime", "/no/such/runtime", "app:1", "true")
+    assert missing.returncode != 0 and missing.stderr.count("\n") == 1 and "/no/such/runtime" in missing.stderr
+    assert _containers(root) == []
+
+
+def test_rm_removes_the_upper_on_disk(root: Path) -> None:
+    """--rm: the container's record and its upper directory (what it wrote) are gone afterwards;
+    without it both stay, and the upper holds what was written."""
+    def uppers() -> set[Path]:
+        return set((root / "containers").glob("*/upper")) if (root / "containers").exists() else set()
+
+    assert _run(root, "--rm", "-u", "0", "app:1", "sh", "-c", "echo gone > /data").returncode == 0
+    assert uppers() == set() and _containers(root) == []
+    assert _run(root, "--name", "kept", "-u", "0", "app:1", "sh", "-c", "echo kept > /data").returncode == 0
+    (upper,) = uppers()
+    assert (upper / "data").read_text() == "kept\n"
+    run_layerfs("rm", "kept", root=root)
+    assert uppers() == set()
