@@ -5,14 +5,20 @@ The package is a set of private subpackages named for the concepts, in the direc
 (``tests/test_architecture.py`` enforces it):
 
 - leaves: ``_errors`` (the errors), ``_units`` (sizes and times as docker prints them), ``_proc``
-  (what /proc says), ``_sys`` (the only door to the C extension's system calls);
+  (what /proc says), ``_sys`` (the C extension's system calls: openat2 and the like); the C
+  extension ``_native`` itself is imported by ``_sys`` and, for the merged index and the FUSE
+  session, by ``_mount.index``;
 - ``_oci``: the formats: digests, references, platforms, manifests and configs;
 - ``_registry``: the distribution API over HTTP: the client and its auth;
-- ``_layer``: a layer tar in overlay form: whiteouts, compression, the safe unpacker;
-- ``_store``: the content-addressed store; it offers "stage, then publish" and imports none of
-  the rooms that fill it;
-- ``_transfer``: moving images between the store and the world (pull, load);
-- ``_mount``: the merged FUSE view of a stack: merge, index, cache policy, the daemon;
+- ``_layer``: a layer tar in overlay form: whiteouts, overrides, compression, the safe unpacker,
+  and the other way: a layer generated from a tree or an upper (diff, commit);
+- ``_store``: the content-addressed store and its container records; it offers "stage, then
+  publish" and imports none of the rooms that fill it;
+- ``_transfer``: moving images between the store and the world (pull, load, save, push, commit);
+- ``_mount``: the merged FUSE view of a stack: merge, index, cache policy, the writable upper's
+  set-up, ID mappings, the daemon;
+- ``_run``: using a mounted container: OCI runtime bundles and their config, running them;
+- ``_maint``: keeping the store whole: verify and repair, prune;
 - ``_cli``: the command line, a thin layer over all of the above.
 
 The public API is what this module re-exports.

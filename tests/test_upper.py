@@ -457,3 +457,32 @@ def test_removed_files_are_let_go(tmp_path: Path) -> None:
                 break
             time.sleep(0.02)
         assert _deleted_upper_fds(handle.pid, u, w) == []
+
+
+def test_rm_rf_of_a_lower_tree_writes_one_whiteout_and_copies_nothing(tmp_path: Path) -> None:
+    """``rm -rf`` of a lower directory of 300 entries (files, a symlink, subdirectories) leaves
+    in the upper one whiteout, the directory's, and nothing else: no entry is copied up and no
+    child gets a whiteout of its own (the kernel's overlay does the same).  Removing a lower
+    file in a surviving directory copies that directory up empty but for the file's whiteout."""
+    require_root()
+    require_fuse()
+    lower = tmp_path / "lower"
+    for i in range(10):
+        sub = lower / "tree" / f"d{i}"
+        sub.mkdir(parents=True)
+        for k in range(28):
+            (sub / f"f{k}").write_text(f"{i}/{k}\n")
+        (sub / "link").symlink_to("f0")
+    (lower / "keep").mkdir()
+    (lower / "keep" / "a").write_text("a\n")
+    (lower / "keep" / "b").write_text("b\n")
+    u, w, m = _fresh(tmp_path, "rmrf")
+    with layerfs_writable([lower], u, w, m):
+        subprocess.run(["rm", "-rf", str(m / "tree")], check=True)
+        os.unlink(m / "keep" / "a")
+        assert not (m / "tree").exists() and os.listdir(m / "keep") == ["b"]
+    found = sorted(str(p.relative_to(u)) for p in u.rglob("*"))
+    assert found == ["keep", "keep/a", "tree"], found
+    for name in ("tree", "keep/a"):
+        st = os.lstat(u / name)
+        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0, name  # the kernel's whiteout
