@@ -169,3 +169,34 @@ def test_a_session_that_fails_to_start_closes_no_descriptor_of_its_caller(tmp_pa
         finally:
             os.dup2(saved, 0)
             os.close(saved)
+
+
+def test_a_mounted_session_cannot_be_initialised_again(tmp_path: Path) -> None:
+    """``__init__`` on a session that is mounted refuses (RuntimeError) and leaves it mounted and
+    whole: before, a second ``__init__`` freed the live session (its mount, its descriptors)
+    under the kernel.  Closing it then unmounts it.  Nothing here touches the mount point itself:
+    no loop serves it, so a stat would wait for ever."""
+    require_root()
+    require_fuse()
+    from layerfs._mount import merge as _merge
+    from layerfs._mount.index import NativeSession
+
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    (layer / "f").write_text("f\n")
+    index = tmp_path / "index"
+    index.write_bytes(_merge.build([layer])[0])
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    options = {"ro", "fsname=layerfs-test", "subtype=layerfs", "default_permissions"}
+    args = (os.fspath(index), [os.fspath(layer)], os.fspath(mnt), ",".join(sorted(options)), 1.0, 1.0, 1.0)
+    session = NativeSession(index, [os.fspath(layer)], os.fspath(mnt), options, entry_timeout=1.0, attr_timeout=1.0,
+                            negative_timeout=1.0)
+    try:
+        assert str(mnt) in _proc.mountpoints()  # tmp_path is a real path
+        with pytest.raises(RuntimeError, match="already initialised"):
+            session._s.__init__(*args)
+        assert str(mnt) in _proc.mountpoints()
+    finally:
+        session.close()
+    assert str(mnt) not in _proc.mountpoints()
