@@ -108,6 +108,9 @@ def test_a_killed_daemon_leaves_a_dead_mount_that_umount_clears(mounted: Mounted
     assert len(store.dead_mounts()) == 1
     refused = m.layerfs("mount", "--name", "c", "keep:1", str(m.mnt), check=False)
     assert refused.returncode == 1 and "dead mount" in refused.stderr and "layerfs umount" in refused.stderr
+    other_run = {"LAYERFS_RUNTIME_DIR": str(m.root.parent / "other-run")}  # no record of it: a statfs says
+    refused = run_layerfs("mount", "--read-only", "keep:1", str(m.mnt), root=m.root, env=other_run, check=False)
+    assert refused.returncode == 1 and "dead mount" in refused.stderr, refused.stderr
     m.layerfs("umount", str(m.mnt))
     assert str(m.mnt) not in _proc.mountpoints()
     assert store.dead_mounts() == [] and os.listdir(m.root / "mounts") == []
@@ -201,3 +204,22 @@ def test_a_mount_killed_while_its_daemon_mounts_leaves_nothing(tmp_path: Path) -
             subprocess.run(["umount", "-l", str(m.mnt)], capture_output=True)
     (m.upper() / "mine.txt").write_text(MINE)  # the container is there (made before the daemon)
     _check_container(m, copied_up=False)
+
+
+def test_mount_on_a_live_mount_whose_daemon_hangs_fails_at_once(mounted: Mounted) -> None:
+    """A live mount whose daemon answers nothing (stopped): ``mount`` there must not ask the
+    daemon anything (statfs would wait for it forever), it refuses at once with one line."""
+    m = mounted
+    (rec,) = Store(m.root).mounts()
+    os.kill(rec.pid, signal.SIGSTOP)
+    try:
+        # with its record, and from another runtime directory (no record: a statfs given up on)
+        for env in (m.env, {"LAYERFS_RUNTIME_DIR": str(m.root.parent / "other-run")}):
+            refused = subprocess.run([sys.executable, "-m", "layerfs", "--root", str(m.root), "mount", "--read-only",
+                                      "keep:1", str(m.mnt)], capture_output=True, text=True,
+                                     env=dict(os.environ, **env), timeout=20)  # TimeoutExpired: it hung
+            assert refused.returncode == 1
+            assert refused.stderr == f"Error: mount point {m.mnt}: is already a mount point (unmount it first)\n"
+    finally:
+        os.kill(rec.pid, signal.SIGCONT)
+    m.layerfs("umount", str(m.mnt))
