@@ -223,3 +223,30 @@ def test_mount_on_a_live_mount_whose_daemon_hangs_fails_at_once(mounted: Mounted
     finally:
         os.kill(rec.pid, signal.SIGCONT)
     m.layerfs("umount", str(m.mnt))
+
+
+def test_dead_mounts_are_layerfs_mounts_named_by_their_real_path(mounted: Mounted, tmp_path: Path) -> None:
+    """A record naming its mount point through a symlink (the store takes the path it is given)
+    is found in the mount table, which names the real path; a record whose mount point is another
+    file system's FUSE mount is no dead layerfs mount."""
+    from conftest import require_tool
+
+    require_tool("fuse-overlayfs")
+    m = mounted
+    pid = m.kill_daemon()
+    store = Store(m.root)
+    (record,) = (m.root / "mounts").iterdir()
+    data = json.loads(record.read_text())
+    (tmp_path / "link").symlink_to(tmp_path)
+    linked = str(tmp_path / "link" / m.mnt.name)
+    record.unlink()
+    store._mount_record_path(linked).write_text(json.dumps({**data, "mountpoint": linked}))
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["fuse-overlayfs", "-o", f"lowerdir={tmp_path / 'keep'}", str(other)], check=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    store._mount_record_path(str(other)).write_text(json.dumps({**data, "mountpoint": str(other), "pid": gone.pid}))
+    assert [(d.mountpoint, d.pid) for d in store.dead_mounts()] == [(linked, pid)]
+    subprocess.run(["umount", str(other)], check=True)
+    m.layerfs("umount", str(m.mnt))
