@@ -416,12 +416,19 @@ class Store:
         Raises:
             ImageNotFound: nothing answers to ``name`` (docker's words: "No such image"), also
                 when the image is removed while it is being read.
+            BadImage: its record is there but its config blob is not (corruption, not a missing
+                image: ``verify --repair`` removes it).
         """
         image_id = self._resolve(name)
         try:
             return self._load_image(image_id, self._references_by_image().get(image_id, []))
-        except FileNotFoundError:  # its record (or config) went with an rm meanwhile
-            raise ImageNotFound(f"No such image: {name}") from None
+        except (FileNotFoundError, ImageNotFound):  # its record, or its config blob (read_blob)
+            if image_id not in self._image_ids():  # went with an rm meanwhile (the record goes first)
+                raise ImageNotFound(f"No such image: {name}") from None
+            if self.has_blob(image_id):
+                raise  # not this image's record nor its config: say what it is
+            raise BadImage(f"image {image_id}: is corrupt: its config blob is missing "
+                           f"(`layerfs verify --repair` removes it)") from None
 
     def _resolve(self, name: str) -> str:
         ids = self._image_ids()
