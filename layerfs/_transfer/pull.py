@@ -66,6 +66,7 @@ from .progress import (
     PULLING,
     VERIFYING,
     WAITING,
+    WAITING_OTHER,
     Progress,
     QuietProgress,
 )
@@ -304,7 +305,8 @@ class _Pull:
         # A corrupt blob usually breaks the decompressor first; the unpacker then drains the
         # blob and names the digest mismatch, as docker does ("digest did not match").
         return add_layer(self.store, open_blob, diff_id=layer.diff_id, digest=layer.digest, size=layer.size,
-                         media_type=layer.media_type, cancelled=self.cancelled.is_set, lowers=lowers)
+                         media_type=layer.media_type, cancelled=self.cancelled.is_set, lowers=lowers,
+                         on_wait=lambda: self.progress.layer(layer_id, WAITING_OTHER))
 
 
 class _ResumedBlob:
