@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -200,6 +201,19 @@ def test_a_mount_killed_while_its_daemon_mounts_leaves_nothing(tmp_path: Path) -
     finally:
         proc.kill()
         proc.wait()
+        # the daemon too (a test that failed early leaves it: the pid that called mount(2), if it
+        # still runs with the command's arguments), then wait for it to be gone
+        from _crash import daemons_of
+
+        traced = {int(line.split()[0]) for line in (log.read_text() if log.exists() else "").splitlines()
+                  if "mount(" in line and line.split()[0].isdigit()}
+        daemons = traced & set(daemons_of(m.mnt))
+        for pid in daemons:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(_proc.pid_alive(pid) for pid in daemons) and time.monotonic() < deadline:
+            time.sleep(0.01)
         if str(m.mnt) in _proc.mountpoints():
             subprocess.run(["umount", "-l", str(m.mnt)], capture_output=True)
     (m.upper() / "mine.txt").write_text(MINE)  # the container is there (made before the daemon)
