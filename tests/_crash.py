@@ -149,6 +149,33 @@ def _strace(log: Path, *extra: str) -> list[str]:
             *extra, "--"]
 
 
+def wait_traced(proc: subprocess.Popen[str], log: Path, timeout: float = 120) -> tuple[str, str]:
+    """Wait for the traced command to end; then let strace go, detaching from a daemon the
+    command left running (or one it attached to).  Whatever is left of strace's session then
+    (all of it, the traced command too, when it did not end in time) is killed: a daemon
+    has a session of its own."""
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError("the traced command did not end")
+            with contextlib.suppress(OSError):
+                entries = _parse(log.read_text())
+                main = _main(entries)
+                if main is not None and any(p == main and c == "+++" for p, c, _ in entries):
+                    proc.send_signal(signal.SIGTERM)  # strace detaches from the rest (a daemon)
+                    break
+            time.sleep(0.02)
+        out, err = proc.communicate(timeout=60)
+        return out, err
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.returncode is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=60)
+
+
 # -- the world ------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -255,48 +282,33 @@ class World:
         point = self.fresh(f"{scenario}-record")
         if sc.before is not None:
             sc.before(self, point)
-        log = point / "strace.log"
-        _, err = self._wait(self._traced(sc, point, log), log)
-        entries = _parse(log.read_text())
-        main = _main(entries)
-        ends = {pid: text for pid, call, text in entries if call == "+++"}
-        if ends.get(main) != "exited with 0":
-            raise AssertionError(f"recording {scenario}: the command did not succeed: {ends.get(main)}: {err}")
-        counts: dict[tuple[int, str], int] = {}
-        seen: dict[tuple[str, int], str] = {}
-        for pid, call, text in entries:
-            if call == "+++":
-                continue
-            n = counts[(pid, call)] = counts.get((pid, call), 0) + 1
-            if (call, n) not in seen and not (call == "execve" and n == 1):
-                seen[(call, n)] = f"{call}({_abridge(text, point / 'store')}"
-        self._clean_point(point)
+        try:
+            log = point / "strace.log"
+            _, err = wait_traced(self._traced(sc, point, log), log)
+            entries = _parse(log.read_text())
+            main = _main(entries)
+            ends = {pid: text for pid, call, text in entries if call == "+++"}
+            if ends.get(main) != "exited with 0":
+                raise AssertionError(f"recording {scenario}: the command did not succeed: {ends.get(main)}: {err}")
+            counts: dict[tuple[int, str], int] = {}
+            seen: dict[tuple[str, int], str] = {}
+            for pid, call, text in entries:
+                if call == "+++":
+                    continue
+                n = counts[(pid, call)] = counts.get((pid, call), 0) + 1
+                if (call, n) not in seen and not (call == "execve" and n == 1):
+                    seen[(call, n)] = f"{call}({_abridge(text, point / 'store')}"
+        finally:
+            self._clean_point(point)
         return [KillPoint(scenario, call, n, text) for (call, n), text in seen.items()]
-
-    def _wait(self, proc: subprocess.Popen[str], log: Path, timeout: float = 120) -> tuple[str, str]:
-        """Wait for the traced command to end; then let strace go, detaching from a daemon the
-        command left running (or one it attached to)."""
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError("the traced command did not end")
-            with contextlib.suppress(OSError):
-                entries = _parse(log.read_text())
-                main = _main(entries)
-                if main is not None and any(p == main and c == "+++" for p, c, _ in entries):
-                    proc.send_signal(signal.SIGTERM)  # strace detaches from the rest (a daemon)
-                    break
-            time.sleep(0.02)
-        out, err = proc.communicate(timeout=60)
-        return out, err
 
     def _traced(self, sc: Scenario, point: Path, log: Path, *inject: str) -> subprocess.Popen[str]:
         """Start the scenario's command under strace (and attach to the processes it names)."""
         attach = [a for pid in (sc.attach(self, point) if sc.attach else []) for a in ("-p", str(pid))]
         return subprocess.Popen([*_strace(log, *inject, *attach), PY, "-m", "layerfs", "--root", str(point / "store"),
                                  *sc.argv(self, point)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
+                                start_new_session=True)  # killed as a whole by wait_traced
 
     def run_point(self, kp: KillPoint) -> PointResult:
         """Kill the scenario's command at ``kp``, then run the checks of the module docstring."""
@@ -306,7 +318,7 @@ class World:
             if sc.before is not None:
                 sc.before(self, point)
             log = point / "strace.log"
-            self._wait(self._traced(sc, point, log, "-e", f"inject={kp.syscall}:signal=KILL:when={kp.n}"), log)
+            wait_traced(self._traced(sc, point, log, "-e", f"inject={kp.syscall}:signal=KILL:when={kp.n}"), log)
             entries = _parse(log.read_text())
             main = _main(entries)
             killed = [pid for pid, call, text in entries if call == "+++" and text == "killed by SIGKILL"]

@@ -11,11 +11,25 @@ from a recorded run) and the points that once showed a defect (:data:`REGRESSION
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from _crash import SCENARIO_TABLE, SCENARIOS, KillPoint, World, subset
+from _crash import (
+    SCENARIO_TABLE,
+    SCENARIOS,
+    KillPoint,
+    World,
+    _strace,
+    subset,
+    wait_traced,
+)
 from conftest import require_fuse, require_root, require_tool
+
+from layerfs import _proc
 
 #: Points of each command in CI (11 commands: at least 55 points killed in all).
 PER_SCENARIO = 6
@@ -75,3 +89,19 @@ def test_every_scenario_has_a_check() -> None:
         sc = SCENARIO_TABLE[name]
         assert sc.retry is not None or sc.check is not None, name
 
+
+def test_a_traced_command_that_does_not_end_is_killed_with_strace(tmp_path: Path) -> None:
+    """Given up waiting for, the traced command goes too, not strace only (it would run on)."""
+    require_tool("strace")
+    log = tmp_path / "strace.log"
+    proc = subprocess.Popen([*_strace(log), sys.executable, "-c",
+                             "import os, time; print(os.getpid(), flush=True); time.sleep(600)"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    traced = int(proc.stdout.readline())
+    with pytest.raises(AssertionError, match="the traced command did not end"):
+        wait_traced(proc, log, timeout=1)
+    deadline = time.monotonic() + 10
+    while _proc.pid_alive(traced) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _proc.pid_alive(traced), "the traced command runs on"

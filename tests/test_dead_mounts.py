@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -108,6 +109,9 @@ def test_a_killed_daemon_leaves_a_dead_mount_that_umount_clears(mounted: Mounted
     assert len(store.dead_mounts()) == 1
     refused = m.layerfs("mount", "--name", "c", "keep:1", str(m.mnt), check=False)
     assert refused.returncode == 1 and "dead mount" in refused.stderr and "layerfs umount" in refused.stderr
+    other_run = {"LAYERFS_RUNTIME_DIR": str(m.root.parent / "other-run")}  # no record of it: a statfs says
+    refused = run_layerfs("mount", "--read-only", "keep:1", str(m.mnt), root=m.root, env=other_run, check=False)
+    assert refused.returncode == 1 and "dead mount" in refused.stderr, refused.stderr
     m.layerfs("umount", str(m.mnt))
     assert str(m.mnt) not in _proc.mountpoints()
     assert store.dead_mounts() == [] and os.listdir(m.root / "mounts") == []
@@ -197,7 +201,66 @@ def test_a_mount_killed_while_its_daemon_mounts_leaves_nothing(tmp_path: Path) -
     finally:
         proc.kill()
         proc.wait()
+        # the daemon too (a test that failed early leaves it: the pid that called mount(2), if it
+        # still runs with the command's arguments), then wait for it to be gone
+        from _crash import daemons_of
+
+        traced = {int(line.split()[0]) for line in (log.read_text() if log.exists() else "").splitlines()
+                  if "mount(" in line and line.split()[0].isdigit()}
+        daemons = traced & set(daemons_of(m.mnt))
+        for pid in daemons:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(_proc.pid_alive(pid) for pid in daemons) and time.monotonic() < deadline:
+            time.sleep(0.01)
         if str(m.mnt) in _proc.mountpoints():
             subprocess.run(["umount", "-l", str(m.mnt)], capture_output=True)
     (m.upper() / "mine.txt").write_text(MINE)  # the container is there (made before the daemon)
     _check_container(m, copied_up=False)
+
+
+def test_mount_on_a_live_mount_whose_daemon_hangs_fails_at_once(mounted: Mounted) -> None:
+    """A live mount whose daemon answers nothing (stopped): ``mount`` there must not ask the
+    daemon anything (statfs would wait for it forever), it refuses at once with one line."""
+    m = mounted
+    (rec,) = Store(m.root).mounts()
+    os.kill(rec.pid, signal.SIGSTOP)
+    try:
+        # with its record, and from another runtime directory (no record: a statfs given up on)
+        for env in (m.env, {"LAYERFS_RUNTIME_DIR": str(m.root.parent / "other-run")}):
+            refused = subprocess.run([sys.executable, "-m", "layerfs", "--root", str(m.root), "mount", "--read-only",
+                                      "keep:1", str(m.mnt)], capture_output=True, text=True,
+                                     env=dict(os.environ, **env), timeout=20)  # TimeoutExpired: it hung
+            assert refused.returncode == 1
+            assert refused.stderr == f"Error: mount point {m.mnt}: is already a mount point (unmount it first)\n"
+    finally:
+        os.kill(rec.pid, signal.SIGCONT)
+    m.layerfs("umount", str(m.mnt))
+
+
+def test_dead_mounts_are_layerfs_mounts_named_by_their_real_path(mounted: Mounted, tmp_path: Path) -> None:
+    """A record naming its mount point through a symlink (the store takes the path it is given)
+    is found in the mount table, which names the real path; a record whose mount point is another
+    file system's FUSE mount is no dead layerfs mount."""
+    from conftest import require_tool
+
+    require_tool("fuse-overlayfs")
+    m = mounted
+    pid = m.kill_daemon()
+    store = Store(m.root)
+    (record,) = (m.root / "mounts").iterdir()
+    data = json.loads(record.read_text())
+    (tmp_path / "link").symlink_to(tmp_path)
+    linked = str(tmp_path / "link" / m.mnt.name)
+    record.unlink()
+    store._mount_record_path(linked).write_text(json.dumps({**data, "mountpoint": linked}))
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["fuse-overlayfs", "-o", f"lowerdir={tmp_path / 'keep'}", str(other)], check=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    store._mount_record_path(str(other)).write_text(json.dumps({**data, "mountpoint": str(other), "pid": gone.pid}))
+    assert [(d.mountpoint, d.pid) for d in store.dead_mounts()] == [(linked, pid)]
+    subprocess.run(["umount", str(other)], check=True)
+    m.layerfs("umount", str(m.mnt))

@@ -156,6 +156,34 @@ def test_pull_on_a_full_disk(disk: Disk, tmp_path: Path) -> None:
         registry.stop()
 
 
+def test_a_pull_on_a_full_disk_leaves_the_layers_an_earlier_pull_kept(disk: Disk, tmp_path: Path) -> None:
+    """The layers a failed pull of the image kept (for the next pull to resume) are not this
+    pull's: its clean-up after ENOSPC forgets only what it marked itself."""
+    require_tool("docker-registry", "skopeo")
+    (tmp_path / "storage").mkdir()
+    registry = Registry.start(tmp_path / "registry", tmp_path / "storage")
+    try:
+        ref = f"{registry.host}/full/new:1"
+        push(f"oci:{disk.layouts / 'new'}:1", ref)
+        run_layerfs("load", "--tag", "new:1", f"oci:{disk.layouts / 'new'}:1", root=disk.root)
+        store = Store(disk.root)
+        diff_ids = [d for d in store.get("new:1").diff_ids if d not in store.get("keep:1").diff_ids]
+        with store.hold(diff_ids):  # as a pull of it that failed at its end keeps them
+            run_layerfs("rm", "new:1", root=disk.root)
+            for diff_id in diff_ids:
+                store.keep_layer(diff_id)
+        kept = store_contents(store)
+        assert len(kept["layers"]) == 4 and len(kept["tmp"]) == 2
+        disk.leave(0)
+        proc = run_layerfs("pull", "-q", ref, root=disk.root, check=False)
+        assert proc.returncode == 1 and "no space left on device" in proc.stderr.lower(), proc.stderr
+        assert store_contents(store) == kept
+        disk.filler.unlink()
+        disk.intact()
+    finally:
+        registry.stop()
+
+
 def test_a_write_in_a_mounted_container_gets_enospc_and_the_daemon_serves_on(disk: Disk, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     run_layerfs("mount", "--name", "keep", "keep:1", str(mnt), root=disk.root)

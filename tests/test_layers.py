@@ -147,3 +147,50 @@ def test_a_layer_waiting_for_those_below_holds_no_stage(tmp_path: Path) -> None:
         assert not any(t.is_alive() for t in uppers + lowers), "the two commands wait for each other"
     assert not errors, errors
     assert store.has_layer(ids["a"]) and store.has_layer(ids["c"])
+
+
+def test_a_layer_parked_by_a_command_that_never_goes_on_is_waited_for_minutes_not_for_ever(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another command has the layer parked (it waits for the layers below its own, which may
+    never come): this one says it waits for it, then, :data:`PARKED_WAIT_LONGEST` later (cut to a
+    second here), fetches the layer itself."""
+    import subprocess
+    import sys
+
+    from layerfs._oci.digest import short
+    from layerfs._transfer import layers
+
+    monkeypatch.setattr(layers, "PARKED_WAIT_LONGEST", 1.0)
+    blob = tar_bytes([TarEntry("a/f", data=b"a")])
+    diff_id = sha256(blob)
+    store = Store(tmp_path / "store")
+    store._ensure_layout()
+    holder = subprocess.Popen([sys.executable, "-c", """
+import sys, time
+from pathlib import Path
+from layerfs._store import lease
+lease.new_dir(Path(sys.argv[1]), sys.argv[2])
+print("parked", flush=True)
+time.sleep(600)
+""", str(store.tmp_dir), f"parked-{short(diff_id)}"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "parked\n"
+        said: list[float] = []
+        got: list[object] = []
+        started = time.monotonic()
+
+        def add() -> None:
+            with store.hold([diff_id]):
+                got.append(add_layer(store, lambda: contextlib.nullcontext(io.BytesIO(blob)), diff_id=diff_id,
+                                     on_wait=lambda: said.append(time.monotonic() - started)))
+
+        adder = threading.Thread(target=add, daemon=True)
+        adder.start()
+        adder.join(30)
+        assert not adder.is_alive(), "it waits for the parked layer for ever"
+        assert len(said) == 1 and said[0] < 1.0, said  # said at once, and once
+        assert time.monotonic() - started >= 1.0  # waited before it fetched
+        assert len(got) == 1 and store.has_layer(diff_id)
+    finally:
+        holder.kill()
+        holder.wait()

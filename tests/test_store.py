@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import require_root, require_tool, run_layerfs
 
-from layerfs import Conflict, ImageNotFound, Store, parse_reference
+from layerfs import BadImage, Conflict, ImageNotFound, Store, parse_reference
 from layerfs._oci.digest import chain_ids
 from layerfs._transfer.load import load
 
@@ -144,6 +144,24 @@ def test_get_resolves_tags_ids_prefixes_and_digests(store: Store, tmp_path: Path
         with pytest.raises(ImageNotFound, match="No such image"):
             store.get(name)
     assert store.get(image.id).manifest_digest == info["manifest"]
+
+
+def test_an_image_whose_config_blob_is_missing_is_corrupt_not_missing(store: Store, tmp_path: Path) -> None:
+    """Its record is there: "No such image" would send the user (and mount, which pulls what is
+    missing) the wrong way; it is corruption, named with what repairs it."""
+    make_layout(tmp_path / "app", [BASE], tag="1.0")
+    [image] = load(store, str(tmp_path / "app"), tags=["app:1.0"])
+    store.blob_path(image.id).unlink()
+    with pytest.raises(BadImage) as err:
+        store.get("app:1.0")
+    assert not isinstance(err.value, ImageNotFound)
+    assert str(err.value) == (f"image {image.id}: is corrupt: its config blob is missing "
+                              f"(`layerfs verify --repair` removes it)")
+    proc = run_layerfs("inspect", "app:1.0", root=store.root, check=False)
+    assert proc.returncode == 1 and proc.stderr == f"Error: {err.value}\n"
+    (store.root / "images" / f"{image.id[7:]}.json").unlink()  # the record gone too: no such image
+    with pytest.raises(ImageNotFound, match="No such image: app:1.0"):
+        store.get("app:1.0")
 
 
 def test_shared_layers_are_stored_once_and_survive_removal_of_one_image(store: Store, tmp_path: Path) -> None:

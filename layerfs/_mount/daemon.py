@@ -292,12 +292,24 @@ def _remove_runtime(path: Path) -> None:
 def check_mountpoint(mountpoint: str | os.PathLike[str]) -> Path:
     """Return the absolute mount point, or raise MountError saying why it cannot be used.
 
+    A path that is already a mount point is never asked anything its daemon would have to answer
+    (a live daemon that hangs would hold this call forever): whether it is dead comes from the
+    record of the layerfs daemon serving it, and only a layerfs mount without a record here is
+    probed with a statfs bounded by :data:`PROBE_TIMEOUT`.
+
     Raises:
         MountError: missing, not a directory, a dead FUSE mount, already a mount point, not empty.
     """
     path = Path(os.path.abspath(mountpoint))
     dead = MountError(f"mount point {path}: is a dead mount (transport endpoint is not connected): run "
                       f"`layerfs umount {path}` first")
+    busy = MountError(f"mount point {path}: is already a mount point (unmount it first)")
+    table = _proc.mountpoints()
+    # A mount point is never a symlink: its parent resolved, it is named as the table names it,
+    # without a stat of the mount itself.
+    entry = table.get(os.path.join(os.path.realpath(path.parent), path.name))
+    if entry is not None:
+        raise dead if _is_dead(entry) else busy
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -309,13 +321,9 @@ def check_mountpoint(mountpoint: str | os.PathLike[str]) -> Path:
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mount point {path}: is not a directory")
     real = os.path.realpath(path)
-    if real in _proc.mountpoints():
-        try:
-            os.statvfs(path)  # the kernel may answer stat from its cache; statfs asks the daemon
-        except OSError as err:
-            if err.errno in (errno.ENOTCONN, errno.ECONNABORTED):
-                raise dead from None
-        raise MountError(f"mount point {path}: is already a mount point (unmount it first)")
+    entry = table.get(real)
+    if entry is not None:  # named through a symlink
+        raise dead if _is_dead(entry) else busy
     try:
         with os.scandir(path) as it:
             if next(it, None) is not None:
@@ -323,6 +331,40 @@ def check_mountpoint(mountpoint: str | os.PathLike[str]) -> Path:
     except PermissionError:
         raise MountError(f"mount point {path}: permission denied") from None
     return Path(real)
+
+
+#: How long :func:`check_mountpoint` waits for the daemon of a layerfs mount it has no record of.
+PROBE_TIMEOUT = 2.0
+
+
+def _is_dead(entry: _proc.MountEntry) -> bool:
+    """Whether a mount is a layerfs mount whose daemon is gone, without waiting for its daemon.
+
+    Its record (:func:`mounts`) says so when there is one; a layerfs mount without one here (another
+    runtime directory) is asked for its statfs in a thread, given up on after PROBE_TIMEOUT (a
+    daemon that does not answer is alive but hung, not dead).  Another file system's mount counts
+    as alive: ``layerfs umount`` could not remove it.
+    """
+    if not _is_layerfs(entry):
+        return False
+    for info in mounts():
+        if info.mountpoint == entry.mountpoint:
+            return not info.alive
+    import threading
+
+    failed: list[int | None] = []
+
+    def probe() -> None:
+        try:
+            os.statvfs(entry.mountpoint)  # the kernel may answer stat from its cache; statfs asks the daemon
+            failed.append(None)
+        except OSError as err:
+            failed.append(err.errno)
+
+    thread = threading.Thread(target=probe, name=f"statfs {entry.mountpoint}", daemon=True)
+    thread.start()
+    thread.join(PROBE_TIMEOUT)
+    return bool(failed) and failed[0] in (errno.ENOTCONN, errno.ECONNABORTED)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -257,6 +257,14 @@ def _load_json(path: Path) -> _JsonDict:
     return value
 
 
+def _real_mountpoint(mountpoint: str) -> str:
+    """A recorded mount point as the mount table names it (its real path), its parent resolved and
+    the mount point itself not (a mount point is no symlink, and a stat of it would wait for a
+    daemon that hangs or fail on a dead one)."""
+    parent, base = os.path.split(os.path.abspath(mountpoint))
+    return os.path.join(os.path.realpath(parent), base)
+
+
 class Store:
     """A layerfs store at ``root``; see the module docstring for its layout and rules.
 
@@ -408,12 +416,19 @@ class Store:
         Raises:
             ImageNotFound: nothing answers to ``name`` (docker's words: "No such image"), also
                 when the image is removed while it is being read.
+            BadImage: its record is there but its config blob is not (corruption, not a missing
+                image: ``verify --repair`` removes it).
         """
         image_id = self._resolve(name)
         try:
             return self._load_image(image_id, self._references_by_image().get(image_id, []))
-        except FileNotFoundError:  # its record (or config) went with an rm meanwhile
-            raise ImageNotFound(f"No such image: {name}") from None
+        except (FileNotFoundError, ImageNotFound):  # its record, or its config blob (read_blob)
+            if image_id not in self._image_ids():  # went with an rm meanwhile (the record goes first)
+                raise ImageNotFound(f"No such image: {name}") from None
+            if self.has_blob(image_id):
+                raise  # not this image's record nor its config: say what it is
+            raise BadImage(f"image {image_id}: is corrupt: its config blob is missing "
+                           f"(`layerfs verify --repair` removes it)") from None
 
     def _resolve(self, name: str) -> str:
         ids = self._image_ids()
@@ -532,7 +547,7 @@ class Store:
                     continue
                 if start is None:  # an older record: alive while its mount point is mounted
                     mounted = _proc.mountpoints() if mounted is None else mounted
-                    if rec.mountpoint in mounted:
+                    if _real_mountpoint(rec.mountpoint) in mounted:
                         out.append(rec)
                 elif _proc.start_time(rec.pid) == start:
                     out.append(rec)
@@ -540,7 +555,7 @@ class Store:
 
     def dead_mounts(self) -> list[MountRecord]:
         """Mounts whose process is gone (a daemon killed, or crashed) while their mount point is
-        still a FUSE mount here: a dead mount, where every access fails with ENOTCONN until
+        still a layerfs mount (``fuse.layerfs``) here: a dead mount, where every access fails with ENOTCONN until
         ``layerfs umount`` removes it.  A dead mount keeps nothing in use (``rm`` may remove its
         image), but its record stays until then, so that it can be named; the clean-up removes only
         the records of mounts that no longer exist (as after a reboot).
@@ -557,8 +572,8 @@ class Store:
                 continue
             with contextlib.suppress(OSError, ValueError, KeyError, BadImage):
                 rec, _ = self._read_mount(self.root / "mounts" / name)
-                entry = table.get(rec.mountpoint)
-                if entry is not None and entry.fstype.startswith("fuse"):
+                entry = table.get(_real_mountpoint(rec.mountpoint))
+                if entry is not None and entry.fstype == "fuse.layerfs":  # not another file system's
                     out.append(rec)
         return out
 

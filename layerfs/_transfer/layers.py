@@ -20,8 +20,8 @@ command may be waiting for (that command's image could hold the two layers in th
 it parks what it unpacked in a directory of its own, waits, and stages again to publish.
 Another command that then stages the same layer waits for the parked one to be published
 instead of fetching it again (two pulls sharing a layer fetch it once); for a few seconds only
-if it has layers of its own parked, as two such commands could wait for each other
-(:func:`_wait_parked`).
+if it has layers of its own parked, as two such commands could wait for each other, and for a
+few minutes at most otherwise, as the other may never go on (:func:`_wait_parked`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ LowerDirs = Callable[[bool], Sequence[Path] | None]
 
 def add_layer(store: Store, open_blob: Callable[[], AbstractContextManager[Readable]], *, diff_id: str,
               digest: str | None = None, size: int | None = None, media_type: str | None = None,
-              cancelled: Callable[[], bool] | None = None, lowers: LowerDirs | None = None) -> LayerRecord:
+              cancelled: Callable[[], bool] | None = None, lowers: LowerDirs | None = None,
+              on_wait: Callable[[], None] | None = None) -> LayerRecord:
     """Unpack a layer blob into the store, verified; safe to call from several threads and processes.
 
     Call it under a :meth:`Store.hold` of ``diff_id`` and of the layers below it (the layers must
@@ -65,6 +66,8 @@ def add_layer(store: Store, open_blob: Callable[[], AbstractContextManager[Reada
         cancelled: asked while waiting for another command making the same layer.
         lowers: gives the dirs of the layers below this one in the image (:meth:`Lowers.below`);
             asked only if the layer has directories to inherit.  None: a base layer.
+        on_wait: called once if it comes to wait for another command's parked layer (a progress
+            line: it does not fetch the layer, and may wait minutes).
     Returns:
         The record; ``existed`` is true if the layer was already there (no blob was opened).
     Raises:
@@ -78,7 +81,8 @@ def add_layer(store: Store, open_blob: Callable[[], AbstractContextManager[Reada
             try:
                 return _add_layer(store, open_blob, diff_id, digest, size, media_type, cancelled, lowers, wait)
             except _ParkedElsewhere:
-                wait = _wait_parked(store, diff_id, cancelled)
+                wait = _wait_parked(store, diff_id, cancelled, on_wait)
+                on_wait = None  # said once
     except OSError as err:  # no space (the stage, the kept blob, layer.json, parked): name the layer
         raise OSError(err.errno, f"layer {diff_id}: {err.strerror or err}") from err
 
@@ -108,24 +112,32 @@ def _parked_by_another(store: Store, diff_id: str) -> bool:
 
 #: How long a command that has layers of its own parked waits for another's parked layer.
 PARKED_WAIT = 5.0
+#: How long a command with none parked waits for it (see :func:`_wait_parked`).
+PARKED_WAIT_LONGEST = 300.0
 
 
-def _wait_parked(store: Store, diff_id: str, cancelled: Callable[[], bool] | None) -> bool:
+def _wait_parked(store: Store, diff_id: str, cancelled: Callable[[], bool] | None,
+                 on_wait: Callable[[], None] | None = None) -> bool:
     """Wait while another command has ``diff_id`` parked, until it is published or given up.
 
-    A command that has no layer parked may wait as long as that takes: the other one waits only
-    for the layers below its own, which nothing of this command holds.  One that has layers
-    parked too could be waited for in turn (the two images holding the layers in the other
-    order): it waits :data:`PARKED_WAIT` at most, then fetches the layer itself.
+    A command that has no layer parked cannot be waited for by the other one, which waits only
+    for the layers below its own; but those may come late or never (a registry that stalls, a
+    command stopped), so it waits :data:`PARKED_WAIT_LONGEST` at most.  One that has layers parked
+    too could be waited for in turn (the two images holding the layers in the other order): it
+    waits :data:`PARKED_WAIT` at most.  Given up, it fetches the layer itself.
 
     Returns:
         False when it gave up waiting (the layer is to be fetched without waiting again).
     """
-    deadline = time.monotonic() + PARKED_WAIT
+    started = time.monotonic()
     while not store.has_layer(diff_id) and _parked_by_another(store, diff_id):
+        waited = time.monotonic() - started
         with _parked_lock:
-            if _parked_here and time.monotonic() > deadline:
+            if waited > (PARKED_WAIT if _parked_here else PARKED_WAIT_LONGEST):
                 return False
+        if on_wait is not None:
+            on_wait()
+            on_wait = None
         if cancelled is not None and cancelled():
             raise LayerfsError(f"layer {diff_id}: cancelled")
         time.sleep(_lease.POLL_SECONDS)

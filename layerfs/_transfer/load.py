@@ -37,6 +37,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -50,7 +51,7 @@ from .._oci.reference import Reference
 from .._oci.reference import parse as parse_reference
 from .._store.store import Image, Store
 from .layers import Lowers, add_layer
-from .progress import EXISTS, LOADED, LOADING, Progress, QuietProgress
+from .progress import EXISTS, LOADED, LOADING, WAITING_OTHER, Progress, QuietProgress
 
 #: How many layers are unpacked at once (decompression releases the GIL; 2 cores are common).
 PARALLEL_LAYERS = 2
@@ -437,7 +438,8 @@ class _Counted(io.RawIOBase):
 def _add_layers(store: Store, files: _Files, cand: _Candidate, diff_ids: Sequence[str], progress: Progress) -> None:
     first = {str(d): i for i, d in reversed(list(enumerate(diff_ids)))}   # a repeated layer: its first place
     unique = sorted(first, key=first.__getitem__)
-    lowers = Lowers(store, unique)
+    cancelled = threading.Event()  # a layer failed: the others stop waiting (for those below, or another command)
+    lowers = Lowers(store, unique, cancelled=cancelled.is_set)
 
     def one(index: int, diff_id: str) -> None:
         ok = False
@@ -460,9 +462,13 @@ def _add_layers(store: Store, files: _Files, cand: _Candidate, diff_ids: Sequenc
                     return io.BufferedReader(_Counted(files.open(path), on_bytes), 1 << 20)
 
                 rec = add_layer(store, open_blob, diff_id=diff_id, digest=digest, size=size, media_type=media_type,
-                                lowers=lowers.below(index))
+                                lowers=lowers.below(index), cancelled=cancelled.is_set,
+                                on_wait=lambda: progress.layer(layer_id, WAITING_OTHER))
                 progress.layer(layer_id, EXISTS if rec.existed else LOADED)
             ok = True
+        except BaseException:
+            cancelled.set()
+            raise
         finally:
             lowers.done(diff_id, ok)
 

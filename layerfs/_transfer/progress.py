@@ -34,6 +34,8 @@ from .._units import human_size
 
 PULLING = "Pulling fs layer"
 WAITING = "Waiting"
+#: a layer another command is unpacking: this one waits for it rather than fetch it too
+WAITING_OTHER = "Waiting for another command"
 DOWNLOADING = "Downloading"
 VERIFYING = "Verifying Checksum"
 EXTRACTING = "Extracting"

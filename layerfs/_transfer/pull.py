@@ -66,6 +66,7 @@ from .progress import (
     PULLING,
     VERIFYING,
     WAITING,
+    WAITING_OTHER,
     Progress,
     QuietProgress,
 )
@@ -106,6 +107,8 @@ class _Pull:
         self.fetched = 0
         self.resumed = 0
         self._count_lock = threading.Lock()
+        #: the layers this pull marked with Store.keep_layer (from the layer threads: set.add is atomic)
+        self.kept: set[str] = set()
 
     def count(self, fetched: int = 0, resumed: int = 0) -> None:
         """Add to :attr:`fetched` and :attr:`resumed` (from the layer threads)."""
@@ -165,13 +168,14 @@ class _Pull:
                                              index_digest=index_digest, tags=tags, record_digests=False)
                 self.store.forget_kept_layers(layer.diff_id for layer in layers)  # the image lists them now
         except BaseException as err:
-            if _no_space(err):  # keeping what was fetched would keep the disk full: give it all back
+            if _no_space(err):  # keeping what this pull fetched would keep the disk full: give it back
+                # only what it marked itself: another pull's marks (an earlier failed one, or one
+                # running now) are theirs; the kept first bytes of its blobs go unless in use
                 with contextlib.suppress(Exception):
-                    self.store.forget_kept_layers(layer.diff_id for layer in layers)
-                    for layer in layers:
-                        with self.store.partial_blob(layer.digest) as partial:
-                            if partial is not None:
-                                partial.drop()
+                    self.store.forget_kept_layers(self.kept)
+                for layer in layers:
+                    with contextlib.suppress(Exception):
+                        self.store.drop_partial_blob(layer.digest)
             with contextlib.suppress(Exception):
                 self.store.collect_garbage()  # what this pull added, but the layers kept to resume
             raise
@@ -276,6 +280,7 @@ class _Pull:
             if partial is not None:
                 partial.drop()  # complete: the layer is in the store
         if not record.existed:
+            self.kept.add(layer.diff_id)  # first: a mark half-made is forgotten too
             self.store.keep_layer(layer.diff_id)  # until the image lists it, even if this pull dies
             self.downloaded += 1
         self.progress.layer(layer_id, EXISTS if record.existed else COMPLETE)
@@ -300,7 +305,8 @@ class _Pull:
         # A corrupt blob usually breaks the decompressor first; the unpacker then drains the
         # blob and names the digest mismatch, as docker does ("digest did not match").
         return add_layer(self.store, open_blob, diff_id=layer.diff_id, digest=layer.digest, size=layer.size,
-                         media_type=layer.media_type, cancelled=self.cancelled.is_set, lowers=lowers)
+                         media_type=layer.media_type, cancelled=self.cancelled.is_set, lowers=lowers,
+                         on_wait=lambda: self.progress.layer(layer_id, WAITING_OTHER))
 
 
 class _ResumedBlob:
