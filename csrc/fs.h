@@ -134,6 +134,8 @@ struct lfs_fs {
                            Every ID the engine holds is an ID on disk (a container ID). */
     dev_t upper_dev;
     uint64_t tmp_seq;   /* names in the work directory (under tree) */
+    char shared_wo[64]; /* the whiteout in the work directory new whiteouts link to ("": none yet) */
+    int no_shared_wo;   /* the upper file system refused a link to it: each whiteout its own inode */
     pthread_rwlock_t tree;
     struct onode **ix_on;       /* per index node: its onode, or NULL while pristine */
     struct onode **by_id;       /* hash: id -> onode (ids beyond the index) */

@@ -223,8 +223,12 @@ static void session_free(SessionObject *self)
     }
     if (fs->upper_fd >= 0)
         close(fs->upper_fd);
-    if (fs->work_fd >= 0)
+    if (fs->work_fd >= 0) {
+        if (fs->shared_wo[0] != '\0') /* the whiteout new ones linked to (upper.c): the work dir is left empty */
+            (void)unlinkat(fs->work_fd, fs->shared_wo, 0);
+        fs->shared_wo[0] = '\0';
         close(fs->work_fd);
+    }
     fs->upper_fd = fs->work_fd = -1;
     lfs_index_close(&fs->ix);
 }

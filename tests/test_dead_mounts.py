@@ -264,3 +264,30 @@ def test_dead_mounts_are_layerfs_mounts_named_by_their_real_path(mounted: Mounte
     assert [(d.mountpoint, d.pid) for d in store.dead_mounts()] == [(linked, pid)]
     subprocess.run(["umount", str(other)], check=True)
     m.layerfs("umount", str(m.mnt))
+
+
+def test_umount_without_the_runtime_record_waits_for_the_daemon_the_store_names(mounted: Mounted) -> None:
+    """A mount whose command was killed before it wrote the runtime record (crash point
+    mount:flock) is still served, and registered in the store: ``umount`` waits for that daemon
+    to exit and unregister, as with a record.  Before: it returned at once, and a check right
+    after (verify, the next command) found the daemon and its store record still there.  The
+    daemon is held stopped while umount runs, so that "at once" shows."""
+    m = mounted
+    (rec,) = Store(m.root).mounts()
+    runtime = [p for p in (Path(m.env["LAYERFS_RUNTIME_DIR"])).rglob("mount.json")]
+    assert len(runtime) == 1
+    runtime[0].unlink()
+    os.kill(rec.pid, signal.SIGSTOP)
+    try:
+        umount = subprocess.Popen([sys.executable, "-m", "layerfs", "--root", str(m.root), "umount", str(m.mnt)],
+                                  env=dict(os.environ, **m.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        time.sleep(1.0)
+        returned_early = umount.poll() is not None
+    finally:
+        os.kill(rec.pid, signal.SIGCONT)
+    out, err = umount.communicate(timeout=60)
+    assert umount.returncode == 0, err
+    assert not returned_early, "umount returned while the daemon still ran"
+    assert not _proc.pid_alive(rec.pid) and Store(m.root).mounts() == []
+    _check_container(m)

@@ -976,7 +976,10 @@ def umount(mountpoint: str | os.PathLike[str], *, store: Store | None = None,
     if not _is_layerfs(entry):
         raise MountError(f"{mnt}: not a layerfs mount (a {entry.fstype} mount of {entry.source})")
     if rec.get("mountpoint") != real:
-        pid = 0  # the runtime record is of another mount (or missing): wait for no daemon
+        # the runtime record is of another mount, or missing (its command was killed before it
+        # wrote it): the store's record, written before the daemon mounted, names the daemon
+        pid = next((r.pid for r in store.mounts() if r.mountpoint in (real, mnt) and r.pid and _proc.pid_alive(r.pid)),
+                   0) if store is not None else 0
     import subprocess  # only here: it costs the mount command ~2.5 ms of imports
 
     proc = subprocess.run(["fusermount3", "-u", real], capture_output=True, text=True)
