@@ -218,8 +218,8 @@ def test_upper_is_the_kernel_format_markers(lowers: list[Path], tmp_path: Path) 
 
 
 # ---------------------------------------------------------------------------------------------
-# Random operation sequences (hypothesis): CI runs a fixed number of examples; scripts/fuzz-upper
-# (LAYERFS_UPPER_EXAMPLES=N) runs as many as asked.
+# Random operation sequences (hypothesis): CI runs a fixed number of examples (derandomized);
+# `LAYERFS_UPPER_EXAMPLES=N .venv/bin/python -m pytest tests/test_upper.py -k random` runs N new ones.
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
