@@ -9,6 +9,12 @@
 #include <errno.h>
 #include <sys/stat.h>
 
+/* Whether [a, a + na) and [b, b + nb) share an ID. */
+static int overlap(uint64_t a, uint64_t na, uint64_t b, uint64_t nb)
+{
+    return a < b + nb && b < a + na;
+}
+
 int lfs_idmap_check(const struct lfs_idmap *m)
 {
     if (m->n > LFS_IDMAP_MAX)
@@ -19,34 +25,36 @@ int lfs_idmap_check(const struct lfs_idmap *m)
             return -EINVAL;
         for (uint32_t k = 0; k < i; k++) {
             const struct lfs_idrange *b = &m->r[k];
-            if ((uint64_t)a->container < (uint64_t)b->container + b->size &&
-                (uint64_t)b->container < (uint64_t)a->container + a->size)
-                return -EINVAL;
-            if ((uint64_t)a->host < (uint64_t)b->host + b->size && (uint64_t)b->host < (uint64_t)a->host + a->size)
+            if (overlap(a->container, a->size, b->container, b->size) || overlap(a->host, a->size, b->host, b->size))
                 return -EINVAL;
         }
     }
     return 0;
 }
 
-uint32_t lfs_idmap_to_host(const struct lfs_idmap *m, uint32_t id)
+/* `id` from one side of the ranges to the other: from the container side (on disk) to the host
+ * side when to_host, else back. */
+static uint32_t translate(const struct lfs_idmap *m, uint32_t id, int to_host)
 {
     if (m->n == 0)
         return id;
-    for (uint32_t i = 0; i < m->n; i++)
-        if (id >= m->r[i].container && id - m->r[i].container < m->r[i].size)
-            return m->r[i].host + (id - m->r[i].container);
+    for (uint32_t i = 0; i < m->n; i++) {
+        uint32_t from = to_host ? m->r[i].container : m->r[i].host;
+        uint32_t to = to_host ? m->r[i].host : m->r[i].container;
+        if (id >= from && id - from < m->r[i].size)
+            return to + (id - from);
+    }
     return m->overflow;
+}
+
+uint32_t lfs_idmap_to_host(const struct lfs_idmap *m, uint32_t id)
+{
+    return translate(m, id, 1);
 }
 
 uint32_t lfs_idmap_to_container(const struct lfs_idmap *m, uint32_t id)
 {
-    if (m->n == 0)
-        return id;
-    for (uint32_t i = 0; i < m->n; i++)
-        if (id >= m->r[i].host && id - m->r[i].host < m->r[i].size)
-            return m->r[i].container + (id - m->r[i].host);
-    return m->overflow;
+    return translate(m, id, 0);
 }
 
 uid_t lfs_idmap_caller_uid(const struct lfs_fs *fs, uid_t host)

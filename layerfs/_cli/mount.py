@@ -291,33 +291,6 @@ _HARMLESS_VALUES = {
 }
 
 
-def _split_options(value: str) -> list[str]:
-    r"""Split a ``-o`` value on the commas that separate options: not inside double quotes (an
-    SELinux ``context="...,..."``) nor escaped with a backslash (overlay's ``\,``)."""
-    out, cur, quoted, i = [], [], False, 0
-    while i < len(value):
-        ch = value[i]
-        if ch == "\\" and i + 1 < len(value):
-            cur.append(value[i:i + 2])
-            i += 2
-            continue
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    out.append("".join(cur))
-    return out
-
-
-def _unescape(value: str) -> str:
-    """A path of ``upperdir=`` / ``workdir=``: ``\\X`` stands for X (overlay's escapes)."""
-    return re.sub(r"\\(.)", r"\1", value)
-
-
 def _selinux_enabled() -> bool:
     """Whether the kernel runs SELinux (it mounts selinuxfs at /sys/fs/selinux then)."""
     return os.path.exists("/sys/fs/selinux/enforce")
@@ -344,7 +317,7 @@ def _parse_options(values: list[str]) -> MountOptions:
     idmap = _idmap.IdMapping()
     ignored: list[tuple[str, str]] = []
     for value in values:
-        for opt in _split_options(value):
+        for opt in _mount.split_escaped(value, ",", quotes=True):
             key, eq, arg = opt.partition("=")
             if not opt:
                 continue
@@ -353,9 +326,9 @@ def _parse_options(values: list[str]) -> MountOptions:
                     raise MountError(f"-o lowerdir={arg}: data-only lower layers (::) are not supported")
                 lower = _mount.parse_lowerdir(arg)
             elif key == "upperdir" and eq:
-                upper = _unescape(arg)
+                upper = _mount.unescape(arg)
             elif key == "workdir" and eq:
-                work = _unescape(arg)
+                work = _mount.unescape(arg)
             elif key in ("suid", "dev", "ro", "userxattr", "debug") and not eq:
                 flags[key] = True
                 if key == "ro":

@@ -68,6 +68,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import stat
 import sys
@@ -406,24 +407,38 @@ def _lowerdir_stack(lowerdirs_top_first: Sequence[str | os.PathLike[str]], rundi
                   "lowerdir=" + ":".join(map(str, dirs)), None)
 
 
-def parse_lowerdir(value: str) -> list[str]:
-    """Split a ``lowerdir=`` value (``A:B:C``, top first; ``\\:`` escapes a colon,
-    docs/overlay.rst "Layers and lookup")."""
-    parts, cur, i = [], [], 0
+def split_escaped(value: str, sep: str, *, quotes: bool = False) -> list[str]:
+    r"""Split ``value`` on ``sep`` where it is not escaped with a backslash (overlay's ``\,``,
+    ``\:``) nor, with ``quotes``, inside double quotes (an SELinux ``context="...,..."``).  The
+    parts keep their escapes (:func:`unescape` removes them)."""
+    out, cur, quoted, i = [], [], False, 0
     while i < len(value):
         ch = value[i]
         if ch == "\\" and i + 1 < len(value):
-            cur.append(value[i + 1])
+            cur.append(value[i:i + 2])
             i += 2
             continue
-        if ch == ":":
-            parts.append("".join(cur))
+        if quotes and ch == '"':
+            quoted = not quoted
+        if ch == sep and not quoted:
+            out.append("".join(cur))
             cur = []
         else:
             cur.append(ch)
         i += 1
-    parts.append("".join(cur))
-    return [p for p in parts if p]
+    out.append("".join(cur))
+    return out
+
+
+def unescape(value: str) -> str:
+    """``\\X`` stands for X (overlay's escapes in a path of ``lowerdir=``, ``upperdir=``, ...)."""
+    return re.sub(r"\\(.)", r"\1", value)
+
+
+def parse_lowerdir(value: str) -> list[str]:
+    """Split a ``lowerdir=`` value (``A:B:C``, top first; ``\\:`` escapes a colon,
+    docs/overlay.rst "Layers and lookup")."""
+    return [unescape(p) for p in split_escaped(value, ":") if p]
 
 
 # ---------------------------------------------------------------------------------------------
