@@ -258,10 +258,10 @@ int dir_upper_is_empty(struct lfs_fs *fs, struct onode *dir, int *only_whiteouts
     return 1;
 }
 
-/* Whether the merged directory shows no name at all (rmdir's and rename's ENOTEMPTY): 1 or 0;
- * -EACCES when its lower part could not be listed (node_denied: as the kernel overlay, which
- * reads a directory with the mounter's rights to tell whether it is empty). */
-int dir_merged_is_empty(struct lfs_fs *fs, const struct lfs_obj *dir)
+/* Whether the merged directory shows no name at all, as rmdir and rename need it: 0, or
+ * -ENOTEMPTY; -EACCES when its lower part could not be listed (node_denied: as the kernel
+ * overlay, which reads a directory with the mounter's rights to tell whether it is empty). */
+int dir_check_empty(struct lfs_fs *fs, const struct lfs_obj *dir)
 {
     if (node_denied(fs, dir))
         return -EACCES;
@@ -273,11 +273,11 @@ int dir_merged_is_empty(struct lfs_fs *fs, const struct lfs_obj *dir)
         ln = lfs_node(&fs->ix, on->lower);
     if (on && on->has_upper) {
         if (on->ds == NULL && dir_load(fs, on) < 0)
-            return 0;
+            return -ENOTEMPTY;
         for (size_t i = 0; i < on->ds->norder; i++) {
             struct uent *e = on->ds->order[i];
             if (e && !e->whiteout)
-                return 0;
+                return -ENOTEMPTY;
         }
     }
     if (ln && lfs_is_dir(ln->mode)) {
@@ -285,10 +285,10 @@ int dir_merged_is_empty(struct lfs_fs *fs, const struct lfs_obj *dir)
             const struct lfs_dent *d = &fs->ix.dents[ln->first_dent + i];
             struct uent *e = on && on->ds ? dir_find(on->ds, fs->ix.blob + d->name_off, d->name_len) : NULL;
             if (e == NULL)
-                return 0; /* a lower name nothing hides */
+                return -ENOTEMPTY; /* a lower name nothing hides */
         }
     }
-    return 1;
+    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------- */

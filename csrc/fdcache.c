@@ -103,9 +103,8 @@ static int open_backing(struct lfs_fs *fs, const struct lfs_obj *obj, int write)
 {
     if (uses_upper(obj)) {
         /* no atime from our own reads: the mount is noatime, as the kernel's FUSE inodes are */
-        int noatime = O_NOATIME;
-        int fd = upper_open(fs, obj->on, O_RDWR | noatime);
-        if (fd == -EPERM && noatime) /* O_NOATIME needs the owner or CAP_FOWNER */
+        int fd = upper_open(fs, obj->on, O_RDWR | O_NOATIME);
+        if (fd == -EPERM) /* O_NOATIME needs the owner or CAP_FOWNER */
             fd = upper_open(fs, obj->on, O_RDWR);
         if (fd < 0 && !write && (fd == -EACCES || fd == -EROFS || fd == -EPERM))
             fd = upper_open(fs, obj->on, O_RDONLY);

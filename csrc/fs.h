@@ -202,9 +202,6 @@ void node_fill_stat(uint64_t id, const struct lfs_node *n, struct stat *st);
  * attribute that leaves the engine: node_entry (lookup, readdirplus, the replies of creating
  * requests) and the replies of GETATTR and SETATTR. */
 void lfs_attr_shown(const struct lfs_fs *fs, struct stat *st);
-/* The ID on disk of a caller's host uid (the identity without a mapping): 0 is the root of the
- * namespace the mapping serves, which the kernel grants CAP_FSETID there. */
-uid_t lfs_idmap_caller_uid(const struct lfs_fs *fs, uid_t host);
 /* Whether an object of this type is kept in the daemon's own IDs on disk, whatever owner it is
  * given: a symlink of an unprivileged daemon (no override possible). */
 int lfs_idmap_own_link(const struct lfs_fs *fs, mode_t mode);
@@ -216,7 +213,7 @@ struct uent *dir_add(struct dirstate *ds, const char *name, size_t len, uint8_t 
 void dir_remove(struct dirstate *ds, struct uent *e);
 void dir_free(struct dirstate *ds);
 int dir_upper_is_empty(struct lfs_fs *fs, struct onode *dir, int *only_whiteouts);
-int dir_merged_is_empty(struct lfs_fs *fs, const struct lfs_obj *dir); /* 1, 0, or -EACCES */
+int dir_check_empty(struct lfs_fs *fs, const struct lfs_obj *dir); /* 0, -ENOTEMPTY or -EACCES */
 void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int plus);
 
 /* upper.c */

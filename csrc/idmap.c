@@ -57,11 +57,6 @@ uint32_t lfs_idmap_to_container(const struct lfs_idmap *m, uint32_t id)
     return translate(m, id, 0);
 }
 
-uid_t lfs_idmap_caller_uid(const struct lfs_fs *fs, uid_t host)
-{
-    return lfs_idmap_to_container(&fs->uids, host);
-}
-
 int lfs_idmap_own_link(const struct lfs_fs *fs, mode_t mode)
 {
     return !fs->privileged && S_ISLNK(mode);

@@ -14,8 +14,8 @@
  * The engine keeps every ID in the container domain; the one place where IDs go out is
  * lfs_attr_shown (node_entry and the attribute replies), the places where they come in are the
  * SETATTR owner, the creating caller's uid and gid (ops_dir.c new_owner), the group check
- * (ops_meta.c lfs_caller_in_group) and the root check (lfs_idmap_caller_uid: ops_dir.c new_owner,
- * ops_meta.c drop_sgid).  One exception (lfs_idmap_own_link): an unprivileged daemon's symlink,
+ * (ops_meta.c lfs_caller_in_group) and the root check (the caller's uid on disk 0: ops_dir.c
+ * new_owner, ops_meta.c drop_sgid).  One exception (lfs_idmap_own_link): an unprivileged daemon's symlink,
  * which cannot carry an override, is the daemon's own on disk and shown as the caller.  IDs in
  * xattr values (POSIX ACLs, v3 file capabilities) are not translated.  No allocation, no system call; thread-safe (read-only once
  * the session is made).

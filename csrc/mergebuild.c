@@ -944,7 +944,7 @@ static int build(struct builder *b, const char *key, size_t key_len)
     int top = b->n_roots - 1;
     struct layers root_layers = {0};
     struct xattrs top_xa = {0};
-    struct stat st;
+    struct stat st, top_st;
     for (int li = top; li >= 0; li--) {
         struct xattrs xa;
         struct xsrc src = {b->root_fds[li], NULL};
@@ -956,19 +956,16 @@ static int build(struct builder *b, const char *key, size_t key_len)
             goto out;
         }
         b->trusted[li] = layer_trusted(&xa, &st);
-        if (li == top)
+        if (li == top) {
             top_xa = xa;
-        else
+            top_st = st;
+        } else
             mb_free(xa.visible);
         if ((rc = layers_add(&root_layers, li, xa.holds_x)) < 0)
             goto out;
     }
-    if (fstat(b->root_fds[top], &st) < 0) {
-        rc = fail(b, errno, b->roots[top], "", NULL);
-        goto out;
-    }
-    apply_override(b, top, &top_xa, &st);
-    if ((rc = add_node(b, &st, top, LFS_ROOT_INO, 0, 0, &top_xa, NULL, 0)) < 0)
+    apply_override(b, top, &top_xa, &top_st);
+    if ((rc = add_node(b, &top_st, top, LFS_ROOT_INO, 0, 0, &top_xa, NULL, 0)) < 0)
         goto out;
     char *rel = mb_strdup("");
     if (rel == NULL) {

@@ -71,7 +71,7 @@ static void new_owner(fuse_req_t req, struct lfs_fs *fs, struct onode *d, mode_t
     *uid = lfs_idmap_to_container(&fs->uids, ctx->uid); /* the caller's IDs are host IDs (idmap.h) */
     *gid = lfs_idmap_to_container(&fs->gids, ctx->gid);
     int from_parent = 0;
-    if (fstat(d->dirfd, &dst) == 0 && upper_apply_override(fs, d->dirfd, NULL, &dst) == 0 && (dst.st_mode & S_ISGID)) {
+    if (upper_stat(fs, d, &dst) == 0 && (dst.st_mode & S_ISGID)) {
         *gid = dst.st_gid;
         from_parent = 1;
         if (S_ISDIR(*mode))
@@ -80,7 +80,7 @@ static void new_owner(fuse_req_t req, struct lfs_fs *fs, struct onode *d, mode_t
     /* a setgid file given the parent's group, which its creator is not in, loses the bit unless
      * the creator is root (taken to have CAP_FSETID), the host's or the mapped namespace's;
      * a group of the caller's own is always the caller's (the kernel's inode_init_owner) */
-    if (!S_ISDIR(*mode) && (*mode & S_ISGID) && from_parent && ctx->uid != 0 && lfs_idmap_caller_uid(fs, ctx->uid) != 0 &&
+    if (!S_ISDIR(*mode) && (*mode & S_ISGID) && from_parent && ctx->uid != 0 && *uid != 0 &&
         !lfs_caller_in_group(req, *gid))
         *mode &= ~(mode_t)S_ISGID;
 }
@@ -476,9 +476,8 @@ void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
         rc = node_lookup(fs, &dir, name, len, &child);
     if (rc == 0 && !lfs_is_dir(node_type(fs, &child)))
         rc = -ENOTDIR;
-    int empty = rc == 0 ? dir_merged_is_empty(fs, &child) : 1;
-    if (empty <= 0)
-        rc = empty < 0 ? empty : -ENOTEMPTY;
+    if (rc == 0)
+        rc = dir_check_empty(fs, &child);
     if (rc == 0)
         rc = prepare_dir(fs, parent, name, &dir, &d);
     if (rc == 0) {
@@ -569,11 +568,8 @@ void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t n
             rc = -EISDIR;
         else if (!lfs_is_dir(dt) && lfs_is_dir(st))
             rc = -ENOTDIR;
-        else if (lfs_is_dir(dt)) {
-            int empty = dir_merged_is_empty(fs, &dst);
-            if (empty <= 0)
-                rc = empty < 0 ? empty : -ENOTEMPTY;
-        }
+        else if (lfs_is_dir(dt))
+            rc = dir_check_empty(fs, &dst);
     }
     if (rc == 0)
         rc = prepare_dir(fs, parent, name, &dir1, &d1);

@@ -211,7 +211,7 @@ static void drop_sgid(fuse_req_t req, struct lfs_fs *fs, const struct lfs_obj *o
 {
     struct stat cur;
     uid_t caller = fuse_req_ctx(req)->uid;
-    if (caller == 0 || lfs_idmap_caller_uid(fs, caller) == 0 || (*to_set != 0 && !(*to_set & FUSE_SET_ATTR_SIZE)) ||
+    if (caller == 0 || lfs_idmap_to_container(&fs->uids, caller) == 0 || (*to_set != 0 && !(*to_set & FUSE_SET_ATTR_SIZE)) ||
         node_stat(fs, obj, &cur) < 0)
         return;
     if (S_ISREG(cur.st_mode) && (cur.st_mode & (S_ISGID | S_IXGRP)) == S_ISGID && !(*to_set & FUSE_SET_ATTR_MODE) &&
