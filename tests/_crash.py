@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from _registry_server import Registry, push
+from conftest import daemons_of
 from test_store import BASE, make_layout
 
 from layerfs import Store, _proc
@@ -194,6 +195,11 @@ class Scenario:
     retry_may_say: tuple[str, ...] = ()
     #: what must hold at the end (raises AssertionError)
     check: Callable[[World, Path], None] | None = None
+
+    def __post_init__(self) -> None:
+        # each command's end state is checked by more than verify: a retry or a check of its own
+        if self.retry is None and self.check is None:
+            raise TypeError(f"crash scenario {self.name}: give it a retry or a check")
 
 
 @dataclasses.dataclass
@@ -401,20 +407,6 @@ class World:
     def _clean_point(self, point: Path) -> None:
         self._unmount(point)
         shutil.rmtree(point, ignore_errors=True)
-
-
-def daemons_of(mnt: Path) -> list[int]:
-    """Live processes whose command line names ``mnt`` (a mount daemon keeps its parent's)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != os.getpid():
-            try:
-                argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if os.fsencode(str(mnt)) in argv and _proc.pid_alive(int(name)):
-                out.append(int(name))
-    return out
 
 
 # -- the scenarios ------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from layerfs import _proc
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -89,3 +91,17 @@ def check_logs(request: pytest.FixtureRequest) -> Iterator[None]:
         lines = "\n".join(f"{r.levelname} {r.name}: {r.getMessage()}" for r in collector.records[:10])
         pytest.fail(f"unexpected log messages (mark the test expect_warnings if they are meant):\n{lines}",
                     pytrace=False)
+
+
+def daemons_of(mnt: Path) -> list[int]:
+    """Live processes whose command line names ``mnt`` (a mount daemon keeps its parent's)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if os.fsencode(str(mnt)) in argv and _proc.pid_alive(int(name)):
+                out.append(int(name))
+    return out

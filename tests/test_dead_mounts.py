@@ -203,7 +203,7 @@ def test_a_mount_killed_while_its_daemon_mounts_leaves_nothing(tmp_path: Path) -
         proc.wait()
         # the daemon too (a test that failed early leaves it: the pid that called mount(2), if it
         # still runs with the command's arguments), then wait for it to be gone
-        from _crash import daemons_of
+        from conftest import daemons_of
 
         traced = {int(line.split()[0]) for line in (log.read_text() if log.exists() else "").splitlines()
                   if "mount(" in line and line.split()[0].isdigit()}

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 from _images import BuiltImage, edge_image, edge_tar_layers  # noqa: F401
 from _trees import assert_same_tree, snapshot
-from conftest import require, require_fuse, require_root, require_tool, run_layerfs
+from conftest import daemons_of, require, require_fuse, require_root, require_tool, run_layerfs
 from test_merge import CASES, LONG, build_stack
 
 from layerfs import Image, MountError, Store, _proc
@@ -42,18 +42,6 @@ from layerfs._mount import idmap as _idmap
 from layerfs._transfer.load import load
 
 DAEMON_EXIT_TIMEOUT = 10.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
 
 
 def _is_mounted(path: Path) -> bool:
@@ -95,9 +83,9 @@ class Mounts:
                     subprocess.run(["fusermount3", "-uz", str(mnt)], capture_output=True)
         deadline = time.monotonic() + DAEMON_EXIT_TIMEOUT
         for pid in self.pids:
-            while _alive(pid) and time.monotonic() < deadline:
+            while _proc.pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            if _alive(pid):
+            if _proc.pid_alive(pid):
                 problems.append(f"daemon {pid} outlived its mount")
                 os.kill(pid, signal.SIGKILL)
         return problems
@@ -184,7 +172,7 @@ def test_cli_mount_mounts_umount(mounts: Mounts, tmp_path: Path) -> None:
     assert '"readdirplus"' in stats or '"readdir"' in stats  # a listing was served
     run_layerfs("umount", str(mnt), root=mounts.store.root)
     assert not _is_mounted(mnt)
-    assert not _alive(pid), "umount returned before the daemon exited"
+    assert not _proc.pid_alive(pid), "umount returned before the daemon exited"
 
 
 def test_daemon_keeps_none_of_the_callers_files_open(mounts: Mounts, tmp_path: Path) -> None:
@@ -251,10 +239,10 @@ def test_sigterm_unmounts_cleanly(mounts: Mounts, tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "mnt") == ["a"]
     os.kill(handle.pid, signal.SIGTERM)
     deadline = time.monotonic() + DAEMON_EXIT_TIMEOUT
-    while (_alive(handle.pid) or _is_mounted(tmp_path / "mnt")) and time.monotonic() < deadline:
+    while (_proc.pid_alive(handle.pid) or _is_mounted(tmp_path / "mnt")) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not _is_mounted(tmp_path / "mnt")
-    assert not _alive(handle.pid)
+    assert not _proc.pid_alive(handle.pid)
 
 
 @pytest.mark.parametrize("case", ["missing", "file", "not empty", "already mounted"])
@@ -283,9 +271,9 @@ def test_busy_umount_is_refused(mounts: Mounts, tmp_path: Path) -> None:
     with open(tmp_path / "mnt" / "a", "rb"):
         with pytest.raises(MountError, match="busy"):
             _mount.umount(tmp_path / "mnt")
-        assert _alive(handle.pid)
+        assert _proc.pid_alive(handle.pid)
     _mount.umount(tmp_path / "mnt")
-    assert not _alive(handle.pid)
+    assert not _proc.pid_alive(handle.pid)
 
 
 def test_umount_of_something_not_mounted(tmp_path: Path) -> None:
@@ -313,7 +301,7 @@ def test_daemon_survives_failed_requests(mounts: Mounts, tmp_path: Path) -> None
             call()
         assert err.value.errno == code, call
     assert (mnt / "a").read_text() == "1\n"
-    assert _alive(handle.pid)
+    assert _proc.pid_alive(handle.pid)
     stats = handle.statistics()
     assert stats.requests.get("lookup", 0) >= 1 and stats.total > 0
 
@@ -780,20 +768,6 @@ def _waits_for_lock(pid: int) -> bool:
         return any(line.split()[1:3] == ["->", "FLOCK"] and line.split()[5] == str(pid) for line in f)
 
 
-def _daemons_of(mnt: Path) -> list[int]:
-    """Live processes whose command line names ``mnt`` (a mount daemon keeps its parent's)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != os.getpid():
-            try:
-                argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if os.fsencode(str(mnt)) in argv and _alive(int(name)):
-                out.append(int(name))
-    return out
-
-
 def test_rm_during_a_mount_never_orphans_it(lifecycle: Mounts, tmp_path: Path) -> None:
     """Issue 8 item 5.  The test holds the store lock while `layerfs mount` runs; once the command
     waits for it, the image is removed under that lock.  The command must then end either with a
@@ -818,7 +792,7 @@ def test_rm_during_a_mount_never_orphans_it(lifecycle: Mounts, tmp_path: Path) -
     if removed:
         assert proc.returncode == 1 and err.startswith("Error: ") and "No such image" in err, err
         assert not _is_mounted(mnt), "a mount of a removed image is still served"
-        assert _daemons_of(mnt) == []
+        assert daemons_of(mnt) == []
         assert store.mounts() == []
     else:
         assert proc.returncode == 0, err
@@ -847,12 +821,12 @@ def test_a_mount_that_fails_leaves_no_mount(lifecycle: Mounts, tmp_path: Path) -
         [line] = proc.stderr.strip().splitlines()
         assert line.startswith(f"Error: mount {image.id} on {mnt}: ") and "No space left on device" in line, line
         assert not _is_mounted(mnt)
-        assert _daemons_of(mnt) == []
+        assert daemons_of(mnt) == []
         assert store.mounts() == [] and os.listdir(store.root / "mounts") == []
     finally:
         if _is_mounted(mnt):
             subprocess.run(["umount", "-l", str(mnt)], check=False)
-        for pid in _daemons_of(mnt):
+        for pid in daemons_of(mnt):
             os.kill(pid, signal.SIGKILL)
         subprocess.run(["umount", str(small)], check=True)
 
@@ -910,12 +884,12 @@ def test_umount_leaves_the_mounts_of_other_namespaces_served(lifecycle: Mounts, 
         assert proc.returncode == 0, proc.stderr
         assert took < 5, f"umount took {took:.1f} s"
         assert f"daemon (pid {handle.pid}) keeps serving" in proc.stderr, proc.stderr
-        assert _alive(handle.pid)
+        assert _proc.pid_alive(handle.pid)
         if inner is not None:
             assert not _is_mounted(mnt)
             again = subprocess.run(argv, capture_output=True, text=True, timeout=60)
             assert again.returncode == 1 and "not mounted in this mount namespace" in again.stderr, again.stderr
-            assert _alive(handle.pid)
+            assert _proc.pid_alive(handle.pid)
             out, _ = inner.communicate("\n", timeout=30)
             assert (inner.returncode, out.strip()) == (0, "1"), "the other namespace lost the mount"
             inner = None
@@ -923,9 +897,9 @@ def test_umount_leaves_the_mounts_of_other_namespaces_served(lifecycle: Mounts, 
             assert _is_mounted(mnt) and (mnt / "a").read_text() == "1\n"
             _mount.umount(mnt, store=lifecycle.store)
         deadline = time.monotonic() + DAEMON_EXIT_TIMEOUT
-        while _alive(handle.pid) and time.monotonic() < deadline:
+        while _proc.pid_alive(handle.pid) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert not _alive(handle.pid), "the daemon outlived the last mount of it"
+        assert not _proc.pid_alive(handle.pid), "the daemon outlived the last mount of it"
     finally:
         if inner is not None:
             inner.kill()
@@ -1120,7 +1094,7 @@ def _umount_syscall_ends_the_daemon(lifecycle: Mounts, mnt: Path) -> None:
     pid = lifecycle.track(mnt)
     rundir = _mount.runtime_dir(mnt)
     subprocess.run(["umount", str(mnt)], check=True, capture_output=True)
-    _wait_for(f"daemon {pid} to exit after umount(2)", lambda: not _alive(pid), timeout=DAEMON_EXIT_TIMEOUT)
+    _wait_for(f"daemon {pid} to exit after umount(2)", lambda: not _proc.pid_alive(pid), timeout=DAEMON_EXIT_TIMEOUT)
     assert not _is_mounted(mnt) and not rundir.exists()
 
 

@@ -488,38 +488,6 @@ def _visible(base: Spec, top: Spec) -> Spec:
     return dict(sorted(out.items(), key=lambda kv: (kv[0] != ".", kv[0].count("/"), kv[0])))
 
 
-def _make_through(root: Path, spec: Spec) -> None:
-    """Make ``spec`` through a mount as root (upper-only objects), with owners, modes and times."""
-    dirs = []
-    for rel, what in spec.items():
-        path = root / rel
-        if isinstance(what, File):
-            path.write_bytes(what.data)
-            os.chown(path, what.uid, what.gid)
-            for k, v in what.xattrs.items():
-                os.setxattr(path, k, v)
-            os.chmod(path, what.mode)
-            os.utime(path, ns=(what.mtime * 10**9, what.mtime * 10**9))
-        elif isinstance(what, Dir):
-            path.mkdir()
-            os.chown(path, what.uid, what.gid)
-            for k, v in what.xattrs.items():
-                os.setxattr(path, k, v)
-            os.chmod(path, what.mode)
-            dirs.append((path, what.mtime))
-        elif isinstance(what, Link):
-            os.symlink(what.target, path)
-            os.lchown(path, what.uid, what.gid)
-        elif isinstance(what, HardLink):
-            os.link(root / what.to, path)
-        elif isinstance(what, Fifo):
-            os.mkfifo(path)
-            os.chown(path, what.uid, what.gid)
-            os.chmod(path, what.mode)
-    for path, mtime in reversed(dirs):
-        os.utime(path, ns=(mtime * 10**9, mtime * 10**9))
-
-
 def _copy_up(root: Path, spec: Spec) -> None:
     """Copy every object of ``spec`` up through a mount, changing nothing: a chown to its own
     owner (a metadata-only copy-up in layerfs; chown clears setuid bits, so chmod puts them back)."""
@@ -589,7 +557,7 @@ def _run_all(base: Path) -> Outcome:
                         _copy_up(mnt, _prefixed(_visible(case.base, case.top), _case_dir(user, "copied", case)))
                     if "upper" in case.variants:
                         (mnt / user / "upper").mkdir(parents=True, exist_ok=True)
-                        _make_through(mnt, _prefixed(_visible(case.base, case.top), _case_dir(user, "upper", case)))
+                        make_layer(mnt, _prefixed(_visible(case.base, case.top), _case_dir(user, "upper", case)))
             for user, (uid, gid, groups) in USERS.items():
                 todo = [(case, variant) for case in CASES if user in case.users for variant in case.variants]
                 got = run_steps_as(uid, gid, groups, [(mnt / _case_dir(user, v, c), c.steps) for c, v in todo])
