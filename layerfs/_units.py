@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime
 
 
-def human_size(size: float) -> str:
-    """Decimal units, 3 significant digits: ``4.26MB``, ``817kB``, ``0B``."""
+def human_size(size: float, digits: int = 3) -> str:
+    """Decimal units, ``digits`` significant digits: ``4.26MB``, ``817kB``, ``0B`` (go-units
+    ``HumanSizeWithPrecision``: docker prints 3 in most tables, 4 in ``system df``)."""
     value = float(size)
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if value < 1000 or unit == "PB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.3g}{unit}"
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB", "EB"):
+        if value < 1000 or unit == "EB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.{digits}g}{unit}"
         value /= 1000
     raise AssertionError("unreachable")
 

@@ -123,6 +123,15 @@ def _is_o(arg: str) -> bool:
     return arg.startswith("-o")
 
 
+def _after_globals(argv: Sequence[str]) -> int:
+    """The index of the first word of ``argv`` after the global options (``--root DIR``,
+    ``--root=DIR``, ``--debug``): the command, or ``len(argv)``."""
+    i = 0
+    while i < len(argv) and (argv[i] in ("--root", "--debug") or argv[i].startswith("--root=")):
+        i += 2 if argv[i] == "--root" else 1
+    return min(i, len(argv))
+
+
 def mount_program_argv(argv: Sequence[str], commands: Collection[str]) -> list[str] | None:
     """The two ways a mount program is called, as ``layerfs mount`` arguments; None for others.
 
@@ -135,9 +144,7 @@ def mount_program_argv(argv: Sequence[str], commands: Collection[str]) -> list[s
     which form it was (``--called-as``): ``mount`` takes what these programs pass (mount(8)'s
     ``rw`` and source on every mount) where it refuses the same from a person.
     """
-    i = 0
-    while i < len(argv) and (argv[i] in ("--root", "--debug") or argv[i].startswith("--root=")):
-        i += 2 if argv[i] == "--root" else 1
+    i = _after_globals(argv)
     if i >= len(argv):
         return None
     rest = list(argv[i:])
@@ -168,9 +175,7 @@ def go_bool_flags(argv: Sequence[str]) -> list[str]:
     ``FLAG=true`` (before any ``--``), so that argparse never takes the next word as its value.
     Other commands' words are left alone (``run IMAGE ls -H`` passes ``-H`` to ``ls``)."""
     out = list(argv)
-    i = 0
-    while i < len(out) and (out[i] in ("--root", "--debug") or out[i].startswith("--root=")):
-        i += 2 if out[i] == "--root" else 1
+    i = _after_globals(out)
     flags = GO_BOOL_FLAGS.get(out[i], ()) if i < len(out) else ()
     for j in range(i + 1, len(out)):
         if out[j] == "--":
@@ -182,9 +187,7 @@ def go_bool_flags(argv: Sequence[str]) -> list[str]:
 
 def _command_word(argv: Sequence[str]) -> str | None:
     """The command ``argv`` names (after the global options), or None (``--help``, a typo)."""
-    i = 0
-    while i < len(argv) and (argv[i] in ("--root", "--debug") or argv[i].startswith("--root=")):
-        i += 2 if argv[i] == "--root" else 1
+    i = _after_globals(argv)
     return argv[i] if i < len(argv) and argv[i] in _MODULE_OF else None
 
 

@@ -45,14 +45,3 @@ def ellipsis(text: str, width: int) -> str:
         used += w
         cut += 1
     return text[:cut] + "…"
-
-
-def human_size4(size: float) -> str:
-    """go-units ``HumanSize``: decimal units, 4 significant digits (``16.43MB``), as ``system df``
-    prints sizes."""
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB", "EB"):
-        if value < 1000 or unit == "EB":
-            return f"{value:.4g}{unit}"
-        value /= 1000
-    raise AssertionError("unreachable")

@@ -14,8 +14,12 @@ from .._store import containers as _containers
 from .._store.store import Image, Store
 from .._units import human_size, since
 from .container import add_ps_options, cmd_ps
-from .rows import human_size4
 from .template import Row, Template, format_rows, render_rows
+
+
+def _human_size4(size: float) -> str:
+    """Sizes as ``docker system df`` prints them: 4 significant digits (``16.43MB``)."""
+    return human_size(size, digits=4)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -254,7 +258,7 @@ def disk_usage(store: Store) -> DiskUsage:
 
 def _reclaimable(reclaimable: int, total: int) -> str:
     """docker's RECLAIMABLE cell: the size, and its share of the total."""
-    return f"{human_size4(reclaimable)} ({reclaimable * 100 // total}%)" if total > 0 else human_size4(reclaimable)
+    return f"{_human_size4(reclaimable)} ({reclaimable * 100 // total}%)" if total > 0 else _human_size4(reclaimable)
 
 
 def _summary_rows(du: DiskUsage) -> list[Row]:
@@ -270,7 +274,7 @@ def _summary_rows(du: DiskUsage) -> list[Row]:
     unused = sum(layer.size + layer.blob for layer in du.layers if not layer.images)
 
     def row(kind: str, total: int, active: int, size: int, reclaimable: int) -> Row:
-        return Row({"Type": kind, "TotalCount": str(total), "Active": str(active), "Size": human_size4(size),
+        return Row({"Type": kind, "TotalCount": str(total), "Active": str(active), "Size": _human_size4(size),
                     "Reclaimable": _reclaimable(reclaimable, size)})
 
     return [row("Images", len(du.images), sum(1 for i in du.images if i.id in du.active_images), images_size,
@@ -287,8 +291,8 @@ def _image_rows(du: DiskUsage) -> list[Row]:
         shared = sum(layer.size for d in set(image.diff_ids) if (layer := du.layer(d)) is not None and layer.images > 1)
         repo, _, tag = image.repo_tags[0].rpartition(":") if image.repo_tags else ("<none>", "", "<none>")
         rows.append(Row({"Repository": repo, "Tag": tag, "ID": image.short_id, "CreatedSince": since(image.created),
-                         "Size": human_size4(image.size), "SharedSize": human_size4(shared),
-                         "UniqueSize": human_size4(image.size - shared),
+                         "Size": _human_size4(image.size), "SharedSize": _human_size4(shared),
+                         "UniqueSize": _human_size4(image.size - shared),
                          "Containers": str(sum(1 for c in du.containers if c.image_id == image.id))}))
     return rows
 
@@ -297,12 +301,12 @@ def _container_rows(du: DiskUsage, store: Store) -> list[Row]:
     names = {image.id: image.repo_tags[0] if image.repo_tags else image.short_id for image in du.images}
     mounts = {m.container: m.mountpoint for m in store.mounts() if m.container}
     return [Row({"ID": c.short_id, "Image": names.get(c.image_id, c.image_id[7:19]),
-                 "Size": human_size4(du.container_sizes.get(c.id, 0)), "RunningFor": since(c.created),
+                 "Size": _human_size4(du.container_sizes.get(c.id, 0)), "RunningFor": since(c.created),
                  "MountedOn": mounts.get(c.id, ""), "Names": c.name}) for c in du.containers]
 
 
 def _layer_rows(du: DiskUsage) -> list[Row]:
-    return [Row({"DiffID": layer.diff_id[7:19], "Size": human_size4(layer.size), "BlobSize": human_size4(layer.blob),
+    return [Row({"DiffID": layer.diff_id[7:19], "Size": _human_size4(layer.size), "BlobSize": _human_size4(layer.blob),
                  "Images": str(layer.images)}) for layer in du.layers]
 
 

@@ -993,7 +993,7 @@ def umount(mountpoint: str | os.PathLike[str], *, store: Store | None = None,
     if rec.get("mountpoint") != real:
         # the runtime record is of another mount, or missing (its command was killed before it
         # wrote it): the store's record, written before the daemon mounted, names the daemon
-        pid = next((r.pid for r in store.mounts() if r.mountpoint in (real, mnt) and r.pid and _proc.pid_alive(r.pid)),
+        pid = next((r.pid for r in store.mounts() if r.mountpoint in (real, mnt)),  # live daemons only
                    0) if store is not None else 0
     import subprocess  # only here: it costs the mount command ~2.5 ms of imports
 
