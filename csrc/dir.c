@@ -263,6 +263,9 @@ int dir_upper_is_empty(struct lfs_fs *fs, struct onode *dir, int *only_whiteouts
  * overlay, which reads a directory with the mounter's rights to tell whether it is empty). */
 int dir_check_empty(struct lfs_fs *fs, const struct lfs_obj *dir)
 {
+    int rc = node_dir_ready(fs, dir);
+    if (rc < 0)
+        return rc;
     if (node_denied(fs, dir))
         return -EACCES;
     struct onode *on = dir->on;
@@ -313,9 +316,12 @@ static int add_entry(fuse_req_t req, struct lfs_fs *fs, char *buf, size_t size, 
     return 1;
 }
 
-/* A listing of a pristine directory: straight from the index (the read-only mount's path). */
-static void readdir_index(fuse_req_t req, struct lfs_fs *fs, fuse_ino_t ino, const struct lfs_node *dir,
-                          char *buf, size_t size, off_t off, int plus, size_t *used)
+/* A listing of a pristine directory: straight from the index (the read-only mount's path).
+ * Returns 0, or -errno when a subdirectory's attributes cannot be had (a lazy index could not
+ * merge it) before any entry was added; after one, the listing stops there and the next
+ * READDIR, which starts at that entry, gets the error. */
+static int readdir_index(fuse_req_t req, struct lfs_fs *fs, fuse_ino_t ino, const struct lfs_node *dir,
+                         char *buf, size_t size, off_t off, int plus, size_t *used)
 {
     uint64_t total = (uint64_t)dir->n_dents + 2;
     for (uint64_t pos = (uint64_t)(off < 0 ? 0 : off); pos < total; pos++) {
@@ -341,12 +347,20 @@ static void readdir_index(fuse_req_t req, struct lfs_fs *fs, fuse_ino_t ino, con
         if (child.on && child.on->has_upper) {
             if (node_stat(fs, &child, &st) < 0)
                 continue;
+        } else if (!plus) { /* the type is all a listing shows: a pending directory stays so */
+            memset(&st, 0, sizeof st);
+            st.st_ino = child.lower;
+            st.st_mode = fs->ix.nodes[child.lower].mode;
         } else {
+            int rc = lfs_ready(&fs->ix, child.lower); /* a directory's nlink */
+            if (rc < 0)
+                return *used ? 0 : rc;
             node_fill_stat(child.lower, &fs->ix.nodes[child.lower], &st);
         }
         if (!add_entry(req, fs, buf, size, used, name, &child, &st, (off_t)pos + 1, plus))
             break;
     }
+    return 0;
 }
 
 static void readdir_merged(fuse_req_t req, struct lfs_fs *fs, const struct lfs_obj *dirobj, char *buf, size_t size,
@@ -412,6 +426,8 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int plus
     int rc = node_resolve(fs, ino, &dir);
     if (rc == 0 && !lfs_is_dir(node_type(fs, &dir)))
         rc = -ENOTDIR;
+    if (rc == 0)
+        rc = node_dir_ready(fs, &dir);
     if (rc == 0 && node_denied(fs, &dir))
         rc = -EACCES;
     char *buf = rc == 0 ? malloc(size) : NULL;
@@ -429,10 +445,13 @@ void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int plus
             (void)node_load_dir(fs, dir.on);
         readdir_merged(req, fs, &dir, buf, size, off, plus, &used);
     } else {
-        readdir_index(req, fs, ino, &fs->ix.nodes[dir.lower], buf, size, off, plus, &used);
+        rc = readdir_index(req, fs, ino, &fs->ix.nodes[dir.lower], buf, size, off, plus, &used);
     }
     if (fs->writable)
         pthread_rwlock_unlock(&fs->tree);
-    fuse_reply_buf(req, buf, used);
+    if (rc < 0)
+        lfs_reply_err(req, fs, op, -rc);
+    else
+        fuse_reply_buf(req, buf, used);
     free(buf);
 }

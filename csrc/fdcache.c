@@ -53,17 +53,34 @@ int fd_init(struct lfs_fs *fs, uint32_t max_open)
     if (max_open < 1)
         max_open = 1;
     fs->max_open = max_open;
-    fs->slot_of = malloc(sizeof(int32_t) * fs->ix.n_nodes);
+    int rc = lfs_region_init(&fs->slot_of_r, sizeof(int32_t) * fs->ix.max_nodes);
+    if (rc < 0)
+        return rc;
+    fs->slot_of = (int32_t *)fs->slot_of_r.base;
+    if ((rc = fd_grow(fs, lfs_n_nodes(&fs->ix))) < 0)
+        return rc;
     fs->slots = malloc(sizeof(struct fdslot) * max_open);
-    if (fs->slot_of == NULL || fs->slots == NULL)
+    if (fs->slots == NULL)
         return -ENOMEM;
     int err = pthread_mutex_init(&fs->fd_lock, NULL);
     if (err)
         return -err;
-    for (uint32_t i = 0; i < fs->ix.n_nodes; i++)
-        fs->slot_of[i] = -1;
     for (uint32_t i = 0; i < max_open; i++)
         fs->slots[i] = (struct fdslot){0, -1, 0, 0};
+    return 0;
+}
+
+/* Give the new nodes of a lazy index no slot (node_grow, before they are published). */
+int fd_grow(struct lfs_fs *fs, uint32_t n_nodes)
+{
+    if (n_nodes <= fs->slot_of_n)
+        return 0;
+    int rc = lfs_region_grow(&fs->slot_of_r, sizeof(int32_t) * (size_t)n_nodes);
+    if (rc < 0)
+        return rc;
+    for (uint32_t i = fs->slot_of_n; i < n_nodes; i++)
+        fs->slot_of[i] = -1;
+    fs->slot_of_n = n_nodes;
     return 0;
 }
 
@@ -77,8 +94,9 @@ void fd_free(struct lfs_fs *fs)
         fs->slots = NULL;
         pthread_mutex_destroy(&fs->fd_lock);
     }
-    free(fs->slot_of);
+    lfs_region_free(&fs->slot_of_r);
     fs->slot_of = NULL;
+    fs->slot_of_n = 0;
 }
 
 /* Which slot pointer an object uses, and its cache key. */
@@ -134,7 +152,7 @@ static void clear_owner(struct lfs_fs *fs, struct fdslot *v)
         if (node_resolve(fs, v->id & ~(1ULL << 62), &o) == 0 && o.on && o.on->slot >= 0 &&
             &fs->slots[o.on->slot] == v)
             o.on->slot = -1;
-    } else if (v->id < fs->ix.n_nodes && fs->slot_of[v->id] >= 0 && &fs->slots[fs->slot_of[v->id]] == v) {
+    } else if (v->id < lfs_n_nodes(&fs->ix) && fs->slot_of[v->id] >= 0 && &fs->slots[fs->slot_of[v->id]] == v) {
         fs->slot_of[v->id] = -1;
     }
 }
@@ -211,7 +229,7 @@ void fd_put(struct lfs_fs *fs, int slot, int fd)
 void fd_drop(struct lfs_fs *fs, const struct lfs_obj *obj)
 {
     pthread_mutex_lock(&fs->fd_lock);
-    int32_t *refs[2] = {obj->lower < fs->ix.n_nodes && obj->lower ? &fs->slot_of[obj->lower] : NULL,
+    int32_t *refs[2] = {obj->lower < lfs_n_nodes(&fs->ix) && obj->lower ? &fs->slot_of[obj->lower] : NULL,
                         obj->on ? &obj->on->slot : NULL};
     for (int i = 0; i < 2; i++) {
         if (refs[i] == NULL || *refs[i] < 0)

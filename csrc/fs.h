@@ -31,7 +31,9 @@
  *
  * Locking.  One rwlock (fs->tree) guards the onodes, the upper directory states and every change
  * of the upper: requests that only read take it shared, requests that change the tree take it
- * exclusive.  The fd cache has its own mutex.  The index and the lower layers never change.
+ * exclusive.  The fd cache has its own mutex.  The lower layers never change, nor does what the
+ * index says of them: a lazy index (merge.h) only adds directories' entries, under its own mutex,
+ * taken last (lfs_ready, before a directory's entries or link count are read: node_dir_ready).
  */
 #ifndef LAYERFS_FS_H
 #define LAYERFS_FS_H
@@ -53,6 +55,7 @@
 #include "idmap.h"
 #include "merge.h"
 #include "override.h"
+#include "region.h"
 
 #define LFS_UPPER_BIT (1ULL << 63)
 #define LFS_GEN_SHIFT 32
@@ -137,17 +140,20 @@ struct lfs_fs {
     char shared_wo[64]; /* the whiteout in the work directory new whiteouts link to ("": none yet) */
     int no_shared_wo;   /* the upper file system refused a link to it: each whiteout its own inode */
     pthread_rwlock_t tree;
+    struct lfs_region ix_on_r, dent_dir_r, slot_of_r; /* where the three tables below live: they
+                                   grow with a lazy index (node_grow), their addresses fixed */
     struct onode **ix_on;       /* per index node: its onode, or NULL while pristine */
     struct onode **by_id;       /* hash: id -> onode (ids beyond the index) */
     struct onode **by_ino;      /* hash: upper inode -> onode */
     size_t nbuckets;
     struct onode *root;         /* the root's onode (writable mounts) */
-    uint32_t *dent_dir;         /* per directory entry: the directory holding it (built when first needed) */
+    uint32_t *dent_dir;         /* writable mounts, per directory entry: the directory holding it */
     struct fuse_session *se;    /* for notifications */
 
     /* backing fds (fdcache.c) */
     struct fdslot { uint64_t id; int fd; int refs; int recent; } *slots;
     int32_t *slot_of;           /* pristine index nodes: their slot, or -1 */
+    uint32_t slot_of_n;         /* entries of slot_of filled in */
     uint32_t max_open, hand;
     pthread_mutex_t fd_lock;
 
@@ -192,6 +198,8 @@ uint64_t node_child_id(struct lfs_fs *fs, uint32_t ino, uint32_t dent);
 int node_lower_location(struct lfs_fs *fs, const struct lfs_obj *obj, uint32_t *dir, const char **name, size_t *len);
 uint32_t lfs_lookup_dent(const struct lfs_index *ix, const struct lfs_node *dir, const char *name, size_t len);
 int node_init(struct lfs_fs *fs);
+int node_grow(void *fs, uint32_t dir, uint32_t n_nodes, uint32_t n_dents); /* lfs_grow_fn */
+int node_dir_ready(struct lfs_fs *fs, const struct lfs_obj *dir);
 int node_load_dir(struct lfs_fs *fs, struct onode *dir);
 void node_free_all(struct lfs_fs *fs);
 int node_path(const struct lfs_index *ix, uint32_t ino, char *buf, size_t size);
@@ -245,6 +253,7 @@ int fd_get(struct lfs_fs *fs, const struct lfs_obj *obj, int *slot, int write);
 void fd_put(struct lfs_fs *fs, int slot, int fd);
 void fd_drop(struct lfs_fs *fs, const struct lfs_obj *obj);
 int fd_init(struct lfs_fs *fs, uint32_t max_open);
+int fd_grow(struct lfs_fs *fs, uint32_t n_nodes);
 void fd_free(struct lfs_fs *fs);
 int open_in_layer(int layer_fd, const char *path, int flags);
 

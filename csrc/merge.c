@@ -67,6 +67,8 @@ static const char *check_node(const struct lfs_index *ix, uint32_t i, uint64_t *
     int is_dir = (n->mode & S_IFMT) == S_IFDIR;
     if (!known_type(n->mode))
         return "a node has an unknown file type";
+    if (n->pending != 0)
+        return "a node is marked pending (only a lazy index in memory has those)";
     if (n->layer >= h->n_layers)
         return "a node names a layer beyond the stack";
     if (!in_blob(h, n->name_off, n->name_len) || !in_blob(h, n->xattr_off, n->xattr_len) ||
@@ -207,7 +209,8 @@ int lfs_index_open(struct lfs_index *ix, const char *path)
         ix->nodes = (const struct lfs_node *)((const char *)map + h->off_nodes);
         ix->dents = (const struct lfs_dent *)((const char *)map + h->off_dents);
         ix->blob = (const char *)map + h->off_blob;
-        ix->n_nodes = h->n_nodes;
+        ix->n_nodes = ix->max_nodes = h->n_nodes;
+        ix->n_dents = ix->max_dents = h->n_dents;
         why = check_index(ix);
     }
     if (why == NULL)
@@ -220,6 +223,8 @@ int lfs_index_open(struct lfs_index *ix, const char *path)
 
 void lfs_index_close(struct lfs_index *ix)
 {
+    if (ix->lazy)
+        lfs_lazy_free(ix);
     if (ix->map)
         munmap(ix->map, ix->map_len);
     memset(ix, 0, sizeof *ix);

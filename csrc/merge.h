@@ -56,32 +56,83 @@ struct lfs_node {
     int64_t atime_ns, mtime_ns, ctime_ns;
     uint32_t layer, parent, name_off, name_len;
     uint32_t first_dent, n_dents, xattr_off, xattr_len;
-    uint32_t target_off, target_len, flags, pad;
+    uint32_t target_off, target_len, flags, pending; /* pending: 0 in a file (see lfs_ready) */
 };
 
 struct lfs_dent {
     uint32_t name_off, name_len, ino;
 };
 
+struct lfs_lazy; /* mergebuild.c */
+
+/* An index: a mapped file (lfs_index_open), or a lazily merged tree (lfs_lazy_open) that grows
+ * while a mount serves it.  Readers use nodes [1, n_nodes) and entries [0, n_dents) through the
+ * accessors below: the counts only grow, and the memory behind them never moves (region.h). */
 struct lfs_index {
     void *map;
     size_t map_len;
-    const struct lfs_header *h;
+    const struct lfs_header *h; /* a file's header; a lazy index's own (n_layers is right) */
     const struct lfs_node *nodes;
     const struct lfs_dent *dents;
     const char *blob;
-    uint32_t n_nodes;
+    uint32_t n_nodes, n_dents;     /* read them with lfs_n_nodes / lfs_n_dents */
+    uint32_t max_nodes, max_dents; /* what the counts can grow to (a file: the counts) */
+    struct lfs_lazy *lazy;         /* NULL: a file, complete */
     const char *why; /* after a failed lfs_index_open with -EINVAL: what is malformed */
 };
 
 /* Open and validate an index file (see above).  Returns 0, or -errno (EINVAL for a malformed
  * file, ix->why then says how). */
 int lfs_index_open(struct lfs_index *ix, const char *path);
+/* Close either kind of index. */
 void lfs_index_close(struct lfs_index *ix);
+
+/* A lazily merged tree (mergebuild.c).  lfs_lazy_open opens the layer dirs (base first), reads
+ * their roots and makes the root node, whose entries are pending: no directory is listed yet.
+ * lfs_ready(ix, ino) merges a pending directory's entries from its layers, by the rules and in
+ * the form of a built index (one directory of csrc/mergebuild.c's walk), giving each entry a node
+ * numbered after every node there is; its subdirectories are pending in turn.  Threads may call
+ * it together and read the index meanwhile: one merges at a time, and the nodes and entries it
+ * adds are published (release) only once complete, its `grow` callback (the engine's own per-node
+ * tables) called before.  A failed merge adds nothing and leaves the directory pending, so a later
+ * request tries again.  Returns 0 or -errno (ENOMEM; EFBIG past the lazy limits, LFS_LAZY_MAX_*;
+ * the errno of a failed system call, whose path lfs_lazy_error_path gives). */
+#define LFS_LAZY_MAX_NODES (1u << 24)  /* 16 Mi nodes (1.75 GiB of address space, reserved, not */
+#define LFS_LAZY_MAX_DENTS (1u << 25)  /* used: region.h); entries 384 MiB; names, targets and  */
+#define LFS_LAZY_BLOB_MAX ((1u << 30) - 1) /* xattrs 1 GiB (a 25k-entry image needs ~2 MiB)  */
+typedef int (*lfs_grow_fn)(void *ctx, uint32_t dir, uint32_t n_nodes, uint32_t n_dents);
+/* On failure err_path (size bytes) names the path a failed system call was about, or is "". */
+int lfs_lazy_open(struct lfs_index *ix, const char *const *layer_dirs, int n_layers, char *err_path, size_t size);
+void lfs_lazy_set_grow(struct lfs_index *ix, lfs_grow_fn grow, void *ctx);
+int lfs_lazy_load(struct lfs_index *ix, uint32_t ino);
+const char *lfs_lazy_error_path(const struct lfs_index *ix);
+void lfs_lazy_free(struct lfs_index *ix); /* lfs_index_close's part for a lazy index */
+/* How many directories a lazy index has merged (0 for a file). */
+unsigned long lfs_lazy_loads(const struct lfs_index *ix);
+
+static inline uint32_t lfs_n_nodes(const struct lfs_index *ix)
+{
+    return __atomic_load_n(&ix->n_nodes, __ATOMIC_ACQUIRE);
+}
+
+static inline uint32_t lfs_n_dents(const struct lfs_index *ix)
+{
+    return __atomic_load_n(&ix->n_dents, __ATOMIC_ACQUIRE);
+}
 
 static inline const struct lfs_node *lfs_node(const struct lfs_index *ix, uint64_t ino)
 {
-    return (ino >= 1 && ino < ix->n_nodes) ? &ix->nodes[ino] : NULL;
+    return (ino >= 1 && ino < lfs_n_nodes(ix)) ? &ix->nodes[ino] : NULL;
+}
+
+/* Make sure node `ino`, if it is a directory of a lazy index, has its entries (first_dent,
+ * n_dents, flags, nlink): every reader of those calls this first.  0 or -errno. */
+static inline int lfs_ready(struct lfs_index *ix, uint64_t ino)
+{
+    if (ix->lazy == NULL || ino < 1 || ino >= lfs_n_nodes(ix) ||
+        __atomic_load_n(&ix->nodes[ino].pending, __ATOMIC_ACQUIRE) == 0)
+        return 0;
+    return lfs_lazy_load(ix, (uint32_t)ino);
 }
 
 /* Binary search of a directory's sorted entries.  Returns the child inode, or 0. */

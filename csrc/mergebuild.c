@@ -1,4 +1,6 @@
-/* mergebuild.c: the merged-tree index of a layer stack, computed in C (layerfs/_mount/merge.py:build).
+/* mergebuild.c: the merged-tree index of a layer stack, computed in C (layerfs/_mount/merge.py:build),
+ * whole into an index file, or lazily, one directory when a mount first needs it (lfs_lazy_*,
+ * merge.h; at the end of this file).
  *
  * What it does: `merge_build(layer_dirs, key) -> (index bytes, nodes, dents, hidden)` walks the
  * layer dirs (base first) breadth-first with getdents (fdopendir/readdir), fstatat, readlinkat
@@ -15,9 +17,11 @@
  * while it is walked: a directory swapped for a symlink fails the build (ELOOP) instead of
  * leading the walk, and the mount, elsewhere.
  *
- * Why: a `-o lowerdir=` mount must rebuild the index at every mount (plain dirs are not content
- * addressed), and the Python walk costs ~8 us per entry (~200 ms for 25k entries), most of it
- * interpreter work around the system calls.  Measured: see the _merge docstring.
+ * Why C: the Python walk costs ~8 us per entry (~200 ms for 25k entries), most of it interpreter
+ * work around the system calls.  Measured: see the _merge docstring.  Why lazily for `-o lowerdir=`
+ * stacks: plain dirs are not content-addressed, so nothing built can be kept for the next mount,
+ * and even in C the whole walk of a 25k-entry stack took 100-160 ms, where the peers mount in a
+ * few ms (they look names up in the layers when asked).
  *
  * Memory: every allocation goes through mb_malloc & co., which count live blocks and can be made
  * to fail (tests/test_merge.py fails each allocation of a build in turn and checks that nothing
@@ -31,11 +35,13 @@
 #include "native.h"
 #include "merge.h"
 #include "override.h"
+#include "region.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,11 +75,16 @@ static const char *const private_prefixes[] = {"trusted.overlay.", "user.overlay
  * shared by threads that run builds without the GIL: relaxed atomics. */
 static long live_blocks;    /* blocks allocated and not yet freed */
 static long fail_countdown; /* 0: never fail; n: the nth allocation from now fails */
+/* Set while a thread works on a lazy index (lfs_lazy_*), whose blocks live as long as its mount:
+ * they are neither counted nor made to fail, so that the counters speak of builds only. */
+static __thread int in_lazy;
 /* The most bytes of names, targets and xattrs an index may hold: LFS_BLOB_MAX, lowered by tests. */
 static uint64_t blob_limit = LFS_BLOB_MAX;
 
 static int injected_failure(void)
 {
+    if (in_lazy)
+        return 0;
     long n = __atomic_load_n(&fail_countdown, __ATOMIC_RELAXED);
     while (n > 0)
         if (__atomic_compare_exchange_n(&fail_countdown, &n, n - 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
@@ -83,7 +94,7 @@ static int injected_failure(void)
 
 static void *counted(void *p)
 {
-    if (p != NULL)
+    if (p != NULL && !in_lazy)
         __atomic_add_fetch(&live_blocks, 1, __ATOMIC_RELAXED);
     return p;
 }
@@ -114,22 +125,31 @@ static void *mb_realloc(void *p, size_t size)
 
 static void mb_free(void *p)
 {
-    if (p != NULL)
+    if (p != NULL && !in_lazy)
         __atomic_sub_fetch(&live_blocks, 1, __ATOMIC_RELAXED);
     free(p);
 }
 
 /* ---- growable buffers ---------------------------------------------------------------------- */
 
+/* A buffer on the heap (realloc), or, for a lazy index, in a region (region.h) whose data never
+ * moves while readers use it. */
 struct buf {
     char *data;
     size_t len, cap;
+    struct lfs_region *reg; /* NULL: on the heap */
 };
 
 static int buf_reserve(struct buf *b, size_t more)
 {
     if (b->len + more <= b->cap)
         return 0;
+    if (b->reg != NULL) {
+        if (more > SIZE_MAX - b->len || lfs_region_grow(b->reg, b->len + more) < 0)
+            return -ENOMEM;
+        b->cap = b->reg->len;
+        return 0;
+    }
     size_t cap = b->cap ? b->cap : 4096;
     while (cap < b->len + more)
         cap *= 2;
@@ -139,6 +159,14 @@ static int buf_reserve(struct buf *b, size_t more)
     b->data = p;
     b->cap = cap;
     return 0;
+}
+
+static void buf_free(struct buf *b)
+{
+    if (b->reg == NULL)
+        mb_free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
 }
 
 static int buf_add(struct buf *b, const void *data, size_t len, uint64_t *off)
@@ -447,6 +475,7 @@ struct builder {
     uint32_t *ch_hash; /* index + 1, 0 = empty */
     size_t ch_hash_cap;
     uint64_t blob_max; /* the blob may not grow beyond this (LFS_BLOB_MAX but in tests) */
+    int lazy;          /* a lazy index: subdirectories are left pending (node.pending = job + 1) */
     char err_path[PATH_MAX];
     int err;
 };
@@ -898,12 +927,18 @@ static int merge_dir(struct builder *b, struct dirjob *job)
                 memcpy(rel + rl, c->name, c->name_len);
                 rel[rl + c->name_len] = '/';
                 rel[rl + c->name_len + 1] = '\0';
+                if (b->lazy && b->q_len >= UINT32_MAX - 1) {
+                    mb_free(rel);
+                    return too_big(b);
+                }
                 rc = q_push(b, child_ino, rel, c->layers, 0);
                 if (rc < 0) {
                     mb_free(rel);
                     return rc;
                 }
                 c->layers = (struct layers){0}; /* moved into the queue */
+                if (b->lazy)
+                    ((struct lfs_node *)b->nodes.data)[child_ino].pending = (uint32_t)b->q_len;
             } else if (slot != NULL) {
                 *slot = child_ino;
             }
@@ -925,7 +960,8 @@ static int merge_dir(struct builder *b, struct dirjob *job)
     return 0;
 }
 
-static int build(struct builder *b, const char *key, size_t key_len)
+/* Open the layers, make the root node and queue the root's listing. */
+static int build_start(struct builder *b, const char *key, size_t key_len)
 {
     uint32_t off;
     int rc;
@@ -977,19 +1013,23 @@ static int build(struct builder *b, const char *key, size_t key_len)
         goto out;
     }
     root_layers = (struct layers){0}; /* moved into the queue */
-    while (b->q_head < b->q_len) {
+out:
+    mb_free(root_layers.v);
+    mb_free(top_xa.visible);
+    return rc;
+}
+
+static int build(struct builder *b, const char *key, size_t key_len)
+{
+    int rc = build_start(b, key, key_len);
+    while (rc == 0 && b->q_head < b->q_len) {
         struct dirjob job = b->q[b->q_head++];
         rc = merge_dir(b, &job);
         mb_free(job.rel);
         mb_free(job.layers.v);
         b->q[b->q_head - 1].rel = NULL;
         b->q[b->q_head - 1].layers.v = NULL;
-        if (rc < 0)
-            goto out;
     }
-out:
-    mb_free(root_layers.v);
-    mb_free(top_xa.visible);
     return rc;
 }
 
@@ -1004,9 +1044,9 @@ static void builder_free(struct builder *b)
     }
     mb_free(b->q);
     mb_free(b->links);
-    mb_free(b->nodes.data);
-    mb_free(b->dents.data);
-    mb_free(b->blob.data);
+    buf_free(&b->nodes);
+    buf_free(&b->dents);
+    buf_free(&b->blob);
     if (b->roots) {
         for (int i = 0; i < b->n_roots; i++)
             mb_free(b->roots[i]);
@@ -1019,6 +1059,219 @@ static void builder_free(struct builder *b)
         mb_free(b->root_fds);
     }
     mb_free(b->trusted);
+}
+
+/* ---- lazily merged trees (merge.h: lfs_lazy_*) ----------------------------------------------
+ *
+ * The builder above, kept for the life of a mount: build_start makes the root, and each pending
+ * directory's job (its path and layers, queued when its parent was merged; node.pending = job + 1)
+ * runs merge_dir when lfs_ready first needs it.  The nodes, entries and blob live in regions, so
+ * what readers hold never moves; one mutex orders the merges. */
+
+struct lfs_lazy {
+    struct builder b;
+    struct lfs_region regs[3]; /* nodes, dents, blob */
+    struct lfs_header h;
+    pthread_mutex_t lock;
+    lfs_grow_fn grow;
+    void *grow_ctx;
+    unsigned long loads;
+};
+
+static void lazy_free(struct lfs_lazy *z)
+{
+    in_lazy = 1;
+    builder_free(&z->b);
+    in_lazy = 0;
+    for (int i = 0; i < 3; i++)
+        lfs_region_free(&z->regs[i]);
+    free(z);
+}
+
+int lfs_lazy_open(struct lfs_index *ix, const char *const *layer_dirs, int n_layers, char *err_path, size_t size)
+{
+    memset(ix, 0, sizeof *ix);
+    if (n_layers < 1)
+        return -EINVAL;
+    struct lfs_lazy *z = calloc(1, sizeof *z);
+    if (z == NULL)
+        return -ENOMEM;
+    struct builder *b = &z->b;
+    uint64_t blob_max = __atomic_load_n(&blob_limit, __ATOMIC_RELAXED);
+    if (blob_max > LFS_LAZY_BLOB_MAX)
+        blob_max = LFS_LAZY_BLOB_MAX;
+    int rc = lfs_region_init(&z->regs[0], (size_t)LFS_LAZY_MAX_NODES * sizeof(struct lfs_node));
+    if (rc == 0)
+        rc = lfs_region_init(&z->regs[1], (size_t)LFS_LAZY_MAX_DENTS * sizeof(struct lfs_dent));
+    if (rc == 0)
+        rc = lfs_region_init(&z->regs[2], (size_t)blob_max + 1);
+    if (rc < 0) {
+        lazy_free(z);
+        return rc;
+    }
+    b->nodes.reg = &z->regs[0];
+    b->dents.reg = &z->regs[1];
+    b->blob.reg = &z->regs[2];
+    b->nodes.data = z->regs[0].base;
+    b->dents.data = z->regs[1].base;
+    b->blob.data = z->regs[2].base;
+    b->blob_max = blob_max;
+    b->lazy = 1;
+    in_lazy = 1;
+    b->roots = mb_calloc((size_t)n_layers, sizeof *b->roots);
+    b->root_fds = mb_malloc(sizeof *b->root_fds * (size_t)n_layers);
+    b->trusted = mb_calloc((size_t)n_layers, sizeof *b->trusted);
+    rc = b->roots && b->root_fds && b->trusted ? 0 : -ENOMEM;
+    b->n_roots = rc == 0 ? n_layers : 0;
+    for (int i = 0; rc == 0 && i < n_layers; i++)
+        b->root_fds[i] = -1;
+    for (int i = 0; rc == 0 && i < n_layers; i++)
+        if ((b->roots[i] = mb_strdup(layer_dirs[i])) == NULL)
+            rc = -ENOMEM;
+    if (rc == 0)
+        rc = build_start(b, "", 0);
+    in_lazy = 0;
+    int err = rc == 0 ? pthread_mutex_init(&z->lock, NULL) : 0;
+    if (rc < 0 || err) {
+        if (size)
+            snprintf(err_path, size, "%s", rc < 0 && b->err ? b->err_path : "");
+        lazy_free(z);
+        return rc < 0 ? rc : -err;
+    }
+    ((struct lfs_node *)b->nodes.data)[LFS_ROOT_INO].pending = 1; /* the root's job: q[0] */
+    memcpy(z->h.magic, LFS_MAGIC, 8);
+    z->h.version = LFS_VERSION;
+    z->h.n_layers = (uint32_t)n_layers;
+    ix->lazy = z;
+    ix->h = &z->h;
+    ix->nodes = (const struct lfs_node *)b->nodes.data;
+    ix->dents = (const struct lfs_dent *)b->dents.data;
+    ix->blob = b->blob.data;
+    ix->n_nodes = b->n_nodes;
+    ix->n_dents = b->n_dents;
+    ix->max_nodes = LFS_LAZY_MAX_NODES;
+    ix->max_dents = LFS_LAZY_MAX_DENTS;
+    return 0;
+}
+
+void lfs_lazy_set_grow(struct lfs_index *ix, lfs_grow_fn grow, void *ctx)
+{
+    ix->lazy->grow = grow;
+    ix->lazy->grow_ctx = ctx;
+}
+
+/* What a merge may have added, to take back if it fails. */
+struct lazy_mark {
+    uint32_t n_nodes, n_dents, hidden;
+    size_t nodes_len, dents_len, blob_len, q_len;
+};
+
+/* Forget the hard links a failed merge recorded (nodes it made, or slots it left unfilled):
+ * rebuild the table without them; without memory for that, forget them all (a later name of a
+ * hard link then gets a node of its own: never a wrong node). */
+static void lazy_drop_links(struct builder *b, uint32_t n_nodes)
+{
+    size_t cap = b->links_cap;
+    struct link *t = cap ? mb_calloc(cap, sizeof *t) : NULL;
+    size_t len = 0;
+    for (size_t i = 0; t != NULL && i < cap; i++) {
+        struct link l = b->links[i];
+        if (l.node == 0 || l.node >= n_nodes)
+            continue;
+        size_t h = (l.ino * 31 + l.dev * 7 + l.layer) & (cap - 1);
+        while (t[h].node)
+            h = (h + 1) & (cap - 1);
+        t[h] = l;
+        len++;
+    }
+    if (t == NULL && cap)
+        memset(b->links, 0, sizeof *b->links * cap);
+    if (t != NULL) {
+        mb_free(b->links);
+        b->links = t;
+    }
+    b->links_len = len;
+}
+
+static void lazy_rollback(struct builder *b, const struct lazy_mark *m)
+{
+    for (size_t i = m->q_len; i < b->q_len; i++) {
+        mb_free(b->q[i].rel);
+        mb_free(b->q[i].layers.v);
+    }
+    b->q_len = m->q_len;
+    if (b->n_nodes != m->n_nodes)
+        lazy_drop_links(b, m->n_nodes);
+    b->n_nodes = m->n_nodes;
+    b->n_dents = m->n_dents;
+    b->hidden = m->hidden;
+    b->nodes.len = m->nodes_len;
+    b->dents.len = m->dents_len;
+    b->blob.len = m->blob_len;
+}
+
+int lfs_lazy_load(struct lfs_index *ix, uint32_t ino)
+{
+    struct lfs_lazy *z = ix->lazy;
+    if (z == NULL)
+        return 0;
+    int rc = pthread_mutex_lock(&z->lock);
+    if (rc)
+        return -rc;
+    struct builder *b = &z->b;
+    struct lfs_node *dir = &((struct lfs_node *)b->nodes.data)[ino];
+    uint32_t job = ino < b->n_nodes ? dir->pending : 0; /* only merges change it: we hold the lock */
+    if (job == 0 || job > b->q_len) {
+        pthread_mutex_unlock(&z->lock);
+        return 0; /* merged meanwhile (or not pending at all) */
+    }
+    struct lazy_mark m = {b->n_nodes, b->n_dents, b->hidden, b->nodes.len, b->dents.len, b->blob.len, b->q_len};
+    struct dirjob j = b->q[job - 1]; /* a copy: merge_dir may move the queue */
+    in_lazy = 1;
+    b->err = 0;
+    rc = merge_dir(b, &j);
+    if (rc == 0 && z->grow != NULL)
+        rc = z->grow(z->grow_ctx, ino, b->n_nodes, b->n_dents);
+    if (rc < 0) {
+        lazy_rollback(b, &m);
+        in_lazy = 0;
+        pthread_mutex_unlock(&z->lock);
+        return rc;
+    }
+    mb_free(j.rel);
+    mb_free(j.layers.v);
+    b->q[job - 1].rel = NULL;
+    b->q[job - 1].layers.v = NULL;
+    in_lazy = 0;
+    z->loads++;
+    /* entries and nodes first, then the directory that names them */
+    __atomic_store_n(&ix->n_dents, b->n_dents, __ATOMIC_RELEASE);
+    __atomic_store_n(&ix->n_nodes, b->n_nodes, __ATOMIC_RELEASE);
+    __atomic_store_n(&dir->pending, 0, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&z->lock);
+    return 0;
+}
+
+const char *lfs_lazy_error_path(const struct lfs_index *ix)
+{
+    return ix->lazy && ix->lazy->b.err ? ix->lazy->b.err_path : NULL;
+}
+
+unsigned long lfs_lazy_loads(const struct lfs_index *ix)
+{
+    if (ix->lazy == NULL)
+        return 0;
+    pthread_mutex_lock(&ix->lazy->lock);
+    unsigned long n = ix->lazy->loads;
+    pthread_mutex_unlock(&ix->lazy->lock);
+    return n;
+}
+
+void lfs_lazy_free(struct lfs_index *ix)
+{
+    pthread_mutex_destroy(&ix->lazy->lock);
+    lazy_free(ix->lazy);
+    ix->lazy = NULL;
 }
 
 static PyObject *merge_build(PyObject *self, PyObject *args)

@@ -37,16 +37,49 @@ static size_t hash_u64(uint64_t v, size_t n)
     return (size_t)(v & (n - 1));
 }
 
+/* Record that the entries of directory `dir` are its (writable mounts: node_lower_location). */
+static void note_dents(struct lfs_fs *fs, uint32_t dir)
+{
+    const struct lfs_node *n = &fs->ix.nodes[dir];
+    for (uint32_t k = 0; k < n->n_dents; k++)
+        fs->dent_dir[n->first_dent + k] = dir;
+}
+
+/* The index grew (a lazy index merged directory `dir`): make the per-node tables as long, before
+ * the new nodes are published (lfs_lazy_load calls this with its lock held, fs->tree as it was). */
+int node_grow(void *ctx, uint32_t dir, uint32_t n_nodes, uint32_t n_dents)
+{
+    struct lfs_fs *fs = ctx;
+    int rc = lfs_region_grow(&fs->ix_on_r, sizeof *fs->ix_on * (size_t)n_nodes);
+    if (rc == 0)
+        rc = fd_grow(fs, n_nodes);
+    if (rc == 0 && fs->writable && (rc = lfs_region_grow(&fs->dent_dir_r, sizeof *fs->dent_dir * (size_t)n_dents)) == 0)
+        note_dents(fs, dir);
+    return rc;
+}
+
 int node_init(struct lfs_fs *fs)
 {
     fs->nbuckets = 1 << 12;
-    fs->ix_on = calloc(fs->ix.n_nodes, sizeof *fs->ix_on);
+    int rc = lfs_region_init(&fs->ix_on_r, sizeof *fs->ix_on * (size_t)fs->ix.max_nodes);
+    if (rc == 0)
+        rc = lfs_region_grow(&fs->ix_on_r, sizeof *fs->ix_on * (size_t)lfs_n_nodes(&fs->ix));
+    if (rc < 0)
+        return rc;
+    fs->ix_on = (struct onode **)fs->ix_on_r.base;
     fs->by_id = calloc(fs->nbuckets, sizeof *fs->by_id);
     fs->by_ino = calloc(fs->nbuckets, sizeof *fs->by_ino);
-    if (fs->ix_on == NULL || fs->by_id == NULL || fs->by_ino == NULL)
+    if (fs->by_id == NULL || fs->by_ino == NULL)
         return -ENOMEM;
     if (!fs->writable)
         return 0;
+    if ((rc = lfs_region_init(&fs->dent_dir_r, sizeof *fs->dent_dir * ((size_t)fs->ix.max_dents + 1))) < 0 ||
+        (rc = lfs_region_grow(&fs->dent_dir_r, sizeof *fs->dent_dir * (size_t)lfs_n_dents(&fs->ix))) < 0)
+        return rc;
+    fs->dent_dir = (uint32_t *)fs->dent_dir_r.base;
+    for (uint32_t i = 1; i < lfs_n_nodes(&fs->ix); i++)
+        if (lfs_is_dir(fs->ix.nodes[i].mode) && fs->ix.nodes[i].pending == 0)
+            note_dents(fs, i);
     struct onode *root = node_new(fs, LFS_ROOT_INO, S_IFDIR);
     if (root == NULL)
         return -ENOMEM;
@@ -81,12 +114,12 @@ static void onode_free(struct onode *on)
 void node_free_all(struct lfs_fs *fs)
 {
     if (fs->ix_on) {
-        for (uint32_t i = 0; i < fs->ix.n_nodes; i++)
+        for (uint32_t i = 0; i < lfs_n_nodes(&fs->ix); i++)
             if (fs->ix_on[i])
                 onode_free(fs->ix_on[i]);
-        free(fs->ix_on);
-        fs->ix_on = NULL;
     }
+    lfs_region_free(&fs->ix_on_r);
+    fs->ix_on = NULL;
     if (fs->by_id) {
         for (size_t b = 0; b < fs->nbuckets; b++) {
             struct onode *on = fs->by_id[b];
@@ -101,14 +134,14 @@ void node_free_all(struct lfs_fs *fs)
     }
     free(fs->by_ino);
     fs->by_ino = NULL;
-    free(fs->dent_dir);
+    lfs_region_free(&fs->dent_dir_r);
     fs->dent_dir = NULL;
     fs->root = NULL;
 }
 
 static int is_index_id(const struct lfs_fs *fs, uint64_t id)
 {
-    return id >= 1 && id < fs->ix.n_nodes;
+    return id >= 1 && id < lfs_n_nodes(&fs->ix);
 }
 
 static struct onode *find_id(struct lfs_fs *fs, uint64_t id)
@@ -223,27 +256,11 @@ uint64_t node_child_id(struct lfs_fs *fs, uint32_t ino, uint32_t dent)
     return ((uint64_t)dent + 1) << LFS_GEN_SHIFT | ino;
 }
 
-static int build_dent_dir(struct lfs_fs *fs)
-{
-    uint32_t *map = malloc(sizeof *map * (fs->ix.h->n_dents ? fs->ix.h->n_dents : 1));
-    if (map == NULL)
-        return -ENOMEM;
-    for (uint32_t i = 1; i < fs->ix.n_nodes; i++) {
-        const struct lfs_node *n = &fs->ix.nodes[i];
-        if (lfs_is_dir(n->mode))
-            for (uint32_t k = 0; k < n->n_dents; k++)
-                map[n->first_dent + k] = i;
-    }
-    fs->dent_dir = map;
-    return 0;
-}
-
-/* Where a lower object sits in the index: its directory and name (copy-up needs them).
- * Called with fs->tree held exclusively (it may build the entry -> directory map). */
+/* Where a lower object sits in the index: its directory and name (copy-up needs them). */
 int node_lower_location(struct lfs_fs *fs, const struct lfs_obj *obj, uint32_t *dir, const char **name, size_t *len)
 {
     uint64_t id = obj->id;
-    if (id >= 1 && id < fs->ix.n_nodes) {
+    if (is_index_id(fs, id)) {
         const struct lfs_node *n = &fs->ix.nodes[id];
         if (id == LFS_ROOT_INO)
             return -EINVAL;
@@ -255,13 +272,8 @@ int node_lower_location(struct lfs_fs *fs, const struct lfs_obj *obj, uint32_t *
     if (id & LFS_UPPER_BIT)
         return -EINVAL;
     uint64_t dent = (id >> LFS_GEN_SHIFT) - 1;
-    if (dent >= fs->ix.h->n_dents)
+    if (dent >= lfs_n_dents(&fs->ix) || fs->dent_dir == NULL)
         return -ESTALE;
-    if (fs->dent_dir == NULL) {
-        int rc = build_dent_dir(fs);
-        if (rc < 0)
-            return rc;
-    }
     const struct lfs_dent *d = &fs->ix.dents[dent];
     *dir = fs->dent_dir[dent];
     *name = fs->ix.blob + d->name_off;
@@ -292,7 +304,7 @@ int node_resolve(struct lfs_fs *fs, uint64_t id, struct lfs_obj *out)
     /* one name of a lower hard link: ((dent + 1) << 32) | ino */
     uint32_t ino = (uint32_t)(id & 0xffffffffu);
     uint64_t dent = (id >> LFS_GEN_SHIFT) - 1;
-    if (!is_index_id(fs, ino) || dent >= fs->ix.h->n_dents || fs->ix.dents[dent].ino != ino)
+    if (!is_index_id(fs, ino) || dent >= lfs_n_dents(&fs->ix) || fs->ix.dents[dent].ino != ino)
         return -ESTALE;
     out->on = NULL;
     out->lower = ino;
@@ -304,8 +316,8 @@ uint32_t node_lower_child(struct lfs_fs *fs, const struct onode *dir, const char
     if (dir->lower == 0 || dir->opaque || len > LFS_NAME_MAX)
         return 0;
     const struct lfs_node *n = lfs_node(&fs->ix, dir->lower);
-    if (n == NULL || !lfs_is_dir(n->mode))
-        return 0;
+    if (n == NULL || !lfs_is_dir(n->mode) || lfs_ready(&fs->ix, dir->lower) < 0)
+        return 0; /* a directory is ready before it is used (node_dir_ready): never so in fact */
     return lfs_lookup(&fs->ix, n, name, len);
 }
 
@@ -376,7 +388,7 @@ static uint32_t upper_redirect(struct lfs_fs *fs, struct onode *dir, const char 
         if (i == start)
             break;
         const struct lfs_node *d = lfs_node(&fs->ix, ino);
-        if (d == NULL || !lfs_is_dir(d->mode))
+        if (d == NULL || !lfs_is_dir(d->mode) || lfs_ready(&fs->ix, ino) < 0)
             return 0;
         ino = lfs_lookup(&fs->ix, d, value + start, (size_t)(i - start));
         if (ino == 0)
@@ -401,6 +413,8 @@ static struct onode *node_from_upper(struct lfs_fs *fs, struct onode *dir, const
                 ln = lower_c ? &fs->ix.nodes[lower_c] : NULL;
             }
         }
+        if (ln && lfs_is_dir(ln->mode) && !opaque && lfs_ready(&fs->ix, lower_c) < 0)
+            return NULL;
         if (ln && lfs_is_dir(ln->mode) && !opaque && fs->ix_on[lower_c] == NULL) {
             on = node_new(fs, lower_c, S_IFDIR);
             if (on == NULL)
@@ -467,7 +481,18 @@ int node_denied(struct lfs_fs *fs, const struct lfs_obj *dir)
     const struct onode *on = dir->on;
     uint32_t lower = on && on->has_upper ? (on->opaque ? 0 : on->lower) : dir->lower;
     const struct lfs_node *n = lower ? lfs_node(&fs->ix, lower) : NULL;
+    if (n != NULL && lfs_ready(&fs->ix, lower) < 0)
+        return 1; /* callers made it ready (node_dir_ready) and answered its error: never so in fact */
     return n != NULL && (n->flags & LFS_FLAG_DENIED);
+}
+
+/* Make sure the lower directory behind `dir` has its entries (a lazy index merges them now):
+ * every request that reads a directory's entries calls this first.  0 or -errno. */
+int node_dir_ready(struct lfs_fs *fs, const struct lfs_obj *dir)
+{
+    const struct onode *on = dir->on;
+    uint32_t lower = on && on->has_upper ? (on->opaque ? 0 : on->lower) : dir->lower;
+    return lower ? lfs_ready(&fs->ix, lower) : 0;
 }
 
 int node_lookup(struct lfs_fs *fs, const struct lfs_obj *dir, const char *name, size_t len, struct lfs_obj *out)
@@ -476,6 +501,9 @@ int node_lookup(struct lfs_fs *fs, const struct lfs_obj *dir, const char *name, 
         return -ENAMETOOLONG;
     if (!lfs_is_dir(node_type(fs, dir)))
         return -ENOTDIR;
+    int ready = node_dir_ready(fs, dir);
+    if (ready < 0)
+        return ready;
     struct onode *d = dir->on;
     if (d == NULL || !d->has_upper) {
         /* pristine directory: the index alone knows */
@@ -552,6 +580,9 @@ int node_stat(struct lfs_fs *fs, const struct lfs_obj *obj, struct stat *st)
         const struct lfs_node *n = lfs_node(&fs->ix, obj->lower);
         if (n == NULL)
             return -ESTALE;
+        int rc = lfs_is_dir(n->mode) ? lfs_ready(&fs->ix, obj->lower) : 0; /* its nlink */
+        if (rc < 0)
+            return rc;
         /* st_ino: the lower object's, for every name of a hard link.  An unlinked or removed lower
          * object keeps the lower object's link count, as on the kernel overlay: no layer lost it. */
         node_fill_stat(obj->lower, n, st);

@@ -223,6 +223,8 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     int rc = node_resolve(fs, ino, &obj);
     if (rc == 0 && !lfs_is_dir(node_type(fs, &obj)))
         rc = -ENOTDIR;
+    if (rc == 0)
+        rc = node_dir_ready(fs, &obj);
     if (rc == 0 && node_denied(fs, &obj))
         rc = -EACCES;
     UNLOCK(fs);

@@ -233,6 +233,56 @@ static void session_free(SessionObject *self)
     lfs_index_close(&fs->ix);
 }
 
+/* index=None: a lazily merged index of the layer dirs (merge.h, lfs_lazy_open).  Returns 0, or -1
+ * with an exception set. */
+static int lazy_open(struct lfs_index *ix, PyObject *layers)
+{
+    PyObject *seq = PySequence_Fast(layers, "layer_dirs must be a sequence");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n < 1 || n > INT32_MAX) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "a merged tree needs at least one layer");
+        return -1;
+    }
+    PyObject **paths = calloc((size_t)n, sizeof *paths);
+    const char **dirs = calloc((size_t)n, sizeof *dirs);
+    int rc = 0;
+    if (paths == NULL || dirs == NULL) {
+        PyErr_NoMemory();
+        rc = -1;
+    }
+    for (Py_ssize_t i = 0; rc == 0 && i < n; i++) {
+        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(seq, i), &paths[i]))
+            rc = -1;
+        else
+            dirs[i] = PyBytes_AS_STRING(paths[i]);
+    }
+    char where[PATH_MAX] = "";
+    if (rc == 0) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = lfs_lazy_open(ix, dirs, (int)n, where, sizeof where);
+        Py_END_ALLOW_THREADS
+        if (rc == -ENOMEM)
+            PyErr_NoMemory();
+        else if (rc < 0) {
+            errno = -rc;
+            if (where[0])
+                PyErr_SetFromErrnoWithFilename(PyExc_OSError, where);
+            else
+                PyErr_SetFromErrno(PyExc_OSError);
+        }
+        rc = rc < 0 ? -1 : 0;
+    }
+    for (Py_ssize_t i = 0; paths && i < n; i++)
+        Py_XDECREF(paths[i]);
+    free(paths);
+    free(dirs);
+    Py_DECREF(seq);
+    return rc;
+}
+
 /* One ID of an ID mapping argument: a Python int in [0, 2^32).  Returns 0, or -1 with
  * TypeError, ValueError or OverflowError set naming `what`. */
 static int id_arg(PyObject *obj, const char *what, uint32_t *out)
@@ -320,7 +370,7 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw)
     static char *kwlist[] = {"index", "layer_dirs", "mountpoint", "options", "entry_timeout",
                              "attr_timeout", "negative_timeout", "threads", "debug", "max_open",
                              "upper", "work", "privileged", "metacopy", "redirect_dir", "uidmap", "gidmap", NULL};
-    PyObject *index_path = NULL, *layers, *mnt = NULL, *upper = Py_None, *work = Py_None;
+    PyObject *index_arg, *index_path = NULL, *layers, *mnt = NULL, *upper = Py_None, *work = Py_None;
     PyObject *uidmap = Py_None, *gidmap = Py_None;
     const char *options;
     double et, at, nt;
@@ -330,14 +380,17 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "FuseSession is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&OO&sddd|IpIOOpppOO", kwlist, PyUnicode_FSConverter, &index_path,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO&sddd|IpIOOpppOO", kwlist, &index_arg,
                                      &layers, PyUnicode_FSConverter, &mnt, &options, &et, &at, &nt,
                                      &threads, &debug, &max_open, &upper, &work, &privileged, &metacopy,
                                      &redirect_dir, &uidmap, &gidmap))
         return -1;
     if ((upper == Py_None) != (work == Py_None)) {
         PyErr_SetString(PyExc_ValueError, "upper and work go together");
-        Py_DECREF(index_path);
+        Py_DECREF(mnt);
+        return -1;
+    }
+    if (index_arg != Py_None && !PyUnicode_FSConverter(index_arg, &index_path)) {
         Py_DECREF(mnt);
         return -1;
     }
@@ -357,7 +410,9 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw)
     if (idmap_arg(uidmap, "uidmap", &fs->uids) < 0 || idmap_arg(gidmap, "gidmap", &fs->gids) < 0)
         goto fail;
     fs->open_flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (geteuid() == 0 ? O_NOATIME : 0);
-    int rc = lfs_index_open(&fs->ix, PyBytes_AS_STRING(index_path));
+    int rc = index_path ? lfs_index_open(&fs->ix, PyBytes_AS_STRING(index_path)) : lazy_open(&fs->ix, layers);
+    if (rc < 0 && index_path == NULL)
+        goto fail; /* lazy_open set the exception */
     if (rc < 0) {
         if (rc == -EINVAL)
             PyErr_Format(PyExc_ValueError, "%s: not a layerfs merged index", PyBytes_AS_STRING(index_path));
@@ -397,6 +452,18 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw)
         errno = -rc;
         PyErr_SetFromErrno(PyExc_OSError);
         goto fail;
+    }
+    if (fs->ix.lazy != NULL) { /* the root's entries now: a mount of unreadable layers fails here */
+        lfs_lazy_set_grow(&fs->ix, node_grow, fs);
+        if ((rc = lfs_ready(&fs->ix, LFS_ROOT_INO)) < 0) {
+            errno = -rc;
+            const char *where = lfs_lazy_error_path(&fs->ix);
+            if (where != NULL)
+                PyErr_SetFromErrnoWithFilename(PyExc_OSError, where);
+            else
+                PyErr_SetFromErrno(PyExc_OSError);
+            goto fail;
+        }
     }
     PyObject *seq = PySequence_Fast(layers, "layer_dirs must be a sequence");
     if (seq == NULL)
@@ -451,7 +518,7 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw)
         goto fail;
     }
     self->mounted = 1;
-    Py_DECREF(index_path);
+    Py_XDECREF(index_path);
     Py_DECREF(mnt);
     return 0;
 fail:
@@ -558,11 +625,12 @@ static PyObject *Session_stats(SessionObject *self, PyObject *unused)
     PyObject *req = PyDict_New(), *err = PyDict_New();
     if (req == NULL || err == NULL)
         goto fail;
-    unsigned long extra[3] = {__atomic_load_n(&self->fs.copyups, __ATOMIC_RELAXED),
+    unsigned long extra[4] = {__atomic_load_n(&self->fs.copyups, __ATOMIC_RELAXED),
                               __atomic_load_n(&self->fs.metacopies, __ATOMIC_RELAXED),
                               __atomic_load_n(&self->fs.whiteouts, __ATOMIC_RELAXED)};
-    const char *extra_names[3] = {"copyup", "metacopy", "whiteout"};
-    for (int i = 0; i < 3; i++) {
+    const char *extra_names[4] = {"copyup", "metacopy", "whiteout", "dir_merge"};
+    extra[3] = lfs_lazy_loads(&self->fs.ix);
+    for (int i = 0; i < 4; i++) {
         if (!extra[i])
             continue;
         PyObject *v = PyLong_FromUnsignedLong(extra[i]);
@@ -584,7 +652,9 @@ static PyObject *Session_stats(SessionObject *self, PyObject *unused)
             Py_DECREF(v);
         }
     }
-    return Py_BuildValue("(NNl)", req, err, __atomic_load_n(&self->fs.open_files, __ATOMIC_RELAXED));
+    uint32_t nodes = self->fs.ix.nodes ? lfs_n_nodes(&self->fs.ix) : 0;
+    return Py_BuildValue("(NNlI)", req, err, __atomic_load_n(&self->fs.open_files, __ATOMIC_RELAXED),
+                         nodes ? nodes - 1 : 0);
 fail:
     Py_XDECREF(req);
     Py_XDECREF(err);

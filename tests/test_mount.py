@@ -404,6 +404,79 @@ def test_warm_listing_sends_no_request(mounts: Mounts, tmp_path: Path) -> None:
     assert {op: after.get(op, 0) - before.get(op, 0) for op in listing_ops} == dict.fromkeys(listing_ops, 0)
 
 
+# ---------------------------------------------------------------------------------------------
+# -o lowerdir= stacks, merged lazily by the C engine (csrc/merge.h, lfs_lazy_open)
+
+def _wide_stack(base: Path, *, kernel_form: bool) -> list[Path]:
+    """Three layers (base first) of 31 directories with whiteouts, an opaque dir and a hard link."""
+    bottom = [f"f d{i:02d}/s/f{j} {i}{j}" for i in range(30) for j in range(3)] + ["f deep/a/b/c/file x"]
+    middle = [f"f d{i:02d}/g {i}" for i in range(0, 30, 2)] + ["W d01", "O d02", "f d02/new y"]
+    top = ["f d03/s/f9 top", "w d04/s/f0", "f d06/hl linked", "h d05/s/hl d06/hl"]
+    return build_stack(base, [bottom, middle, top], kernel_form=kernel_form)
+
+
+def test_a_lowerdir_mount_merges_each_directory_when_first_needed(lifecycle: Mounts, tmp_path: Path) -> None:
+    """Plain dirs are not content-addressed, so their merged tree cannot be kept between mounts:
+    mounting reads the layers' roots only, a directory is merged when a request first needs it
+    (the way to one file reads the directories on its path, not the whole tree), each one once,
+    and the view is the kernel overlay's."""
+    from _oracles import kernel_overlay
+
+    handle = lifecycle.mount(_wide_stack(tmp_path, kernel_form=False)[::-1], tmp_path / "mnt")
+
+    def merged() -> int:
+        return handle.statistics().requests.get("dir_merge", 0)
+
+    assert merged() == 1  # the root, at mount
+    assert (tmp_path / "mnt/deep/a/b/c/file").read_text() == "x\n"
+    on_the_way = merged()
+    assert 2 <= on_the_way <= 5, on_the_way  # the root, deep, a, b, c: not the 60 others
+    ours = snapshot(tmp_path / "mnt")
+    dirs = 1 + sum(len(ds) for _, ds, _ in os.walk(tmp_path / "mnt"))
+    assert dirs > 60
+    assert merged() == dirs  # every directory once, none twice
+    with kernel_overlay(_wide_stack(tmp_path, kernel_form=True)[::-1], tmp_path / "kernel") as kmnt:
+        kernel = snapshot(kmnt)
+    assert_same_tree(ours, kernel, names=("layerfs", "kernel"))
+
+
+def test_first_requests_in_parallel_see_one_tree(lifecycle: Mounts, tmp_path: Path) -> None:
+    """Walks started together on a fresh mount make the engine merge directories from several
+    request threads at once, while others read what is merged: each walk sees the kernel's view."""
+    import concurrent.futures
+
+    from _oracles import kernel_overlay
+
+    with kernel_overlay(_wide_stack(tmp_path, kernel_form=True)[::-1], tmp_path / "kernel") as kmnt:
+        kernel = snapshot(kmnt)
+    for round_ in range(3):
+        mnt = tmp_path / f"mnt{round_}"
+        lifecycle.mount(_wide_stack(tmp_path / f"r{round_}", kernel_form=False)[::-1], mnt)
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            walks = list(pool.map(snapshot, [mnt] * 4))
+        for ours in walks:
+            assert_same_tree(ours, kernel, names=("layerfs", "kernel"))
+
+
+def test_a_directory_that_cannot_be_merged_fails_its_request_not_the_mount(lifecycle: Mounts, tmp_path: Path) -> None:
+    """A lowerdir= tree is the caller's and may change under the mount: a directory swapped for a
+    symlink after mounting is never followed (ELOOP for the request that needed it), nothing of
+    the failed merge stays, and once the directory is back a new request merges it."""
+    (layer,) = build_stack(tmp_path, [["f a/b 1", "f c 2"]], kernel_form=False)
+    mnt = tmp_path / "mnt"
+    lifecycle.mount([layer], mnt)
+    (layer / "a").rename(layer / "a.real")
+    (layer / "a").symlink_to("a.real")
+    with pytest.raises(OSError) as err:
+        os.listdir(mnt / "a")
+    assert err.value.errno == errno.ELOOP
+    (layer / "a").unlink()
+    (layer / "a.real").rename(layer / "a")
+    assert os.listdir(mnt / "a") == ["b"]
+    assert (mnt / "a/b").read_text() == "1\n"
+    assert sorted(os.listdir(mnt)) == ["a", "c"]
+
+
 def test_non_root_user_mounts_through_fusermount(tmp_path: Path) -> None:
     from conftest import require
 

@@ -206,6 +206,37 @@ for t in threads:
     t.start()
 for t in threads:
     t.join()
+
+# A writable mount of a lazily merged stack: first walks in parallel (directories merged by
+# several request threads while others read the index) while files are created in it.
+for li in range(2):
+    for i in range(40):
+        os.makedirs(f"{work}/lazy{li}/d{i}/s{li}", exist_ok=True)
+        open(f"{work}/lazy{li}/d{i}/f{li}", "w").close()
+for d in ("upper", "work/work", "mnt"):
+    os.makedirs(f"{work}/{d}")
+session = native.FuseSession(None, [f"{work}/lazy0", f"{work}/lazy1"], f"{work}/mnt", "default_permissions",
+                             60.0, 60.0, 0.0, 4, False, 64, f"{work}/upper", f"{work}/work/work", True)
+served = threading.Thread(target=session.loop)
+served.start()
+
+def walk(n):
+    for top, dirs, files in os.walk(f"{work}/mnt"):
+        for name in files + dirs:
+            os.lstat(os.path.join(top, name))
+        if n == 0 and "f1" in files:
+            open(os.path.join(top, "new"), "w").close()
+
+threads = [threading.Thread(target=walk, args=(n,)) for n in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert sum(len(f) for _, _, f in os.walk(f"{work}/mnt")) == 40 * 3, "the walks saw another tree"
+session.exit()
+served.join()
+session.unmount()
+session.close()
 print("driven")
 """
 
@@ -213,9 +244,12 @@ print("driven")
 def test_native_code_has_no_data_race(tmp_path: Path) -> None:
     """Calls that release the GIL share no unsynchronised state (sys.c's "do the *xattrat
     system calls exist" flag, mergebuild.c's allocation counters, a MergedIndex mapped again
-    by ``__init__`` while other threads read it)."""
-    from conftest import REPO, require, require_tool
+    by ``__init__`` while other threads read it), nor do the request threads of a writable mount
+    of a lazily merged stack, walked by several threads at once (csrc/merge.h, lfs_ready)."""
+    from conftest import REPO, require, require_fuse, require_tool
 
+    require_root()
+    require_fuse()
     require_tool("gcc", "pkg-config")
     tsan = os.path.realpath(subprocess.run(["gcc", "-print-file-name=libtsan.so"], capture_output=True,
                                            text=True, check=True).stdout.strip())

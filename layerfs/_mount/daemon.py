@@ -15,15 +15,19 @@ How a mount runs:
    an ``rm`` that went first makes the mount fail, "No such image").  Then it makes sure the
    merged index exists: for an image it is kept in ``store.state_dir("merged")/<top chain ID
    hex>.idx`` and built only the first time (``_ensure_index``; written through
-   ``Store.put_state``, whose leased temporary name a writer's clean-up leaves alone); for
-   ``lowerdir=`` dirs it is built at every mount into the mount's runtime dir (plain dirs are not
-   content-addressed), by the C walk of
-   ``csrc/mergebuild.c`` (~90 ms for the 25k-entry bench image, two system calls per entry).
+   ``Store.put_state``, whose leased temporary name a writer's clean-up leaves alone), by the C
+   walk of ``csrc/mergebuild.c`` (~90-150 ms for the 25k-entry bench image, two or three system
+   calls per entry).  ``lowerdir=`` dirs are not content-addressed, so nothing can be kept for
+   them: the C engine merges them lazily, reading only the layers' roots at mount and each
+   directory when a request first needs it (``csrc/merge.h``, ``lfs_lazy_open``; the
+   ``dir_merge`` count of ``mount-stats``); the pyfuse3 engine builds the whole index into the
+   mount's runtime dir.
 
    Where a ``layerfs mount`` goes, measured on the bench image (one run, noisy): interpreter
    15 ms; ``import layerfs._cli.main`` (the package, ``_store``, ``_reference``) ~29 ms; the argument
    parser with every command module ~25 ms; the index (image: a 64-byte header check, <1 ms;
-   ``lowerdir=``: the walk, 100-160 ms); fork to ready ~8 ms.  trio, pyfuse3, httpx and tarfile
+   ``lowerdir=``: the roots of the layers, <1 ms, where the whole walk took 100-160 ms); fork to
+   ready ~8 ms.  trio, pyfuse3, httpx and tarfile
    are never imported on the C-engine path (``_serve_pyfuse3`` imports them), nor
    ``subprocess`` (``umount`` only).
 2. It forks the daemon (no new interpreter: a remount of a known image takes milliseconds) and
@@ -374,7 +378,7 @@ def _is_dead(entry: _proc.MountEntry) -> bool:
 @dataclass(frozen=True)
 class _Stack:
     layer_dirs: list[Path]  # base first
-    index_path: Path
+    index_path: Path | None  # None: merged lazily by the C engine (a lowerdir= stack)
     key: str
     source: str
     image: Image | None
@@ -397,13 +401,13 @@ def _image_stack(store: Store, name: str, rundir: Path) -> _Stack:
     return _Stack(store.layer_dirs(image), index_path, _merge.stored_key(top), name, image)
 
 
-def _lowerdir_stack(lowerdirs_top_first: Sequence[str | os.PathLike[str]], rundir: Path) -> _Stack:
+def _lowerdir_stack(lowerdirs_top_first: Sequence[str | os.PathLike[str]], rundir: Path, *, lazy: bool) -> _Stack:
     dirs = [Path(os.path.abspath(d)) for d in lowerdirs_top_first]
     for d in dirs:
         if not d.is_dir():
             raise MountError(f"lowerdir {d}: is not a directory")
     base_first = dirs[::-1]
-    return _Stack(base_first, rundir / "index.idx", "lowerdir=" + ":".join(map(str, dirs)),
+    return _Stack(base_first, None if lazy else rundir / "index.idx", "lowerdir=" + ":".join(map(str, dirs)),
                   "lowerdir=" + ":".join(map(str, dirs)), None)
 
 
@@ -492,7 +496,7 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
             raise MountError(f"image {source}: no store given")
         stack = _image_stack(store, source, rundir)
     else:
-        stack = _lowerdir_stack(source, rundir)
+        stack = _lowerdir_stack(source, rundir, lazy=engine == "c")
     if container is not None:
         if upper is None:
             upper = _upper.check(container.upper, container.work)
@@ -523,7 +527,8 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
                 "mountpoint": str(mnt), "source": stack.source,
                 "image_id": stack.image.id if stack.image else None,
                 "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "index": str(stack.index_path), "layers": [str(d) for d in stack.layer_dirs],
+                "index": str(stack.index_path) if stack.index_path else None,
+                "layers": [str(d) for d in stack.layer_dirs],
                 "upper": str(stack.upper.upper) if stack.upper else None,
                 "work": str(stack.upper.work) if stack.upper else None,
                 "container": stack.container.name if stack.container else None,
@@ -668,7 +673,7 @@ def _ensure_index(store: Store | None, stack: _Stack) -> _merge.MergeStatistics 
     name, so that a writer cleaning up meanwhile leaves it alone); a ``lowerdir=`` index into the
     mount's own runtime directory.
     """
-    if _merge.is_current(stack.index_path, stack.key):
+    if stack.index_path is None or _merge.is_current(stack.index_path, stack.key):
         return None
     data, stats = _merge.build(stack.layer_dirs, key=stack.key)
     if store is not None and stack.image is not None:
@@ -790,11 +795,9 @@ def _serve_native(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obje
     """
     import threading
 
-    from .index import Index, NativeSession
+    from .index import NativeSession
 
-    index = Index(stack.index_path)
-    nodes, layers = index.n_nodes - 1, index.n_layers
-    del index
+    layers = len(stack.layer_dirs)
     policy = _cache.NATIVE_POLICY
     state = {"seq": 0, "stop_at": 0.0}
     session: NativeSession | None = None
@@ -802,7 +805,7 @@ def _serve_native(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obje
 
     def write_stats() -> None:
         if session is not None:
-            req, err, nopen = session.stats()
+            req, err, nopen, nodes = session.stats()
             _write_json(rundir / "stats.json", _stats_record(mnt, int(state["seq"]), req, err, nopen, nodes,
                                                              layers, index_seconds, mount_seconds))
 
@@ -884,6 +887,7 @@ def _serve_pyfuse3(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obj
     from .handlers import Handlers
     from .index import Index
 
+    assert stack.index_path is not None, "the pyfuse3 engine serves a built index"
     index = Index(stack.index_path)
     handlers = Handlers(index, stack.layer_dirs)
     if debug:

@@ -184,7 +184,9 @@ class NativeSession:
     """A merged mount served by the C engine (``csrc/session.c``): mounted on creation.
 
     Args:
-        index: the merged index file of the stack.
+        index: the merged index file of the stack; None: merge the layers lazily, each directory
+            when a request first needs it (``csrc/merge.h``, ``lfs_lazy_open``): the mount reads
+            only the layers' roots, not the whole tree.
         layer_dirs: the stack's layer directories, base layer first.
         mountpoint: where to mount (checked by the caller).
         options: FUSE mount options (``_cache.mount_options``).
@@ -209,7 +211,7 @@ class NativeSession:
         RuntimeError: libfuse could not create the session or mount it.
     """
 
-    def __init__(self, index: str | os.PathLike[str], layer_dirs: list[str], mountpoint: str,
+    def __init__(self, index: str | os.PathLike[str] | None, layer_dirs: list[str], mountpoint: str,
                  options: set[str], *, entry_timeout: float, attr_timeout: float, negative_timeout: float,
                  threads: int = 1, debug: bool = False, max_open: int = 4096, upper: str | None = None,
                  work: str | None = None, privileged: bool = True, metacopy: bool = False,
@@ -221,7 +223,8 @@ class NativeSession:
                 uidmap = (overflow_uid, [(r.container, r.host, r.size) for r in idmap.uids])
             if idmap.gids:
                 gidmap = (overflow_gid, [(r.container, r.host, r.size) for r in idmap.gids])
-        self._s = _native.FuseSession(os.fspath(index), layer_dirs, mountpoint, ",".join(sorted(options)),
+        path = None if index is None else os.fspath(index)
+        self._s = _native.FuseSession(path, layer_dirs, mountpoint, ",".join(sorted(options)),
                                       entry_timeout, attr_timeout, negative_timeout, threads, debug, max_open,
                                       upper, work, privileged, metacopy, redirect_dir, uidmap, gidmap)
 
@@ -242,7 +245,10 @@ class NativeSession:
         """Unmount if still mounted and free the session (after :meth:`loop` returned)."""
         self._s.close()
 
-    def stats(self) -> tuple[dict[str, int], dict[str, int], int]:
-        """(requests per opcode, failed requests per opcode, backing fds open now)."""
-        out: tuple[dict[str, int], dict[str, int], int] = self._s.stats()
+    def stats(self) -> tuple[dict[str, int], dict[str, int], int, int]:
+        """(requests per opcode, failed requests per opcode, backing fds open now, index nodes).
+
+        ``dir_merge`` among the requests counts the directories a lazily merged index (``index``
+        None) has merged so far; its nodes grow with them."""
+        out: tuple[dict[str, int], dict[str, int], int, int] = self._s.stats()
         return out

@@ -44,10 +44,19 @@ Documentation/filesystems/overlayfs.rst):
   names an image's index with a key naming the user other than root (:func:`stored_key`).
 
 Inode numbers are the node numbers of the index: the root is 1, then breadth-first, children in
-byte order of their names.  The index of a stack is computed once and kept, so numbers are stable
-across remounts; recomputing it from the same layers gives the same numbers.  A future writable
-upper layer sits on top of this index: it is consulted first, and objects it creates get numbers
-above ``n_nodes`` (the index describes the immutable lowers only).
+byte order of their names.  The index of an image is computed once and kept, so numbers are stable
+across remounts; recomputing it from the same layers gives the same numbers.  A writable upper
+sits on top of this index: it is consulted first, and objects only it holds get numbers of their
+own (``csrc/fs.h`` "Identities").
+
+A ``-o lowerdir=`` stack of plain directories is not content-addressed, so no index of it can be
+kept: the C engine merges it lazily instead (``csrc/merge.h``, ``lfs_lazy_open``).  Mounting reads
+the layers' roots; each directory is merged by these same rules, by the same code
+(``csrc/mergebuild.c``'s ``merge_dir``), when a request first needs its entries or its link count,
+and its entries get the next free node numbers.  So a directory's entries are in the same form
+and order as in a built index, but node numbers follow the order in which directories were first
+needed, and differ between mounts.  The pyfuse3 reference engine builds the whole index at every
+such mount.
 
 File format (little-endian), defined once in ``csrc/merge.h``: the extension exports its magic,
 version, record sizes and flags, and ``layerfs._mount.index`` reads them from there.  Written by
