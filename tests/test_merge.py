@@ -741,8 +741,8 @@ def test_the_walk_never_follows_a_directory_swapped_for_a_symlink(tmp_path: Path
     layer = tmp_path / "layer"
     (layer / "d").mkdir(parents=True)
     (layer / "d" / "inside").write_text("")
-    for i in range(2000):  # merged before d (breadth-first, by name): time for the swap below
-        (layer / f"c{i:04d}").mkdir()
+    for i in range(6000):  # merged before d (breadth-first, by name): time for the swap below, under load too
+        (layer / f"c{i:05d}").mkdir()
     libc = ctypes.CDLL(None, use_errno=True)
     in_close_nowrite, in_oneshot = 0x10, 0x80000000
     inotify = libc.inotify_init1(os.O_CLOEXEC)
