@@ -17,8 +17,10 @@ from .._errors import ImageNotFound, LayerfsError, MountError
 from .._mount import daemon as _mount
 from .._mount import idmap as _idmap
 from .._mount import upper as _upper
-from .._store import containers as _containers
-from .._store.store import Store
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see layerfs/__init__.py)
+if TYPE_CHECKING:
+    from .._store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +387,6 @@ def cmd_mount(args: argparse.Namespace) -> int:
     for opt, why in opts.ignored:
         log.debug("mount option %r ignored: %s", opt, why)
     lower = opts.lowerdir
-    store = Store(args.root)
     upper: _upper.Upper | None = None
     if opts.read_write and args.read_only:
         raise MountError("--read-only and -o rw: one or the other")
@@ -417,6 +418,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise MountError(f"mount {' '.join(args.args)}: takes one IMAGE and one MOUNTPOINT "
                          f"(or -o lowerdir=A:B MOUNTPOINT), {len(args.args)} given")
     image, mountpoint = args.args
+    from .._store.store import Store  # here: a -o lowerdir= mount (a mount program's) uses no store
+
+    store = Store(args.root)
     _ensure_image(store, image)
     if not (args.read_only or opts.read_only):
         return _mount_container(store, image, mountpoint, args, opts)
@@ -444,6 +448,8 @@ def _check_lowerdir_args(args: argparse.Namespace, opts: MountOptions) -> None:
 def _mount_container(store: Store, image_name: str, mountpoint: str, args: argparse.Namespace,
                      opts: MountOptions) -> int:
     """A writable mount: of the container ``--name`` names if it exists, else of a new one."""
+    from .._store import containers as _containers
+
     if (args.upper is None) != (args.work is None):
         raise MountError("--upper and --work go together")
     image = store.get(image_name)
@@ -579,6 +585,8 @@ def _close_names(store: Store, wanted: str) -> list[str]:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
+    from .._store.store import Store
+
     store = Store(args.root)
     status = 0
     for mountpoint in args.mountpoints:

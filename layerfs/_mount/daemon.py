@@ -66,9 +66,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -83,13 +81,15 @@ from pathlib import Path
 
 from .. import _proc
 from .._errors import LayerfsError, MountError
-from .._store import containers as _containers
-from .._store.containers import Container
-from .._store.store import Image, Store
 from . import cache as _cache
 from . import idmap as _idmap
 from . import merge as _merge
 from . import upper as _upper
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see layerfs/__init__.py)
+if TYPE_CHECKING:  # the store is imported where an image mount uses it: a lowerdir= mount needs none of it
+    from .._store.containers import Container
+    from .._store.store import Image, Store
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,11 @@ def runtime_dir(mountpoint: str | os.PathLike[str], *, create: bool = False) -> 
     Args:
         create: make it (mode 0700) and the runtime root if missing.
     """
-    key = hashlib.sha256(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:16]
+    try:  # CPython's own SHA-256 (3.11): hashlib loads OpenSSL first, ~3 ms of a mount program's start
+        from _sha256 import sha256
+    except ImportError:
+        from hashlib import sha256
+    key: str = sha256(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:16]
     root = runtime_root(create=create)
     if create:
         with contextlib.suppress(FileExistsError):
@@ -526,7 +530,7 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
             record: dict[str, object] = {
                 "mountpoint": str(mnt), "source": stack.source,
                 "image_id": stack.image.id if stack.image else None,
-                "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "since": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
                 "index": str(stack.index_path) if stack.index_path else None,
                 "layers": [str(d) for d in stack.layer_dirs],
                 "upper": str(stack.upper.upper) if stack.upper else None,
@@ -697,6 +701,8 @@ def _unregister(store: Store | None, mnt: Path, pid: int, stack: _Stack | None =
             store.unregister_mount(str(mnt), pid)
         c = stack.container if stack is not None else None
         if c is not None and c.remove_on_umount:
+            from .._store import containers as _containers
+
             try:
                 _containers.remove(store, c.id)
                 log.info("container %s removed (--rm)", c.name)
