@@ -228,9 +228,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.root = default_root()
     _configure_logging(args.debug)
     try:
-        return _run(args)
+        status = _run(args)
     finally:
         _say_what_was_not_kept()
+    if argv is None and args.command == "mount":
+        _exit_now(status)
+    return status
+
+
+def _exit_now(status: int) -> None:
+    """End the process with ``status`` at once, without the interpreter's teardown (freeing every
+    module and object: ~15 ms of a mount program's start, issue 9, where the daemon it forked
+    keeps serving).  Nothing is lost: stdout, stderr and logging's handlers are flushed first, and
+    layerfs leaves no work to exit (no atexit function, no thread that is not a daemon's).  If a
+    flush fails, this returns and the usual exit reports it.
+    """
+    try:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(status)
 
 
 def _say_what_was_not_kept() -> None:
