@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from .._errors import ImageNotFound, LayerfsError, MountError
@@ -189,6 +190,65 @@ examples:
   layerfs mount-stats ./rootfs""")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.set_defaults(handler=cmd_mount_stats)
+
+
+def plain_args(words: Sequence[str]) -> dict[str, object] | None:
+    """The arguments of ``mount`` as :func:`register`'s parser would parse ``words`` (what follows
+    the command), for plain calls only, without building the parser (~3 ms, shutil and locale
+    included, of a mount program's start: issue 9); None for anything else (then argparse parses
+    it, and names what is wrong).
+
+    Plain: ``--called-as FORM`` first or not at all (``main.mount_program_argv`` puts it there),
+    one run of positional words and, before or after it, ``-o VALUE``, ``-oVALUE``, ``-f``,
+    ``--foreground``, ``--debug``, ``--root DIR``, ``--root=DIR``; no value starts with ``-``,
+    no ``--root`` is empty.  ``tests/test_cli_commands.py`` checks that what this returns is what
+    the parser returns.
+    """
+    called_as = None
+    if words and words[0] == "--called-as":
+        if len(words) < 2 or words[1] not in ("fuse-overlayfs", "mount.fuse"):
+            return None
+        called_as, words = words[1], words[2:]
+    out: dict[str, object] = {
+        "args": [], "options": [], "read_only": False, "name": None, "rm": False, "upper": None, "work": None,
+        "foreground": False, "engine": _mount.DEFAULT_ENGINE, "called_as": called_as, "handler": cmd_mount}
+    options: list[str] = []
+    positional: list[str] = []
+    debug, run_ended, i = 0, False, 0
+    while i < len(words):
+        word = words[i]
+        value = words[i + 1] if i + 1 < len(words) else "-"
+        if not word.startswith("-"):
+            if run_ended:
+                return None  # a second run of positional words: argparse refuses it
+            positional.append(word)
+            i += 1
+            continue
+        run_ended = bool(positional)
+        if word in ("-o", "--root") and not value.startswith("-") and (word == "-o" or value):
+            if word == "-o":
+                options.append(value)
+            else:
+                out["root"] = value
+            i += 2
+            continue
+        if word.startswith("-o") and len(word) > 2 and word[2] not in "-=":
+            options.append(word[2:])
+        elif word.startswith("--root=") and len(word) > 7:
+            out["root"] = word[7:]
+        elif word in ("-f", "--foreground"):
+            out["foreground"] = True
+        elif word == "--debug":
+            debug += 1
+        else:
+            return None
+        i += 1
+    if not positional:
+        return None
+    out["args"], out["options"] = positional, options
+    if debug:
+        out["debug"] = debug
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

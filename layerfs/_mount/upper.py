@@ -27,7 +27,6 @@ import dataclasses
 import errno
 import fcntl
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -161,7 +160,10 @@ def _empty_work(u: Upper) -> None:
         os.mkdir(wd, 0o700)
     else:
         # shutil.rmtree with a dir fd walks by fd and never follows a symlink (rmtree's own
-        # "fd-based" mode): nothing outside WORK/work can be removed.
+        # "fd-based" mode): nothing outside WORK/work can be removed.  (Imported here: a mount
+        # program's start needs it only after a crash, issue 9.)
+        import shutil
+
         fd = os.open(wd, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             for entry in os.scandir(fd):
