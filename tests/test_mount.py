@@ -1200,6 +1200,24 @@ def test_mount_program_form_writes_the_kernel_format_and_ends_with_umount(lifecy
         assert_same_tree(snapshot(kmnt), ours, names=("kernel overlay", "layerfs"))
 
 
+def test_the_mount_program_imports_neither_store_nor_network(lifecycle: Mounts, tmp_path: Path) -> None:
+    """podman runs its mount program at every container start, and waits for it (issue 9 asks for
+    under 50 ms): a ``-o lowerdir=`` mount of plain directories imports none of the store, the
+    image formats, the network or the pyfuse3 engine, each of which costs it milliseconds."""
+    home, opts = _storage_home(tmp_path)
+    code = ("import sys\nfrom layerfs._cli.main import main\n"
+            f"status = main(['-o', {opts!r}, 'c/merged'])\n"
+            "print(status, *sorted(sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=home, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lifecycle.track(home / "c" / "merged")
+    status, *loaded = proc.stdout.split()
+    unwanted = {"layerfs._store", "layerfs._oci", "layerfs._transfer", "layerfs._registry", "layerfs._layer.unpack",
+                "layerfs._cli.registry", "trio", "pyfuse3", "httpx", "subprocess", "tarfile"}
+    assert status == "0" and "layerfs._mount.daemon" in loaded
+    assert not unwanted & set(loaded)
+
+
 def test_mount_program_errors_are_one_line_and_leave_nothing(lifecycle: Mounts, tmp_path: Path) -> None:
     home, opts = _storage_home(tmp_path)
     cases = {
