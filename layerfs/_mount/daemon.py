@@ -23,13 +23,14 @@ How a mount runs:
    ``dir_merge`` count of ``mount-stats``); the pyfuse3 engine builds the whole index into the
    mount's runtime dir.
 
-   Where a ``layerfs mount`` goes, measured on the bench image (one run, noisy): interpreter
-   15 ms; ``import layerfs._cli.main`` (the package, ``_store``, ``_reference``) ~29 ms; the argument
-   parser with every command module ~25 ms; the index (image: a 64-byte header check, <1 ms;
-   ``lowerdir=``: the roots of the layers, <1 ms, where the whole walk took 100-160 ms); fork to
-   ready ~8 ms.  trio, pyfuse3, httpx and tarfile
-   are never imported on the C-engine path (``_serve_pyfuse3`` imports them), nor
-   ``subprocess`` (``umount`` only).
+   Where a ``layerfs -o lowerdir=... MNT`` goes (a mount program's start; medians on 2 noisy
+   cores, compiled bytecode): interpreter 12 ms; imports ~35 ms (``layerfs._cli.main`` with
+   argparse and logging ~15; ``_cli.mount`` and ``_mount`` with dataclasses, which imports
+   inspect, pathlib and json ~20; not the store, typing nor the argument parser); the index
+   (image: a 64-byte header check, <1 ms; ``lowerdir=``: the roots of the layers, <1 ms, where
+   the whole walk took 100-160 ms); fork to ready ~8 ms; no interpreter teardown
+   (``_cli.main._exit_now``): 54 ms in all.  trio, pyfuse3, httpx and tarfile are never imported
+   on the C-engine path (``_serve_pyfuse3`` imports them), nor ``subprocess`` (``umount`` only).
 2. It forks the daemon (no new interpreter: a remount of a known image takes milliseconds) and
    hands it the store's record (``Store.hand_over_mount``); only then does the daemon go on (a
    command that dies before leaves a child that exits without mounting).  The daemon starts a
