@@ -7,12 +7,11 @@ mount point taken?) and the cache policy (which bdi holds the mount's read-ahead
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
+from typing import NamedTuple
 
 
-@dataclasses.dataclass(frozen=True)
-class MountEntry:
+class MountEntry(NamedTuple):
     """One line of ``/proc/self/mountinfo`` (proc(5)): the fields layerfs uses."""
 
     mountpoint: str

@@ -15,7 +15,6 @@ unmount in teardown, and a failure if a daemon outlives its mount.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import json
 import os
@@ -1101,8 +1100,9 @@ def test_mount_options_as_podman_mount8_and_fuse_overlayfs_pass_them(case: OptCa
             _parse_options(case.values)
         return
     opts = _parse_options(case.values)
-    got = {f.name: getattr(opts, f.name) for f in dataclasses.fields(MountOptions)
-           if f.name != "ignored" and getattr(opts, f.name) != f.default}
+    defaults = MountOptions._field_defaults
+    got = {name: getattr(opts, name) for name in MountOptions._fields
+           if name != "ignored" and getattr(opts, name) != defaults.get(name, ...)}
     assert got == case.expected
     named = {opt.partition("=")[0] for value in case.values for opt in value.split(",")}
     assert all(why for _, why in opts.ignored) and {o.partition("=")[0] for o, _ in opts.ignored} <= named

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -13,6 +12,7 @@ import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from .._errors import ImageNotFound, LayerfsError, MountError
 from .._mount import daemon as _mount
@@ -251,8 +251,7 @@ def plain_args(words: Sequence[str]) -> dict[str, object] | None:
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class MountOptions:
+class MountOptions(NamedTuple):
     """What ``-o`` asked for (see :func:`_parse_options`)."""
 
     #: ``lowerdir=``: the plain directories to mount, top first, as given; None for an image mount.
@@ -406,9 +405,9 @@ def _parse_options(values: list[str]) -> MountOptions:
                 redirect_dir = False
                 ignored.append((opt, _HARMLESS_VALUES[key][arg]))
             elif key == "uidmapping" and eq:
-                idmap = dataclasses.replace(idmap, uids=_idmap.parse(key, arg))
+                idmap = idmap._replace(uids=_idmap.parse(key, arg))
             elif key == "gidmapping" and eq:
-                idmap = dataclasses.replace(idmap, gids=_idmap.parse(key, arg))
+                idmap = idmap._replace(gids=_idmap.parse(key, arg))
             elif key in ("context", "fscontext", "defcontext", "rootcontext") and eq:
                 if _selinux_enabled():
                     raise MountError(f"-o {key}=: SELinux labels are not supported yet")
@@ -457,7 +456,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         if args.name or args.rm:
             raise MountError("--name, --rm: containers are made of images; with -o lowerdir= the changes go "
                              "to upperdir=")
-        opts = dataclasses.replace(opts, read_only=opts.read_only or args.read_only,
+        opts = opts._replace(read_only=opts.read_only or args.read_only,
                                    upperdir=opts.upperdir or args.upper, workdir=opts.workdir or args.work)
         if opts.read_write and opts.upperdir is None:
             if args.called_as is None:
@@ -586,7 +585,7 @@ def _lowerdir_stack(lower: list[str], opts: MountOptions) -> tuple[list[str], _u
         raise MountError("-o userxattr,redirect_dir=on: redirects need trusted.* xattrs (as the kernel's)")
     checked = _upper.check(up, work, metacopy=bool(opts.metacopy), redirect_dir=opts.redirect_dir)
     if opts.userxattr:
-        checked = dataclasses.replace(checked, privileged=False, metacopy=False)
+        checked = checked._replace(privileged=False, metacopy=False)
     return dirs, checked
 
 
@@ -671,7 +670,7 @@ def cmd_mounts(args: argparse.Namespace) -> int:
     rows = _mount.mounts()
     if args.format == "json":
         for row in rows:
-            print(json.dumps(dataclasses.asdict(row)))
+            print(json.dumps(row._asdict()))
         return 0
     if args.format and args.format.strip() != "table":
         from .template import Row, format_rows
@@ -693,6 +692,6 @@ def cmd_mounts(args: argparse.Namespace) -> int:
 
 def cmd_mount_stats(args: argparse.Namespace) -> int:
     stats = _mount.statistics(args.mountpoint)
-    json.dump(dataclasses.asdict(stats) | {"total": stats.total}, sys.stdout, indent=1, sort_keys=True)
+    json.dump(stats._asdict() | {"total": stats.total}, sys.stdout, indent=1, sort_keys=True)
     print()
     return 0

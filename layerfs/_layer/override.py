@@ -41,7 +41,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import _sys
 
@@ -57,8 +57,7 @@ _WORDS = {word: kind for kind, word in _TYPES.items()}
 _U32 = (1 << 32) - 1
 
 
-@dataclass(frozen=True)
-class Override:
+class Override(NamedTuple):
     """The attributes an override gives a file."""
 
     uid: int

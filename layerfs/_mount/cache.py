@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .. import _proc
 from .._errors import MountError
@@ -64,8 +64,7 @@ from .._errors import MountError
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class CachePolicy:
+class CachePolicy(NamedTuple):
     """The kernel cache settings of a mount (see the module docstring for the contract)."""
 
     entry_timeout: float

@@ -24,13 +24,16 @@ How a mount runs:
    mount's runtime dir.
 
    Where a ``layerfs -o lowerdir=... MNT`` goes (a mount program's start; medians on 2 noisy
-   cores, compiled bytecode): interpreter 12 ms; imports ~35 ms (``layerfs._cli.main`` with
-   argparse and logging ~15; ``_cli.mount`` and ``_mount`` with dataclasses, which imports
-   inspect, pathlib and json ~20; not the store, typing nor the argument parser); the index
-   (image: a 64-byte header check, <1 ms; ``lowerdir=``: the roots of the layers, <1 ms, where
-   the whole walk took 100-160 ms); fork to ready ~8 ms; no interpreter teardown
-   (``_cli.main._exit_now``): 54 ms in all.  trio, pyfuse3, httpx and tarfile are never imported
-   on the C-engine path (``_serve_pyfuse3`` imports them), nor ``subprocess`` (``umount`` only).
+   cores, compiled bytecode): interpreter 12 ms; imports ~25 ms (``layerfs._cli.main`` with
+   argparse and logging ~15; ``_cli.mount`` and ``_mount`` with typing, pathlib and json ~10;
+   not the store nor the argument parser); the index (image: a 64-byte header check, <1 ms;
+   ``lowerdir=``: the roots of the layers, <1 ms, where the whole walk took 100-160 ms); fork to
+   ready ~8 ms; no interpreter teardown (``_cli.main._exit_now``): 45 ms in all.  The records of
+   this path are ``typing.NamedTuple``s, not dataclasses: making a frozen dataclass runs
+   ``exec`` on generated code (~1 ms each here, 14 of them), and importing ``dataclasses``
+   imports ``inspect`` and ``ast`` (~5 ms); together they were 54 ms -> 45 ms of this start.
+   trio, pyfuse3, httpx and tarfile are never imported on the C-engine path (``_serve_pyfuse3``
+   imports them), nor ``subprocess`` (``umount`` only).
 2. It forks the daemon (no new interpreter: a remount of a known image takes milliseconds) and
    hands it the store's record (``Store.hand_over_mount``); only then does the daemon go on (a
    command that dies before leaves a child that exits without mounting).  The daemon starts a
@@ -66,7 +69,6 @@ directory when it exits.  ``layerfs mount-stats MNT`` prints it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import json
 import logging
@@ -77,8 +79,8 @@ import stat
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .. import _proc
 from .._errors import LayerfsError, MountError
@@ -107,8 +109,7 @@ ENGINES = ("c", "pyfuse3")
 DEFAULT_ENGINE = os.environ.get("LAYERFS_ENGINE", "c")
 
 
-@dataclass(frozen=True)
-class MountStatistics:
+class MountStatistics(NamedTuple):
     """What a running daemon reports (see the module docstring for how it is read)."""
 
     mountpoint: str
@@ -128,8 +129,7 @@ class MountStatistics:
         return sum(self.requests.values())
 
 
-@dataclass(frozen=True)
-class MountHandle:
+class MountHandle(NamedTuple):
     """A running mount: where, served by which daemon, of what."""
 
     mountpoint: Path
@@ -238,8 +238,7 @@ def _read_json(path: Path) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
-@dataclass(frozen=True)
-class MountInfo:
+class MountInfo(NamedTuple):
     """A layerfs mount, as ``layerfs mounts`` lists it."""
 
     mountpoint: str
@@ -380,8 +379,7 @@ def _is_dead(entry: _proc.MountEntry) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Sources
 
-@dataclass(frozen=True)
-class _Stack:
+class _Stack(NamedTuple):
     layer_dirs: list[Path]  # base first
     index_path: Path | None  # None: merged lazily by the C engine (a lowerdir= stack)
     key: str
@@ -505,11 +503,11 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
     if container is not None:
         if upper is None:
             upper = _upper.check(container.upper, container.work)
-        stack = dataclasses.replace(stack, container=container)
+        stack = stack._replace(container=container)
     if upper is not None:
-        stack = dataclasses.replace(stack, upper=upper)
+        stack = stack._replace(upper=upper)
     if idmap:
-        stack = dataclasses.replace(stack, idmap=idmap)
+        stack = stack._replace(idmap=idmap)
     options = _cache.mount_options(fsname=f"layerfs:{stack.source}"[:200].replace(",", "_"), suid=suid, dev=dev,
                                    allow_other=allow_other)
     if upper is not None:
@@ -951,8 +949,7 @@ def _serve_pyfuse3(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obj
 # ---------------------------------------------------------------------------------------------
 # Unmount and statistics
 
-@dataclass(frozen=True)
-class Unmounted:
+class Unmounted(NamedTuple):
     """What :func:`umount` did: this namespace's mount is gone; ``daemon_stays`` when the daemon
     (``pid``, 0 if unknown) keeps serving mounts of the file system in other mount namespaces."""
 
@@ -1101,7 +1098,7 @@ def statistics(mountpoint: str | os.PathLike[str], *, timeout: float = 5.0) -> M
     while time.monotonic() < deadline:
         data = _read_json(rundir / "stats.json")
         if data is not None and int(data.get("seq", -1)) > seq:  # type: ignore[call-overload]
-            fields = {f.name for f in dataclasses.fields(MountStatistics)}
+            fields = set(MountStatistics._fields)
             return MountStatistics(**{k: v for k, v in data.items() if k in fields})  # type: ignore[arg-type]
         time.sleep(0.005)
     raise MountError(f"{mountpoint}: daemon {pid} did not report statistics")

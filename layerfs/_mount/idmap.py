@@ -19,8 +19,8 @@ a rootless runtime's user namespace needs (:func:`for_user_namespace`).
 
 from __future__ import annotations
 
-import dataclasses
 import re
+from typing import NamedTuple
 
 from .._errors import MountError
 
@@ -29,8 +29,7 @@ MAX_RANGES = 64
 _ID_LIMIT = 1 << 32
 
 
-@dataclasses.dataclass(frozen=True)
-class IdRange:
+class IdRange(NamedTuple):
     """``size`` IDs from ``container`` on disk, shown as as many from ``host``."""
 
     container: int
@@ -38,8 +37,7 @@ class IdRange:
     size: int
 
 
-@dataclasses.dataclass(frozen=True)
-class IdMapping:
+class IdMapping(NamedTuple):
     """The uid and gid mappings of a mount; an empty tuple leaves those IDs as they are."""
 
     uids: tuple[IdRange, ...] = ()

@@ -9,8 +9,8 @@ is touched, nothing blocks.  Errors are ``OSError`` with the errno a FUSE reply 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .. import _native  # the C extension (csrc/), typed Any; the only importer of the native index type
 from .idmap import IdMapping, overflow_ids
@@ -86,8 +86,7 @@ def _set_blob_limit(n: int) -> int:
     return previous
 
 
-@dataclass(frozen=True)
-class NodeInfo:
+class NodeInfo(NamedTuple):
     """Where a node comes from: its layer (0 = base), its parent dir, its children range, flags."""
 
     layer: int

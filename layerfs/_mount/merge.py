@@ -81,14 +81,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from . import index as _index
 
 
-@dataclass(frozen=True)
-class MergeStatistics:
+class MergeStatistics(NamedTuple):
     """What building one index cost."""
 
     layers: int

@@ -23,19 +23,18 @@ is the Python side: the policy and the set-up the engine relies on.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
 import os
 import stat
 from pathlib import Path
+from typing import NamedTuple
 
 from .._errors import MountError
 from .._layer import override as _override
 
 
-@dataclasses.dataclass(frozen=True)
-class Upper:
+class Upper(NamedTuple):
     """The upper and work directories of a writable mount, checked."""
 
     upper: Path
