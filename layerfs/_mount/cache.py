@@ -112,16 +112,22 @@ def mount_device(mountpoint: str) -> str | None:
     return found
 
 
-def apply_read_ahead(mountpoint: str, policy: CachePolicy = POLICY) -> bool:
+def apply_read_ahead(mountpoint: str, policy: CachePolicy = POLICY, *, device: str | None = None) -> bool:
     """Raise the mount's read-ahead (``/sys/class/bdi/<maj:min>/read_ahead_kb``) to the policy's.
 
     Needs write access to sysfs (root); otherwise logs at debug level and returns False: the mount
     works, with 128 KiB READs.
 
+    Args:
+        mountpoint: the mount.
+        policy: whose ``read_ahead_kb`` to set.
+        device: the mount's ``major:minor`` if the caller has it (:func:`mount_device`), so that
+            mountinfo is not read twice.
+
     Returns:
         Whether the value was set.
     """
-    dev = mount_device(mountpoint)
+    dev = device or mount_device(mountpoint)
     if dev is None:
         return False
     try:

@@ -847,11 +847,11 @@ def _serve_native(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obje
     device = _cache.mount_device(str(mnt))
     loop = threading.Thread(target=session.loop, name="fuse-loop", daemon=True)
     try:
-        _cache.apply_read_ahead(str(mnt), policy)
+        _cache.apply_read_ahead(str(mnt), policy, device=device)
         _write_json(rundir / "mount.json", record)
-        write_stats()
         loop.start()
         _ready(ready_fd, stack, mnt)
+        write_stats()  # after "ok": statistics() waits for a newer one anyway
         aborted = False
         while loop.is_alive():
             loop.join(0.5)
