@@ -500,7 +500,7 @@ int upper_copy_up_dir(struct lfs_fs *fs, uint64_t id, struct onode **out)
         return 0;
     }
     struct onode *on = node_get_index(fs, (uint32_t)id);
-    if (on == NULL && !(id >= 1 && id < fs->ix.n_nodes)) {
+    if (on == NULL && !(id >= 1 && id < lfs_n_nodes(&fs->ix))) {
         /* an upper-only directory is in the upper by definition */
         struct lfs_obj o;
         int rc = node_resolve(fs, id, &o);
@@ -748,7 +748,7 @@ int upper_copy_up(struct lfs_fs *fs, struct lfs_obj *obj, int data)
     node_set_name(on, parent, name, llen);
     node_hash_ino(fs, on);
     fd_drop(fs, obj); /* the lower fd: reads now go to the upper file */
-    if (obj->id >= fs->ix.n_nodes)
+    if (obj->id >= lfs_n_nodes(&fs->ix))
         notify_inval_dir(fs, pdir); /* a name of a lower hard link: its st_ino changed */
     obj->on = on;
     __atomic_fetch_add(meta ? &fs->metacopies : &fs->copyups, 1, __ATOMIC_RELAXED);
