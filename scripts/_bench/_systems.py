@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._image import Image
-from ._util import BenchError, Janitor, debug, is_mounted, log, pid_alive, pids_with_arg, stop_pid, unmount
+from ._util import BenchError, Janitor, debug, is_mounted, log, pid_alive, pids_with_arg, proc_start, stop_pid, unmount
 
 LAYERFS = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "layerfs"
 
@@ -40,6 +40,7 @@ class Mounted:
     writable: bool
     mnt: Path | None = None          # the mount point (None for native)
     pid: int | None = None           # the FUSE daemon
+    pid_start: int | None = None     # its start time (_util.proc_start): the pid may be reused later
     scratch: list[Path] = field(default_factory=list)   # dirs removed after unmount
     undo: list[Callable[[], None]] = field(default_factory=list)
 
@@ -99,12 +100,13 @@ class System:
         """Run a mount command; returns when the mount point is mounted."""
         assert m.mnt is not None
         mnt = m.mnt
-        pids: list[int] = []
+        pids: list[tuple[int, int | None]] = []  # (pid, start time): only that process is ever stopped
 
         def force() -> None:  # the janitor's way: unmount, then stop whatever daemon is left
             unmount(mnt)
-            for pid in pids + ([m.pid] if m.pid else []):
-                stop_pid(pid)
+            for pid, started in pids + ([(m.pid, m.pid_start)] if m.pid else []):
+                if started is not None:  # None: gone before we looked, nothing of ours to stop
+                    stop_pid(pid, started=started)
 
         m.undo.append(self.janitor.push(f"unmount {mnt}", force))
         if not self.fuse:
@@ -117,7 +119,7 @@ class System:
         with open(logf, "wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
-        pids.append(proc.pid)
+        pids.append((proc.pid, proc_start(proc.pid)))
         deadline = time.monotonic() + 60
         while True:
             rc = proc.poll()
@@ -136,6 +138,7 @@ class System:
         else:
             found = pids_with_arg(str(mnt))  # it daemonised: find it by its mount point
             m.pid = found[0] if found else None
+        m.pid_start = proc_start(m.pid) if m.pid else None
         debug(f"{self.key}: mounted {mnt} (daemon pid {m.pid})")
         if m.writable and os.statvfs(mnt).f_flag & os.ST_RDONLY:
             self.unmount(m)
@@ -160,7 +163,7 @@ class System:
                 time.sleep(0.02)
             if pid_alive(m.pid):
                 log(f"{self.key}: daemon {m.pid} still running 10 s after unmount: stopping it")
-                stop_pid(m.pid)
+                stop_pid(m.pid, started=m.pid_start)
         while m.undo:
             self.janitor.done(m.undo.pop())  # stops a daemon that never mounted too
         for d in m.scratch:

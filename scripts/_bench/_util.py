@@ -130,8 +130,25 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def stop_pid(pid: int, *, grace: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds; reaps it if it is our child."""
+def proc_start(pid: int) -> int | None:
+    """When process ``pid`` started (proc(5) stat field 22, in clock ticks since boot); None if
+    there is none.  A pid and its start time name one process: pids are reused (pid_max is 32768
+    on some machines, and a bench run starts tens of thousands of processes)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def stop_pid(pid: int, *, grace: float = 5.0, started: int | None = None) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; reaps it if it is our child.
+
+    ``started`` (:func:`proc_start` when the pid was learnt): stop it only if it is still that
+    process, never another that got its pid since (such a kill once stopped the daemon of a new
+    mount, which then unmounted itself, so the workload found the empty mount point: ENOENT)."""
+    if started is not None and proc_start(pid) != started:
+        return
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         if not pid_alive(pid):
             break
