@@ -232,6 +232,31 @@ def test_remount_reuses_the_index(mounts: Mounts, edge_image: BuiltImage, tmp_pa
     assert elapsed < 2.0  # milliseconds in practice; generous for a loaded CI machine
 
 
+def test_statistics_asked_while_the_daemon_starts_never_stop_it(lifecycle: Mounts, tmp_path: Path) -> None:
+    """``mount-stats`` (SIGUSR1) may come the moment a daemon has written its record, while it
+    writes its statistics itself: each mount must come up and stay.  Two writes of the one
+    temporary name once made the later fail, and the failure stopped the mount (the mount
+    command then said "the daemon exited before it was ready", or the mount vanished after it)."""
+    (layer,) = build_stack(tmp_path, [["f d/f 1"]], kernel_form=False)
+    for i in range(10):
+        mnt = tmp_path / f"m{i}"
+        mnt.mkdir()
+        record = _mount.runtime_dir(mnt) / "mount.json"
+        lifecycle.points.append(mnt)
+        proc = subprocess.Popen([sys.executable, "-m", "layerfs", "mount", "-o", f"lowerdir={layer}", str(mnt)],
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (proc.poll() is None or time.monotonic() < deadline - 29.7):
+            with contextlib.suppress(OSError, ValueError, KeyError, ProcessLookupError):
+                os.kill(int(json.loads(record.read_text())["pid"]), signal.SIGUSR1)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        time.sleep(0.2)  # a daemon stopped by a failed write unmounts within this
+        assert _is_mounted(mnt), f"mount {i} vanished"
+        assert os.listdir(mnt / "d") == ["f"]
+        lifecycle.track(mnt)
+
+
 def test_sigterm_unmounts_cleanly(mounts: Mounts, tmp_path: Path) -> None:
     layers = build_stack(tmp_path, [["f a 1"]], kernel_form=False)
     handle = mounts.mount(layers, tmp_path / "mnt")

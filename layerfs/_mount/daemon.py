@@ -805,14 +805,30 @@ def _serve_native(stack: _Stack, mnt: Path, rundir: Path, record: dict[str, obje
     layers = len(stack.layer_dirs)
     policy = _cache.NATIVE_POLICY
     state = {"seq": 0, "stop_at": 0.0}
+    writing = {"now": False, "again": False}
     session: NativeSession | None = None
     mount_seconds = 0.0
 
     def write_stats() -> None:
-        if session is not None:
-            req, err, nopen, nodes = session.stats()
-            _write_json(rundir / "stats.json", _stats_record(mnt, int(state["seq"]), req, err, nopen, nodes,
-                                                             layers, index_seconds, mount_seconds))
+        # SIGUSR1's handler calls this between any two bytecodes of the main thread, this function
+        # included: a nested call only asks the one under way to write again (with the newer seq);
+        # two writes of the one temporary name would fail, and the failure stop the mount.
+        if session is None:
+            return
+        if writing["now"]:
+            writing["again"] = True
+            return
+        writing["now"] = True
+        try:
+            while True:
+                writing["again"] = False
+                req, err, nopen, nodes = session.stats()
+                _write_json(rundir / "stats.json", _stats_record(mnt, int(state["seq"]), req, err, nopen, nodes,
+                                                                 layers, index_seconds, mount_seconds))
+                if not writing["again"]:
+                    break
+        finally:
+            writing["now"] = False
 
     def on_signal(signum: int, frame: object) -> None:
         if signum == signal.SIGUSR1:
