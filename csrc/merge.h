@@ -95,8 +95,9 @@ void lfs_index_close(struct lfs_index *ix);
  * it together and read the index meanwhile: one merges at a time, and the nodes and entries it
  * adds are published (release) only once complete, its `grow` callback (the engine's own per-node
  * tables) called before.  A failed merge adds nothing and leaves the directory pending, so a later
- * request tries again.  Returns 0 or -errno (ENOMEM; EFBIG past the lazy limits, LFS_LAZY_MAX_*;
- * the errno of a failed system call, whose path lfs_lazy_error_path gives). */
+ * request tries again.  Returns 0 or -errno (ENOMEM, also past the lazy limits LFS_LAZY_MAX_*;
+ * EFBIG past the blob's; the errno of a failed system call, whose path lfs_lazy_error_path
+ * gives). */
 #define LFS_LAZY_MAX_NODES (1u << 24)  /* 16 Mi nodes (1.75 GiB of address space, reserved, not */
 #define LFS_LAZY_MAX_DENTS (1u << 25)  /* used: region.h); entries 384 MiB; names, targets and  */
 #define LFS_LAZY_BLOB_MAX ((1u << 30) - 1) /* xattrs 1 GiB (a 25k-entry image needs ~2 MiB)  */

@@ -1160,10 +1160,11 @@ void lfs_lazy_set_grow(struct lfs_index *ix, lfs_grow_fn grow, void *ctx)
     ix->lazy->grow_ctx = ctx;
 }
 
-/* What a merge may have added, to take back if it fails. */
+/* What a merge may have added or changed, to take back if it fails. */
 struct lazy_mark {
     uint32_t n_nodes, n_dents, hidden;
     size_t nodes_len, dents_len, blob_len, q_len;
+    uint32_t first_dent, n_dents_dir, flags, nlink; /* the directory's own, which merge_dir sets */
 };
 
 /* Forget the hard links a failed merge recorded (nodes it made, or slots it left unfilled):
@@ -1193,8 +1194,12 @@ static void lazy_drop_links(struct builder *b, uint32_t n_nodes)
     b->links_len = len;
 }
 
-static void lazy_rollback(struct builder *b, const struct lazy_mark *m)
+static void lazy_rollback(struct builder *b, struct lfs_node *dir, const struct lazy_mark *m)
 {
+    dir->first_dent = m->first_dent; /* unread while pending; as they were for the retry */
+    dir->n_dents = m->n_dents_dir;
+    dir->flags = m->flags;
+    dir->nlink = m->nlink;
     for (size_t i = m->q_len; i < b->q_len; i++) {
         mb_free(b->q[i].rel);
         mb_free(b->q[i].layers.v);
@@ -1225,7 +1230,8 @@ int lfs_lazy_load(struct lfs_index *ix, uint32_t ino)
         pthread_mutex_unlock(&z->lock);
         return 0; /* merged meanwhile (or not pending at all) */
     }
-    struct lazy_mark m = {b->n_nodes, b->n_dents, b->hidden, b->nodes.len, b->dents.len, b->blob.len, b->q_len};
+    struct lazy_mark m = {b->n_nodes, b->n_dents, b->hidden, b->nodes.len, b->dents.len, b->blob.len, b->q_len,
+                          dir->first_dent, dir->n_dents, dir->flags, dir->nlink};
     struct dirjob j = b->q[job - 1]; /* a copy: merge_dir may move the queue */
     in_lazy = 1;
     b->err = 0;
@@ -1233,7 +1239,7 @@ int lfs_lazy_load(struct lfs_index *ix, uint32_t ino)
     if (rc == 0 && z->grow != NULL)
         rc = z->grow(z->grow_ctx, ino, b->n_nodes, b->n_dents);
     if (rc < 0) {
-        lazy_rollback(b, &m);
+        lazy_rollback(b, dir, &m);
         in_lazy = 0;
         pthread_mutex_unlock(&z->lock);
         return rc;
@@ -1243,7 +1249,7 @@ int lfs_lazy_load(struct lfs_index *ix, uint32_t ino)
     b->q[job - 1].rel = NULL;
     b->q[job - 1].layers.v = NULL;
     in_lazy = 0;
-    z->loads++;
+    __atomic_fetch_add(&z->loads, 1, __ATOMIC_RELAXED);
     /* entries and nodes first, then the directory that names them */
     __atomic_store_n(&ix->n_dents, b->n_dents, __ATOMIC_RELEASE);
     __atomic_store_n(&ix->n_nodes, b->n_nodes, __ATOMIC_RELEASE);
@@ -1259,12 +1265,8 @@ const char *lfs_lazy_error_path(const struct lfs_index *ix)
 
 unsigned long lfs_lazy_loads(const struct lfs_index *ix)
 {
-    if (ix->lazy == NULL)
-        return 0;
-    pthread_mutex_lock(&ix->lazy->lock);
-    unsigned long n = ix->lazy->loads;
-    pthread_mutex_unlock(&ix->lazy->lock);
-    return n;
+    /* no lock: the caller may hold the GIL, and a merge may be slow */
+    return ix->lazy ? __atomic_load_n(&ix->lazy->loads, __ATOMIC_RELAXED) : 0;
 }
 
 void lfs_lazy_free(struct lfs_index *ix)

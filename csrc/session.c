@@ -243,7 +243,7 @@ static int lazy_open(struct lfs_index *ix, PyObject *layers)
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     if (n < 1 || n > INT32_MAX) {
         Py_DECREF(seq);
-        PyErr_SetString(PyExc_ValueError, "a merged tree needs at least one layer");
+        PyErr_SetString(PyExc_ValueError, n < 1 ? "a merged tree needs at least one layer" : "too many layers");
         return -1;
     }
     PyObject **paths = calloc((size_t)n, sizeof *paths);

@@ -232,6 +232,26 @@ def test_remount_reuses_the_index(mounts: Mounts, edge_image: BuiltImage, tmp_pa
     assert elapsed < 2.0  # milliseconds in practice; generous for a loaded CI machine
 
 
+@pytest.mark.parametrize("inside", ["lowerdir", "upperdir", "workdir"])
+def test_a_mount_point_inside_its_own_directories_is_refused(inside: str, lifecycle: Mounts, tmp_path: Path) -> None:
+    """A mount point inside a layer (or the upper or work dir) would have the engine, which reads
+    them while it serves, read through its own mount (a merge that waits on itself): refused in
+    one line naming both, nothing mounted."""
+    (layer,) = build_stack(tmp_path, [["f a 1", "d sub"]], kernel_form=False)
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    mnt = {"lowerdir": layer / "sub", "upperdir": upper / "mnt", "workdir": work / "mnt"}[inside]
+    mnt.mkdir(exist_ok=True)
+    opts = f"lowerdir={layer},upperdir={upper},workdir={work}"
+    proc = subprocess.run([sys.executable, "-m", "layerfs", "mount", "-o", opts, str(mnt)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"mount point {mnt}: inside the {inside}" in line, line
+    assert not _is_mounted(mnt)
+
+
 def test_statistics_asked_while_the_daemon_starts_never_stop_it(lifecycle: Mounts, tmp_path: Path) -> None:
     """``mount-stats`` (SIGUSR1) may come the moment a daemon has written its record, while it
     writes its statistics itself: each mount must come up and stay.  Two writes of the one

@@ -508,6 +508,7 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
         stack = stack._replace(upper=upper)
     if idmap:
         stack = stack._replace(idmap=idmap)
+    _check_outside(mnt, stack)
     options = _cache.mount_options(fsname=f"layerfs:{stack.source}"[:200].replace(",", "_"), suid=suid, dev=dev,
                                    allow_other=allow_other)
     if upper is not None:
@@ -551,6 +552,28 @@ def mount(store: Store | None, source: str | Sequence[str | os.PathLike[str]],
             _remove_runtime(rundir)
         raise
     return MountHandle(mnt, pid, stack.source, stack.image.id if stack.image else None, rundir)
+
+
+def _check_outside(mnt: Path, stack: _Stack) -> None:
+    """Refuse a mount point inside one of the mount's own directories.
+
+    The engine reads its layers, upper and work directories while it serves (a ``lowerdir=``
+    stack is merged a directory at a time: ``csrc/merge.h``), so a mount point inside one would
+    have it read through its own mount: wrong entries (the mount's root for the directory under
+    it) and a request waiting on the merge that sent it.  The kernel overlay never sees its own
+    mount below its layers; nor may layerfs.
+
+    Raises:
+        MountError: naming the mount point and the directory it is in.
+    """
+    real = os.path.realpath(mnt)
+    dirs = [("lowerdir", d) for d in stack.layer_dirs]
+    if stack.upper is not None:
+        dirs += [("upperdir", stack.upper.upper), ("workdir", stack.upper.work)]
+    for what, d in dirs:
+        base = os.path.realpath(d)
+        if os.path.commonpath([real, base]) == base:
+            raise MountError(f"mount point {mnt}: inside the {what} {d} (the mount would read itself)")
 
 
 @contextlib.contextmanager
