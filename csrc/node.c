@@ -413,8 +413,6 @@ static struct onode *node_from_upper(struct lfs_fs *fs, struct onode *dir, const
                 ln = lower_c ? &fs->ix.nodes[lower_c] : NULL;
             }
         }
-        if (ln && lfs_is_dir(ln->mode) && !opaque && lfs_ready(&fs->ix, lower_c) < 0)
-            return NULL;
         if (ln && lfs_is_dir(ln->mode) && !opaque && fs->ix_on[lower_c] == NULL) {
             on = node_new(fs, lower_c, S_IFDIR);
             if (on == NULL)
@@ -473,13 +471,20 @@ int node_load_dir(struct lfs_fs *fs, struct onode *dir)
     return rc;
 }
 
+/* The index directory whose entries directory `dir` shows below its upper ones: its own node
+ * when pristine, its merged lower directory once it has an upper (none when opaque); 0: none. */
+static uint32_t lower_dir(const struct lfs_obj *dir)
+{
+    const struct onode *on = dir->on;
+    return on && on->has_upper ? (on->opaque ? 0 : on->lower) : dir->lower;
+}
+
 /* Whether the lower part of directory `dir` is one the index could not list (LFS_FLAG_DENIED):
  * listing it and looking names up in it answer EACCES, as the kernel overlay answers when the
  * mounter may not read a lower directory (a name its upper holds is still found). */
 int node_denied(struct lfs_fs *fs, const struct lfs_obj *dir)
 {
-    const struct onode *on = dir->on;
-    uint32_t lower = on && on->has_upper ? (on->opaque ? 0 : on->lower) : dir->lower;
+    uint32_t lower = lower_dir(dir);
     const struct lfs_node *n = lower ? lfs_node(&fs->ix, lower) : NULL;
     if (n != NULL && lfs_ready(&fs->ix, lower) < 0)
         return 1; /* callers made it ready (node_dir_ready) and answered its error: never so in fact */
@@ -490,8 +495,7 @@ int node_denied(struct lfs_fs *fs, const struct lfs_obj *dir)
  * every request that reads a directory's entries calls this first.  0 or -errno. */
 int node_dir_ready(struct lfs_fs *fs, const struct lfs_obj *dir)
 {
-    const struct onode *on = dir->on;
-    uint32_t lower = on && on->has_upper ? (on->opaque ? 0 : on->lower) : dir->lower;
+    uint32_t lower = lower_dir(dir);
     return lower ? lfs_ready(&fs->ix, lower) : 0;
 }
 

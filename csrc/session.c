@@ -233,6 +233,19 @@ static void session_free(SessionObject *self)
     lfs_index_close(&fs->ix);
 }
 
+/* Raise what a lazy index answered (-errno): MemoryError for ENOMEM, else OSError naming `where`
+ * (the path a failed system call was about) when there is one. */
+static void raise_lazy(int rc, const char *where)
+{
+    errno = -rc;
+    if (rc == -ENOMEM)
+        PyErr_NoMemory();
+    else if (where != NULL && where[0])
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, where);
+    else
+        PyErr_SetFromErrno(PyExc_OSError);
+}
+
 /* index=None: a lazily merged index of the layer dirs (merge.h, lfs_lazy_open).  Returns 0, or -1
  * with an exception set. */
 static int lazy_open(struct lfs_index *ix, PyObject *layers)
@@ -264,15 +277,8 @@ static int lazy_open(struct lfs_index *ix, PyObject *layers)
         Py_BEGIN_ALLOW_THREADS
         rc = lfs_lazy_open(ix, dirs, (int)n, where, sizeof where);
         Py_END_ALLOW_THREADS
-        if (rc == -ENOMEM)
-            PyErr_NoMemory();
-        else if (rc < 0) {
-            errno = -rc;
-            if (where[0])
-                PyErr_SetFromErrnoWithFilename(PyExc_OSError, where);
-            else
-                PyErr_SetFromErrno(PyExc_OSError);
-        }
+        if (rc < 0)
+            raise_lazy(rc, where);
         rc = rc < 0 ? -1 : 0;
     }
     for (Py_ssize_t i = 0; paths && i < n; i++)
@@ -456,12 +462,7 @@ static int Session_init(SessionObject *self, PyObject *args, PyObject *kw)
     if (fs->ix.lazy != NULL) { /* the root's entries now: a mount of unreadable layers fails here */
         lfs_lazy_set_grow(&fs->ix, node_grow, fs);
         if ((rc = lfs_ready(&fs->ix, LFS_ROOT_INO)) < 0) {
-            errno = -rc;
-            const char *where = lfs_lazy_error_path(&fs->ix);
-            if (where != NULL)
-                PyErr_SetFromErrnoWithFilename(PyExc_OSError, where);
-            else
-                PyErr_SetFromErrno(PyExc_OSError);
+            raise_lazy(rc, lfs_lazy_error_path(&fs->ix));
             goto fail;
         }
     }

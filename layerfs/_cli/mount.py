@@ -12,14 +12,13 @@ import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .._errors import ImageNotFound, LayerfsError, MountError
 from .._mount import daemon as _mount
 from .._mount import idmap as _idmap
 from .._mount import upper as _upper
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see layerfs/__init__.py)
 if TYPE_CHECKING:
     from .._store.store import Store
 

@@ -80,7 +80,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .. import _proc
 from .._errors import LayerfsError, MountError
@@ -89,7 +89,6 @@ from . import idmap as _idmap
 from . import merge as _merge
 from . import upper as _upper
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see layerfs/__init__.py)
 if TYPE_CHECKING:  # the store is imported where an image mount uses it: a lowerdir= mount needs none of it
     from .._store.containers import Container
     from .._store.store import Image, Store
